@@ -1,0 +1,153 @@
+"""The ``gatehouse`` command.
+
+Every subcommand takes ``--config FILE``. Exit codes: 0 success, 1 runtime
+failure, 2 configuration error (nothing was bound or written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import gateway
+from gateway import audit
+
+
+def _load(path: str) -> Any:
+    from gateway.config import ConfigError, load
+
+    try:
+        return load(path, os.environ)
+    except ConfigError as err:
+        sys.stderr.write(f"gatehouse: invalid configuration in {path}:\n{err}\n")
+        raise SystemExit(2) from None
+    except OSError as err:
+        sys.stderr.write(f"gatehouse: cannot read {path}: {err.strerror}\n")
+        raise SystemExit(2) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from gateway.config import redacted, unsupported
+
+    cfg = _load(args.config)
+    sys.stdout.write(yaml.safe_dump(redacted(cfg), sort_keys=False))
+    missing = unsupported(cfg)
+    if missing:
+        sys.stdout.write("\n# switched on here but not supported by Gatehouse yet:\n")
+        for path in missing:
+            sys.stdout.write(f"#   {path}\n")
+    else:
+        sys.stdout.write("\n# every feature switched on here is supported\n")
+    return 0
+
+
+def _refuse_unsupported(cfg: Any) -> None:
+    from gateway.config import unsupported
+
+    missing = unsupported(cfg)
+    if missing:
+        for path in missing:
+            sys.stderr.write(f"gatehouse: not supported yet: {path}\n")
+        raise SystemExit(2)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import server
+
+    cfg = _load(args.config)
+    _refuse_unsupported(cfg)
+    audit.emit("config.load", path=cfg.path, sha256=cfg.sha256)
+    # Migrate once here, before any worker starts, so workers boot against a
+    # ready schema (the advisory lock would make concurrent runs safe anyway).
+    _migrate(cfg)
+    return server.run(cfg, workers=args.workers)
+
+
+def _migrate(cfg: Any) -> None:
+    from gateway.store import Store, StoreUnavailable
+
+    async def go() -> None:
+        store = await Store.open(cfg.store, log=audit.log)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(go())
+    except StoreUnavailable as err:
+        sys.stderr.write(f"gatehouse: {err}\n")
+        raise SystemExit(1) from None
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    _migrate(cfg)
+    audit.log("info", "migrations are up to date")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.app import build_runtime
+
+    cfg = _load(args.config)
+    tokens = build_runtime(cfg).tokens
+    groups = [g for g in (args.groups or "").split(",") if g]
+    sub = args.sub or "user-" + hashlib.sha256(args.email.lower().encode()).hexdigest()[:16]
+    token = tokens.mint(
+        sub=sub,
+        email=args.email,
+        name=args.name,
+        groups=groups,
+        sid=uuid.uuid4().hex,
+        now=int(time.time()),
+        ttl_seconds=args.ttl_seconds,
+    )
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatehouse", description="A self-hosted gateway for Claude Code.")
+    p.add_argument("--version", action="version", version=f"gatehouse {gateway.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", required=True)
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a config and print it with secrets masked")
+    c.add_argument("--config", required=True)
+    c.set_defaults(func=cmd_check_config)
+
+    t = sub.add_parser("token", help="mint a session token (operators, load tests, tests)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--email", required=True)
+    t.add_argument("--sub")
+    t.add_argument("--name")
+    t.add_argument("--groups", help="comma-separated IdP groups")
+    t.add_argument("--ttl-seconds", type=int, default=None)
+    t.set_defaults(func=cmd_token)
+
+    m = sub.add_parser("migrate", help="apply database migrations and exit")
+    m.add_argument("--config", required=True)
+    m.set_defaults(func=cmd_migrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Audit events and operational log lines, both on stderr.
+
+Audit events are single-line JSON objects with ``ts`` and ``evt`` (the event
+names and fields follow Anthropic's gateway, so existing log pipelines keep
+working). Operational lines are human text: ``[gatehouse] <ts> <level> <msg>``.
+
+Each line goes out in one ``os.write`` call: with ``--workers N`` several
+processes share the same stderr, and a single write of a line is never
+interleaved with another process's line (lines stay far below PIPE_BUF-sized
+concerns for regular files and terminals, and are written whole for pipes up to
+PIPE_BUF; longer audit lines are still one syscall).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
+LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
+_fd = 2
+_threshold = LEVELS.get(os.environ.get("CLAUDE_GATEWAY_LOG_LEVEL", "info"), 20)
+
+
+def set_level(name: str) -> None:
+    global _threshold
+    _threshold = LEVELS.get(name, 20)
+
+
+def _now_iso() -> str:
+    now = time.time()
+    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(now * 1000) % 1000:03d}Z"
+
+
+def _write(data: bytes) -> None:
+    try:
+        os.write(_fd, data)
+    except OSError:
+        # stderr gone (closed pipe at shutdown): nothing better to do than carry on.
+        pass
+
+
+def emit(evt: str, **fields: Any) -> None:
+    """Write one audit event. Audit events ignore the log level."""
+    record = {"ts": _now_iso(), "evt": evt}
+    record.update(fields)
+    _write(_encode(record) + b"\n")
+
+
+def log(level: str, message: str) -> None:
+    """Write one operational line, if ``level`` passes the configured threshold."""
+    if LEVELS[level] < _threshold:
+        return
+    line = f"[gatehouse] {_now_iso()} {level} {message}".replace("\n", " ")
+    _write(line.encode() + b"\n")
+
+
+def enabled(level: str) -> bool:
+    return LEVELS[level] >= _threshold

@@ -1,0 +1,81 @@
+"""Read the few fields the gateway needs from a Messages body, and splice ``model``.
+
+The body is forwarded as received. Only when an upstream must receive another
+model id (an alias or ``models[].upstream_model``) are the bytes of the
+top-level ``model`` value replaced in place — never a full decode and
+re-encode, which would reorder or reformat what the client sent (and break the
+attribution block and body-keyed caches, SPEC "Forwarding").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import msgspec
+
+from gateway.errors import GatewayError, Kind
+from protocol_spec.wire import encoder, messages_view_decoder
+
+
+class View(NamedTuple):
+    model: str
+    stream: bool
+    max_tokens: int | None
+
+
+def _bad(message: str) -> GatewayError:
+    return GatewayError(Kind.INVALID_REQUEST, message)
+
+
+def decode_view(body: bytes) -> View:
+    try:
+        view = messages_view_decoder.decode(body)
+    except msgspec.ValidationError:
+        # Valid JSON of the wrong shape (an array, a number, …).
+        raise _bad("request body must be a JSON object") from None
+    except msgspec.DecodeError:
+        raise _bad("invalid JSON") from None
+    model = view.model
+    if model is None or model == "":
+        raise _bad("model is required")
+    if not isinstance(model, str):
+        raise _bad("model must be a string")
+    max_tokens = view.max_tokens if type(view.max_tokens) is int else None
+    return View(model, view.stream is True, max_tokens)
+
+
+# A JSON string token, or one structural character. Strings are matched whole,
+# so brackets and quotes inside them never count.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]', re.S)
+_FAST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*')
+_COLON = re.compile(rb"\s*:\s*")
+
+
+def model_value_span(body: bytes) -> tuple[int, int]:
+    """Byte offsets [start, end) of the top-level ``model`` string value."""
+    fast = _FAST.match(body)
+    if fast is not None:
+        token = _TOKEN.match(body, fast.end())
+        if token is not None and body[token.start()] == 0x22:
+            return token.start(), token.end()
+    depth = 0
+    for tok in _TOKEN.finditer(body):
+        text = tok.group()
+        first = text[0]
+        if first in b"{[":
+            depth += 1
+        elif first in b"}]":
+            depth -= 1
+        elif depth == 1 and text == b'"model"':
+            colon = _COLON.match(body, tok.end())
+            if colon is not None and colon.end() > tok.end() and b":" in colon.group():
+                value = _TOKEN.match(body, colon.end())
+                if value is not None and body[value.start()] == 0x22:
+                    return value.start(), value.end()
+    raise _bad("model is required")
+
+
+def splice_model(body: bytes, new_model: str) -> bytes:
+    start, end = model_value_span(body)
+    return body[:start] + encoder.encode(new_model) + body[end:]

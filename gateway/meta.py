@@ -1,0 +1,78 @@
+"""Small endpoints around the hot path: probes, landing, models, stubs.
+
+* ``/healthz``: the process is alive (never touches the store).
+* ``/readyz``: 200 only while the store answers, or within
+  ``store.readiness_grace_seconds`` of its last answer.
+* ``/``: name and version.
+* ``/v1/models``: the catalog, in the Anthropic list shape.
+* ``/v1/metrics|logs|traces``: accepted and discarded until telemetry lands.
+* ``/managed/settings``: "not configured" until policy lands.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+import gateway
+from gateway.errors import GatewayError, Kind
+from gateway.relay import RUNTIME, read_body
+from gateway.sessions import bearer_token
+from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
+
+JSON = "application/json"
+
+
+def _authenticate(request: web.Request):
+    rt = request.app[RUNTIME]
+    return rt.tokens.verify(bearer_token(request.headers.get("Authorization")), int(time.time()))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.draining:
+        return web.Response(status=503, text="draining")
+    if rt.store is None or not await rt.store.ready(timeout=2.0):
+        return web.Response(status=503, text="store unavailable")
+    return web.Response(text="ready")
+
+
+async def landing(request: web.Request) -> web.Response:
+    body = encoder.encode(ServerInfo(gateway.NAME, gateway.__version__))
+    return web.Response(body=body, content_type=JSON, headers={"Cache-Control": "no-store"})
+
+
+async def models(request: web.Request) -> web.Response:
+    _authenticate(request)
+    rt = request.app[RUNTIME]
+    data = [
+        ModelInfo(id=e.id, display_name=e.display_name, max_input_tokens=e.max_input_tokens, description=e.description)
+        for e in rt.routes.catalog
+    ]
+    listing = ModelList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+    return web.Response(body=encoder.encode(listing), content_type=JSON)
+
+
+async def telemetry_ingest(request: web.Request) -> web.Response:
+    _authenticate(request)
+    await read_body(request, request.app[RUNTIME].limits.max_request_bytes)
+    # Accepted and discarded until the telemetry relay forwards it.
+    return web.Response(status=200)
+
+
+async def managed_settings(request: web.Request) -> web.Response:
+    _authenticate(request)
+    raise GatewayError(
+        Kind.NOT_CONFIGURED,
+        "not configured",
+        headers={"x-cc-gateway-version": gateway.__version__, "Cache-Control": "no-store"},
+    )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise GatewayError(Kind.NOT_FOUND, "not found")

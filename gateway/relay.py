@@ -1,0 +1,299 @@
+"""The hot path: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``.
+
+Read ``messages`` top to bottom: it is the protocol's request rules in order
+(SPEC "Messages"). Helpers follow it in the order it calls them.
+
+Commit point: until the first byte of a reply is written to the client, any
+upstream failure may fail over to the next upstream. After it, status and
+headers are fixed; an upstream failure becomes an SSE ``error`` event and the
+stream ends.
+
+Cancellation: if the client goes away, aiohttp cancels this handler; the
+``finally`` blocks close the upstream response at once (so the upstream stops
+generating) and still record the request, with status 499.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import datetime, timezone
+
+import aiohttp
+from aiohttp import web
+
+from gateway import audit
+from gateway.bodyview import decode_view, splice_model
+from gateway.errors import (
+    FINAL_PREFERENCE,
+    GatewayError,
+    Kind,
+    sse_error_event,
+    upstream_status_fails_over,
+)
+from gateway.runtime import Runtime
+from gateway.sessions import Principal, bearer_token
+from gateway.sse import ZERO, UsageTap, UsageTotals, json_usage
+from gateway.upstreams import anthropic
+from gateway.upstreams.transport import UpstreamFailure
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("client_ip", object)  # type: ignore[arg-type]
+# Upstream error bodies are read whole before failing over; they are small,
+# and a hostile or broken upstream must not make us buffer without bound.
+MAX_ERROR_BODY_BYTES = 1 << 20
+CLIENT_CLOSED = 499
+
+
+class Outcome:
+    """What happened to one request, filled in as it goes; recorded at the end."""
+
+    __slots__ = ("status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.upstream: str | None = None
+        self.upstream_request_id: str | None = None
+        self.model: str | None = None
+        self.ms_headers: float | None = None
+        self.usage: UsageTotals = ZERO
+        self.attempts = 0
+        self.error: str | None = None
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    t0 = time.monotonic()
+    request_id = request[REQUEST_ID]
+    outcome = Outcome()
+    principal: Principal | None = None
+    rt.inflight += 1
+    try:
+        # 1. Bearer session token → principal (pure, cached; no database).
+        principal = rt.tokens.verify(bearer_token(request.headers.get("Authorization")), int(time.time()))
+
+        # 2. Size limits, before buffering anything.
+        body = await read_body(request, rt.limits.max_request_bytes)
+
+        # 3. Decode only what we route on.
+        view = decode_view(body)
+        outcome.model = view.model
+
+        # 4. Policy seams: the model allowlist and the spend gate plug in here.
+
+        # 5. Which upstreams may serve this model, under which id.
+        targets = rt.routes.plan(view.model)
+
+        # 6. Try them in order until one answers in a way we relay.
+        upstream_path = request.path_qs
+        try:
+            resp, first_chunk = await open_first(
+                rt, request, body, view.model, targets, upstream_path, principal, outcome, t0
+            )
+        except RelayedUpstreamError as err:
+            outcome.status = err.status
+            err.headers["request-id"] = request_id
+            return web.Response(status=err.status, body=err.body, headers=err.headers)
+
+        # 7. Relay the reply: JSON whole, SSE chunk by chunk as it arrives.
+        try:
+            if first_chunk is None:
+                return await relay_whole(request, resp, request_id, outcome)
+            return await relay_stream(request, resp, first_chunk, request_id, outcome)
+        finally:
+            resp.close()
+    except GatewayError as err:
+        outcome.status = err.rule.status
+        outcome.error = err.message
+        raise
+    except asyncio.CancelledError:
+        outcome.status = CLIENT_CLOSED
+        raise
+    finally:
+        rt.inflight -= 1
+        record(rt, request, request_id, principal, outcome, t0)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is None:
+        if request.headers.get("Transfer-Encoding", "").lower().find("chunked") >= 0:
+            raise GatewayError(Kind.LENGTH_REQUIRED, "a Content-Length header is required")
+        return b""
+    if request.content_length > limit:
+        raise GatewayError(Kind.TOO_LARGE, f"request body is larger than the limit of {limit} bytes")
+    return await request.read()
+
+
+async def open_first(rt, request, body, model, targets, path_qs, principal, outcome, t0):
+    """Open the first upstream that answers with something we relay.
+
+    Returns the response and, for event streams, the first chunk (peeked
+    before committing, so a stream that dies at once still fails over).
+    Raises the preferred final error when every target fails.
+    """
+    failures: list[tuple[int, dict[str, str], bytes]] = []
+    for target in targets:
+        up = rt.upstreams[target.upstream]
+        outcome.attempts += 1
+        payload = body if target.model == model else splice_model(body, target.model)
+        headers = anthropic.build_headers(up.prepared, request.headers, principal.email, principal.sub)
+        url = up.prepared.url_base + path_qs
+        try:
+            resp = await rt.transport.open("POST", url, headers, payload, up.ttfb_s)
+        except UpstreamFailure as failure:
+            audit.log("warn", f"upstream {up.name} failed, trying next (request {request[REQUEST_ID]}): {failure.detail}")
+            continue
+        outcome.ms_headers = (time.monotonic() - t0) * 1000
+        outcome.upstream = up.name
+        outcome.upstream_request_id = resp.headers.get("request-id")
+        if upstream_status_fails_over(resp.status):
+            try:
+                err_body = await asyncio.wait_for(resp.content.read(MAX_ERROR_BODY_BYTES), rt.idle_read_timeout_s)
+            except Exception:
+                err_body = b""
+            failures.append((resp.status, anthropic.response_headers(resp.headers), err_body))
+            resp.close()
+            audit.log("warn", f"upstream {up.name} answered {resp.status}, trying next (request {request[REQUEST_ID]})")
+            continue
+        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            try:
+                first = await resp.content.readany()
+            except Exception as exc:  # broke before a single byte: nothing committed yet
+                resp.close()
+                audit.log("warn", f"upstream {up.name} stream failed before the first byte: {exc!r}")
+                continue
+            if not first:
+                resp.close()
+                audit.log("warn", f"upstream {up.name} closed the stream before the first byte")
+                continue
+            return resp, first
+        return resp, None
+    raise final_error(failures, len(rt.upstreams))
+
+
+def final_error(failures: list[tuple[int, dict[str, str], bytes]], configured: int) -> Exception:
+    """The answer when every attempted upstream failed (SPEC "Failover")."""
+    for statuses in FINAL_PREFERENCE:
+        for status, headers, body in reversed(failures):
+            if status in statuses:
+                return RelayedUpstreamError(status, headers, body)
+    return GatewayError(Kind.ALL_UPSTREAMS_FAILED, f"all upstreams failed ({configured} attempted)")
+
+
+class RelayedUpstreamError(Exception):
+    """An upstream's own error reply, relayed as it came (the client keys on its wording)."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+async def relay_whole(request, resp, request_id, outcome) -> web.Response:
+    try:
+        body = await resp.read()
+    except Exception as exc:
+        audit.log("warn", f"upstream reply broke off before it was complete: {exc!r}")
+        raise GatewayError(Kind.ALL_UPSTREAMS_FAILED, "upstream reply was cut off") from None
+    outcome.status = resp.status
+    if resp.status == 200:
+        outcome.usage = json_usage(body)
+    headers = anthropic.response_headers(resp.headers)
+    headers["request-id"] = request_id
+    return web.Response(status=resp.status, body=body, headers=headers)
+
+
+async def relay_stream(request, resp, first_chunk, request_id, outcome) -> web.StreamResponse:
+    headers = anthropic.response_headers(resp.headers)
+    headers["request-id"] = request_id
+    out = web.StreamResponse(status=resp.status, headers=headers)
+    outcome.status = resp.status
+    tap = UsageTap()
+    await out.prepare(request)  # commit point: from here on, no failover
+    chunk = first_chunk
+    try:
+        while chunk:
+            tap.feed(chunk)
+            await out.write(chunk)
+            try:
+                chunk = await resp.content.readany()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                audit.log("warn", f"upstream stream interrupted (request {request_id}): {exc!r}")
+                prefix = b"\n\n" if tap.mid_event else b""
+                await out.write(prefix + sse_error_event(Kind.STREAM_INTERRUPTED, "upstream stream interrupted"))
+                break
+        await out.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        outcome.status = CLIENT_CLOSED
+    finally:
+        outcome.usage = tap.totals()
+    return out
+
+
+def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: float) -> None:
+    """Audit event and usage row for every request that got past the bearer check.
+
+    Never awaits: it runs in ``finally`` even while the handler is being cancelled.
+    """
+    ms_total = (time.monotonic() - t0) * 1000
+    if principal is None:
+        # Nobody to attribute a request to: this is a refused credential, not inference.
+        audit.emit(
+            "auth.denied",
+            reason=outcome.error or "request ended before authentication",
+            path=request.path,
+            client_ip=request.get(CLIENT_IP),
+        )
+        return
+    u = outcome.usage
+    audit.emit(
+        "inference",
+        request_id=request_id,
+        sub=principal.sub,
+        email=principal.email,
+        path=request.path,
+        model=outcome.model,
+        upstream=outcome.upstream,
+        upstream_request_id=outcome.upstream_request_id,
+        status=outcome.status,
+        ms=round(outcome.ms_headers, 1) if outcome.ms_headers is not None else None,
+        ms_total=round(ms_total, 1),
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_creation_input_tokens=u.cache_creation_input_tokens,
+        cache_read_input_tokens=u.cache_read_input_tokens,
+        output_estimated=u.estimated or None,
+    )
+    if rt.recorder is None:
+        return
+    from gateway.store import UsageRow
+
+    rt.recorder.submit(
+        UsageRow(
+            request_id=request_id,
+            ts=datetime.now(timezone.utc),
+            sub=principal.sub,
+            email=principal.email,
+            model=outcome.model,
+            upstream=outcome.upstream,
+            status=outcome.status,
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cache_creation_input_tokens=u.cache_creation_input_tokens,
+            cache_creation_5m=u.cache_creation_5m,
+            cache_creation_1h=u.cache_creation_1h,
+            cache_read_input_tokens=u.cache_read_input_tokens,
+            estimated_output=u.estimated,
+            ms_to_headers=outcome.ms_headers,
+            ms_total=ms_total,
+            path=request.path,
+            upstream_request_id=outcome.upstream_request_id,
+        )
+    )
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(16).hex()

@@ -1,0 +1,47 @@
+"""Everything the handlers need, computed once at boot from the config.
+
+Handlers never look things up in the config per request; they read these
+precomputed values (SPEC "Hot path": no per-request config lookups).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.routing import Routes
+from gateway.sessions import TokenService
+from gateway.upstreams import anthropic
+
+
+@dataclass
+class Limits:
+    max_request_bytes: int
+    max_header_bytes: int | None
+    max_url_length: int | None
+
+
+@dataclass
+class UpstreamPlan:
+    name: str
+    provider: str
+    prepared: anthropic.Prepared
+    ttfb_s: float
+
+
+@dataclass
+class Runtime:
+    config: Any
+    tokens: TokenService
+    routes: Routes
+    upstreams: tuple[UpstreamPlan, ...]
+    limits: Limits
+    idle_read_timeout_s: float
+    transport: Any = None  # gateway.upstreams.transport.Transport, set on startup
+    recorder: Any = None  # gateway.recorder.Recorder, set on startup
+    store: Any = None  # gateway.store.Store, set on startup
+    access: Any = None  # gateway.netaccess.AccessPolicy
+    started_at: float = field(default_factory=time.time)
+    draining: bool = False
+    inflight: int = 0

@@ -1,0 +1,143 @@
+"""Running the app: one process or ``--workers N`` forked processes on one port.
+
+Each worker binds the same address with SO_REUSEPORT, so the kernel spreads
+connections across them and no process is a single point of failure. The
+parent only forwards signals and waits.
+
+Shutdown (SIGTERM or SIGINT): stop accepting, let in-flight requests and
+streams finish for up to ``CLAUDE_GATEWAY_DRAIN_TIMEOUT_MS`` (default 25 s),
+cancel what is left, flush pending usage records, exit 0. A second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway import audit
+from gateway.app import build, parser_limits
+from gateway.relay import RUNTIME
+
+DEFAULT_DRAIN_MS = 25_000
+
+
+def drain_timeout_s(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    raw = environ.get("CLAUDE_GATEWAY_DRAIN_TIMEOUT_MS")
+    if raw and raw.isdigit() and int(raw) > 0:
+        return int(raw) / 1000
+    return DEFAULT_DRAIN_MS / 1000
+
+
+def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
+    tls = cfg.listen.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+async def serve(cfg: Any, *, reuse_port: bool = False, ready_line: bool = True) -> None:
+    drain_s = drain_timeout_s()
+    app = build(cfg)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=drain_s,
+        access_log=None,
+        auto_decompress=False,  # the body is forwarded as received
+        **parser_limits(cfg),
+    )
+    await runner.setup()
+    ctx = _ssl_context(cfg)
+    site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, ssl_context=ctx, reuse_port=reuse_port, backlog=2048)
+    await site.start()
+    scheme = "https" if ctx else "http"
+    if ready_line:
+        audit.log("info", f"gatehouse listening on {scheme}://{cfg.listen.host}:{cfg.listen.port} (pid {os.getpid()})")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(name: str) -> None:
+        if received:
+            audit.log("warn", f"second {name}: exiting immediately")
+            os._exit(1)
+        received.append(name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    await stop.wait()
+
+    rt = app[RUNTIME]
+    rt.draining = True
+    open_now = rt.inflight
+    audit.log(
+        "info",
+        f"{received[0]} received: no new connections; {open_now} open request(s) get up to {drain_s:g}s to finish",
+    )
+    started = time.monotonic()
+    await runner.cleanup()
+    took = time.monotonic() - started
+    if took >= drain_s and open_now:
+        audit.log("warn", f"drain window over after {drain_s:g}s; requests still open were cut")
+    else:
+        audit.log("info", "shutdown complete: every open request finished")
+
+
+def run(cfg: Any, workers: int = 1) -> int:
+    if workers <= 1:
+        _run_one(cfg, reuse_port=False)
+        return 0
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_one(cfg, reuse_port=True)
+            except BaseException as exc:  # a worker must never fall back into the parent's loop
+                audit.log("error", f"worker {os.getpid()} failed: {exc!r}")
+                code = 1
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        if os.waitstatus_to_exitcode(code) != 0:
+            status = 1
+    return status
+
+
+def _run_one(cfg: Any, *, reuse_port: bool) -> None:
+    import uvloop
+
+    uvloop.run(serve(cfg, reuse_port=reuse_port))

@@ -1,0 +1,1 @@
+"""Upstream providers: pure adapters that build requests, plus the transport edge."""

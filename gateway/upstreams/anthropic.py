@@ -1,0 +1,115 @@
+"""The Anthropic Messages API as an upstream: pass-through with our credential.
+
+Pure: turns the client's request (path, query, headers, body) into the
+upstream's (URL, headers, body). Forwarding rules (SPEC "Forwarding"):
+
+* Forwarded: ``content-type``, ``accept``, ``user-agent`` and every
+  ``anthropic-*``, ``x-claude-code-*`` and ``x-stainless-*`` header, as sent —
+  header lists are open, new capabilities arrive as new names and values.
+* Dropped: everything else — the client's credentials, cookies, ``x-app``,
+  custom headers, ``x-forwarded-*`` and hop-by-hop headers.
+* ``Accept-Encoding`` asks only for what the transport decodes.
+* Our credential: ``api_key`` → ``x-api-key``; ``oauth_token`` → bearer plus
+  the OAuth beta appended to ``anthropic-beta``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+OAUTH_BETA = "oauth-2025-04-20"
+ACCEPT_ENCODING = "gzip, deflate"
+_FORWARD_EXACT = frozenset({"content-type", "accept", "user-agent"})
+_FORWARD_PREFIXES = ("anthropic-", "x-claude-code-", "x-stainless-")
+
+
+class Prepared(NamedTuple):
+    url_base: str  # base URL without trailing slash; the relay appends path and query
+    static_headers: tuple[tuple[str, str], ...]  # credential and configured extras
+    oauth: bool
+    forward_identity: bool
+
+
+def prepare(upstream: Any) -> Prepared:
+    """Work done once per upstream at boot, so the per-request part stays small."""
+    base = (upstream.base_url or DEFAULT_BASE_URL).rstrip("/")
+    static: list[tuple[str, str]] = [("Accept-Encoding", ACCEPT_ENCODING)]
+    auth = upstream.auth
+    oauth = False
+    api_key = getattr(auth, "api_key", None)
+    token = getattr(auth, "oauth_token", None)
+    if api_key:
+        static.append(("x-api-key", api_key))
+    elif token:
+        static.append(("Authorization", f"Bearer {token}"))
+        oauth = True
+    for name, value in (upstream.headers or {}).items():
+        static.append((name, value))
+    return Prepared(base, tuple(static), oauth, bool(getattr(upstream, "forward_user_identity", False)))
+
+
+def forwarded_headers(client_headers: Any) -> dict[str, str]:
+    """The client headers that go upstream (``client_headers``: a multidict of str)."""
+    out: dict[str, str] = {}
+    for name, value in client_headers.items():
+        lower = name.lower()
+        if lower in _FORWARD_EXACT or lower.startswith(_FORWARD_PREFIXES):
+            # A repeated header folds into one comma-separated value, as HTTP allows.
+            out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def build_headers(
+    prepared: Prepared, client_headers: Any, email: str | None, sub: str | None
+) -> dict[str, str]:
+    headers = forwarded_headers(client_headers)
+    if prepared.oauth:
+        beta_name = next((n for n in headers if n.lower() == "anthropic-beta"), None)
+        if beta_name is None:
+            headers["anthropic-beta"] = OAUTH_BETA
+        elif OAUTH_BETA not in headers[beta_name]:
+            headers[beta_name] = f"{headers[beta_name]},{OAUTH_BETA}"
+    for name, value in prepared.static_headers:
+        headers[name] = value
+    if prepared.forward_identity and sub:
+        headers["x-claude-gateway-user-id"] = sub
+        if email:
+            headers["x-claude-gateway-user-email"] = email
+            headers["x-litellm-end-user-id"] = email
+    return headers
+
+
+# Response headers that never reach the client: hop-by-hop ones, the encoding
+# we already undid, the upstream's own account limits (the client must not
+# mistake them for its own), and the upstream request id (we send ours).
+_DROP_RESPONSE = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-encoding",
+        "content-length",
+        "request-id",
+        "x-request-id",
+        "set-cookie",
+        "date",
+        "server",
+    }
+)
+
+
+def response_headers(upstream_headers: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in upstream_headers.items():
+        lower = name.lower()
+        if lower in _DROP_RESPONSE or lower.startswith("anthropic-ratelimit-"):
+            continue
+        out[name] = value
+    return out

@@ -1,0 +1,61 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test run, a fresh
+database per test module, fake upstreams, and in-process gateways."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from gateway.devenv.postgres import Cluster
+
+os.environ.setdefault("CLAUDE_GATEWAY_ALLOW_LOOPBACK", "1")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    cluster = Cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_cluster: Cluster) -> str:
+    return pg_cluster.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator["object"]:
+    from protocol_spec.fakes.upstream import FakeUpstream
+
+    fake = FakeUpstream()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+@pytest.fixture
+async def gateway_factory(pg_url: str):
+    """``await gateway_factory(upstream_urls, extra_yaml="", **build_kwargs)`` → RunningGateway."""
+    from tests.harness import make_config, start_gateway, upstream_block
+
+    started = []
+
+    async def factory(upstreams, extra: str = "", **build_kwargs):
+        blocks = [u if u.lstrip().startswith("- provider") else upstream_block(u) for u in upstreams]
+        cfg = make_config(pg_url, blocks, extra)
+        gw = await start_gateway(cfg, **build_kwargs)
+        started.append(gw)
+        return gw
+
+    try:
+        yield factory
+    finally:
+        for gw in started:
+            await gw.close()

@@ -1,0 +1,90 @@
+"""Start a real Gatehouse app on a loopback port, in this process.
+
+Tests drive it over HTTP with real clients. In-process (rather than a
+subprocess) so a test can inject what production never allows, such as a
+short idle-read timeout, and mint tokens with the app's own key; tests of
+process behaviour (workers, signals, boot errors) use the ``gatehouse``
+command instead.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import build, parser_limits
+from gateway.config import loads
+from gateway.relay import RUNTIME
+
+JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+UPSTREAM_KEY = "sk-ant-test-upstream-key"
+
+BASE_CONFIG = """
+listen:
+  host: 127.0.0.1
+  port: 8080
+  public_url: http://127.0.0.1:8080
+oidc:
+  issuer: http://127.0.0.1:9
+  client_id: gatehouse-tests
+  client_secret: not-used-yet
+session:
+  jwt_secret: {jwt_secret}
+store:
+  postgres_url: {pg_url}
+upstreams:
+{upstreams}
+{extra}
+"""
+
+
+def upstream_block(url: str, name: str | None = None, key: str = UPSTREAM_KEY, extra: str = "") -> str:
+    lines = ["  - provider: anthropic"]
+    if name:
+        lines.append(f"    name: {name}")
+    lines += [f"    base_url: {url}", "    auth:", f"      api_key: {key}"]
+    if extra:
+        lines.append(textwrap.indent(textwrap.dedent(extra).strip("\n"), "    "))
+    return "\n".join(lines)
+
+
+def make_config(pg_url: str, upstreams: list[str], extra: str = "") -> Any:
+    text = BASE_CONFIG.format(
+        jwt_secret=JWT_SECRET, pg_url=pg_url, upstreams="\n".join(upstreams), extra=textwrap.dedent(extra)
+    )
+    env = dict(os.environ, CLAUDE_GATEWAY_ALLOW_LOOPBACK="1")
+    return loads(text, env, source="<test>")
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    def token(self, email: str = "dev@example.com", sub: str = "user-dev", **kw: Any) -> str:
+        import time
+
+        return self.app[RUNTIME].tokens.mint(sub=sub, email=email, now=int(time.time()), **kw)
+
+    def auth(self, **kw: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**kw)}"}
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_gateway(cfg: Any, **build_kwargs: Any) -> RunningGateway:
+    app = build(cfg, **build_kwargs)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, shutdown_timeout=5, access_log=None, auto_decompress=False, **parser_limits(cfg)
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return RunningGateway(f"http://127.0.0.1:{port}", app, runner)
