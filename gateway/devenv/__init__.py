@@ -1,0 +1,1 @@
+"""Helpers for developing and testing Gatehouse; never imported by the gateway itself."""

@@ -1,0 +1,170 @@
+"""``make dev``: a working gateway on embedded defaults, in one command.
+
+Starts, on loopback only:
+
+* PostgreSQL: a throwaway cluster (or ``GATEWAY_POSTGRES_URL`` if set);
+* a development OIDC provider (``oidc-provider-mock``) with a few users;
+* the simulated Anthropic upstream — or the real API when ``ANTHROPIC_API_KEY``
+  is set;
+* the gateway itself, with ``conf/examples/dev.yaml``.
+
+Then prints the URL, a ready-to-use session token and the exact ``claude``
+command to try. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gateway.devenv.postgres import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "conf" / "examples" / "dev.yaml"
+BIN = Path(sys.executable).parent
+
+DEV_USERS = [
+    '{"sub":"alice","email":"alice@example.com","email_verified":true,"name":"Alice Example","groups":["eng","platform-admins"]}',
+    '{"sub":"bob","email":"bob@example.com","email_verified":true,"name":"Bob Example","groups":["contractors"]}',
+    '{"sub":"carol","email":"carol@example.com","email_verified":true,"name":"Carol Example","groups":["eng"]}',
+]
+
+
+def free_port(preferred: int | None = None) -> int:
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:g}s")
+
+
+def main() -> int:
+    procs: list[subprocess.Popen] = []
+    cluster: Cluster | None = None
+
+    def stop_all(*_: object) -> None:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if cluster is not None:
+            cluster.stop()
+
+    try:
+        if os.environ.get("GATEWAY_POSTGRES_URL"):
+            pg_url = os.environ["GATEWAY_POSTGRES_URL"]
+            print(f"* PostgreSQL: using GATEWAY_POSTGRES_URL")
+        else:
+            cluster = Cluster.start()
+            pg_url = cluster.create_database("gatehouse")
+            print(f"* PostgreSQL: throwaway cluster at {cluster.url}")
+
+        idp_port = free_port()
+        idp_args = [str(BIN / "oidc-provider-mock"), "-H", "127.0.0.1", "-p", str(idp_port)]
+        for user in DEV_USERS:
+            idp_args += ["--user-claims", user]
+        procs.append(subprocess.Popen(idp_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        issuer = f"http://127.0.0.1:{idp_port}"
+        wait_http(issuer + "/.well-known/openid-configuration", 30, procs[-1])
+        print(f"* Development IdP (oidc-provider-mock): {issuer}  users: alice, bob, carol @example.com")
+
+        api_key = os.environ.get("ANTHROPIC_API_KEY")
+        if api_key:
+            upstream_url, upstream_key = "https://api.anthropic.com", api_key
+            print("* Upstream: the real Anthropic API (ANTHROPIC_API_KEY is set)")
+        else:
+            up_port = free_port()
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "protocol_spec.fakes.upstream", "--host", "127.0.0.1", "--port", str(up_port)],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            upstream_url, upstream_key = f"http://127.0.0.1:{up_port}", "sk-ant-simulated"
+            wait_http(upstream_url + "/v1/models", 30, procs[-1])
+            print(f"* Upstream: simulated Anthropic API at {upstream_url}")
+
+        port = int(os.environ.get("GATEHOUSE_DEV_PORT", "8080"))
+        port = free_port(port)
+        url = f"http://127.0.0.1:{port}"
+        env = dict(
+            os.environ,
+            CLAUDE_GATEWAY_ALLOW_LOOPBACK="1",
+            GATEHOUSE_DEV_PORT=str(port),
+            GATEHOUSE_DEV_PUBLIC_URL=url,
+            GATEHOUSE_DEV_ISSUER=issuer,
+            GATEHOUSE_DEV_CLIENT_SECRET="dev-client-secret",
+            GATEHOUSE_DEV_JWT_SECRET=os.environ.get("GATEHOUSE_DEV_JWT_SECRET") or secrets.token_hex(32),
+            GATEHOUSE_DEV_POSTGRES_URL=pg_url,
+            GATEHOUSE_DEV_UPSTREAM_URL=upstream_url,
+            GATEHOUSE_DEV_UPSTREAM_KEY=upstream_key,
+        )
+        gatehouse = str(BIN / "gatehouse")
+        procs.append(subprocess.Popen([gatehouse, "serve", "--config", str(CONFIG)], env=env))
+        wait_http(url + "/readyz", 60, procs[-1])
+        token = subprocess.run(
+            [gatehouse, "token", "--config", str(CONFIG), "--email", "alice@example.com", "--sub", "alice",
+             "--name", "Alice Example", "--groups", "eng,platform-admins"],
+            env=env, check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        offline = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 "
+        print(
+            "\n"
+            f"Gatehouse is running at {url}  (config: {CONFIG.relative_to(ROOT)})\n\n"
+            "A session token for alice@example.com (valid for the configured ttl):\n\n"
+            f"  {token}\n\n"
+            "Point Claude Code at it:\n\n"
+            f"  {offline}ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN={shlex.quote(token)} \\\n"
+            "    claude -p \"say hi\" --model claude-sonnet-4-6\n\n"
+            "Or with curl:\n\n"
+            f"  curl -s {url}/v1/messages -H 'Authorization: Bearer <token>' -H 'content-type: application/json' \\\n"
+            "    -d '{\"model\":\"claude-sonnet-4-6\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n\n"
+            "Mint another token:  .venv/bin/gatehouse token --config conf/examples/dev.yaml --email you@example.com\n"
+            "  (run it with the same GATEHOUSE_DEV_* environment; or set GATEHOUSE_DEV_JWT_SECRET before make dev)\n"
+            "Press Ctrl-C to stop everything.\n",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        failed = [p for p in procs if p.poll() is not None]
+        print(f"\n{failed[0].args[0]} exited ({failed[0].returncode}); stopping the rest.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping…", file=sys.stderr)
+        return 0
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
