@@ -51,7 +51,7 @@ async def models(request: web.Request) -> web.Response:
     _authenticate(request)
     rt = request.app[RUNTIME]
     data = [
-        ModelInfo(id=e.id, display_name=e.display_name, max_input_tokens=e.max_input_tokens, description=e.description)
+        ModelInfo(type="model", id=e.id, display_name=e.display_name, max_input_tokens=e.max_input_tokens, description=e.description)
         for e in rt.routes.catalog
     ]
     listing = ModelList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)

@@ -90,9 +90,9 @@ class MessageReplyView(msgspec.Struct, frozen=True):
 
 
 class ModelInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    type: str
     id: str
     display_name: str
-    type: str = "model"
     created_at: str | None = None
     max_input_tokens: int | None = None
     description: str | None = None
