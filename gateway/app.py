@@ -6,7 +6,8 @@ The only module that wires edges (store, transport, recorder) to handlers.
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -86,10 +87,10 @@ def build(cfg: Any, *, idle_read_timeout_s: float | None = None, store: Any = No
 
 def _lifecycle(shared_store: Any):
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        from gateway.config import is_forbidden_address
         from gateway.recorder import Recorder
         from gateway.store import Store
         from gateway.upstreams.transport import Transport
-        from gateway.config import is_forbidden_address
 
         rt = app[RUNTIME]
         cfg = rt.config

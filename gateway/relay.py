@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -274,7 +274,7 @@ def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: fl
     rt.recorder.submit(
         UsageRow(
             request_id=request_id,
-            ts=datetime.now(timezone.utc),
+            ts=datetime.now(UTC),
             sub=principal.sub,
             email=principal.email,
             model=outcome.model,
@@ -287,8 +287,8 @@ def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: fl
             cache_creation_1h=u.cache_creation_1h,
             cache_read_input_tokens=u.cache_read_input_tokens,
             estimated_output=u.estimated,
-            ms_to_headers=outcome.ms_headers,
-            ms_total=ms_total,
+            ms_to_headers=round(outcome.ms_headers) if outcome.ms_headers is not None else None,
+            ms_total=round(ms_total),
             path=request.path,
             upstream_request_id=outcome.upstream_request_id,
         )

@@ -55,7 +55,7 @@ async def serve(cfg: Any, *, reuse_port: bool = False, ready_line: bool = True) 
         shutdown_timeout=drain_s,
         access_log=None,
         auto_decompress=False,  # the body is forwarded as received
-        **parser_limits(cfg),
+        **parser_limits(cfg),  # type: ignore[arg-type]
     )
     await runner.setup()
     ctx = _ssl_context(cfg)

@@ -53,7 +53,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status < 500:
@@ -64,7 +64,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
 
 
 def main() -> int:
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
     cluster: Cluster | None = None
 
     def stop_all(*_: object) -> None:
@@ -82,7 +82,7 @@ def main() -> int:
     try:
         if os.environ.get("GATEWAY_POSTGRES_URL"):
             pg_url = os.environ["GATEWAY_POSTGRES_URL"]
-            print(f"* PostgreSQL: using GATEWAY_POSTGRES_URL")
+            print("* PostgreSQL: using GATEWAY_POSTGRES_URL")
         else:
             cluster = Cluster.start()
             pg_url = cluster.create_database("gatehouse")
@@ -120,13 +120,12 @@ def main() -> int:
             os.environ,
             CLAUDE_GATEWAY_ALLOW_LOOPBACK="1",
             GATEHOUSE_DEV_PORT=str(port),
-            GATEHOUSE_DEV_PUBLIC_URL=url,
-            GATEHOUSE_DEV_ISSUER=issuer,
-            GATEHOUSE_DEV_CLIENT_SECRET="dev-client-secret",
+            GATEHOUSE_DEV_OIDC_ISSUER=issuer,
+            GATEHOUSE_DEV_OIDC_CLIENT_SECRET="dev-client-secret",
             GATEHOUSE_DEV_JWT_SECRET=os.environ.get("GATEHOUSE_DEV_JWT_SECRET") or secrets.token_hex(32),
             GATEHOUSE_DEV_POSTGRES_URL=pg_url,
             GATEHOUSE_DEV_UPSTREAM_URL=upstream_url,
-            GATEHOUSE_DEV_UPSTREAM_KEY=upstream_key,
+            GATEHOUSE_DEV_UPSTREAM_API_KEY=upstream_key,
         )
         gatehouse = str(BIN / "gatehouse")
         procs.append(subprocess.Popen([gatehouse, "serve", "--config", str(CONFIG)], env=env))
@@ -157,7 +156,7 @@ def main() -> int:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         failed = [p for p in procs if p.poll() is not None]
-        print(f"\n{failed[0].args[0]} exited ({failed[0].returncode}); stopping the rest.", file=sys.stderr)
+        print(f"\n{failed[0].args!r} exited ({failed[0].returncode}); stopping the rest.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping…", file=sys.stderr)

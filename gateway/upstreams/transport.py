@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -38,6 +39,10 @@ class UpstreamFailure(Exception):
         self.detail = detail
 
 
+class RefusedAddress(OSError):
+    """A host name resolved only to addresses the gateway must not call."""
+
+
 class GuardedResolver(AbstractResolver):
     """Wraps the default resolver and drops addresses the gateway must not reach."""
 
@@ -49,7 +54,7 @@ class GuardedResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         allowed = [r for r in results if not self._is_forbidden(ipaddress.ip_address(r["host"]))]
         if not allowed:
-            raise OSError(f"{host} resolves only to addresses the gateway refuses to call")
+            raise RefusedAddress(f"{host} resolves only to addresses the gateway refuses to call")
         return allowed
 
     async def close(self) -> None:
@@ -105,7 +110,8 @@ class Transport:
         except TimeoutError:
             raise UpstreamFailure(Kind.UPSTREAM_TIMEOUT, f"no response headers within {ttfb_s:g}s") from None
         except aiohttp.ClientConnectorError as exc:
-            kind = Kind.UNSAFE_UPSTREAM_ADDRESS if "refuses to call" in str(exc) else Kind.UPSTREAM_CONNECT
+            refused = isinstance(getattr(exc, "os_error", None), RefusedAddress)
+            kind = Kind.UNSAFE_UPSTREAM_ADDRESS if refused else Kind.UPSTREAM_CONNECT
             raise UpstreamFailure(kind, f"connect failed: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure(Kind.UPSTREAM_CONNECT, f"{type(exc).__name__}: {exc}") from None
