@@ -36,6 +36,8 @@ def routes(app: web.Application) -> None:
     r.add_post("/v1/logs", meta.telemetry_ingest)
     r.add_post("/v1/traces", meta.telemetry_ingest)
     r.add_get("/managed/settings", meta.managed_settings, allow_head=False)
+    r.add_get("/protocol", meta.protocol_markdown, allow_head=False)
+    r.add_get("/protocol.json", meta.protocol_json, allow_head=False)
 
 
 def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runtime:

@@ -145,3 +145,30 @@ def sse_error_event(kind: Kind, message: str) -> bytes:
     """An SSE ``error`` event, for failures after the response has started."""
     data = encoder.encode({"type": "error", "error": {"type": TABLE[kind].error_type, "message": message}})
     return b"event: error\ndata: " + data + b"\n\n"
+
+
+class OAuthError(Exception):
+    """An OAuth endpoint's refusal, in RFC 6749's shape ``{"error", "error_description"}``.
+
+    Sign-in endpoints speak OAuth, not the Messages API, so they do not use the
+    Anthropic envelope. ``status`` follows what the client expects per error
+    (SPEC "Token endpoint"): 400 for the device-flow states, 401 for
+    ``invalid_grant`` (the client then asks the person to sign in again), 429
+    for rate limits and ``slow_down``, 503 for ``temporarily_unavailable`` (the
+    client keeps its refresh token and tries later).
+    """
+
+    def __init__(
+        self, error: str, status: int = 400, description: str | None = None, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        doc = {"error": self.error}
+        if self.description:
+            doc["error_description"] = self.description
+        return encoder.encode(doc)

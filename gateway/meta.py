@@ -66,13 +66,28 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
 
 
 async def managed_settings(request: web.Request) -> web.Response:
-    _authenticate(request)
-    raise GatewayError(
-        Kind.NOT_CONFIGURED,
-        "not configured",
-        headers={"x-cc-gateway-version": gateway.__version__, "Cache-Control": "no-store"},
-    )
+    # The client looks for the version header on every answer of this endpoint,
+    # refusals included (SPEC MANAGED-11).
+    version = {"x-cc-gateway-version": gateway.__version__}
+    try:
+        _authenticate(request)
+    except GatewayError as err:
+        err.headers = {**(err.headers or {}), **version}
+        raise
+    raise GatewayError(Kind.NOT_CONFIGURED, "not configured", headers={**version, "Cache-Control": "no-store"})
 
 
 async def not_found(request: web.Request) -> web.Response:
     raise GatewayError(Kind.NOT_FOUND, "not found")
+
+
+async def protocol_markdown(request: web.Request) -> web.Response:
+    from protocol_spec.requirements import spec_bytes
+
+    return web.Response(body=spec_bytes(), headers={"Content-Type": "text/markdown; charset=utf-8"})
+
+
+async def protocol_json(request: web.Request) -> web.Response:
+    from protocol_spec.requirements import index_json
+
+    return web.Response(body=index_json(), content_type=JSON)

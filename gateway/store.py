@@ -235,6 +235,15 @@ class Store:
         self._log = log
         self.readiness = Readiness(cfg.readiness_grace_seconds)
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The shared pool, for the other edge modules that keep their SQL in ``sql/``."""
+        return self._pool
+
+    @property
+    def config(self) -> StoreConfig:
+        return self._cfg
+
     @classmethod
     async def open(
         cls, cfg: StoreConfig, *, log: Log | None = None, retry_delay_s: float = BOOT_RETRY_DELAY_S

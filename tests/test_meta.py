@@ -76,3 +76,19 @@ async def test_access_control_lists(gateway_factory, fake_upstream):
     assert status == 403 and json.loads(body)["error"]["type"] == "permission_error"
     gw2 = await gateway_factory([fake_upstream.url], "access_control:\n  deny_cidrs: [127.0.0.1/32]\n")
     assert (await get(gw2, "/healthz"))[0] == 403  # a deny holds everywhere
+
+
+async def test_protocol_documents(gateway_factory, fake_upstream):
+    gw = await gateway_factory([fake_upstream.url])
+    status, headers, body = await get(gw, "/protocol")
+    assert status == 200 and headers["Content-Type"].startswith("text/markdown")
+    assert b"MSG-1" in body
+    status, _, body = await get(gw, "/protocol.json")
+    doc = json.loads(body)
+    assert status == 200 and any(r["id"] == "MSG-1" for r in doc["requirements"])
+
+
+async def test_managed_settings_401_still_carries_the_version(gateway_factory, fake_upstream):
+    gw = await gateway_factory([fake_upstream.url])
+    status, headers, _ = await get(gw, "/managed/settings")
+    assert status == 401 and headers["x-cc-gateway-version"] == gateway.__version__
