@@ -115,6 +115,39 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """List or revoke a person's sign-in families, by email (same mechanism as /oauth/revoke)."""
+    from gateway.app import build_runtime
+    from gateway.session_store import SessionService
+    from gateway.store import Store, StoreUnavailable
+
+    cfg = _load(args.config)
+    tokens = build_runtime(cfg).tokens
+
+    async def go() -> int:
+        store = await Store.open(cfg.store, log=audit.log)
+        try:
+            service = SessionService(store, tokens, secrets=tuple(cfg.session.secrets))
+            if args.action == "list":
+                families = await service.list_families(args.email)
+                for fam in families:
+                    sys.stdout.write(" ".join(f"{k}={v}" for k, v in fam._asdict().items()) + "\n")
+                if not families:
+                    sys.stdout.write(f"no sign-in sessions for {args.email}\n")
+                return 0
+            count = await service.revoke_email(args.email, args.reason)
+            sys.stdout.write(f"revoked {count} sign-in session(s) for {args.email}\n")
+            return 0
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreUnavailable as err:
+        sys.stderr.write(f"gatehouse: {err}\n")
+        return 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatehouse", description="A self-hosted gateway for Claude Code.")
     p.add_argument("--version", action="version", version=f"gatehouse {gateway.__version__}")
@@ -137,6 +170,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--groups", help="comma-separated IdP groups")
     t.add_argument("--ttl-seconds", type=int, default=None)
     t.set_defaults(func=cmd_token)
+
+    ss = sub.add_parser("sessions", help="list or revoke a person's sign-in sessions")
+    ss.add_argument("action", choices=("list", "revoke"))
+    ss.add_argument("--config", required=True)
+    ss.add_argument("--email", required=True)
+    ss.add_argument("--reason", default="admin_revoke", help="recorded in the audit event (revoke only)")
+    ss.set_defaults(func=cmd_sessions)
 
     m = sub.add_parser("migrate", help="apply database migrations and exit")
     m.add_argument("--config", required=True)

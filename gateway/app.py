@@ -5,14 +5,16 @@ The only module that wires edges (store, transport, recorder) to handlers.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
-from gateway import audit, meta, relay
-from gateway.errors import GatewayError, Kind, error_body, render
+from gateway import audit, meta, relay, signin
+from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
 from gateway.netaccess import AccessPolicy
 from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, new_request_id
 from gateway.routing import Routes
@@ -38,6 +40,7 @@ def routes(app: web.Application) -> None:
     r.add_get("/managed/settings", meta.managed_settings, allow_head=False)
     r.add_get("/protocol", meta.protocol_markdown, allow_head=False)
     r.add_get("/protocol.json", meta.protocol_json, allow_head=False)
+    signin.routes(app)
 
 
 def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runtime:
@@ -71,17 +74,26 @@ def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runt
     )
 
 
-def build(cfg: Any, *, idle_read_timeout_s: float | None = None, store: Any = None) -> web.Application:
-    """The application for ``cfg``. ``idle_read_timeout_s`` exists for tests only.
+def build(
+    cfg: Any,
+    *,
+    idle_read_timeout_s: float | None = None,
+    store: Any = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The application for ``cfg``. ``idle_read_timeout_s`` and ``clock`` exist for tests only.
 
     ``store``: an already-open store to use (tests share one); otherwise the
     app opens and migrates its own on startup and closes it on cleanup.
     """
     rt = build_runtime(cfg, idle_read_timeout_s=idle_read_timeout_s)
+    rt.clock = clock
     # client_max_size sits above our own limit so our 413 (in our envelope,
     # decided from Content-Length before reading) always answers first.
     app = web.Application(middlewares=[envelope_middleware], client_max_size=rt.limits.max_request_bytes + 1)
     app[RUNTIME] = rt
+    if cfg.oidc is not None:
+        app[signin.SIGNIN] = signin.SignIn(cfg, clock=clock)
     routes(app)
     app.cleanup_ctx.append(_lifecycle(store))
     return app
@@ -112,15 +124,58 @@ def _lifecycle(shared_store: Any):
             rt.store = shared_store
         rt.recorder = Recorder(rt.store)
         await rt.recorder.start()
+        background: list[asyncio.Task[Any]] = []
+        oidc = None
+        if signin.SIGNIN in app:
+            oidc, tasks = await _start_signin(app, rt, allow_loopback)
+            background += tasks
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            if rt.revocations is not None:
+                await rt.revocations.close()
+            if oidc is not None:
+                await oidc.close()
             await rt.recorder.drain(10.0)
             await rt.transport.close()
             if own_store:
                 await rt.store.close()
 
     return lifecycle
+
+
+async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool) -> tuple[Any, list[asyncio.Task[Any]]]:
+    from gateway.oidc import OidcClient
+    from gateway.revocations import RevocationWatcher
+    from gateway.session_store import SessionService
+
+    cfg = rt.config
+    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=rt.clock)
+    await oidc.start()
+    sessions = SessionService(
+        rt.store,
+        rt.tokens,
+        secrets=tuple(cfg.session.secrets),
+        clock=rt.clock,
+        max_lifetime_s=cfg.gatehouse.signin.session_max_days * 86400,
+    )
+    rt.revocations = RevocationWatcher(rt.store, ttl_s=rt.tokens.ttl_seconds, clock=rt.clock)
+    await rt.revocations.start()
+    si = app[signin.SIGNIN]
+    si.attach(store=rt.store, oidc=oidc, sessions=sessions)
+
+    async def discover_once() -> None:
+        # Sign-in needs the IdP; inference does not. A replica whose IdP is down
+        # at boot still serves existing sessions and discovers on first use.
+        try:
+            await oidc.discover()
+        except Exception as exc:
+            audit.log("warn", f"OIDC discovery failed at startup, will retry on first sign-in: {exc}")
+
+    tasks = [asyncio.create_task(discover_once()), asyncio.create_task(signin.prune_forever(si))]
+    return oidc, tasks
 
 
 @web.middleware
@@ -140,6 +195,11 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
         status, headers, body = render(err, request_id)
         headers["request-id"] = request_id
         return web.Response(status=status, body=body, headers=headers)
+    except OAuthError as err:
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "request-id": request_id}
+        if err.retry_after is not None:
+            headers["Retry-After"] = str(err.retry_after)
+        return web.Response(status=err.status, body=err.body(), headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

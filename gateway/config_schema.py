@@ -320,7 +320,12 @@ class GatehouseSpend(_Section, frozen=True):
 
 
 class GatehouseSignin(_Section, frozen=True):
-    login_notice: str | None = None
+    # Shown next to the code in Claude Code (the protocol caps it at 500 characters).
+    login_notice: Annotated[str, Meta(max_length=500)] | None = None
+    # A sign-in family (one /login) lives at most this long, however often it is
+    # refreshed; then the person signs in again. Refresh re-checks them with the
+    # IdP every ttl_hours in between.
+    session_max_days: Annotated[int, Meta(ge=1, le=365)] = 30
 
 
 class Gatehouse(_Section, frozen=True):

@@ -11,22 +11,18 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 import gateway
 from gateway.errors import GatewayError, Kind
-from gateway.relay import RUNTIME, read_body
-from gateway.sessions import bearer_token
+from gateway.relay import RUNTIME, authenticate, read_body
 from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
 
 JSON = "application/json"
 
 
 def _authenticate(request: web.Request):
-    rt = request.app[RUNTIME]
-    return rt.tokens.verify(bearer_token(request.headers.get("Authorization")), int(time.time()))
+    return authenticate(request.app[RUNTIME], request.headers.get("Authorization"))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -72,7 +72,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     rt.inflight += 1
     try:
         # 1. Bearer session token → principal (pure, cached; no database).
-        principal = rt.tokens.verify(bearer_token(request.headers.get("Authorization")), int(time.time()))
+        principal = authenticate(rt, request.headers.get("Authorization"))
 
         # 2. Size limits, before buffering anything.
         body = await read_body(request, rt.limits.max_request_bytes)
@@ -114,6 +114,18 @@ async def messages(request: web.Request) -> web.StreamResponse:
     finally:
         rt.inflight -= 1
         record(rt, request, request_id, principal, outcome, t0)
+
+
+def authenticate(rt: Runtime, authorization: str | None) -> Principal:
+    """The principal of a bearer token; the one check every bearer endpoint uses.
+
+    Verification is pure and cached; a revoked sign-in family is refused from
+    the in-memory set the revocation watcher keeps (no database per request).
+    """
+    principal = rt.tokens.verify(bearer_token(authorization), int(rt.clock()))
+    if rt.revocations is not None and rt.revocations.is_revoked(principal.sid):
+        raise GatewayError(Kind.AUTH_INVALID, "session revoked")
+    return principal
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

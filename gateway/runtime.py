@@ -7,6 +7,7 @@ precomputed values (SPEC "Hot path": no per-request config lookups).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,8 @@ class Runtime:
     recorder: Any = None  # gateway.recorder.Recorder, set on startup
     store: Any = None  # gateway.store.Store, set on startup
     access: Any = None  # gateway.netaccess.AccessPolicy
+    revocations: Any = None  # gateway.revocations.RevocationWatcher, set on startup
+    clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     inflight: int = 0

@@ -47,9 +47,9 @@ async def gateway_factory(pg_url: str):
 
     started = []
 
-    async def factory(upstreams, extra: str = "", **build_kwargs):
+    async def factory(upstreams, extra: str = "", *, issuer: str = "http://127.0.0.1:9", **build_kwargs):
         blocks = [u if u.lstrip().startswith("- provider") else upstream_block(u) for u in upstreams]
-        cfg = make_config(pg_url, blocks, extra)
+        cfg = make_config(pg_url, blocks, extra, issuer=issuer)
         gw = await start_gateway(cfg, **build_kwargs)
         started.append(gw)
         return gw

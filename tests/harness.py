@@ -10,6 +10,7 @@ command instead.
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,12 @@ UPSTREAM_KEY = "sk-ant-test-upstream-key"
 BASE_CONFIG = """
 listen:
   host: 127.0.0.1
-  port: 8080
-  public_url: http://127.0.0.1:8080
+  port: {port}
+  public_url: http://127.0.0.1:{port}
 oidc:
-  issuer: http://127.0.0.1:9
+  issuer: {issuer}
   client_id: gatehouse-tests
-  client_secret: not-used-yet
+  client_secret: gatehouse-tests-secret
 session:
   jwt_secret: {jwt_secret}
 store:
@@ -52,9 +53,28 @@ def upstream_block(url: str, name: str | None = None, key: str = UPSTREAM_KEY, e
     return "\n".join(lines)
 
 
-def make_config(pg_url: str, upstreams: list[str], extra: str = "") -> Any:
-    text = BASE_CONFIG.format(
-        jwt_secret=JWT_SECRET, pg_url=pg_url, upstreams="\n".join(upstreams), extra=textwrap.dedent(extra)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_config(
+    pg_url: str,
+    upstreams: list[str],
+    extra: str = "",
+    *,
+    issuer: str = "http://127.0.0.1:9",
+    port: int | None = None,
+    base: str = BASE_CONFIG,
+) -> Any:
+    text = base.format(
+        jwt_secret=JWT_SECRET,
+        pg_url=pg_url,
+        upstreams="\n".join(upstreams),
+        extra=textwrap.dedent(extra),
+        issuer=issuer,
+        port=port or free_port(),
     )
     env = dict(os.environ, CLAUDE_GATEWAY_ALLOW_LOOPBACK="1")
     return loads(text, env, source="<test>")
@@ -78,13 +98,16 @@ class RunningGateway:
         await self.runner.cleanup()
 
 
-async def start_gateway(cfg: Any, **build_kwargs: Any) -> RunningGateway:
+async def start_gateway(cfg: Any, *, bind_port: int | None = None, **build_kwargs: Any) -> RunningGateway:
+    """Serve ``cfg``. ``bind_port`` puts a second replica of the same config on another port."""
     app = build(cfg, **build_kwargs)
     runner = web.AppRunner(
         app, handler_cancellation=True, shutdown_timeout=5, access_log=None, auto_decompress=False, **parser_limits(cfg)
     )
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    # The port was chosen before the config was made, so that public_url (the
+    # token issuer and the sign-in page's origin) names where we really listen.
+    port = bind_port or cfg.listen.port
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return RunningGateway(f"http://127.0.0.1:{port}", app, runner)

@@ -13,6 +13,10 @@ PURE = [
     "gateway/netaccess.py",
     "gateway/upstreams/anthropic.py",
     "gateway/config.py",
+    "gateway/devicecodes.py",
+    "gateway/pages.py",
+    "gateway/identity.py",
+    "gateway/sealing.py",
 ]
 IO_MODULES = ("asyncio", "aiohttp", "asyncpg", "opentelemetry", "aiobotocore", "google", "socket")
 

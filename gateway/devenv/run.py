@@ -149,6 +149,15 @@ def main() -> int:
             "    -d '{\"model\":\"claude-sonnet-4-6\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n\n"
             "Mint another token:  .venv/bin/gatehouse token --config conf/examples/dev.yaml --email you@example.com\n"
             "  (run it with the same GATEHOUSE_DEV_* environment; or set GATEHOUSE_DEV_JWT_SECRET before make dev)\n"
+            "\nTo sign in with /login instead (device flow through the development IdP), a developer\n"
+            "machine needs this managed-settings file:\n\n"
+            f'  {{"forceLoginMethod":"gateway","forceLoginGatewayUrl":"{url}"}}\n\n'
+            "  Linux:   /etc/claude-code/managed-settings.json\n"
+            "  macOS:   /Library/Application Support/ClaudeCode/managed-settings.json\n"
+            "  Windows: C:\\Program Files\\ClaudeCode\\managed-settings.json\n\n"
+            "  Warning: while that file exists, Claude Code on that machine signs in ONLY through this\n"
+            "  gateway. Delete the file to undo it. Then run `claude`, type /login, open the link,\n"
+            "  approve, and pick a user (alice, bob or carol) at the development IdP.\n\n"
             "Press Ctrl-C to stop everything.\n",
             flush=True,
         )

@@ -1,0 +1,1 @@
+DELETE FROM device_grants WHERE expires_at < $1

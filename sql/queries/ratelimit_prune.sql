@@ -1,0 +1,1 @@
+DELETE FROM rate_counters WHERE window_start < $1
