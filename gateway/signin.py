@@ -259,6 +259,7 @@ async def callback(request: web.Request) -> web.Response:
     ip = request.get(CLIENT_IP)
     session = await _session(request, si)
     grant_hex, state = session.get("grant"), session.get("state")
+    nonce, verifier = session.get("nonce"), session.get("verifier")
     # One use only: whatever happens next, this browser binding is spent.
     session.invalidate()
     if not grant_hex or not state:
@@ -280,8 +281,8 @@ async def callback(request: web.Request) -> web.Response:
         if grant is None:
             audit.emit("device.callback", result="expired", client_ip=ip)
             return await _done(request, si, pages.message("Sign-in expired", "This sign-in has expired. Start again from Claude Code."), 400, session)
-        tokens = await si.oidc.exchange_code(request.query["code"], redirect_uri=si.redirect_uri, code_verifier=session.get("verifier"))
-        identity = await si.oidc.identity_from_tokens(tokens, nonce=session.get("nonce"))
+        tokens = await si.oidc.exchange_code(request.query["code"], redirect_uri=si.redirect_uri, code_verifier=verifier)
+        identity = await si.oidc.identity_from_tokens(tokens, nonce=nonce)
     except (IdentityRejected, IdTokenInvalid, IdpRejected) as exc:
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         audit.emit("session.mint", result="fail", err=reason, client_ip=ip)
