@@ -46,7 +46,10 @@ def routes(app: web.Application) -> None:
 def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runtime:
     listen = cfg.listen
     issuer = listen.public_url or f"http://{listen.host}:{listen.port}"
-    tokens = TokenService(tuple(cfg.session.secrets), issuer.rstrip("/"), int(cfg.session.ttl_hours * 3600))
+    tag = cfg.admin.billing_group_tag if cfg.admin is not None else None
+    tokens = TokenService(
+        tuple(cfg.session.secrets), issuer.rstrip("/"), int(cfg.session.ttl_hours * 3600), billing_group_tag=tag
+    )
     plans = tuple(
         UpstreamPlan(
             name=u.name,
@@ -63,6 +66,7 @@ def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runt
         config=cfg,
         tokens=tokens,
         routes=Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models),
+        billing_group_tag=tag,
         upstreams=plans,
         limits=Limits(cfg.limits.max_request_bytes, cfg.limits.max_request_header_bytes, cfg.limits.max_url_length),
         idle_read_timeout_s=idle_read_timeout_s or gh.upstream.idle_read_timeout_seconds,

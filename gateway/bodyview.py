@@ -10,7 +10,7 @@ attribution block and body-keyed caches, SPEC "Forwarding").
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -22,6 +22,7 @@ class View(NamedTuple):
     model: str
     stream: bool
     max_tokens: int | None
+    tags: dict[str, Any] | None
 
 
 def _bad(message: str) -> GatewayError:
@@ -42,7 +43,8 @@ def decode_view(body: bytes) -> View:
     if not isinstance(model, str):
         raise _bad("model must be a string")
     max_tokens = view.max_tokens if type(view.max_tokens) is int else None
-    return View(model, view.stream is True, max_tokens)
+    tags = view.tags if isinstance(view.tags, dict) else None
+    return View(model, view.stream is True, max_tokens, tags)
 
 
 # A JSON string token, or one structural character. Strings are matched whole,
@@ -79,3 +81,66 @@ def model_value_span(body: bytes) -> tuple[int, int]:
 def splice_model(body: bytes, new_model: str) -> bytes:
     start, end = model_value_span(body)
     return body[:start] + encoder.encode(new_model) + body[end:]
+
+
+def _value_end(body: bytes, start: int) -> int:
+    """End offset of the JSON value starting at ``start`` (string, number, literal, or container)."""
+    first = body[start : start + 1]
+    if first == b'"':
+        token = _TOKEN.match(body, start)
+        assert token is not None
+        return token.end()
+    if first in (b"{", b"["):
+        depth = 0
+        for tok in _TOKEN.finditer(body, start):
+            text = tok.group()
+            if text[0] in b"{[":
+                depth += 1
+            elif text[0] in b"}]":
+                depth -= 1
+                if depth == 0:
+                    return tok.end()
+        raise _bad("invalid JSON")
+    scalar = _SCALAR.match(body, start)
+    if scalar is None:
+        raise _bad("invalid JSON")
+    return scalar.end()
+
+
+_SCALAR = re.compile(rb"-?[0-9][0-9eE.+\-]*|true|false|null")
+_WS = re.compile(rb"\s*")
+
+
+def remove_member(body: bytes, key: str) -> bytes:
+    """``body`` without its top-level member ``key`` (and one adjoining comma).
+
+    Every other byte is kept as the client sent it. Used for fields an
+    upstream must not receive (request ``tags`` for signed-in developers).
+    """
+    wanted = encoder.encode(key)
+    depth = 0
+    for tok in _TOKEN.finditer(body):
+        text = tok.group()
+        first = text[0]
+        if first in b"{[":
+            depth += 1
+            continue
+        if first in b"}]":
+            depth -= 1
+            continue
+        if depth != 1 or text != wanted:
+            continue
+        colon = _COLON.match(body, tok.end())
+        if colon is None or b":" not in colon.group():
+            continue
+        end = _value_end(body, colon.end())
+        after = _WS.match(body, end).end()  # type: ignore[union-attr]
+        if body[after : after + 1] == b",":
+            # First or middle member: take the comma that follows.
+            return body[: tok.start()] + body[_WS.match(body, after + 1).end() :]  # type: ignore[union-attr]
+        # Last member: take the comma that precedes it.
+        before = body.rfind(b",", 0, tok.start())
+        opening = body.rfind(b"{", 0, tok.start())
+        start = before if before > opening else tok.start()
+        return body[:start] + body[end:]
+    return body

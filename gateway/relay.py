@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import audit
-from gateway.bodyview import decode_view, splice_model
+from gateway.bodyview import decode_view, remove_member, splice_model
 from gateway.errors import (
     FINAL_PREFERENCE,
     GatewayError,
@@ -45,12 +45,16 @@ CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("client_ip", object)  # t
 # and a hostile or broken upstream must not make us buffer without bound.
 MAX_ERROR_BODY_BYTES = 1 << 20
 CLIENT_CLOSED = 499
+REQUEST_TAGS_BETA = "request-tags-2026-08-21"
 
 
 class Outcome:
     """What happened to one request, filled in as it goes; recorded at the end."""
 
-    __slots__ = ("status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error")
+    __slots__ = (
+        "status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error",
+        "billing_group",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -61,6 +65,7 @@ class Outcome:
         self.usage: UsageTotals = ZERO
         self.attempts = 0
         self.error: str | None = None
+        self.billing_group: str | None = None
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -81,12 +86,18 @@ async def messages(request: web.Request) -> web.StreamResponse:
         view = decode_view(body)
         outcome.model = view.model
 
-        # 4. Policy seams: the model allowlist and the spend gate plug in here.
+        # 4. Request tags: with a billing-group tag configured, signed-in
+        #    developers' tags never reach an upstream; the group is recorded.
+        if rt.billing_group_tag is not None and view.tags is not None:
+            outcome.billing_group = billing_group(view.tags, rt.billing_group_tag, principal)
+            body = remove_member(body, "tags")
 
-        # 5. Which upstreams may serve this model, under which id.
+        # 5. Policy seams: the model allowlist and the spend gate plug in here.
+
+        # 6. Which upstreams may serve this model, under which id.
         targets = rt.routes.plan(view.model)
 
-        # 6. Try them in order until one answers in a way we relay.
+        # 7. Try them in order until one answers in a way we relay.
         upstream_path = request.path_qs
         try:
             resp, first_chunk = await open_first(
@@ -97,7 +108,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             err.headers["request-id"] = request_id
             return web.Response(status=err.status, body=err.body, headers=err.headers)
 
-        # 7. Relay the reply: JSON whole, SSE chunk by chunk as it arrives.
+        # 8. Relay the reply: JSON whole, SSE chunk by chunk as it arrives.
         try:
             if first_chunk is None:
                 return await relay_whole(request, resp, request_id, outcome)
@@ -114,6 +125,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
     finally:
         rt.inflight -= 1
         record(rt, request, request_id, principal, outcome, t0)
+
+
+def billing_group(tags: dict, tag: str, principal: Principal) -> str | None:
+    """The billing group a request names, if the person's token lists that group."""
+    value = tags.get(tag)
+    return value if isinstance(value, str) and value in principal.groups else None
 
 
 def authenticate(rt: Runtime, authorization: str | None) -> Principal:
@@ -146,11 +163,14 @@ async def open_first(rt, request, body, model, targets, path_qs, principal, outc
     Raises the preferred final error when every target fails.
     """
     failures: list[tuple[int, dict[str, str], bytes]] = []
+    drop_beta = REQUEST_TAGS_BETA if rt.billing_group_tag is not None else None
     for target in targets:
         up = rt.upstreams[target.upstream]
         outcome.attempts += 1
         payload = body if target.model == model else splice_model(body, target.model)
-        headers = anthropic.build_headers(up.prepared, request.headers, principal.email, principal.sub)
+        headers = anthropic.build_headers(
+            up.prepared, request.headers, principal.email, principal.sub, drop_beta=drop_beta
+        )
         url = up.prepared.url_base + path_qs
         try:
             resp = await rt.transport.open("POST", url, headers, payload, up.ttfb_s)
@@ -278,6 +298,7 @@ def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: fl
         cache_creation_input_tokens=u.cache_creation_input_tokens,
         cache_read_input_tokens=u.cache_read_input_tokens,
         output_estimated=u.estimated or None,
+        billing_group=outcome.billing_group,
     )
     if rt.recorder is None:
         return

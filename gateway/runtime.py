@@ -39,6 +39,7 @@ class Runtime:
     upstreams: tuple[UpstreamPlan, ...]
     limits: Limits
     idle_read_timeout_s: float
+    billing_group_tag: str | None = None
     transport: Any = None  # gateway.upstreams.transport.Transport, set on startup
     recorder: Any = None  # gateway.recorder.Recorder, set on startup
     store: Any = None  # gateway.store.Store, set on startup

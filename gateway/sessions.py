@@ -22,6 +22,7 @@ import uuid
 from collections import OrderedDict
 from typing import NamedTuple
 
+import msgspec
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
@@ -56,13 +57,16 @@ def _invalid(message: str = "invalid token") -> GatewayError:
 class TokenService:
     """Signs with the first secret, verifies with any; caches verified tokens."""
 
-    def __init__(self, secrets: tuple[str, ...], issuer: str, ttl_seconds: int) -> None:
+    def __init__(
+        self, secrets: tuple[str, ...], issuer: str, ttl_seconds: int, *, billing_group_tag: str | None = None
+    ) -> None:
         if not secrets:
             raise ValueError("at least one jwt secret is required")
         self._keys = {key_id(s): OctKey.import_key(s.encode()) for s in secrets}
         self._signing_kid = key_id(secrets[0])
         self.issuer = issuer
         self.ttl_seconds = ttl_seconds
+        self.billing_group_tag = billing_group_tag
         self._cache: OrderedDict[str, Principal] = OrderedDict()
 
     # -- minting ---------------------------------------------------------
@@ -88,6 +92,7 @@ class TokenService:
             name=name,
             groups=list(groups),
             sid=sid or uuid.uuid4().hex,
+            billing_group_tag=self.billing_group_tag,
         )
         header = {"alg": "HS256", "typ": "JWT", "kid": self._signing_kid}
         payload = msgspec_to_dict(claims)
@@ -152,8 +157,6 @@ class TokenService:
 
 
 def msgspec_to_dict(claims: SessionClaims) -> dict:
-    import msgspec
-
     return msgspec.to_builtins(claims)
 
 

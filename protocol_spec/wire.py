@@ -46,6 +46,8 @@ class MessagesRequestView(msgspec.Struct, frozen=True):
     model: Any = None
     stream: Any = None
     max_tokens: Any = None
+    # Request tags (``{"<billing_group_tag>": "<group>"}``); read only to record the group.
+    tags: Any = None
 
 
 # --------------------------------------------------------------------------
@@ -129,6 +131,9 @@ class SessionClaims(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str | None = None
     groups: list[str] = []
     sid: str | None = None
+    # Set when the gateway strips request tags: tells the client which tag key
+    # carries the developer's billing group (SPEC "Request tags").
+    billing_group_tag: str | None = None
 
 
 # --------------------------------------------------------------------------

@@ -437,3 +437,26 @@ async def test_expired_token_is_401(gateway_factory, fake_upstream):
     token = gw.token(ttl_seconds=-120)
     code, headers, body = await post(gw, headers={"Authorization": f"Bearer {token}"})
     assert code == 401 and headers["x-should-retry"] == "false"
+
+
+async def test_billing_group_tags_are_stripped_and_recorded(gateway_factory, fake_upstream, capfd):
+    extra = "admin:\n  billing_group_tag: cost_center\n"
+    gw = await gateway_factory([fake_upstream.url], extra)
+    body = b'{"model":"claude-sonnet-4-6","tags":{"cost_center":"eng"},"max_tokens":1}'
+    token = gw.token(groups=["eng"])
+    claims = __import__("json").loads(__import__("base64").urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["billing_group_tag"] == "cost_center"
+    status, _, _ = await post(gw, body=body, headers={"Authorization": f"Bearer {token}", "anthropic-beta": "claude-code-20250219,request-tags-2026-08-21"})
+    assert status == 200
+    got = fake_upstream.received[-1]
+    assert got.body == b'{"model":"claude-sonnet-4-6","max_tokens":1}'
+    assert dict((k.lower(), v) for k, v in got.headers)["anthropic-beta"] == "claude-code-20250219"
+    events = [json.loads(l) for l in capfd.readouterr().err.splitlines() if '"evt":"inference"' in l]
+    assert events[-1]["billing_group"] == "eng"
+
+
+async def test_tags_pass_through_without_a_billing_group_tag(gateway_factory, fake_upstream):
+    gw = await gateway_factory([fake_upstream.url])
+    body = b'{"model":"claude-sonnet-4-6","tags":{"cost_center":"eng"},"max_tokens":1}'
+    assert (await post(gw, body=body))[0] == 200
+    assert fake_upstream.received[-1].body == body

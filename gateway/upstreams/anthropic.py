@@ -61,9 +61,11 @@ def forwarded_headers(client_headers: Any) -> dict[str, str]:
 
 
 def build_headers(
-    prepared: Prepared, client_headers: Any, email: str | None, sub: str | None
+    prepared: Prepared, client_headers: Any, email: str | None, sub: str | None, drop_beta: str | None = None
 ) -> dict[str, str]:
     headers = forwarded_headers(client_headers)
+    if drop_beta is not None:
+        _remove_beta(headers, drop_beta)
     if prepared.oauth:
         beta_name = next((n for n in headers if n.lower() == "anthropic-beta"), None)
         if beta_name is None:
@@ -78,6 +80,17 @@ def build_headers(
             headers["x-claude-gateway-user-email"] = email
             headers["x-litellm-end-user-id"] = email
     return headers
+
+
+def _remove_beta(headers: dict[str, str], value: str) -> None:
+    name = next((n for n in headers if n.lower() == "anthropic-beta"), None)
+    if name is None or value not in headers[name]:
+        return
+    kept = [b.strip() for b in headers[name].split(",") if b.strip() and b.strip() != value]
+    if kept:
+        headers[name] = ",".join(kept)
+    else:
+        del headers[name]
 
 
 # Response headers that never reach the client: hop-by-hop ones, the encoding

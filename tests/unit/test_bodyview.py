@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gateway.bodyview import decode_view, model_value_span, splice_model
+from gateway.bodyview import decode_view, model_value_span, remove_member, splice_model
 from gateway.errors import GatewayError
 
 
@@ -31,7 +31,8 @@ def test_view_errors(body, message):
 
 def test_view_reads_model_and_stream_and_ignores_the_rest():
     view = decode_view(b'{"messages":[],"unknown":{"x":1},"model":"m","stream":true,"max_tokens":7}')
-    assert view == ("m", True, 7)
+    assert view == ("m", True, 7, None)
+    assert decode_view(b'{"model":"m","tags":{"team":"eng"}}').tags == {"team": "eng"}
 
 
 NESTED = (
@@ -57,3 +58,20 @@ def test_splice_fast_path_model_first():
 
 def test_splice_escapes_the_new_value():
     assert json.loads(splice_model(b'{"model":"a"}', 'we"ird'))["model"] == 'we"ird'
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b'{"model":"m","tags":{"t":"a","x":[1,{"tags":2}]},"stream":true}', b'{"model":"m","stream":true}'),
+        (b'{"tags":{"t":"g"}, "model":"m"}', b'{"model":"m"}'),
+        (b'{"model":"m" , "tags" : {"t":"g"} }', b'{"model":"m"  }'),
+        (b'{"model":"m","messages":[{"tags":1}]}', b'{"model":"m","messages":[{"tags":1}]}'),
+        (b'{"tags":"s\\"x","a":1}', b'{"a":1}'),
+        (b'{"tags":null}', b"{}"),
+    ],
+)
+def test_remove_member_keeps_every_other_byte(body, expected):
+    out = remove_member(body, "tags")
+    assert out == expected
+    json.loads(out)
