@@ -126,3 +126,35 @@ async def test_callback_sends_the_pkce_verifier_and_checks_the_nonce(pg_cluster,
             assert len(exchange.form["code_verifier"]) >= 43
         finally:
             await gw.close()
+
+
+async def test_sessions_cli_lists_and_revokes(tmp_path, pg_cluster, fake_upstream):
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import BASE_CONFIG, JWT_SECRET, free_port, make_config, start_gateway, upstream_block
+
+    db = pg_cluster.create_database("sessions_cli_" + uuid.uuid4().hex[:8])
+    with IdpProcess([ALICE]) as idp:
+        port = free_port()
+        text = BASE_CONFIG.format(
+            jwt_secret=JWT_SECRET, pg_url=db, upstreams=upstream_block(fake_upstream.url), extra="", issuer=idp.issuer, port=port
+        )
+        path = tmp_path / "gateway.yaml"
+        path.write_text(text)
+        gw = await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], issuer=idp.issuer, port=port))
+        try:
+            _, _, status, doc = await sign_in(gw)
+            assert status == 200
+            env = dict(os.environ, CLAUDE_GATEWAY_ALLOW_LOOPBACK="1")
+            cli = [sys.executable, "-m", "gateway", "sessions"]
+            listed = subprocess.run([*cli, "list", "--config", str(path), "--email", "ALICE@example.com"], env=env, capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+            assert "state=active" in listed.stdout and "alice@example.com" in listed.stdout
+            revoked = subprocess.run([*cli, "revoke", "--config", str(path), "--email", "alice@example.com"], env=env, capture_output=True, text=True, timeout=60)
+            assert revoked.returncode == 0 and "revoked 1" in revoked.stdout
+            status, _, err = await refresh(gw, doc["refresh_token"])
+            assert (status, err["error"]) == (401, "invalid_grant")
+        finally:
+            await gw.close()
