@@ -35,6 +35,7 @@ import msgspec.inspect as mi
 import yaml
 
 from gateway import config_schema as s
+from gateway import settings_keys
 from gateway.config_schema import Config, Expanded, Issues, dotted, kind, shape
 
 __all__ = [
@@ -379,11 +380,11 @@ def _prepare_policy(raw: dict[str, Any], path: str, issues: Issues) -> dict[str,
             written = "settings"
             policy["cli"] = policy.pop("settings")
     cli = policy.get("cli")
-    if isinstance(cli, dict) and "mcpServers" in cli:
-        issues.add(
-            f"{path}.{written}.mcpServers",
-            "not a managed-settings key; use managedMcpServers (remote http/sse servers only)",
-        )
+    if isinstance(cli, dict):
+        # Keys and basic types against the checked-in list (mcpServers refused
+        # with its replacement); named as written, cli or settings.
+        for issue_path, message in settings_keys.check(cli, f"{path}.{written}"):
+            issues.add(issue_path, message)
     return policy
 
 
@@ -933,7 +934,7 @@ UNSUPPORTED: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
     ("oidc.google_groups", "Google Workspace group lookup is not implemented", bool),
     ("oidc.use_proxy", "sending IdP requests through a proxy is not implemented", bool),
     ("oidc.client_assertion", "private_key_jwt client authentication is not implemented", bool),
-    ("managed", "managed settings are not implemented", bool),
+    ("managed.policies[*].desktop", "the Claude Desktop overlay (/user/bootstrap) is not implemented", lambda d: d is not None),
     ("telemetry.forward_to", "the OTLP relay is not implemented", bool),
     ("telemetry.resource_attributes", "pushing OTLP resource attributes is not implemented", bool),
     ("admin", "the admin API and spend limits are not implemented", bool),

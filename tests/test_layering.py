@@ -17,6 +17,9 @@ PURE = [
     "gateway/pages.py",
     "gateway/identity.py",
     "gateway/sealing.py",
+    "gateway/canonical_json.py",
+    "gateway/policy.py",
+    "gateway/settings_keys.py",
 ]
 IO_MODULES = ("asyncio", "aiohttp", "asyncpg", "opentelemetry", "aiobotocore", "google", "socket")
 

@@ -506,7 +506,7 @@ UNSUPPORTED_CASES: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] 
     ("bedrock", lambda d: d["upstreams"].append(BEDROCK), ["upstreams[1]"]),
     ("wif", lambda d: up()(d).update(auth={"federation_rule_id": "r", "organization_id": "o", "identity_token_file": "/t"}),
      ["upstreams[0].auth.federation_rule_id"]),
-    ("managed", lambda d: put(d, managed={"policies": [{"match": {}}]}), ["managed"]),
+    ("managed_desktop", lambda d: put(d, managed={"policies": [{"match": {}, "desktop": {}}]}), ["managed.policies[0].desktop"]),
     ("admin", lambda d: put(d, admin=ADMIN), ["admin"]),
     ("enforcement", lambda d: put(d, admin=ADMIN, enforcement={"fail_closed_on_error": True}),
      ["admin", "enforcement.fail_closed_on_error"]),
