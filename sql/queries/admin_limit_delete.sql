@@ -1,0 +1,2 @@
+DELETE FROM spend_limits WHERE id = $1
+RETURNING id, scope_type, scope_id, period, amount_cents, currency, pooled_limit_enabled, pooled_monthly_credit_limit_cents, created_at, updated_at, created_by

@@ -1,0 +1,1 @@
+DELETE FROM admin_audit WHERE at < $1
