@@ -39,6 +39,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     sys.stdout.write(yaml.safe_dump(redacted(cfg), sort_keys=False))
+    for warning in boot_warnings(cfg):
+        sys.stdout.write(f"# warning: {warning}\n")
     missing = unsupported(cfg)
     if missing:
         sys.stdout.write("\n# switched on here but not supported by Gatehouse yet:\n")
@@ -59,12 +61,29 @@ def _refuse_unsupported(cfg: Any) -> None:
         raise SystemExit(2)
 
 
+def boot_warnings(cfg: Any) -> list[str]:
+    """Things that boot but probably aren't what the operator meant."""
+    from gateway.policy import Policies
+    from gateway.routing import Routes
+
+    catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
+    warnings = list(Policies(cfg, catalog, None).warnings)
+    if not cfg.access_control.allow_cidrs and (cfg.listen.public_url or cfg.listen.host not in ("127.0.0.1", "::1", "localhost")):
+        warnings.append(
+            "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
+            "consider the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8, ::1/128, fc00::/7)"
+        )
+    return warnings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import server
 
     cfg = _load(args.config)
     _refuse_unsupported(cfg)
     audit.emit("config.load", path=cfg.path, sha256=cfg.sha256)
+    for warning in boot_warnings(cfg):
+        audit.log("warn", warning)
     # Migrate once here, before any worker starts, so workers boot against a
     # ready schema (the advisory lock would make concurrent runs safe anyway).
     _migrate(cfg)
@@ -177,6 +196,12 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("--email", required=True)
     ss.add_argument("--reason", default="admin_revoke", help="recorded in the audit event (revoke only)")
     ss.set_defaults(func=cmd_sessions)
+
+    from gateway import limits_cli  # stdlib only at import time
+
+    lm = sub.add_parser("limits", help="list, set and delete spend limits through a running gateway's admin API")
+    limits_cli.add_arguments(lm)
+    lm.set_defaults(func=limits_cli.main)
 
     m = sub.add_parser("migrate", help="apply database migrations and exit")
     m.add_argument("--config", required=True)

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import audit, meta, relay, signin
+from gateway import audit, managed, meta, relay, signin
 from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
 from gateway.netaccess import AccessPolicy
+from gateway.policy import Policies
 from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, new_request_id
 from gateway.routing import Routes
 from gateway.runtime import Limits, Runtime, UpstreamPlan
@@ -37,7 +38,8 @@ def routes(app: web.Application) -> None:
     r.add_post("/v1/metrics", meta.telemetry_ingest)
     r.add_post("/v1/logs", meta.telemetry_ingest)
     r.add_post("/v1/traces", meta.telemetry_ingest)
-    r.add_get("/managed/settings", meta.managed_settings, allow_head=False)
+    r.add_get("/managed/settings", managed.managed_settings, allow_head=False)
+    r.add_get("/user/bootstrap", managed.user_bootstrap, allow_head=False)
     r.add_get("/protocol", meta.protocol_markdown, allow_head=False)
     r.add_get("/protocol.json", meta.protocol_json, allow_head=False)
     signin.routes(app)
@@ -98,7 +100,15 @@ def build(
     app[RUNTIME] = rt
     if cfg.oidc is not None:
         app[signin.SIGNIN] = signin.SignIn(cfg, clock=clock)
+    rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), None)
+    app[managed.POLICIES] = rt.policies
+    app[managed.SIGHTINGS] = rt.sightings = managed.ChecksumSightings()
     routes(app)
+    if cfg.admin is not None:
+        from gateway import admin_api
+
+        app[admin_api.ADMIN] = admin_api.AdminContext(cfg, clock=clock)
+        admin_api.routes(app)
     app.cleanup_ctx.append(_lifecycle(store))
     return app
 
@@ -133,6 +143,11 @@ def _lifecycle(shared_store: Any):
         if signin.SIGNIN in app:
             oidc, tasks = await _start_signin(app, rt, allow_loopback)
             background += tasks
+        background.append(asyncio.create_task(rt.sightings.flush_forever()))
+        if cfg.admin is not None:
+            from gateway import admin_api
+
+            background.append(asyncio.create_task(admin_api.prune_forever(app[admin_api.ADMIN], app)))
         try:
             yield
         finally:

@@ -44,11 +44,13 @@ async def landing(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    _authenticate(request)
+    principal = _authenticate(request)
     rt = request.app[RUNTIME]
+    access = rt.policies.access_for(principal)
     data = [
         ModelInfo(type="model", id=e.id, display_name=e.display_name, max_input_tokens=e.max_input_tokens, description=e.description)
         for e in rt.routes.catalog
+        if access.allows(e.id)
     ]
     listing = ModelList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
     return web.Response(body=encoder.encode(listing), content_type=JSON)
@@ -59,18 +61,6 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
     await read_body(request, request.app[RUNTIME].limits.max_request_bytes)
     # Accepted and discarded until the telemetry relay forwards it.
     return web.Response(status=200)
-
-
-async def managed_settings(request: web.Request) -> web.Response:
-    # The client looks for the version header on every answer of this endpoint,
-    # refusals included (SPEC MANAGED-11).
-    version = {"x-cc-gateway-version": gateway.__version__}
-    try:
-        _authenticate(request)
-    except GatewayError as err:
-        err.headers = {**(err.headers or {}), **version}
-        raise
-    raise GatewayError(Kind.NOT_CONFIGURED, "not configured", headers={**version, "Cache-Control": "no-store"})
 
 
 async def not_found(request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from gateway.errors import (
     sse_error_event,
     upstream_status_fails_over,
 )
+from gateway.policy import ALLOW_ALL
 from gateway.runtime import Runtime
 from gateway.sessions import Principal, bearer_token
 from gateway.sse import ZERO, UsageTap, UsageTotals, json_usage
@@ -92,7 +93,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
             outcome.billing_group = billing_group(view.tags, rt.billing_group_tag, principal)
             body = remove_member(body, "tags")
 
-        # 5. Policy seams: the model allowlist and the spend gate plug in here.
+        # 5. Policy: the spend gate (next), then the model allowlist of the person's role.
+        matched = rt.policies.match(principal)
+        refusal = (matched.access if matched is not None else ALLOW_ALL).check(view.model)
+        if refusal is not None:
+            raise GatewayError(Kind.INVALID_REQUEST, refusal)
+        if matched is not None and matched.hint_headers:
+            seen = request.headers.get("x-claude-code-managed-settings-checksum")
+            if seen:
+                rt.sightings.note(principal.sub, seen, served=matched.checksum)
 
         # 6. Which upstreams may serve this model, under which id.
         targets = rt.routes.plan(view.model)

@@ -45,6 +45,8 @@ class Runtime:
     store: Any = None  # gateway.store.Store, set on startup
     access: Any = None  # gateway.netaccess.AccessPolicy
     revocations: Any = None  # gateway.revocations.RevocationWatcher, set on startup
+    policies: Any = None  # gateway.policy.Policies
+    sightings: Any = None  # gateway.managed.ChecksumSightings
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
     draining: bool = False
