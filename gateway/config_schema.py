@@ -317,6 +317,15 @@ class GatehouseSpend(_Section, frozen=True):
     store_timeout_ms: PositiveInt = 2000
     output_allowance_tokens: Annotated[int, Meta(ge=0)] = 4096
     cut_streams_at_cap: bool = False
+    # A running stream grows its reservation by this many output tokens at a
+    # time: larger steps mean fewer database calls, smaller ones less overshoot
+    # per stream when a cap runs out without cut_streams_at_cap.
+    topup_tokens: Annotated[int, Meta(ge=64, le=1_000_000)] = 2048
+    # An open reservation whose owner stops renewing it (the process died) is
+    # charged its reserved amount after this long. Each top-up renews it, so it
+    # must outlast the longest silence in a live request (time to first byte,
+    # thinking pauses, a long non-streaming reply).
+    reservation_ttl_seconds: Annotated[int, Meta(ge=60, le=86_400)] = 1800
 
 
 class GatehouseSignin(_Section, frozen=True):

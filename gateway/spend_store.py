@@ -1,0 +1,616 @@
+"""Spend enforcement against PostgreSQL: reserve, top up, settle, expire (edge).
+
+Theory of operation:
+
+* **Limits live in memory.** Every replica keeps the spend_limits rows in a
+  :class:`gateway.spend.LimitIndex`, reloaded when an admin change sends
+  ``NOTIFY gatehouse_spend_limits`` (heard on a dedicated LISTEN connection)
+  and every 30 s regardless, so a lost notification costs at most 30 s.
+  Resolving a person's caps is then a few dict lookups, cached per
+  (sub, groups) until the next reload.
+* **One round trip to admit.** ``reserve`` calls the SQL function
+  ``spend_reserve`` (sql/migrations/0004_spend.sql): it creates missing
+  counter rows, locks the person's counters (their day, week and month, and
+  the month of every pool they draw from) in one fixed order, admits iff
+  every capped counter has room for spent + reserved + estimate, and adds the
+  estimate to all of them, in one transaction. Concurrent requests on any
+  number of replicas queue on those row locks, so admissions can never sum
+  past a cap.
+* **People without a cap skip the database on admission**; their spend is
+  still charged to their counters at settlement (caps can be added at any
+  time and must then see the spend to date).
+* **Top-ups** grow an open reservation while a stream runs, one call per
+  step (never per chunk). A refused step marks the counter exhausted at its
+  current cap, which closes admission until the cap is raised or the period
+  ends.
+* **Settling** replaces the reservation with the actual cost, once per
+  request id whatever the number of calls. A settle that cannot reach the
+  database is queued and retried in the background (it is idempotent), so a
+  blip does not lose spend.
+* **Expiry.** A replica that dies leaves open reservations. A background
+  sweep on every replica expires those past their expiry (reserve time +
+  ``reservation_ttl_s``, pushed forward by each top-up), charging the reserved
+  amount and writing an ``admin_audit`` row; ``FOR UPDATE SKIP LOCKED``
+  keeps replicas from sweeping the same row. If the owner settles after all,
+  the expired charge is replaced by the actual cost.
+* **Timeouts.** Every call on the request path is bounded by ``timeout_s``;
+  a timeout or an unreachable database raises StoreUnavailable and the relay
+  applies ``enforcement.fail_closed_on_error``.
+* **principals** (last-seen email, name, groups) are written in batches from
+  the background task, at most once per person per ``PRINCIPAL_REFRESH_S``
+  unless they changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from gateway import audit
+from gateway import spend as sp
+from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
+
+CHANNEL = "gatehouse_spend_limits"
+RELOAD_EVERY_S = 30.0
+TICK_S = 1.0
+SWEEP_EVERY_S = 5.0
+PRUNE_EVERY_S = 3600.0
+KEEP_FINISHED = timedelta(days=7)  # idempotency window for late settles
+PRINCIPAL_REFRESH_S = 300.0
+MAX_RETRY_QUEUE = 50_000
+MAX_EXPIRE_PER_SWEEP = 500
+SEED_WINDOW = timedelta(days=14)
+
+Clock = Callable[[], datetime]
+Log = Callable[[str, str], None]
+Emit = Callable[..., None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Admission(NamedTuple):
+    admitted: bool
+    blocked: sp.Blocked | None
+    # The person's counters after this decision (all three periods, then pools);
+    # empty for someone without any cap (no database call was made).
+    snapshots: list[sp.Snapshot]
+    reserved_micro: int = 0  # what this request holds (0 when nothing was reserved)
+
+
+class _Key(NamedTuple):
+    scope_type: str
+    scope_id: str
+    period: str
+    start: datetime
+
+
+class _Plan(NamedTuple):
+    """Everything a person's requests need on the hot path, built once per day (or limits reload)."""
+
+    day_start: datetime
+    day_end: datetime
+    keys: tuple[_Key, ...]
+    arrays: tuple[list[str], list[str], list[str], list[datetime]]
+    caps: list[int | None]  # parallel to keys
+    ends: list[datetime]  # parallel to keys: when each counter's period ends
+    capped: bool
+    user_caps: dict[str, sp.Cap]
+    pools: list[sp.PoolCap]
+
+
+class _Flight(NamedTuple):
+    sub: str
+    groups: tuple[str, ...]
+    model: str | None
+    keys: tuple[_Key, ...]
+    reserved: bool  # False: nothing was reserved; settle charges the keys directly
+    refused: bool = False  # the request was refused: settling it has nothing to do
+
+
+class _Settle(NamedTuple):
+    request_id: str
+    sub: str
+    model: str | None
+    keys: tuple[_Key, ...]
+    actual_micro: int
+    at: datetime
+
+
+def _arrays(keys: Sequence[_Key]) -> tuple[list[str], list[str], list[str], list[datetime]]:
+    return (
+        [k.scope_type for k in keys],
+        [k.scope_id for k in keys],
+        [k.period for k in keys],
+        [k.start for k in keys],
+    )
+
+
+def _limit_row(r: Any) -> sp.LimitRow:
+    return sp.LimitRow(
+        r["id"],
+        r["scope_type"],
+        r["scope_id"],
+        r["period"],
+        r["amount_cents"],
+        r["pooled_limit_enabled"],
+        r["pooled_monthly_credit_limit_cents"],
+        r["currency"],
+        r["created_at"],
+        r["updated_at"],
+        r["created_by"],
+    )
+
+
+class SpendStore:
+    """Spend caps enforced against the shared database. Create, ``await start()``, use, ``await close()``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock = utc_now,
+        timeout_s: float = 2.0,
+        reservation_ttl_s: float = 1800.0,
+        mode: str = "min",
+        blocked_message: str | None = None,
+        log: Log | None = None,
+        emit: Emit | None = None,
+        background: bool = True,
+    ) -> None:
+        self._store = store
+        self._pool = store.pool
+        self._clock = clock
+        self.timeout_s = timeout_s
+        self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
+        self.mode = mode
+        self.blocked_message = blocked_message
+        self._log = log or audit.log
+        self._emit = emit or audit.emit
+        self._background = background
+        self._index = sp.LimitIndex(())
+        self._resolved: dict[tuple[str, tuple[str, ...]], tuple[dict[str, sp.Cap], list[sp.PoolCap]]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._retry: deque[_Settle] = deque()
+        self._principals_seen: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        self._principals_due: dict[str, tuple[Any, ...]] = {}
+        self._reload_wanted = asyncio.Event()
+        self._listen_conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.reloads = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the limits (StoreUnavailable if that fails: enforcement cannot start blind), then watch."""
+        await self.reload_limits()
+        if self._background:
+            await self._listen()
+            self._task = asyncio.create_task(self._run(), name="spend-store")
+
+    async def close(self) -> None:
+        """Stop the background work after one last attempt to flush queued settles and identities."""
+        self._closing = True
+        self._reload_wanted.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:
+            self._log("warn", f"spend: {len(self._retry)} settlements not stored at shutdown ({exc})")
+            for item in self._retry:
+                self._emit(
+                    "spend.unsettled", request_id=item.request_id, sub=item.sub, cost_micro=item.actual_micro
+                )
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                async with asyncio.timeout(1.0):
+                    await conn.close()
+            except Exception:
+                conn.terminate()
+
+    # -- limits cache ----------------------------------------------------------------
+    def limits(self) -> list[sp.LimitRow]:
+        return list(self._index.rows)
+
+    @property
+    def index(self) -> sp.LimitIndex:
+        return self._index
+
+    async def reload_limits(self) -> None:
+        rows = await self._fetch("loading spend limits", "spend_limits_load")
+        self._index = sp.LimitIndex(_limit_row(r) for r in rows)
+        self._resolved = {}
+        self._plans = {}
+        self.reloads += 1
+
+    def resolve(self, sub: str, groups: Sequence[str]) -> tuple[dict[str, sp.Cap], list[sp.PoolCap]]:
+        """The caps and pools that apply to a person now (cached until the next reload)."""
+        key = (sub, tuple(groups))
+        found = self._resolved.get(key)
+        if found is None:
+            found = (self._index.caps(sub, key[1], self.mode), self._index.pools(key[1]))
+            if len(self._resolved) > 50_000:  # bounded: one entry per active person
+                self._resolved.clear()
+            self._resolved[key] = found
+        return found
+
+    def _plan(self, sub: str, groups: tuple[str, ...], now: datetime) -> _Plan:
+        plan = self._plans.get((sub, groups))
+        if plan is not None and plan.day_start <= now < plan.day_end:
+            return plan
+        caps, pools = self.resolve(sub, groups)
+        keys = self._keys(sub, pools, now)
+        cap_list = self._caps_for(sub, groups, keys)
+        ends = [sp.period_bounds(k.period, k.start)[1] for k in keys]
+        capped = bool(pools) or any(c.amount_micro is not None for c in caps.values())
+        plan = _Plan(keys[0].start, ends[0], keys, _arrays(keys), cap_list, ends, capped, caps, pools)
+        if len(self._plans) > 50_000:
+            self._plans.clear()
+        self._plans[(sub, groups)] = plan
+        return plan
+
+    def _keys(self, sub: str, pools: Sequence[sp.PoolCap], now: datetime) -> tuple[_Key, ...]:
+        starts = sp.period_starts(now)
+        user = tuple(_Key("user", sub, p, starts[p]) for p in sp.PERIODS)
+        return user + tuple(_Key("group_pool", pool.group, "monthly", starts["monthly"]) for pool in pools)
+
+    def _caps_for(self, sub: str, groups: Sequence[str], keys: Sequence[_Key]) -> list[int | None]:
+        caps, pools = self.resolve(sub, groups)
+        by_group = {p.group: p.amount_micro for p in pools}
+        return [
+            caps[k.period].amount_micro if k.scope_type == "user" else by_group.get(k.scope_id) for k in keys
+        ]
+
+    # -- the request path ------------------------------------------------------------
+    async def reserve(
+        self, *, request_id: str, principal: Any, model: str | None, amount_micro: int, now: datetime
+    ) -> Admission:
+        """Admit or refuse a request, reserving ``amount_micro`` against every cap that applies.
+
+        Every call must be followed by exactly one :meth:`settle` for the same
+        request id (with 0 when the request never reached an upstream), also
+        when this raised StoreUnavailable: a reservation may have been stored
+        just before the timeout.
+        """
+        self.note_principal(principal)
+        sub, groups = principal.sub, tuple(principal.groups)
+        plan = self._plan(sub, groups, now)
+        if not plan.capped:
+            self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False)
+            return Admission(True, None, [])
+        amount = max(1, amount_micro)  # a free request still may not pass a closed cap
+        self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
+        types, ids, periods, starts = plan.arrays
+        rows = await self._fetch(
+            "reserving spend",
+            "spend_reserve",
+            request_id,
+            sub,
+            model,
+            types,
+            ids,
+            periods,
+            starts,
+            plan.caps,
+            amount,
+            now,
+            now + self.reservation_ttl,
+        )
+        admitted = bool(rows[0]["admitted"]) if rows else True
+        snapshots = self._snapshots(rows, plan, amount if not admitted else None)
+        if admitted:
+            return Admission(True, None, snapshots, amount)
+        # Refused: nothing is held, so the follow-up settle has nothing to release.
+        self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False, refused=True)
+        refusal = sp.blocked(snapshots, now, self.blocked_message)
+        chosen = refusal.snapshot
+        self._emit(
+            "spend.blocked",
+            sub=sub,
+            period=chosen.period,
+            source=chosen.source
+            if chosen.scope == "user"
+            else {"type": "group_pool", "rbac_group_id": chosen.group},
+            spend_limit_id=chosen.limit_id,
+            request_id=request_id,
+        )
+        return Admission(False, refusal, snapshots, 0)
+
+    async def top_up(self, request_id: str, amount_micro: int, now: datetime) -> bool:
+        """Grow a running request's reservation; False when a cap has no room (it is then marked exhausted)."""
+        flight = self._flights.get(request_id)
+        if flight is None or not flight.reserved or amount_micro <= 0:
+            return True
+        caps = self._caps_for(flight.sub, flight.groups, flight.keys)
+        if all(c is None for c in caps):
+            return True
+        verdict = await self._fetchval(
+            "topping up a reservation",
+            "spend_top_up",
+            request_id,
+            caps,
+            amount_micro,
+            now,
+            now + self.reservation_ttl,
+        )
+        if verdict == "denied":
+            self._emit("spend.exhausted", sub=flight.sub, request_id=request_id, step_micro=amount_micro)
+            return False
+        return True
+
+    async def settle(
+        self,
+        request_id: str,
+        actual_micro: int,
+        now: datetime,
+        *,
+        principal: Any | None = None,
+        model: str | None = None,
+    ) -> str:
+        """Charge the actual cost and release the reservation; idempotent per request id.
+
+        Returns the outcome ("settled", "direct", "late", "duplicate"), or
+        "queued" when the database could not be reached: the settlement is then
+        retried in the background. ``principal`` lets a request that was
+        admitted without a reservation (the store was down and enforcement
+        fails open) still be charged.
+        """
+        flight = self._flights.pop(request_id, None)
+        if flight is not None and flight.refused and actual_micro <= 0:
+            return "refused"
+        if flight is not None:
+            sub, model, keys = flight.sub, flight.model, flight.keys
+        elif principal is not None:
+            sub, keys = principal.sub, self._plan(principal.sub, tuple(principal.groups), now).keys
+        else:
+            sub, keys = "", ()
+        item = _Settle(request_id, sub, model, keys, max(0, actual_micro), now)
+        try:
+            return await self._settle(item)
+        except StoreUnavailable as exc:
+            if len(self._retry) >= MAX_RETRY_QUEUE:
+                dropped = self._retry.popleft()
+                self._emit(
+                    "spend.unsettled",
+                    request_id=dropped.request_id,
+                    sub=dropped.sub,
+                    cost_micro=dropped.actual_micro,
+                )
+            if not self._retry:
+                self._log("warn", f"spend: settling failed ({exc}); retrying in the background")
+            self._retry.append(item)
+            return "queued"
+
+    async def _settle(self, item: _Settle) -> str:
+        types, ids, periods, starts = _arrays(item.keys)
+        return str(
+            await self._fetchval(
+                "settling spend",
+                "spend_settle",
+                item.request_id,
+                item.sub,
+                item.model,
+                types,
+                ids,
+                periods,
+                starts,
+                item.actual_micro,
+                item.at,
+            )
+        )
+
+    async def snapshots(self, principal: Any, now: datetime) -> list[sp.Snapshot]:
+        """The person's counters now: their three periods (capped or not), then their pools."""
+        plan = self._plan(principal.sub, tuple(principal.groups), now)
+        rows = await self._fetch("reading spend", "spend_counters_read", *plan.arrays)
+        return self._snapshots(rows, plan, None)
+
+    def _snapshots(self, rows: Sequence[Any], plan: _Plan, refused_amount: int | None) -> list[sp.Snapshot]:
+        found = {}
+        for r in rows:
+            values = tuple(r.values())  # scope type, id, period, start, spent, reserved, exhausted
+            if len(values) == 8:  # spend_reserve's rows lead with the verdict
+                values = values[1:]
+            found[(values[0], values[1], values[2])] = (values[4], values[5], values[6])
+        pool_ids = {p.group: p.limit_id for p in plan.pools}
+        out = []
+        for key, cap, end in zip(plan.keys, plan.caps, plan.ends, strict=True):
+            spent, reserved, exhausted = found.get((key.scope_type, key.scope_id, key.period), (0, 0, None))
+            blocking = False
+            if refused_amount is not None and cap is not None:
+                blocking = (
+                    exhausted is not None and cap <= exhausted
+                ) or spent + reserved + refused_amount > cap
+            if key.scope_type == "user":
+                c = plan.user_caps[key.period]
+                source, limit_id, group = c.source, c.limit_id, None
+            else:
+                source = {"type": "rbac_group", "rbac_group_id": key.scope_id}
+                limit_id, group = pool_ids.get(key.scope_id), key.scope_id
+            out.append(
+                sp.Snapshot(
+                    key.period, cap, spent, reserved, end, key.scope_type, source, limit_id, group, blocking
+                )
+            )
+        return out
+
+    # -- principals --------------------------------------------------------------------
+    def note_principal(self, principal: Any) -> None:
+        """Remember a person's last-seen identity; written later, at most every few minutes. No I/O."""
+        fields = (principal.email, principal.name, tuple(principal.groups))
+        now = time.monotonic()
+        seen = self._principals_seen.get(principal.sub)
+        if seen is not None and seen[1] == fields and now - seen[0] < PRINCIPAL_REFRESH_S:
+            return
+        if len(self._principals_seen) > 100_000:
+            self._principals_seen.clear()
+        self._principals_seen[principal.sub] = (now, fields)
+        self._principals_due[principal.sub] = fields
+
+    async def _flush_principals(self) -> None:
+        if not self._principals_due:
+            return
+        due, self._principals_due = self._principals_due, {}
+        subs = list(due)
+        try:
+            await self._execute(
+                "recording identities",
+                "spend_principals_upsert",
+                subs,
+                [due[s][0] for s in subs],
+                [due[s][1] for s in subs],
+                [json.dumps(list(due[s][2])) for s in subs],
+                self._clock(),
+            )
+        except StoreUnavailable:
+            for s in subs:  # keep them for the next round, unless newer values arrived meanwhile
+                self._principals_due.setdefault(s, due[s])
+            raise
+
+    # -- allowances --------------------------------------------------------------------
+    async def seed_allowances(self, tracker: sp.AllowanceTracker, *, now: datetime | None = None) -> int:
+        """Load recent output-token counts into ``tracker``; returns how many samples were read."""
+        since = (now or self._clock()) - SEED_WINDOW
+        rows = await self._fetch("seeding output allowances", "spend_allowance_seed", since, tracker.window)
+        tracker.seed((r["sub"], r["model"], r["output_tokens"]) for r in rows)
+        return len(rows)
+
+    # -- admin helpers -----------------------------------------------------------------
+    async def period_spend(self, subs: Sequence[str], now: datetime) -> dict[tuple[str, str], int]:
+        """Settled spend (µUSD) per (sub, period) for the periods holding ``now``; absent = 0."""
+        starts = sp.period_starts(now)
+        rows = await self._fetch(
+            "reading period spend",
+            "spend_period_spend",
+            list(subs),
+            list(sp.PERIODS),
+            [starts[p] for p in sp.PERIODS],
+        )
+        return {(r["sub"], r["period"]): r["spent_micro"] for r in rows}
+
+    # -- background work ---------------------------------------------------------------
+    async def sweep(self, now: datetime | None = None) -> list[str]:
+        """Expire overdue reservations (any replica's); returns their request ids."""
+        now = now or self._clock()
+        expired: list[str] = []
+        for _ in range(MAX_EXPIRE_PER_SWEEP):
+            rows = await self._fetch("expiring reservations", "spend_expire_one", now)
+            if not rows:
+                break
+            r = rows[0]
+            expired.append(r["e_request_id"])
+            self._flights.pop(r["e_request_id"], None)
+            self._emit(
+                "spend.reservation_expired",
+                request_id=r["e_request_id"],
+                sub=r["e_sub"],
+                model=r["e_model"],
+                charged_micro=r["e_reserved"],
+            )
+        return expired
+
+    async def retry_settles(self) -> int:
+        """Retry queued settlements in order; returns how many were stored."""
+        done = 0
+        while self._retry:
+            await self._settle(self._retry[0])
+            self._retry.popleft()
+            done += 1
+        if done:
+            self._log("info", f"spend: {done} queued settlements stored")
+        return done
+
+    async def flush(self) -> None:
+        await self.retry_settles()
+        await self._flush_principals()
+
+    async def prune(self, now: datetime | None = None) -> None:
+        await self._execute(
+            "pruning reservations", "spend_prune_reservations", (now or self._clock()) - KEEP_FINISHED
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_reload = last_sweep = loop.time()
+        last_prune = 0.0
+        warned = False
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._reload_wanted.wait(), TICK_S)
+            except TimeoutError:
+                pass
+            if self._closing:
+                return
+            try:
+                t = loop.time()
+                if self._reload_wanted.is_set() or t - last_reload >= RELOAD_EVERY_S:
+                    self._reload_wanted.clear()
+                    await self.reload_limits()
+                    last_reload = t
+                if self._listen_conn is None or self._listen_conn.is_closed():
+                    await self._listen()
+                await self.flush()
+                if t - last_sweep >= SWEEP_EVERY_S:
+                    await self.sweep()
+                    last_sweep = t
+                if t - last_prune >= PRUNE_EVERY_S:
+                    await self.prune()
+                    last_prune = t
+                if warned:
+                    self._log("info", "spend: background work reaches the database again")
+                warned = False
+            except (StoreUnavailable, asyncpg.PostgresError) as exc:
+                if not warned:
+                    self._log("warn", f"spend: background work failed ({exc}); retrying")
+                warned = True
+
+    async def _listen(self) -> None:
+        """A dedicated connection LISTENing for limit changes; on failure the 30 s reload still runs."""
+        params = connect_params(self._store.config)
+        params["server_settings"] = {"application_name": "gatehouse-spend-limits"}
+        try:
+            with unavailable_as("spend limits listener"):
+                async with asyncio.timeout(self._store.config.connect_timeout_seconds):
+                    conn = await asyncpg.connect(**params)
+                    await conn.add_listener(CHANNEL, self._on_notify)
+        except (StoreUnavailable, asyncpg.PostgresError) as exc:
+            self._log("warn", f"spend: cannot listen for limit changes yet ({exc}); reloading every 30 s")
+            return
+        self._listen_conn = conn
+        # A change committed before LISTEN took effect was missed: reload once more.
+        self._reload_wanted.set()
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._reload_wanted.set()
+
+    # -- database calls ----------------------------------------------------------------
+    async def _fetch(self, what: str, query: str, *args: Any) -> list[Any]:
+        with unavailable_as(what):
+            async with asyncio.timeout(self.timeout_s):
+                return list(await self._pool.fetch(queries()[query], *args))
+
+    async def _fetchval(self, what: str, query: str, *args: Any) -> Any:
+        with unavailable_as(what):
+            async with asyncio.timeout(self.timeout_s):
+                return await self._pool.fetchval(queries()[query], *args)
+
+    async def _execute(self, what: str, query: str, *args: Any) -> None:
+        with unavailable_as(what):
+            async with asyncio.timeout(self.timeout_s):
+                await self._pool.execute(queries()[query], *args)
