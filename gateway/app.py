@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, new_request_id
 from gateway.routing import Routes
 from gateway.runtime import Limits, Runtime, UpstreamPlan
 from gateway.sessions import TokenService
+from gateway.tasks import TaskSet
 from gateway.upstreams import anthropic
 
 # Errors aiohttp raises itself (unknown route, wrong method) → our envelope.
@@ -40,6 +42,7 @@ def routes(app: web.Application) -> None:
     r.add_post("/v1/traces", meta.telemetry_ingest)
     r.add_get("/managed/settings", managed.managed_settings, allow_head=False)
     r.add_get("/user/bootstrap", managed.user_bootstrap, allow_head=False)
+    r.add_get("/api/oauth/usage", meta.oauth_usage, allow_head=False)
     r.add_get("/protocol", meta.protocol_markdown, allow_head=False)
     r.add_get("/protocol.json", meta.protocol_json, allow_head=False)
     signin.routes(app)
@@ -100,7 +103,17 @@ def build(
     app[RUNTIME] = rt
     if cfg.oidc is not None:
         app[signin.SIGNIN] = signin.SignIn(cfg, clock=clock)
-    rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), None)
+    rt.tasks = TaskSet()
+    pricing_rows = None
+    if cfg.admin is not None or cfg.pricing is not None:
+        from gateway.pricing import Pricing
+        from gateway.spend import AllowanceTracker
+
+        rt.pricing = Pricing(cfg, warn=lambda m: audit.log("warn", m))
+        rt.allowances = AllowanceTracker()
+        if cfg.pricing is not None:
+            pricing_rows = rt.pricing.model_pricing_rows(_serving(rt))
+    rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), pricing_rows)
     app[managed.POLICIES] = rt.policies
     app[managed.SIGHTINGS] = rt.sightings = managed.ChecksumSightings()
     routes(app)
@@ -111,6 +124,16 @@ def build(
         admin_api.routes(app)
     app.cleanup_ctx.append(_lifecycle(store))
     return app
+
+
+def _serving(rt: Runtime) -> dict[str, tuple[str, str]]:
+    """Each catalog model → (first upstream that serves it, the id it gets there)."""
+    serving = {}
+    for entry in rt.routes.catalog:
+        targets = rt.routes.plan(entry.id)
+        if targets:
+            serving[entry.id] = (rt.upstreams[targets[0].upstream].name, targets[0].model)
+    return serving
 
 
 def _lifecycle(shared_store: Any):
@@ -146,13 +169,34 @@ def _lifecycle(shared_store: Any):
         background.append(asyncio.create_task(rt.sightings.flush_forever()))
         if cfg.admin is not None:
             from gateway import admin_api
+            from gateway.spend_store import SpendStore
+            from gateway.store import StoreUnavailable
 
+            rt.spend = SpendStore(
+                rt.store,
+                clock=lambda: datetime.fromtimestamp(rt.clock(), timezone.utc),
+                timeout_s=cfg.gatehouse.spend.store_timeout_ms / 1000,
+                reservation_ttl_s=cfg.gatehouse.spend.reservation_ttl_seconds,
+                mode=cfg.admin.group_limit_mode,
+                blocked_message=cfg.admin.blocked_message,
+            )
+            await rt.spend.start()
+            try:
+                await rt.spend.seed_allowances(rt.allowances)
+            except StoreUnavailable as exc:
+                audit.log("warn", f"output allowances not seeded from history: {exc}")
             background.append(asyncio.create_task(admin_api.prune_forever(app[admin_api.ADMIN], app)))
         try:
             yield
         finally:
             for task in background:
                 task.cancel()
+            # Settlements and top-ups of requests that already ended must land.
+            left = await rt.tasks.drain(10.0)
+            if left:
+                audit.log("warn", f"{left} spend settlement(s) still running at shutdown; their reservations expire and settle")
+            if rt.spend is not None:
+                await rt.spend.close()
             if rt.revocations is not None:
                 await rt.revocations.close()
             if oidc is not None:

@@ -937,9 +937,6 @@ UNSUPPORTED: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
     ("managed.policies[*].desktop", "the Claude Desktop overlay (/user/bootstrap) is not implemented", lambda d: d is not None),
     ("telemetry.forward_to", "the OTLP relay is not implemented", bool),
     ("telemetry.resource_attributes", "pushing OTLP resource attributes is not implemented", bool),
-    ("admin", "the admin API and spend limits are not implemented", bool),
-    ("enforcement.fail_closed_on_error", "spend enforcement is not implemented", bool),
-    ("pricing", "the pricing meter is not implemented", bool),
     ("load_test_mode", "load-test mode is not implemented", lambda m: bool(m and m["enabled"])),
     ("cri", "customer-routed inference is not implemented", lambda c: bool(c and c["enabled"])),
 )

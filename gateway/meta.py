@@ -63,6 +63,22 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def oauth_usage(request: web.Request) -> web.Response:
+    """The caller's spend in dollars for ``/usage`` and the status line (SPEC §20)."""
+    from gateway import spend_gate
+    from gateway.store import StoreUnavailable
+
+    principal = _authenticate(request)
+    rt = request.app[RUNTIME]
+    if rt.spend is None:
+        raise GatewayError(Kind.NOT_CONFIGURED, "not configured", headers={"Cache-Control": "no-store"})
+    try:
+        body = await spend_gate.usage(rt, principal)
+    except (StoreUnavailable, TimeoutError):
+        raise GatewayError(Kind.STORE_UNAVAILABLE, "spend limit unavailable", headers={"Cache-Control": "no-store"}) from None
+    return web.Response(body=body, content_type=JSON, headers={"Cache-Control": "no-store"})
+
+
 async def not_found(request: web.Request) -> web.Response:
     raise GatewayError(Kind.NOT_FOUND, "not found")
 

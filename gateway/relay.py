@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from gateway import audit
+from gateway import audit, spend_gate
 from gateway.bodyview import decode_view, remove_member, splice_model
 from gateway.errors import (
     FINAL_PREFERENCE,
@@ -54,7 +54,7 @@ class Outcome:
 
     __slots__ = (
         "status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error",
-        "billing_group",
+        "billing_group", "upstream_model", "finished",
     )
 
     def __init__(self) -> None:
@@ -67,6 +67,8 @@ class Outcome:
         self.attempts = 0
         self.error: str | None = None
         self.billing_group: str | None = None
+        self.upstream_model: str | None = None
+        self.finished = False
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -75,6 +77,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     request_id = request[REQUEST_ID]
     outcome = Outcome()
     principal: Principal | None = None
+    ticket: spend_gate.Ticket | None = None
     rt.inflight += 1
     try:
         # 1. Bearer session token → principal (pure, cached; no database).
@@ -93,18 +96,35 @@ async def messages(request: web.Request) -> web.StreamResponse:
             outcome.billing_group = billing_group(view.tags, rt.billing_group_tag, principal)
             body = remove_member(body, "tags")
 
-        # 5. Policy: the spend gate (next), then the model allowlist of the person's role.
+        # 5. Which upstreams may serve this model, under which id (also prices the estimate).
+        try:
+            targets, unroutable = rt.routes.plan(view.model), None
+        except GatewayError as err:
+            targets, unroutable = (), err
+
+        # 6. Spend gate, then the role's model allowlist (the order Anthropic's gateway uses).
+        if rt.spend is not None and request.path == "/v1/messages":
+            first = targets[0] if targets else None
+            ticket = await spend_gate.admit(
+                rt,
+                request_id,
+                principal,
+                view.model,
+                rt.upstreams[first.upstream if first else 0].name,
+                first.model if first else view.model,
+                len(body),
+                view.max_tokens,
+            )
         matched = rt.policies.match(principal)
         refusal = (matched.access if matched is not None else ALLOW_ALL).check(view.model)
         if refusal is not None:
             raise GatewayError(Kind.INVALID_REQUEST, refusal)
+        if unroutable is not None:
+            raise unroutable
         if matched is not None and matched.hint_headers:
             seen = request.headers.get("x-claude-code-managed-settings-checksum")
             if seen:
                 rt.sightings.note(principal.sub, seen, served=matched.checksum)
-
-        # 6. Which upstreams may serve this model, under which id.
-        targets = rt.routes.plan(view.model)
 
         # 7. Try them in order until one answers in a way we relay.
         upstream_path = request.path_qs
@@ -118,12 +138,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
             return web.Response(status=err.status, body=err.body, headers=err.headers)
 
         # 8. Relay the reply: JSON whole, SSE chunk by chunk as it arrives.
+        extra = ticket.headers if ticket is not None else None
         try:
             if first_chunk is None:
-                return await relay_whole(request, resp, request_id, outcome)
-            return await relay_stream(request, resp, first_chunk, request_id, outcome)
+                return await relay_whole(request, resp, request_id, outcome, extra)
+            return await relay_stream(rt, request, resp, first_chunk, request_id, outcome, ticket)
         finally:
             resp.close()
+    except spend_gate.SpendRefused as refused:
+        outcome.status = 429
+        outcome.error = str(refused)
+        return web.Response(status=429, body=refused.body, headers={"Content-Type": "application/json", **refused.headers})
     except GatewayError as err:
         outcome.status = err.rule.status
         outcome.error = err.message
@@ -133,6 +158,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         rt.inflight -= 1
+        if ticket is not None:
+            spend_gate.settle(
+                rt, request_id, principal, outcome.model or "", outcome.upstream, outcome.upstream_model,
+                outcome.usage, outcome.status == 200 and outcome.finished,
+            )
         record(rt, request, request_id, principal, outcome, t0)
 
 
@@ -188,6 +218,7 @@ async def open_first(rt, request, body, model, targets, path_qs, principal, outc
             continue
         outcome.ms_headers = (time.monotonic() - t0) * 1000
         outcome.upstream = up.name
+        outcome.upstream_model = target.model
         outcome.upstream_request_id = resp.headers.get("request-id")
         if upstream_status_fails_over(resp.status):
             try:
@@ -233,7 +264,7 @@ class RelayedUpstreamError(Exception):
         self.body = body
 
 
-async def relay_whole(request, resp, request_id, outcome) -> web.Response:
+async def relay_whole(request, resp, request_id, outcome, extra_headers) -> web.Response:
     try:
         body = await resp.read()
     except Exception as exc:
@@ -242,13 +273,18 @@ async def relay_whole(request, resp, request_id, outcome) -> web.Response:
     outcome.status = resp.status
     if resp.status == 200:
         outcome.usage = json_usage(body)
+        outcome.finished = True
     headers = anthropic.response_headers(resp.headers)
+    if extra_headers and resp.status == 200:
+        headers.update(extra_headers)
     headers["request-id"] = request_id
     return web.Response(status=resp.status, body=body, headers=headers)
 
 
-async def relay_stream(request, resp, first_chunk, request_id, outcome) -> web.StreamResponse:
+async def relay_stream(rt, request, resp, first_chunk, request_id, outcome, ticket) -> web.StreamResponse:
     headers = anthropic.response_headers(resp.headers)
+    if ticket is not None and resp.status == 200:
+        headers.update(ticket.headers)
     headers["request-id"] = request_id
     out = web.StreamResponse(status=resp.status, headers=headers)
     outcome.status = resp.status
@@ -259,6 +295,10 @@ async def relay_stream(request, resp, first_chunk, request_id, outcome) -> web.S
         while chunk:
             tap.feed(chunk)
             await out.write(chunk)
+            if ticket is not None and spend_gate.after_chunk(rt, ticket, tap.delta_bytes):
+                # gatehouse.spend.cut_streams_at_cap: the cap has no room for more output.
+                await out.write((b"\n\n" if tap.mid_event else b"") + spend_gate.cut_event())
+                break
             try:
                 chunk = await resp.content.readany()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -266,6 +306,8 @@ async def relay_stream(request, resp, first_chunk, request_id, outcome) -> web.S
                 prefix = b"\n\n" if tap.mid_event else b""
                 await out.write(prefix + sse_error_event(Kind.STREAM_INTERRUPTED, "upstream stream interrupted"))
                 break
+        else:
+            outcome.finished = True
         await out.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         outcome.status = CLIENT_CLOSED

@@ -46,6 +46,10 @@ class Runtime:
     access: Any = None  # gateway.netaccess.AccessPolicy
     revocations: Any = None  # gateway.revocations.RevocationWatcher, set on startup
     policies: Any = None  # gateway.policy.Policies
+    pricing: Any = None  # gateway.pricing.Pricing (when admin: is configured)
+    spend: Any = None  # gateway.spend_store.SpendStore, set on startup (when admin: is configured)
+    allowances: Any = None  # gateway.spend.AllowanceTracker
+    tasks: Any = None  # gateway.tasks.TaskSet: work a client hang-up must not cancel
     sightings: Any = None  # gateway.managed.ChecksumSightings
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)

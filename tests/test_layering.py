@@ -20,6 +20,8 @@ PURE = [
     "gateway/canonical_json.py",
     "gateway/policy.py",
     "gateway/settings_keys.py",
+    "gateway/pricing.py",
+    "gateway/spend.py",
 ]
 IO_MODULES = ("asyncio", "aiohttp", "asyncpg", "opentelemetry", "aiobotocore", "google", "socket")
 

@@ -1,0 +1,112 @@
+"""The spend gate on the hot path: admit, top up while streaming, settle (SPEC §19).
+
+Glue between the relay and the spend engine (``spend``, ``pricing``,
+``spend_store``); kept beside the relay so ``relay.py`` stays a readable list
+of steps. One database round trip to admit a capped request, none per SSE
+chunk (top-ups are requested once per step, in the background), and one to
+settle, in a tracked task that a client hang-up cannot cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import audit, spend
+from gateway.errors import encoder
+from gateway.pricing import Rates
+from gateway.sse import BYTES_PER_TOKEN_ESTIMATE, UsageTotals
+from gateway.store import StoreUnavailable
+
+
+class SpendRefused(Exception):
+    """A 429 ``billing_error`` decided before any upstream call."""
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
+        # As Anthropic's gateway answers it: the envelope without request_id.
+        self.body = encoder.encode({"type": "error", "error": {"type": "billing_error", "message": message}})
+
+
+class Ticket:
+    """One admitted request's standing with the spend engine."""
+
+    __slots__ = ("request_id", "rates", "headers", "budget", "reserved")
+
+    def __init__(self, request_id: str, rates: Rates, headers: dict[str, str], budget: spend.StreamBudget, reserved: bool) -> None:
+        self.request_id = request_id
+        self.rates = rates
+        self.headers = headers
+        self.budget = budget
+        self.reserved = reserved
+
+
+def _now(rt: Any) -> datetime:
+    return datetime.fromtimestamp(rt.clock(), UTC)
+
+
+async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: str, upstream_model: str, body_len: int, max_tokens: int | None) -> Ticket | None:
+    """Reserve the request's estimate; None when spend is not enforced for it (fail open)."""
+    gh = rt.config.gatehouse.spend
+    allowance = rt.allowances.allowance(principal.sub, model, max_tokens, gh.output_allowance_tokens)
+    rates = rt.pricing.rates(upstream, model, upstream_model)
+    estimate = rt.pricing.estimate_micro(rates, body_len // BYTES_PER_TOKEN_ESTIMATE, allowance)
+    try:
+        admission = await rt.spend.reserve(request_id=request_id, principal=principal, model=model, amount_micro=estimate, now=_now(rt))
+    except (StoreUnavailable, TimeoutError) as exc:
+        # A reservation may have been stored just before the failure: settle it either way.
+        rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
+        if rt.config.enforcement is not None and rt.config.enforcement.fail_closed_on_error:
+            raise SpendRefused(spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
+        audit.log("warn", f"spend check failed, letting the request through (request {request_id}): {exc}")
+        return None
+    if not admission.admitted:
+        assert admission.blocked is not None
+        rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
+        raise SpendRefused(admission.blocked.message, dict(admission.blocked.headers))
+    budget = spend.StreamBudget(allowance, gh.topup_tokens)
+    return Ticket(request_id, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0)
+
+
+def after_chunk(rt: Any, ticket: Ticket, delta_bytes: int) -> bool:
+    """Called after each relayed chunk: asks for the next step when due. True = cut the stream now."""
+    output = delta_bytes // BYTES_PER_TOKEN_ESTIMATE
+    budget = ticket.budget
+    tokens = budget.want(output)
+    if tokens and ticket.reserved:
+        rt.tasks.spawn(_top_up(rt, ticket, tokens), "spend-top-up")
+    elif tokens:
+        budget.answer(tokens, True)  # nothing reserved (no cap applies): nothing to grow
+    return budget.denied and budget.over(output) and rt.config.gatehouse.spend.cut_streams_at_cap
+
+
+async def _top_up(rt: Any, ticket: Ticket, tokens: int) -> None:
+    try:
+        granted = await rt.spend.top_up(ticket.request_id, rt.pricing.output_micro(ticket.rates, tokens), _now(rt))
+    except (StoreUnavailable, TimeoutError):
+        fail_closed = rt.config.enforcement is not None and rt.config.enforcement.fail_closed_on_error
+        granted = not fail_closed
+    ticket.budget.answer(tokens, granted)
+
+
+def settle(rt: Any, request_id: str, principal: Any, model: str, upstream: str | None, upstream_model: str | None, usage: UsageTotals, finished: bool) -> None:
+    """Charge what the reply actually cost. Never awaits: runs in a tracked task."""
+    cost = 0
+    if upstream is not None and upstream_model is not None:
+        cost = rt.pricing.cost_micro(rt.pricing.rates(upstream, model, upstream_model), usage)
+    rt.tasks.spawn(rt.spend.settle(request_id, cost, _now(rt), principal=principal, model=model), "spend-settle")
+    if finished and usage.output_tokens and not usage.estimated:
+        rt.allowances.observe(principal.sub, model, usage.output_tokens)
+
+
+def cut_event() -> bytes:
+    data = encoder.encode({"type": "error", "error": {"type": "billing_error", "message": "spend limit reached"}})
+    return b"event: error\ndata: " + data + b"\n\n"
+
+
+async def usage(rt: Any, principal: Any) -> bytes:
+    now = _now(rt)
+    snapshots = await asyncio.wait_for(rt.spend.snapshots(principal, now), rt.config.gatehouse.spend.store_timeout_ms / 1000)
+    return encoder.encode(spend.usage_document(snapshots, now))
