@@ -68,7 +68,7 @@ def boot_warnings(cfg: Any) -> list[str]:
 
     catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
     warnings = list(Policies(cfg, catalog, None).warnings)
-    if not cfg.access_control.allow_cidrs and (cfg.listen.public_url or cfg.listen.host not in ("127.0.0.1", "::1", "localhost")):
+    if not cfg.access_control.allow_cidrs and cfg.listen.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(
             "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
             "consider the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8, ::1/128, fc00::/7)"

@@ -50,6 +50,7 @@ EXAMPLE_ENV = {
     "GATEHOUSE_PROXY_TOKEN": "example-proxy-token",
     # conf/examples/dev.yaml (exported by `make dev`)
     "GATEHOUSE_DEV_PORT": "18080",
+    "GATEHOUSE_DEV_ADMIN_KEY": "dev-admin-0123456789abcdef0123456789abcdef",
     "GATEHOUSE_DEV_OIDC_ISSUER": "http://127.0.0.1:18100",
     "GATEHOUSE_DEV_OIDC_CLIENT_SECRET": "dev-client-secret",
     "GATEHOUSE_DEV_JWT_SECRET": "dev-session-secret-0123456789abcdef0123",

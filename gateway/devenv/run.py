@@ -14,6 +14,7 @@ command to try. Ctrl-C stops everything it started.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -61,6 +62,19 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
         except Exception:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout_s:g}s")
+
+
+def set_example_cap(url: str, admin_key: str) -> None:
+    """$1.00 a day per contractor, through the admin API like an administrator would."""
+    payload = {"scope": {"type": "rbac_group", "rbac_group_id": "contractors"}, "amount": "100", "period": "daily"}
+    req = urllib.request.Request(
+        url + "/v1/organizations/spend_limits",
+        data=json.dumps(payload).encode(),
+        headers={"x-api-key": admin_key, "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
 
 
 def main() -> int:
@@ -126,15 +140,26 @@ def main() -> int:
             GATEHOUSE_DEV_POSTGRES_URL=pg_url,
             GATEHOUSE_DEV_UPSTREAM_URL=upstream_url,
             GATEHOUSE_DEV_UPSTREAM_API_KEY=upstream_key,
+            GATEHOUSE_DEV_ADMIN_KEY=os.environ.get("GATEHOUSE_DEV_ADMIN_KEY") or "dev-admin-" + secrets.token_hex(16),
         )
         gatehouse = str(BIN / "gatehouse")
         procs.append(subprocess.Popen([gatehouse, "serve", "--config", str(CONFIG)], env=env))
         wait_http(url + "/readyz", 60, procs[-1])
-        token = subprocess.run(
-            [gatehouse, "token", "--config", str(CONFIG), "--email", "alice@example.com", "--sub", "alice",
-             "--name", "Alice Example", "--groups", "eng,platform-admins"],
-            env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip()
+        set_example_cap(url, env["GATEHOUSE_DEV_ADMIN_KEY"])
+        env_file = ROOT / ".dev" / "env"
+        env_file.parent.mkdir(exist_ok=True)
+        env_file.write_text(
+            "".join(f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith("GATEHOUSE_DEV_"))
+            + "CLAUDE_GATEWAY_ALLOW_LOOPBACK=1\n"
+        )
+        env_file.chmod(0o600)
+
+        def mint(email: str, sub: str, groups: str) -> str:
+            args = [gatehouse, "token", "--config", str(CONFIG), "--email", email, "--sub", sub, "--groups", groups]
+            return subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+        token = mint("alice@example.com", "alice", "eng,platform-admins")
+        bob = mint("bob@example.com", "bob", "contractors")
         offline = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 "
         print(
             "\n"
@@ -147,8 +172,13 @@ def main() -> int:
             "Or with curl:\n\n"
             f"  curl -s {url}/v1/messages -H 'Authorization: Bearer <token>' -H 'content-type: application/json' \\\n"
             "    -d '{\"model\":\"claude-sonnet-4-6\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n\n"
-            "Mint another token:  .venv/bin/gatehouse token --config conf/examples/dev.yaml --email you@example.com\n"
-            "  (run it with the same GATEHOUSE_DEV_* environment; or set GATEHOUSE_DEV_JWT_SECRET before make dev)\n"
+            "Example policy (conf/examples/dev.yaml): bob@example.com is a contractor, limited to Haiku and Sonnet\n"
+            "with a $1.00/day spend cap set through the admin API. His token:\n\n"
+            f"  {bob}\n\n"
+            "This run's settings are in .dev/env; load them to use the CLI against it:\n"
+            "  set -a; . .dev/env; set +a\n"
+            "  .venv/bin/gatehouse token --config conf/examples/dev.yaml --email you@example.com\n"
+            "  .venv/bin/gatehouse limits list --config conf/examples/dev.yaml\n"
             "\nTo sign in with /login instead (device flow through the development IdP), a developer\n"
             "machine needs this managed-settings file:\n\n"
             f'  {{"forceLoginMethod":"gateway","forceLoginGatewayUrl":"{url}"}}\n\n'
