@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -174,7 +174,7 @@ def _lifecycle(shared_store: Any):
 
             rt.spend = SpendStore(
                 rt.store,
-                clock=lambda: datetime.fromtimestamp(rt.clock(), timezone.utc),
+                clock=lambda: datetime.fromtimestamp(rt.clock(), UTC),
                 timeout_s=cfg.gatehouse.spend.store_timeout_ms / 1000,
                 reservation_ttl_s=cfg.gatehouse.spend.reservation_ttl_seconds,
                 mode=cfg.admin.group_limit_mode,
