@@ -295,10 +295,15 @@ async def relay_stream(rt, request, resp, first_chunk, request_id, outcome, tick
         while chunk:
             tap.feed(chunk)
             await out.write(chunk)
-            if ticket is not None and spend_gate.after_chunk(rt, ticket, tap.delta_bytes):
-                # gatehouse.spend.cut_streams_at_cap: the cap has no room for more output.
-                await out.write((b"\n\n" if tap.mid_event else b"") + spend_gate.cut_event())
-                break
+            if ticket is not None:
+                action = spend_gate.after_chunk(rt, ticket, tap.delta_bytes)
+                if action == spend_gate.WAIT and ticket.pending is not None:
+                    await ticket.pending
+                    action = spend_gate.after_chunk(rt, ticket, tap.delta_bytes)
+                if action == spend_gate.CUT:
+                    # gatehouse.spend.cut_streams_at_cap: the cap has no room for more output.
+                    await out.write((b"\n\n" if tap.mid_event else b"") + spend_gate.cut_event())
+                    break
             try:
                 chunk = await resp.content.readany()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:

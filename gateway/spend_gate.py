@@ -33,7 +33,7 @@ class SpendRefused(Exception):
 class Ticket:
     """One admitted request's standing with the spend engine."""
 
-    __slots__ = ("request_id", "rates", "headers", "budget", "reserved")
+    __slots__ = ("request_id", "rates", "headers", "budget", "reserved", "pending")
 
     def __init__(self, request_id: str, rates: Rates, headers: dict[str, str], budget: spend.StreamBudget, reserved: bool) -> None:
         self.request_id = request_id
@@ -41,6 +41,7 @@ class Ticket:
         self.headers = headers
         self.budget = budget
         self.reserved = reserved
+        self.pending: asyncio.Task[None] | None = None  # the top-up asked for, while unanswered
 
 
 def _now(rt: Any) -> datetime:
@@ -70,16 +71,29 @@ async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: 
     return Ticket(request_id, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0)
 
 
-def after_chunk(rt: Any, ticket: Ticket, delta_bytes: int) -> bool:
-    """Called after each relayed chunk: asks for the next step when due. True = cut the stream now."""
+CONTINUE, CUT, WAIT = 0, 1, 2
+
+
+def after_chunk(rt: Any, ticket: Ticket, delta_bytes: int) -> int:
+    """Called after each relayed chunk: asks for the next step when due; says what the relay does next.
+
+    CUT: end the stream (``cut_streams_at_cap`` and the grant is spent).
+    WAIT: the stream has passed its grant while a top-up is unanswered; with
+    ``cut_streams_at_cap`` the relay waits for the answer (``ticket.pending``)
+    before relaying more, so no stream runs more than one event past its grant.
+    """
     output = delta_bytes // BYTES_PER_TOKEN_ESTIMATE
     budget = ticket.budget
     tokens = budget.want(output)
     if tokens and ticket.reserved:
-        rt.tasks.spawn(_top_up(rt, ticket, tokens), "spend-top-up")
+        ticket.pending = rt.tasks.spawn(_top_up(rt, ticket, tokens), "spend-top-up")
     elif tokens:
         budget.answer(tokens, True)  # nothing reserved (no cap applies): nothing to grow
-    return budget.denied and budget.over(output) and rt.config.gatehouse.spend.cut_streams_at_cap
+    if not rt.config.gatehouse.spend.cut_streams_at_cap or not budget.over(output):
+        return CONTINUE
+    if budget.denied:
+        return CUT
+    return WAIT if budget.pending else CONTINUE
 
 
 async def _top_up(rt: Any, ticket: Ticket, tokens: int) -> None:

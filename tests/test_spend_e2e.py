@@ -46,11 +46,22 @@ class Cluster:
     def token(self, sub: str, groups=()) -> str:
         return self.tokens.mint(sub=sub, email=f"{sub}@example.com", groups=list(groups), now=int(time.time()))
 
-    async def admin(self, payload: dict) -> dict:
+    async def admin(self, payload: dict, probe: tuple[str, tuple[str, ...]] = ("alice", ())) -> dict:
+        """Set a cap, then wait until every replica's limits cache applies it to ``probe`` (sub, groups)."""
         async with aiohttp.ClientSession() as s:
             async with s.post(self.urls[0] + "/v1/organizations/spend_limits", json=payload, headers={"x-api-key": WRITE_KEY}) as r:
                 assert r.status == 200, await r.text()
-                return await r.json()
+                doc = await r.json()
+            auth = {"Authorization": f"Bearer {self.token(probe[0], probe[1])}"}
+            for url in self.urls:
+                for _ in range(100):
+                    async with s.get(url + "/api/oauth/usage", headers=auth) as r:
+                        if (await r.json())["limits"]:
+                            break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError(f"{url} never applied the cap")
+        return doc
 
     async def fetch(self, sql: str, *args):
         conn = await asyncpg.connect(self.db)
@@ -174,7 +185,6 @@ async def test_429_and_usage_headers(cluster, fake_upstream):
             assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
             assert doc["limits"][0]["group"] == "daily" and doc["extra_usage"]["monthly_limit"] == 100
         await cl.admin({"scope": {"type": "user", "user_id": "alice"}, "amount": "0", "period": "daily"})
-        await asyncio.sleep(0.3)  # the limits cache reloads on NOTIFY
         async with s.post(cl.urls[2] + "/v1/messages", data=body(stream=False), headers={"Authorization": f"Bearer {tok}"}) as r:
             assert r.status == 429
             assert r.headers["x-should-retry"] == "false"
@@ -216,7 +226,8 @@ async def test_e_group_pool_shared_by_several_users(cluster, fake_upstream):
     cl = await cluster()
     await cl.admin(
         {"scope": {"type": "rbac_group", "rbac_group_id": "team"}, "amount": "1000", "period": "monthly",
-         "pooled_limit_enabled": True, "pooled_monthly_credit_limit": str(CAP_CENTS)}
+         "pooled_limit_enabled": True, "pooled_monthly_credit_limit": str(CAP_CENTS)},
+        probe=("u1", ("team",)),
     )
     fake_upstream.set_default(Reply(stream=True, deltas=3, gap=0.05, usage=Usage(input_tokens=12, output_tokens=50)))
     tokens = [cl.token(u, groups=["team"]) for u in ("u1", "u2", "u3")]
