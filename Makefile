@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test dev lint bench clean
+.PHONY: install test dev lint bench interop clean
 
 install: $(STAMP)
 
@@ -25,6 +25,13 @@ dev: install
 lint: install
 	$(VENV)/bin/ruff check gateway protocol_spec
 	$(VENV)/bin/mypy gateway protocol_spec
+
+# Not part of `make test`: downloads @anthropic-ai/claude-code (+ its native -linux-x64 package,
+# about 400 MB) into ./interop unless INTEROP_CLAUDE names an installed binary, runs the
+# conformance suite against Anthropic's `claude gateway` and Gatehouse, and writes
+# protocol_spec/INTEROP.md.
+interop: install
+	$(PY) -m protocol_spec.interop $(INTEROP_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

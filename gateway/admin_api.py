@@ -223,7 +223,7 @@ def authorize(request: web.Request, ctx: AdminContext, *, write: bool) -> str:
 def _unauthenticated() -> GatewayError:
     # One message for every cause, so a caller cannot tell a wrong key from a
     # token outside the admin groups; the audit event records which it was.
-    return GatewayError(Kind.AUTH_INVALID, "admin credentials are missing or not valid")
+    return GatewayError(Kind.AUTH_INVALID, "missing or invalid admin credentials")
 
 
 def _deny(request: web.Request, reason: str) -> None:

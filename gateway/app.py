@@ -18,7 +18,7 @@ from gateway import audit, managed, meta, relay, signin
 from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
 from gateway.netaccess import AccessPolicy
 from gateway.policy import Policies
-from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, new_request_id
+from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_request_id
 from gateway.routing import Routes
 from gateway.runtime import Limits, Runtime, UpstreamPlan
 from gateway.sessions import TokenService
@@ -257,21 +257,22 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
     except GatewayError as err:
         status, headers, body = render(err, request_id)
         headers["request-id"] = request_id
-        return web.Response(status=status, body=body, headers=headers)
+        return web.Response(status=status, body=body, headers={**headers, **SECURITY_HEADERS})
     except OAuthError as err:
-        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "request-id": request_id}
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache", "request-id": request_id}
         if err.retry_after is not None:
             headers["Retry-After"] = str(err.retry_after)
-        return web.Response(status=err.status, body=err.body(), headers=headers)
+        return web.Response(status=err.status, body=err.body(), headers={**headers, **SECURITY_HEADERS})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind = _HTTP_KINDS.get(exc.status, Kind.INVALID_REQUEST)
         message = "not found" if exc.status == 404 else (exc.reason or "bad request").lower()
-        headers = {"Content-Type": "application/json", "request-id": request_id}
+        headers = {"Content-Type": "application/json", "request-id": request_id, **SECURITY_HEADERS}
         return web.Response(status=exc.status, body=error_body(_type_for(kind), message, request_id), headers=headers)
     if not response.prepared:
         response.headers["request-id"] = request_id
+        response.headers.update(SECURITY_HEADERS)
     return response
 
 

@@ -38,7 +38,7 @@ def decode_view(body: bytes) -> View:
     except msgspec.DecodeError:
         raise _bad("invalid JSON") from None
     model = view.model
-    if model is None or model == "":
+    if model is msgspec.UNSET or model == "":
         raise _bad("model is required")
     if not isinstance(model, str):
         raise _bad("model must be a string")

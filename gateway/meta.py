@@ -90,6 +90,7 @@ async def protocol_markdown(request: web.Request) -> web.Response:
 
 
 async def protocol_json(request: web.Request) -> web.Response:
-    from protocol_spec.requirements import index_json
+    """The requirements index plus the JSON Schema of every wire type (SPEC §1.6)."""
+    from protocol_spec.schema import protocol_json as document
 
-    return web.Response(body=index_json(), content_type=JSON)
+    return web.Response(body=document(), content_type=JSON)

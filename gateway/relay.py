@@ -47,6 +47,14 @@ CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("client_ip", object)  # t
 MAX_ERROR_BODY_BYTES = 1 << 20
 CLIENT_CLOSED = 499
 REQUEST_TAGS_BETA = "request-tags-2026-08-21"
+# On every response, against sniffing, framing, referrer leaks and opener access
+# (SPEC ROLE-5). The middleware adds them; streams, prepared here, add their own.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
 
 
 class Outcome:
@@ -286,6 +294,7 @@ async def relay_stream(rt, request, resp, first_chunk, request_id, outcome, tick
     if ticket is not None and resp.status == 200:
         headers.update(ticket.headers)
     headers["request-id"] = request_id
+    headers.update(SECURITY_HEADERS)
     out = web.StreamResponse(status=resp.status, headers=headers)
     outcome.status = resp.status
     tap = UsageTap()

@@ -44,7 +44,7 @@ from gateway.devicecodes import (
     normalize_user_code,
     pkce_pair,
 )
-from gateway.errors import OAuthError
+from gateway.errors import GatewayError, Kind, OAuthError
 from gateway.relay import CLIENT_IP, REQUEST_ID
 from gateway.sealing import Sealer, derive_key
 from gateway.store import StoreUnavailable
@@ -388,7 +388,7 @@ async def _form(request: web.Request) -> dict[str, str] | None:
     """The form fields, or None when the body is not form-encoded."""
     ctype = request.content_type
     if request.content_length and request.content_length > FORM_LIMIT_BYTES:
-        raise OAuthError("invalid_request", 413, "request body too large")
+        raise GatewayError(Kind.TOO_LARGE, f"request body is larger than the limit of {FORM_LIMIT_BYTES} bytes")
     if request.body_exists and ctype != "application/x-www-form-urlencoded":
         return None
     if not request.body_exists:

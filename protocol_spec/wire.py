@@ -43,7 +43,9 @@ class ErrorEnvelope(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
 
 
 class MessagesRequestView(msgspec.Struct, frozen=True):
-    model: Any = None
+    # UNSET (absent) and null are different answers: "model is required" and
+    # "model must be a string", as Anthropic's gateway gives them.
+    model: Any = msgspec.UNSET
     stream: Any = None
     max_tokens: Any = None
     # Request tags (``{"<billing_group_tag>": "<group>"}``); read only to record the group.

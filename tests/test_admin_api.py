@@ -229,7 +229,7 @@ async def test_refusals_are_401_with_one_message(gw, db, http, capfd, headers_fo
     ):
         status, body, headers = await call(http, gw, method, path, headers=headers_for(gw), **kw)
         assert_error(status, body, headers, 401, "authentication_error")
-        assert body["error"]["message"] == "admin credentials are missing or not valid"
+        assert body["error"]["message"] == "missing or invalid admin credentials"
     out = capfd.readouterr().err
     denied = [json.loads(line) for line in out.splitlines() if '"admin.denied"' in line]
     assert [d["reason"] for d in denied] == [reason, reason]

@@ -17,7 +17,7 @@ from gateway.errors import GatewayError
         (b'"text"', "request body must be a JSON object"),
         (b"{}", "model is required"),
         (b'{"model":""}', "model is required"),
-        (b'{"model":null}', "model is required"),
+        (b'{"model":null}', "model must be a string"),
         (b'{"model":42}', "model must be a string"),
         (b'{"model":["a"]}', "model must be a string"),
     ],
