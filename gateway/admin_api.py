@@ -54,6 +54,20 @@ from gateway import audit, spend
 from gateway.errors import GatewayError, Kind, render
 from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
 from gateway.store import StoreUnavailable, queries, unavailable_as
+from protocol_spec.wire import (
+    UNSET,
+    AuditEvent,
+    AuditPage,
+    EffectiveLimit,
+    EffectivePage,
+    SpendLimit,
+    SpendLimitDeleted,
+    SpendLimitPage,
+    SpendLimitScope,
+    SpendLimitSnapshot,
+    UserActor,
+    snapshot_decoder,
+)
 
 BASE = "/v1/organizations/spend_limits"
 PERIODS = spend.PERIODS
@@ -76,6 +90,7 @@ CURSOR_MISMATCH = "cursor does not match current query parameters"
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 _DIGITS = re.compile(r"[0-9]+")
 _encode = msgspec.json.Encoder().encode
+_ORGANIZATION = SpendLimitScope("organization")
 
 
 class AdminContext:
@@ -123,7 +138,7 @@ def routes(app: web.Application) -> None:
 # ---------------------------------------------------------------- responses
 
 
-def _ok(doc: Any) -> web.Response:
+def _ok(doc: msgspec.Struct) -> web.Response:
     return web.Response(body=_encode(doc), headers=JSON_HEADERS)
 
 
@@ -249,80 +264,74 @@ def iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
-def scope_doc(scope_type: str, scope_id: str) -> dict[str, str]:
-    doc = {"type": scope_type}
-    if scope_type in SCOPE_ID_FIELD:
-        doc[SCOPE_ID_FIELD[scope_type]] = scope_id
-    return doc
+def scope_doc(scope_type: str, scope_id: str) -> SpendLimitScope:
+    if scope_type == "user":
+        return SpendLimitScope(scope_type, user_id=scope_id)
+    if scope_type == "rbac_group":
+        return SpendLimitScope(scope_type, rbac_group_id=scope_id)
+    return _ORGANIZATION
+
+
+def _scope_of(source: Mapping[str, str]) -> SpendLimitScope:
+    # spend.Cap.source is already in the wire shape, as plain data.
+    return SpendLimitScope(
+        source["type"], user_id=source.get("user_id", UNSET), rbac_group_id=source.get("rbac_group_id", UNSET)
+    )
 
 
 def _cents(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-def limit_doc(row: Mapping[str, Any]) -> dict[str, Any]:
+def limit_doc(row: Mapping[str, Any]) -> SpendLimit:
     """A ``spend_limit`` object. The pooled fields appear only on pooled caps
     (a Gatehouse extension), so every other cap has exactly Anthropic's shape."""
-    doc: dict[str, Any] = {
-        "type": "spend_limit",
-        "id": row["id"],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-        "scope": scope_doc(row["scope_type"], row["scope_id"]),
-        "amount": _cents(row["amount_cents"]),
-        "currency": row["currency"],
-        "period": row["period"],
-    }
-    if row["pooled_limit_enabled"]:
-        doc["pooled_limit_enabled"] = True
-        doc["pooled_monthly_credit_limit"] = _cents(row["pooled_monthly_credit_limit_cents"])
-    return doc
+    pooled = bool(row["pooled_limit_enabled"])
+    return SpendLimit(
+        id=row["id"],
+        created_at=iso(row["created_at"]),
+        updated_at=iso(row["updated_at"]),
+        scope=scope_doc(row["scope_type"], row["scope_id"]),
+        amount=_cents(row["amount_cents"]),
+        currency=row["currency"],
+        period=row["period"],
+        pooled_limit_enabled=True if pooled else UNSET,
+        pooled_monthly_credit_limit=_cents(row["pooled_monthly_credit_limit_cents"]) if pooled else UNSET,
+    )
 
 
-def snapshot(row: Mapping[str, Any]) -> dict[str, Any]:
+def snapshot(row: Mapping[str, Any]) -> SpendLimitSnapshot:
     """A cap as the audit trail keeps it (before/after)."""
-    doc: dict[str, Any] = {
-        "id": row["id"],
-        "scope": scope_doc(row["scope_type"], row["scope_id"]),
-        "amount": _cents(row["amount_cents"]),
-        "period": row["period"],
-        "currency": row["currency"],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-    }
-    if row["pooled_limit_enabled"]:
-        doc["pooled_limit_enabled"] = True
-        doc["pooled_monthly_credit_limit"] = _cents(row["pooled_monthly_credit_limit_cents"])
-    return doc
+    pooled = bool(row["pooled_limit_enabled"])
+    return SpendLimitSnapshot(
+        id=row["id"],
+        scope=scope_doc(row["scope_type"], row["scope_id"]),
+        amount=_cents(row["amount_cents"]),
+        period=row["period"],
+        currency=row["currency"],
+        created_at=iso(row["created_at"]),
+        updated_at=iso(row["updated_at"]),
+        pooled_limit_enabled=True if pooled else UNSET,
+        pooled_monthly_credit_limit=_cents(row["pooled_monthly_credit_limit_cents"]) if pooled else UNSET,
+    )
 
 
-_SNAPSHOT_ORDER = (
-    "id", "scope", "amount", "period", "currency", "created_at", "updated_at",
-    "pooled_limit_enabled", "pooled_monthly_credit_limit",
-)  # fmt: skip
+def _stored_snapshot(raw: str | None) -> SpendLimitSnapshot | None:
+    # jsonb keeps keys in its own order; decoding into the Struct restores the wire order.
+    return None if raw is None else snapshot_decoder.decode(raw)
 
 
-def _reordered(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    # jsonb stores keys in its own order; show snapshots in the order they were written.
-    if doc is None:
-        return None
-    known = {k: doc[k] for k in _SNAPSHOT_ORDER if k in doc}
-    known.update({k: v for k, v in doc.items() if k not in known})
-    return known
-
-
-def audit_doc(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "audit_event",
-        "id": str(row["id"]),
-        "created_at": iso(row["at"]),
-        "actor": row["actor"],
-        "action": row["action"],
-        "target_id": row["target"],
-        "before": _reordered(None if row["before"] is None else json.loads(row["before"])),
-        "after": _reordered(None if row["after"] is None else json.loads(row["after"])),
-        "reason": row["reason"],
-    }
+def audit_doc(row: Mapping[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        id=str(row["id"]),
+        created_at=iso(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        target_id=row["target"],
+        before=_stored_snapshot(row["before"]),
+        after=_stored_snapshot(row["after"]),
+        reason=row["reason"],
+    )
 
 
 def spend_string(micro: int) -> str:
@@ -470,8 +479,8 @@ async def _notify_and_record(
         actor,
         action,
         target,
-        None if before is None else json.dumps(snapshot(before)),
-        None if after is None else json.dumps(snapshot(after)),
+        None if before is None else _encode(snapshot(before)).decode(),
+        None if after is None else _encode(snapshot(after)).decode(),
         reason,
     )
     await conn.fetchval(q["admin_notify_limits"], target)
@@ -562,7 +571,7 @@ async def delete_limit(request: web.Request, ctx: AdminContext, actor: str) -> w
         amount=_cents(before["amount_cents"]),
         target=limit_id,
     )
-    return _ok({"type": "spend_limit_deleted", "id": limit_id})
+    return _ok(SpendLimitDeleted(limit_id))
 
 
 async def get_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
@@ -613,12 +622,12 @@ async def list_limits(request: web.Request, ctx: AdminContext, actor: str) -> we
             rows = rows[:size]
     data = [limit_doc(r) for r in rows]
     return _ok(
-        {
-            "data": data,
-            "has_more": has_more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
+        SpendLimitPage(
+            data=data,
+            has_more=has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
     )
 
 
@@ -631,7 +640,7 @@ async def audit_trail(request: web.Request, ctx: AdminContext, actor: str) -> we
         rows = await ctx.store(request.app).pool.fetch(
             queries()["admin_audit_page"], None if after_id is None else int(after_id), size + 1
         )
-    return _ok({"data": [audit_doc(r) for r in rows[:size]], "has_more": len(rows) > size})
+    return _ok(AuditPage(data=[audit_doc(r) for r in rows[:size]], has_more=len(rows) > size))
 
 
 # ---------------------------------------------------------------- /effective
@@ -712,26 +721,20 @@ def _groups_of(raw: str | None) -> list[str]:
     return [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
 
 
-def effective_row(person: Mapping[str, Any], period: str, cap: spend.Cap, spent_micro: int) -> dict[str, Any]:
+def effective_row(person: Mapping[str, Any], period: str, cap: spend.Cap, spent_micro: int) -> EffectiveLimit:
     sub = person["sub"]
-    return {
-        "scope": {"type": "user", "user_id": sub},
-        "groups": _groups_of(person["groups"]),
-        "actor": {
-            "type": "user_actor",
-            "user_id": sub,
-            "name": person["name"],
-            "email_address": person["email"],
-            "deleted": False,
-        },
+    return EffectiveLimit(
+        scope=SpendLimitScope("user", user_id=sub),
+        groups=_groups_of(person["groups"]),
+        actor=UserActor(user_id=sub, name=person["name"], email_address=person["email"], deleted=False),
         # Caps come from whole cents, so this division is exact.
-        "amount": None if cap.amount_micro is None else str(cap.amount_micro // spend.MICRO_PER_CENT),
-        "currency": CURRENCY,
-        "period": period,
-        "source": cap.source,
-        "spend_limit_id": cap.limit_id,
-        "period_to_date_spend": spend_string(spent_micro),
-    }
+        amount=None if cap.amount_micro is None else str(cap.amount_micro // spend.MICRO_PER_CENT),
+        currency=CURRENCY,
+        period=period,
+        source=None if cap.source is None else _scope_of(cap.source),
+        spend_limit_id=cap.limit_id,
+        period_to_date_spend=spend_string(spent_micro),
+    )
 
 
 async def effective(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
@@ -741,7 +744,7 @@ async def effective(request: web.Request, ctx: AdminContext, actor: str) -> web.
     fingerprint = _fingerprint(eq.user_ids, eq.periods, eq.by_spend, eq.q)
     q = queries()
     pool = ctx.store(request.app).pool
-    rows: list[dict[str, Any]] = []
+    rows: list[EffectiveLimit] = []
     next_key: tuple[Any, ...] | None = None
     with unavailable_as("reading effective spend limits"):
         # The same resolution the spend gate uses, so /effective shows what is enforced.
@@ -786,7 +789,7 @@ async def effective(request: web.Request, ctx: AdminContext, actor: str) -> web.
                 last_person, last_period = candidates[eq.size - 1]
                 next_key = (last_person["sub"], last_period)
     next_page = None if next_key is None else encode_cursor(fingerprint, next_key)
-    return _ok({"data": rows, "next_page": next_page})
+    return _ok(EffectivePage(data=rows, next_page=next_page))
 
 
 async def _spend_of(pool: Any, subs: list[str], starts: Mapping[str, datetime]) -> dict[tuple[str, str], int]:

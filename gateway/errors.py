@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from protocol_spec.wire import ErrorDetail, ErrorEnvelope, encoder
+from protocol_spec.wire import UNSET, ErrorDetail, ErrorEnvelope, ErrorEvent, OAuthErrorBody, encoder
 
 
 class Kind(enum.Enum):
@@ -143,7 +143,12 @@ def render(err: GatewayError, request_id: str | None) -> tuple[int, dict[str, st
 
 def sse_error_event(kind: Kind, message: str) -> bytes:
     """An SSE ``error`` event, for failures after the response has started."""
-    data = encoder.encode({"type": "error", "error": {"type": TABLE[kind].error_type, "message": message}})
+    return sse_error(TABLE[kind].error_type, message)
+
+
+def sse_error(error_type: str, message: str) -> bytes:
+    """An SSE ``error`` event of any ``error.type``: the envelope without ``request_id``."""
+    data = encoder.encode(ErrorEvent(ErrorDetail(error_type, message)))
     return b"event: error\ndata: " + data + b"\n\n"
 
 
@@ -168,7 +173,4 @@ class OAuthError(Exception):
         self.retry_after = retry_after
 
     def body(self) -> bytes:
-        doc = {"error": self.error}
-        if self.description:
-            doc["error_description"] = self.description
-        return encoder.encode(doc)
+        return encoder.encode(OAuthErrorBody(self.error, self.description or UNSET))

@@ -19,6 +19,8 @@ from gateway.relay import RUNTIME, authenticate, read_body
 from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
 
 JSON = "application/json"
+# Name and version are fixed for the life of the process: encoded once.
+_LANDING = encoder.encode(ServerInfo(gateway.NAME, gateway.__version__))
 
 
 def _authenticate(request: web.Request):
@@ -39,8 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    body = encoder.encode(ServerInfo(gateway.NAME, gateway.__version__))
-    return web.Response(body=body, content_type=JSON, headers={"Cache-Control": "no-store"})
+    return web.Response(body=_LANDING, content_type=JSON, headers={"Cache-Control": "no-store"})
 
 
 async def models(request: web.Request) -> web.Response:

@@ -36,8 +36,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from gateway import canonical_json
 from gateway.routing import load_builtin_models
+from protocol_spec.wire import ManagedSettings, encoder
 
 __all__ = ["ALLOW_ALL", "Matched", "ModelAccess", "Policies", "merge_settings", "STARTING_MODEL"]
 
@@ -358,11 +361,12 @@ def _compile(
     if pricing_rows is not None and "modelPricing" not in settings:
         # A policy that sets modelPricing (even {} to opt out) keeps its own.
         settings["modelPricing"] = copy.deepcopy(dict(pricing_rows))
-    canonical = canonical_json.dumps(settings)
     checksum = canonical_json.checksum(settings)
-    quoted = canonical_json.dumps(checksum)
-    # uuid names the served document, so it is the checksum too (SPEC MANAGED-4).
-    body = b'{"uuid":' + quoted + b',"checksum":' + quoted + b',"settings":' + canonical + b"}"
+    # The settings go out as the very canonical bytes the checksum covers (Raw is
+    # copied, never re-encoded); uuid names the served document, so it is the
+    # checksum too (SPEC MANAGED-4).
+    canonical = msgspec.Raw(canonical_json.dumps(settings))
+    body = encoder.encode(ManagedSettings(uuid=checksum, checksum=checksum, settings=canonical))
     available = settings.get("availableModels")
     denied = settings.get("deniedModels")
     access = ModelAccess(

@@ -48,7 +48,7 @@ from gateway.errors import GatewayError, Kind, OAuthError
 from gateway.relay import CLIENT_IP, REQUEST_ID
 from gateway.sealing import Sealer, derive_key
 from gateway.store import StoreUnavailable
-from protocol_spec.wire import encoder
+from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthorization, TokenResponse, encoder
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 COOKIE = "gatehouse_signin"
@@ -74,6 +74,8 @@ class SignIn:
         self.cookies = _BindingCookies(tuple(cfg.session.secrets), secure=parts.scheme == "https")
         self.notice = cfg.gatehouse.signin.login_notice
         self.limits = cfg.rate_limits
+        # The discovery document depends on the config alone: encoded once.
+        self.metadata_body = encoder.encode(discovery_document(self.public_url))
 
     def attach(self, *, store: Any, oidc: Any, sessions: Any) -> None:
         self.devices = DeviceStore(store)
@@ -122,21 +124,24 @@ def _fernet_key(secret: str) -> bytes:
 # ------------------------------------------------------------------ discovery
 
 
+def discovery_document(base: str) -> AuthorizationServerMetadata:
+    """RFC 8414 metadata for a gateway whose public URL is ``base``."""
+    return AuthorizationServerMetadata(
+        issuer=base,
+        device_authorization_endpoint=f"{base}/oauth/device_authorization",
+        token_endpoint=f"{base}/oauth/token",
+        revocation_endpoint=f"{base}/oauth/revoke",
+        grant_types_supported=[DEVICE_GRANT, "refresh_token"],
+        response_types_supported=[],
+        token_endpoint_auth_methods_supported=["none"],
+        revocation_endpoint_auth_methods_supported=["none"],
+        scopes_supported=["openid", "profile", "email"],
+        gateway_protocol_version=1,
+    )
+
+
 async def metadata(request: web.Request) -> web.Response:
-    base = request.app[SIGNIN].public_url
-    doc = {
-        "issuer": base,
-        "device_authorization_endpoint": f"{base}/oauth/device_authorization",
-        "token_endpoint": f"{base}/oauth/token",
-        "revocation_endpoint": f"{base}/oauth/revoke",
-        "grant_types_supported": [DEVICE_GRANT, "refresh_token"],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "revocation_endpoint_auth_methods_supported": ["none"],
-        "scopes_supported": ["openid", "profile", "email"],
-        "gateway_protocol_version": 1,
-    }
-    return web.Response(body=encoder.encode(doc), content_type="application/json")
+    return web.Response(body=request.app[SIGNIN].metadata_body, content_type="application/json")
 
 
 # ------------------------------------------------------------------ device authorization
@@ -174,16 +179,15 @@ async def device_authorization(request: web.Request) -> web.Response:
         audit.log("error", f"device authorization failed: {exc}")
         raise OAuthError("temporarily_unavailable", 503, "sign-in storage is unavailable") from None
     audit.emit("device.authorize", request_id=request[REQUEST_ID], result="success", client_ip=ip, surface=surface)
-    doc: dict[str, Any] = {
-        "device_code": device_code,
-        "user_code": user_code,
-        "verification_uri": f"{si.public_url}/device",
-        "verification_uri_complete": f"{si.public_url}/device?user_code={user_code}",
-        "expires_in": DEVICE_CODE_TTL_S,
-        "interval": POLL_INTERVAL_S,
-    }
-    if si.notice:
-        doc["login_notice"] = si.notice
+    doc = DeviceAuthorization(
+        device_code=device_code,
+        user_code=user_code,
+        verification_uri=f"{si.public_url}/device",
+        verification_uri_complete=f"{si.public_url}/device?user_code={user_code}",
+        expires_in=DEVICE_CODE_TTL_S,
+        interval=POLL_INTERVAL_S,
+        login_notice=si.notice or UNSET,
+    )
     return web.Response(body=encoder.encode(doc), headers=JSON_NO_STORE)
 
 
@@ -333,11 +337,13 @@ async def token(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         audit.log("error", f"token endpoint: {exc}")
         raise OAuthError("temporarily_unavailable", 503, "sign-in storage is unavailable") from None
-    doc: dict[str, Any] = {"access_token": pair.access_token, "token_type": "Bearer", "expires_in": pair.expires_in}
-    if pair.refresh_token:
-        doc["refresh_token"] = pair.refresh_token
-    if email and email.strip():
-        doc["email"] = email
+    doc = TokenResponse(
+        access_token=pair.access_token,
+        token_type="Bearer",
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token or UNSET,
+        email=email if email and email.strip() else UNSET,
+    )
     return web.Response(body=encoder.encode(doc), headers=JSON_NO_STORE)
 
 

@@ -29,6 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import msgspec
+
+from protocol_spec.wire import ExtraUsage, PeriodCredits, UsageLimit, UsageReport
+
 PERIODS = ("daily", "weekly", "monthly")
 MICRO_PER_CENT = 10_000
 WARN_LOW = (75, "0.75")  # whole percent, header value
@@ -349,7 +353,7 @@ def _iso_ms(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def usage_document(snapshots: Sequence[Snapshot], now: datetime) -> dict[str, Any]:
+def usage_report(snapshots: Sequence[Snapshot], now: datetime) -> UsageReport:
     """The body of GET /api/oauth/usage (key order as Anthropic's gateway writes it).
 
     ``snapshots`` should hold the user's three periods (capped or not) and any
@@ -360,40 +364,46 @@ def usage_document(snapshots: Sequence[Snapshot], now: datetime) -> dict[str, An
     active = fullest(snapshots)
     user = {s.period: s for s in snapshots if s.scope == "user"}
     if active is None:
-        extra: dict[str, Any] = {
-            "is_enabled": True,
-            "monthly_limit": None,
-            "used_credits": _cents(user["monthly"].spent_micro) if "monthly" in user else 0,
-            "utilization": None,
-            "currency": "USD",
-        }
-        for period in ("daily", "weekly"):
-            spent = user[period].spent_micro if period in user else 0
-            extra[period] = {"limit": None, "used_credits": _cents(spent), "utilization": None}
-        return {"extra_usage": extra, "limits": []}
-    assert active.cap_micro is not None
-    extra = {
-        "is_enabled": True,
-        "monthly_limit": _cents(active.cap_micro),
-        "used_credits": _cents(active.spent_micro),
-        "utilization": _percent(active),
-        "currency": "USD",
-    }
-    limits = []
-    for s in _capped(snapshots):
-        if s.scope != "user" and s is not active:
-            continue  # a pool shows only when it is the fullest cap; otherwise it would read as a second monthly cap
-        limits.append(
-            {
-                "kind": "spend",
-                "group": s.period,
-                "percent": _percent(s),
-                "resets_at": _iso_ms(s.reset_at),
-                "severity": "critical" if s.cap_micro == 0 or _percent_reached(s, WARN_HIGH[0]) else "normal",
-                "is_active": s is active,
-            }
+        # Nothing capped: no limits to show, but the dollars spent per period still are.
+        spent = {p: _cents(user[p].spent_micro) if p in user else 0 for p in PERIODS}
+        extra = ExtraUsage(
+            is_enabled=True,
+            monthly_limit=None,
+            used_credits=spent["monthly"],
+            utilization=None,
+            currency="USD",
+            daily=PeriodCredits(None, spent["daily"], None),
+            weekly=PeriodCredits(None, spent["weekly"], None),
         )
-    return {"extra_usage": extra, "limits": limits}
+        return UsageReport(extra, [])
+    assert active.cap_micro is not None
+    extra = ExtraUsage(
+        is_enabled=True,
+        monthly_limit=_cents(active.cap_micro),
+        used_credits=_cents(active.spent_micro),
+        utilization=_percent(active),
+        currency="USD",
+    )
+    limits = [
+        UsageLimit(
+            kind="spend",
+            group=s.period,
+            percent=_percent(s),
+            resets_at=_iso_ms(s.reset_at),
+            severity="critical" if s.cap_micro == 0 or _percent_reached(s, WARN_HIGH[0]) else "normal",
+            is_active=s is active,
+        )
+        for s in _capped(snapshots)
+        # A pool shows only when it is the fullest cap; otherwise it would read as a second monthly cap.
+        if s.scope == "user" or s is active
+    ]
+    return UsageReport(extra, limits)
+
+
+def usage_document(snapshots: Sequence[Snapshot], now: datetime) -> dict[str, Any]:
+    """``usage_report`` as plain data, in the same key order."""
+    doc: dict[str, Any] = msgspec.to_builtins(usage_report(snapshots, now))
+    return doc
 
 
 # ---------------------------------------------------------------- output allowance

@@ -14,10 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import audit, spend
-from gateway.errors import encoder
+from gateway.errors import sse_error
 from gateway.pricing import Rates
 from gateway.sse import BYTES_PER_TOKEN_ESTIMATE, UsageTotals
 from gateway.store import StoreUnavailable
+from protocol_spec.wire import ErrorDetail, ErrorEvent, encoder
+
+BILLING_ERROR = "billing_error"
+CUT_MESSAGE = "spend limit reached"
 
 
 class SpendRefused(Exception):
@@ -27,7 +31,7 @@ class SpendRefused(Exception):
         super().__init__(message)
         self.headers = headers
         # As Anthropic's gateway answers it: the envelope without request_id.
-        self.body = encoder.encode({"type": "error", "error": {"type": "billing_error", "message": message}})
+        self.body = encoder.encode(ErrorEvent(ErrorDetail(BILLING_ERROR, message)))
 
 
 class Ticket:
@@ -115,12 +119,14 @@ def settle(rt: Any, request_id: str, principal: Any, model: str, upstream: str |
         rt.allowances.observe(principal.sub, model, usage.output_tokens)
 
 
+_CUT_EVENT = sse_error(BILLING_ERROR, CUT_MESSAGE)
+
+
 def cut_event() -> bytes:
-    data = encoder.encode({"type": "error", "error": {"type": "billing_error", "message": "spend limit reached"}})
-    return b"event: error\ndata: " + data + b"\n\n"
+    return _CUT_EVENT
 
 
 async def usage(rt: Any, principal: Any) -> bytes:
     now = _now(rt)
     snapshots = await asyncio.wait_for(rt.spend.snapshots(principal, now), rt.config.gatehouse.spend.store_timeout_ms / 1000)
-    return encoder.encode(spend.usage_document(snapshots, now))
+    return encoder.encode(spend.usage_report(snapshots, now))

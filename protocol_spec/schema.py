@@ -86,9 +86,13 @@ def protocol_json() -> bytes:
 
 @functools.cache
 def _protocol_json() -> bytes:
-    index = msgspec.json.decode(requirements.index_json())
-    index["schema"] = json.loads(shipped_text())
-    return msgspec.json.encode(index)
+    from protocol_spec.wire import ProtocolDocument
+
+    reqs, secs = requirements.parse(requirements._spec_text())
+    document = ProtocolDocument(
+        document=requirements.DOCUMENT, sections=list(secs), requirements=list(reqs), schema=json.loads(shipped_text())
+    )
+    return msgspec.json.encode(document)
 
 
 def main(argv: list[str] | None = None) -> int:
