@@ -33,5 +33,13 @@ lint: install
 interop: install
 	$(PY) -m protocol_spec.interop $(INTEROP_ARGS)
 
+# Benchmarks (≤ 30 min; BENCH_QUICK=1 ≈ 5 min; BENCH_PEERS=claude-gateway=<path>,litellm for peers).
+# Writes bench/results/<date>-<host>/. wrk comes from Debian (apt-get install wrk); without it
+# the JSON and short-stream scenarios use the asyncio driver.
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@command -v wrk >/dev/null || echo "wrk not found (apt-get install wrk): scenarios 1-2 fall back to the asyncio driver"
+	$(PY) -m bench.run
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

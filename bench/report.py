@@ -1,0 +1,369 @@
+"""Turn raw.jsonl into table.md and PNG plots; summarise py-spy profiles.
+
+    python -m bench.report bench/results/<date>-<host>
+
+Reads only the results folder, so a table can be rebuilt from committed raw
+data. Plots need matplotlib (``pip install matplotlib``); without it the
+table is still written and the plots are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+# The issue's targets, checked against Anthropic's gateway with admin: and managed: on.
+PEER = "claude-gateway-full"
+OURS = "gatehouse-policy"
+
+
+def load(out: Path) -> list[dict[str, Any]]:
+    path = out / "raw.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _index(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    return {(r.get("scenario"), r.get("mode"), r.get("concurrency"), r.get("tool"), r.get("target")): r for r in rows}
+
+
+def _direct(idx: dict, r: dict[str, Any]) -> dict[str, Any] | None:
+    return idx.get((r["scenario"], r["mode"], r["concurrency"], r["tool"], "direct"))
+
+
+def _added(r: dict[str, Any], d: dict[str, Any] | None, key: str) -> float | None:
+    if d is None or r["target"] == "direct" or r.get(key) is None or d.get(key) is None:
+        return None
+    return r[key] - d[key]
+
+
+def _flags(r: dict[str, Any]) -> str:
+    flags = []
+    if r.get("load_bound"):
+        flags.append("load-bound")
+    if r.get("errors"):
+        flags.append(f"{r['errors']} errors")
+    return ", ".join(flags)
+
+
+def latency_table(rows: list[dict[str, Any]], idx: dict) -> list[str]:
+    lines = [
+        "| target | conc | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | gw CPU µs/req | gw CPU % | peak RSS MB | load side % | flags |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        d = _direct(idx, r)
+        lines.append(
+            f"| {r['target']} | {r['concurrency']} | {fmt(r['rps'])} | {fmt(r['p50_ms'])} | {fmt(r['p90_ms'])} | "
+            f"{fmt(r['p99_ms'])} | {fmt(r['p999_ms'])} | {fmt(_added(r, d, 'p50_ms'))} | {fmt(_added(r, d, 'p99_ms'))} | "
+            f"{fmt(r.get('cpu_us_per_req'))} | {fmt(_pct(r.get('gw_cpu_share')))} | {fmt(r.get('peak_rss_mb'), 1)} | "
+            f"{fmt(_pct(r.get('load_cpu_share')))} | {_flags(r)} |"
+        )
+    return lines
+
+
+def _pct(share: float | None) -> float | None:
+    return share * 100 if share is not None else None
+
+
+def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = ["direct", "gatehouse", "gatehouse-policy", "gatehouse-2w", "claude-gateway", "claude-gateway-full", "litellm"]
+    rank = {n: i for i, n in enumerate(names)}
+    return sorted(rows, key=lambda r: (r.get("concurrency") or 0, rank.get(r["target"], 99)))
+
+
+def write(out: Path) -> None:
+    rows = load(out)
+    machine = json.loads((out / "machine.json").read_text()) if (out / "machine.json").exists() else {}
+    idx = _index(rows)
+    md: list[str] = [f"# Gatehouse bench — {out.name}", ""]
+    if machine:
+        md += [
+            f"Machine: {machine.get('cpus')} × {machine.get('cpu_model')}, {machine.get('mem_gb')} GiB, Linux "
+            f"{machine.get('kernel')}, Python {machine.get('python')}; Gatehouse at {machine.get('git')}; "
+            f"{'quick' if machine.get('quick') else 'default'} budget; run {machine.get('date')}.",
+            "Gateway under test pinned to one core; load tool, simulated upstream, PostgreSQL and driver to the other. "
+            "\"load side %\" is their CPU as a share of one core; rows past 90 % are marked load-bound. "
+            "Added latency = target minus direct in the same cell. Times in ms.",
+            "",
+        ]
+    setup = [r for r in rows if r.get("scenario") in ("setup", "idle", "4")]
+    if setup:
+        md += ["## Targets", ""]
+        for r in setup:
+            if r["scenario"] == "setup":
+                md.append(f"- **{r['target']}**: could not start — {r['error']}")
+            elif r["scenario"] == "idle":
+                notes = "; ".join(r.get("notes") or [])
+                md.append(f"- **{r['target']}**: idle RSS {fmt(r['idle_rss_mb'], 1)} MB{' — ' + notes if notes else ''}")
+            else:
+                md.append(f"- spend counters written by {r['target']} during scenarios 1–2: {r.get('spend_counters')} "
+                          f"({'spend reservation measured' if r.get('spend_in_hot_path') else 'no spend work in the hot path of this build'})")
+        md.append("")
+    for scenario, title in (("1", "1. Small JSON (wrk)"), ("2", "2. Short SSE streams (wrk)"), ("6", "6. --workers 2, policy on (both cores; no linearity target)")):
+        cell = [r for r in rows if r.get("scenario") == scenario and r.get("mode") != "stream-hold"
+                and not (r.get("tool") == "asyncio" and scenario in ("1", "2"))]
+        if not cell:
+            continue
+        md += [f"## {title}", ""]
+        for mode in ("json", "sse"):
+            part = _order([r for r in cell if r["mode"] == mode])
+            if part:
+                md += [f"**{mode}**", "", *latency_table(part, idx), ""]
+    ttfb = [r for r in rows if r.get("tool") == "asyncio" and r.get("scenario") in ("1", "2")]
+    if ttfb:
+        md += ["## Per-request first byte at concurrency 1 (asyncio driver)", "",
+               "| scenario | target | requests | total p50 | total p99 | first byte p50 | first byte p99 | added first byte p50 | added first byte p99 |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in _order(ttfb):
+            d = _direct(idx, r)
+            md.append(f"| {r['scenario']} {r['mode']} | {r['target']} | {r['requests']} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | "
+                      f"{fmt(r.get('ttfb_p50_ms'))} | {fmt(r.get('ttfb_p99_ms'))} | {fmt(_added(r, d, 'ttfb_p50_ms'))} | {fmt(_added(r, d, 'ttfb_p99_ms'))} |")
+        md.append("")
+    for scenario, title in (("3b", "3b. Busy streams (20 events/s)"), ("3a", "3a. Idle-heavy streams (first token 0.5 s, 1 event/s)")):
+        part = [r for r in rows if r.get("scenario") == scenario]
+        if not part:
+            continue
+        md += [f"## {title}", "",
+               "Probe = GET /healthz latency on the same process while it holds the streams (its event-loop lag plus one tiny request). "
+               "Late = how much later than the upstream's schedule each event reached the client.", "",
+               "| target | streams | ok | first byte p50 | first byte p99 | first token p99 | late p50 | late p99 | probe p50 | probe p99 | gw CPU % | µs/event | peak RSS MB | KB/stream | load side % | flags |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in sorted(part, key=lambda r: (r["concurrency"], r["target"])):
+            md.append(
+                f"| {r['target']} | {r['concurrency']} | {r['requests']} | {fmt(r.get('ttfb_p50_ms'))} | {fmt(r.get('ttfb_p99_ms'))} | "
+                f"{fmt(r.get('ttft_p99_ms'))} | {fmt(r.get('late_p50_ms'))} | {fmt(r.get('late_p99_ms'))} | {fmt(r.get('probe_p50_ms'))} | "
+                f"{fmt(r.get('probe_p99_ms'))} | {fmt(_pct(r.get('gw_cpu_share')))} | {fmt(r.get('cpu_us_per_event'))} | "
+                f"{fmt(r.get('peak_rss_mb'), 1)} | {fmt(r.get('rss_kb_per_stream'), 1)} | {fmt(_pct(r.get('load_cpu_share')))} | {_flags(r)} |")
+        md.append("")
+    md += scenario_4(rows, idx)
+    signin = [r for r in rows if r.get("scenario") == "5"]
+    if signin:
+        md += ["## 5. Sign-in throughput", "",
+               "Device authorizations in a closed loop (16 connections), then the codes each polled every 5 s (their interval).", "",
+               "| target | authorizations/s | auth p50 | auth p99 | polls/s achieved | polls/s offered | poll p50 | poll p99 | gw CPU % | load side % | errors |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in signin:
+            md.append(f"| {r['target']} | {fmt(r['auth_per_s'])} | {fmt(r.get('auth_p50_ms'))} | {fmt(r.get('auth_p99_ms'))} | "
+                      f"{fmt(r['polls_per_s'])} | {fmt(r['offered_polls_per_s'])} | {fmt(r.get('poll_p50_ms'))} | {fmt(r.get('poll_p99_ms'))} | "
+                      f"{fmt(_pct(r.get('gw_cpu_share')))} | {fmt(_pct(r.get('load_cpu_share')))} | {r.get('errors')} |")
+        md.append("")
+    md += targets_check(rows, idx)
+    profiles = [r for r in rows if r.get("scenario") == "profile"]
+    if profiles:
+        md += ["## Where the gateway's time goes (py-spy, wrk c64)", ""]
+        for r in profiles:
+            md += [f"**{r['target']} {r['mode']}** — share of samples by leaf frame (self time):", "",
+                   "| share | frame |", "|---:|---|"]
+            md += [f"| {share:.1f} % | `{frame}` |" for frame, share in r["top"]["self"][:15]]
+            md += ["", "Inclusive share of selected gateway frames:", "", "| share | frame |", "|---:|---|"]
+            md += [f"| {share:.1f} % | `{frame}` |" for frame, share in r["top"]["inclusive"][:15]]
+            md.append("")
+    plots = make_plots(rows, out)
+    md += ["## Plots", ""] + ([f"![{p}]({p})" for p in plots] or ["(matplotlib not installed: no plots)"]) + [""]
+    (out / "table.md").write_text("\n".join(md))
+
+
+def scenario_4(rows: list[dict[str, Any]], idx: dict) -> list[str]:
+    pairs = []
+    for r in rows:
+        if r.get("target") == "gatehouse" and r.get("scenario") in ("1", "2"):
+            on = idx.get((r["scenario"], r["mode"], r["concurrency"], r.get("tool"), OURS))
+            if on and (r.get("tool") == "wrk" or not any(x.get("tool") == "wrk" for x in rows)):
+                pairs.append((r, on))
+    if not pairs:
+        return []
+    lines = ["## 4. Policy on vs off (Gatehouse)", "",
+             "| mode | conc | req/s off | req/s on | p50 off | p50 on | p99 off | p99 on | µs/req off | µs/req on |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for off, on in pairs:
+        lines.append(f"| {off['mode']} | {off['concurrency']} | {fmt(off['rps'])} | {fmt(on['rps'])} | {fmt(off['p50_ms'])} | {fmt(on['p50_ms'])} | "
+                     f"{fmt(off['p99_ms'])} | {fmt(on['p99_ms'])} | {fmt(off.get('cpu_us_per_req'))} | {fmt(on.get('cpu_us_per_req'))} |")
+    return lines + [""]
+
+
+def targets_check(rows: list[dict[str, Any]], idx: dict) -> list[str]:
+    """The issue's targets, met or missed, with the measured numbers."""
+    checks: list[tuple[str, str, bool | None]] = []
+
+    def get(scenario, mode, conc, tool, target):
+        return idx.get((scenario, mode, conc, tool, target))
+
+    for scenario, mode in (("1", "json"), ("2", "sse")):
+        ours, peer = get(scenario, mode, 64, "wrk", OURS), get(scenario, mode, 64, "wrk", PEER)
+        if ours and peer:
+            ratio = ours["rps"] / peer["rps"] if peer["rps"] else math.nan
+            checks.append((f"throughput ≥ 2.5× Anthropic's at c64, {mode}", f"{ours['rps']:.0f} vs {peer['rps']:.0f} req/s = {ratio:.2f}×", ratio >= 2.5))
+            d = get(scenario, mode, 64, "wrk", "direct")
+            a_ours, a_peer = _added(ours, d, "p99_ms"), _added(peer, d, "p99_ms")
+            if a_ours is not None and a_peer:
+                checks.append((f"p99 added latency ≤ 0.5× Anthropic's at c64, {mode}",
+                               f"{a_ours:.2f} vs {a_peer:.2f} ms = {a_ours / a_peer:.2f}×", a_ours / a_peer <= 0.5))
+    c1 = get("1", "json", 1, "wrk", OURS)
+    d1 = get("1", "json", 1, "wrk", "direct")
+    if c1 and d1:
+        added = c1["p50_ms"] - d1["p50_ms"]
+        checks.append(("added p50 at c1 ≤ 0.5 ms, JSON", f"{added:.3f} ms (wrk)", added <= 0.5))
+    t1, td = get("2", "sse", 1, "asyncio", OURS), get("2", "sse", 1, "asyncio", "direct")
+    if t1 and td and t1.get("ttfb_p99_ms") is not None:
+        added = t1["ttfb_p99_ms"] - td["ttfb_p99_ms"]
+        checks.append(("added time to first byte ≤ 1 ms at p99, c1 (SSE)", f"{added:.3f} ms", added <= 1.0))
+    cpu = [r.get("cpu_us_per_req") for r in rows if r.get("target") == OURS and r.get("tool") == "wrk"
+           and r.get("concurrency") == 64 and r.get("cpu_us_per_req")]
+    if cpu:
+        checks.append(("gateway CPU ≤ 500 µs per request (c64, JSON and SSE)", " / ".join(f"{c:.0f} µs" for c in cpu), max(cpu) <= 500))
+    idle = {r["target"]: r["idle_rss_mb"] for r in rows if r.get("scenario") == "idle"}
+    if "gatehouse-minimal" in idle:
+        checks.append(("idle RSS ≤ 60 MB, minimal config", f"{idle['gatehouse-minimal']:.1f} MB", idle["gatehouse-minimal"] <= 60))
+    peak = [r.get("peak_rss_mb") for r in rows if r.get("target") == OURS and r.get("concurrency") == 64
+            and r.get("scenario") in ("1", "2") and r.get("peak_rss_mb")]
+    if peak:
+        checks.append(("RSS ≤ 80 MB under the c64 load", f"{max(peak):.1f} MB", max(peak) <= 80))
+    big = [r for r in rows if r.get("scenario") == "3a" and r.get("target") == OURS]
+    if big:
+        r = max(big, key=lambda r: r["concurrency"])
+        kb, lag = r.get("rss_kb_per_stream"), r.get("probe_p99_ms")
+        complete = r["requests"] == r["concurrency"]
+        checks.append((f"{r['concurrency']} idle-heavy streams in one process, all complete", f"{r['requests']} ok, {r.get('errors')} errors", complete))
+        if kb is not None:
+            checks.append(("≤ 20 KB per stream", f"{kb:.1f} KB", kb <= 20))
+        if lag is not None:
+            checks.append(("event-loop lag p99 ≤ 5 ms (health probe p99)", f"{lag:.2f} ms", lag <= 5))
+    if not checks:
+        return []
+    lines = ["## Targets (Gatehouse policy on vs Anthropic's gateway with admin: and managed:)", "",
+             "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks]
+    return lines + [""]
+
+
+def make_plots(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    for scenario, mode in (("1", "json"), ("2", "sse")):
+        cell = [r for r in rows if r.get("scenario") == scenario and r.get("tool") == "wrk"]
+        if not cell:
+            continue
+        conc = max(r["concurrency"] for r in cell if r["concurrency"] <= 64)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in _order([r for r in cell if r["concurrency"] == conc]):
+            pts = [(v, p) for p, v in r["cdf_ms"] if v > 0]
+            ax.plot([v for v, _ in pts], [p for _, p in pts], marker=".", label=r["target"])
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log)")
+        ax.set_ylabel("percentile")
+        ax.set_title(f"Latency CDF, {mode}, concurrency {conc}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        name = f"cdf-{mode}-c{conc}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        by_target: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in cell:
+            by_target[r["target"]].append(r)
+        for target, rs in sorted(by_target.items()):
+            rs.sort(key=lambda r: r["concurrency"])
+            a1.plot([r["concurrency"] for r in rs], [r["rps"] for r in rs], marker="o", label=target)
+            a2.plot([r["concurrency"] for r in rs], [r["p99_ms"] for r in rs], marker="o", label=target)
+        for ax, label in ((a1, "req/s"), (a2, "p99 latency (ms, log)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+        a2.set_yscale("log")
+        a1.legend(fontsize=8)
+        fig.suptitle(f"Throughput and p99 vs concurrency, {mode}")
+        name = f"throughput-p99-{mode}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    idle = [r for r in rows if r.get("scenario") == "3a" and r.get("peak_rss_mb")]
+    if idle:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        by_target = defaultdict(list)
+        for r in idle:
+            by_target[r["target"]].append(r)
+        for target, rs in sorted(by_target.items()):
+            rs.sort(key=lambda r: r["concurrency"])
+            ax.plot([r["concurrency"] for r in rs], [r["peak_rss_mb"] for r in rs], marker="o", label=target)
+        ax.set_xlabel("concurrent idle-heavy streams")
+        ax.set_ylabel("gateway peak RSS (MB)")
+        ax.set_title("Memory vs concurrent streams")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "memory-streams.png", dpi=110)
+        plt.close(fig)
+        made.append("memory-streams.png")
+    return made
+
+
+# ------------------------------------------------------------ profiles
+
+INTERESTING = ("gateway/", "aiohttp/", "msgspec", "asyncpg/", "uvloop", "yarl/", "multidict/", "json/")
+
+
+def _frames(folded: Path) -> tuple[Counter, Counter, int]:
+    leaf: Counter = Counter()
+    incl: Counter = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short(f) for f in stack.split(";")]
+        leaf[frames[-1]] += n
+        for f in set(frames):
+            if any(k in f for k in ("gateway/",)):
+                incl[f] += n
+    return leaf, incl, total
+
+
+def _short(frame: str) -> str:
+    # py-spy raw frames look like "function (path/to/file.py:123)"; keep the
+    # function and the last two path parts without the line number.
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    parts = path.split("/")
+    return f"{name} ({'/'.join(parts[-2:])})" if where else name
+
+
+def top_frames(folded: Path, n: int) -> dict[str, list[tuple[str, float]]]:
+    leaf, incl, total = _frames(folded)
+    total = total or 1
+    return {
+        "self": [(f, c * 100 / total) for f, c in leaf.most_common(n)],
+        "inclusive": [(f, c * 100 / total) for f, c in incl.most_common(n)],
+        "samples": [("total", float(total))],
+    }
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1]))

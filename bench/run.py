@@ -1,0 +1,466 @@
+"""Run the benchmark suite and write bench/results/<date>-<host>/.
+
+    python -m bench.run                 # default budget (about 20 min on 2 cores)
+    BENCH_QUICK=1 python -m bench.run   # about 5 min
+    BENCH_PEERS=claude-gateway=/path/to/claude,litellm python -m bench.run
+
+Environment:
+  BENCH_QUICK=1        smaller cells and fewer steps
+  BENCH_PEERS          comma list: claude-gateway[=PATH|npm], litellm
+  BENCH_OUT            results folder (default bench/results/<date>-<host>)
+  BENCH_SCENARIOS      comma list of scenario numbers to run (default all)
+  BENCH_PROFILE=0      skip the py-spy profile of the gateway under load
+
+Scenarios: 1 small JSON, 2 short SSE (both at concurrency 1/16/64/256),
+3a idle-heavy streams, 3b busy streams, 4 policy on vs off (read from 1 and 2),
+5 sign-in throughput, 6 --workers 2. Targets alternate inside each cell so
+drift hits every target alike. Nothing here asserts a figure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import procs, report, stats
+from bench.targets import HERE, REPO, Lab, Target, find_claude
+
+MODEL = "claude-sonnet-4-6"
+
+
+def body(stream: bool) -> str:
+    doc: dict[str, Any] = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        doc["stream"] = True
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class Budget:
+    """Sizes of every cell; BENCH_QUICK shrinks them."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.cell_s = 3.0 if quick else 5.0
+        self.warmup_s = 1.0
+        self.concurrency = [1, 64] if quick else [1, 16, 64, 256]
+        self.ttfb_requests = 300 if quick else 1500
+        self.idle_steps = [100, 1000] if quick else [100, 1000, 5000]
+        self.idle_peer_steps = [100] if quick else [100, 1000]
+        self.idle_events = 20 if quick else 60
+        self.busy_conc = [64] if quick else [64, 256]
+        self.busy_events = 60 if quick else 100  # at 20 events/s
+        self.signin_s = 3.0 if quick else 6.0
+        self.poll_codes = 200 if quick else 1500
+        self.poll_s = 10.0 if quick else 20.0
+        self.profile_s = 8 if quick else 15
+
+
+class Runner:
+    def __init__(self, out: Path, budget: Budget, peers: dict[str, str], scenarios: set[str]) -> None:
+        self.out = out
+        self.b = budget
+        self.peers = peers
+        self.scenarios = scenarios
+        self.raw = open(out / "raw.jsonl", "a")
+        self.lab = Lab(out, log=self.log)
+        self.started = time.monotonic()
+        self.wrk = shutil.which("wrk")
+
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.monotonic() - self.started:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def emit(self, row: dict[str, Any]) -> None:
+        self.raw.write(json.dumps(row) + "\n")
+        self.raw.flush()
+
+    # ------------------------------------------------------------ measuring
+
+    def load_side(self) -> dict[str, Any]:
+        lab = self.lab
+        return {"upstream": lab.fake, "postgres": [lab.cluster.pid]}
+
+    def measure(self, target: Target, argv: list[str], *, env: dict[str, str] | None = None,
+                timeout: float) -> tuple[subprocess.CompletedProcess, procs.Watch, float]:
+        """Run one load process on the load cores while watching every side."""
+        watched: dict[str, Any] = dict(self.load_side())
+        if target.proc is not None:
+            watched["gateway"] = target.proc
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with procs.Watch(watched) as watch:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores), cwd=str(REPO))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        tool_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return done, watch, tool_cpu
+
+    def common(self, target: Target, watch: procs.Watch, tool_cpu: float, requests: int, elapsed: float) -> dict[str, Any]:
+        gw_cpu = watch.cpu_s.get("gateway")
+        load_cpu = tool_cpu + watch.cpu_s["upstream"] + watch.cpu_s["postgres"]
+        # The load side owns one core; past 90 % of it the figures say more about
+        # the load than about the target.
+        load_share = load_cpu / watch.wall_s
+        return {
+            "target": target.name,
+            "requests": requests,
+            "rps": requests / elapsed if elapsed else 0.0,
+            "gw_cpu_share": gw_cpu / watch.wall_s if gw_cpu is not None else None,
+            "cpu_us_per_req": gw_cpu / requests * 1e6 if gw_cpu is not None and requests else None,
+            "tool_cpu_share": tool_cpu / watch.wall_s,
+            "upstream_cpu_share": watch.share("upstream"),
+            "postgres_cpu_share": watch.share("postgres"),
+            "load_cpu_share": load_share,
+            "load_bound": load_share > 0.9 * len(self.lab.load_cores),
+            "peak_rss_mb": watch.peak_rss.get("gateway", 0) / 2**20 if "gateway" in watch.peak_rss else None,
+            "notes": target.notes,
+        }
+
+    def wrk_cell(self, scenario: str, mode: str, target: Target, conc: int) -> None:
+        env = dict(os.environ, BENCH_BODY=body(mode == "sse"), BENCH_TOKEN=target.token or "")
+        duration = self.b.cell_s + self.b.warmup_s
+        # wrk has no warm-up switch: run it for warm-up + cell and accept that the
+        # first second is in the figures (the same for every target).
+        argv = [self.wrk, "-t1", f"-c{conc}", f"-d{duration:g}s", "--timeout", "10s", "-s",
+                str(HERE / "lua" / "messages.lua"), f"http://127.0.0.1:{target.port}/v1/messages"]
+        done, watch, tool_cpu = self.measure(target, argv, env=env, timeout=duration + 30)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+        if line is None:
+            self.log(f"wrk failed for {target.name}: {done.stdout[-300:]} {done.stderr[-300:]}")
+            return
+        w = json.loads(line.removeprefix("BENCH_JSON "))
+        pct = {float(p): us / 1000 for p, us in w["percentiles_us"]}
+        errors = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
+        row = {
+            "scenario": scenario, "mode": mode, "concurrency": conc, "tool": "wrk",
+            **self.common(target, watch, tool_cpu, w["requests"], w["duration_us"] / 1e6),
+            "p50_ms": pct[50.0], "p90_ms": pct[90.0], "p99_ms": pct[99.0], "p999_ms": pct[99.9],
+            "cdf_ms": sorted(pct.items()), "errors": errors,
+        }
+        self.emit(row)
+        self.log(f"{scenario} {mode} c{conc} {target.name}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.2f} "
+                 f"p99 {row['p99_ms']:.2f} ms gw {row['cpu_us_per_req'] or 0:.0f} µs/req"
+                 f"{' LOAD-BOUND' if row['load_bound'] else ''}")
+
+    def driver(self, target: Target, spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any], procs.Watch, float]:
+        spec = {"host": "127.0.0.1", "port": target.port, "path": "/v1/messages", "headers": target.headers, **spec}
+        argv = [sys.executable, "-m", "bench.driver", json.dumps(spec)]
+        done, watch, tool_cpu = self.measure(target, argv, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"driver failed for {target.name}: {done.stderr[-800:]}")
+        return json.loads(done.stdout), watch, tool_cpu
+
+    def loop_cell(self, scenario: str, mode: str, target: Target, conc: int, *, duration: float,
+                  max_requests: int | None = None) -> None:
+        spec = {"mode": "loop", "body": body(mode == "sse"), "concurrency": conc, "duration_s": duration,
+                "warmup_s": self.b.warmup_s, "hard_limit_s": duration + 60}
+        if max_requests:
+            spec["max_requests"] = max_requests
+        res, watch, tool_cpu = self.driver(target, spec, timeout=duration + 90)
+        total = [s[0] * 1000 for s in res["samples"]]
+        ttfb = [s[1] * 1000 for s in res["samples"] if s[1] is not None]
+        row = {
+            "scenario": scenario, "mode": mode, "concurrency": conc, "tool": "asyncio",
+            **self.common(target, watch, tool_cpu, res["requests"], res["elapsed_s"]),
+            **stats.summary(total, "ms"), **stats.summary(ttfb, "ms", prefix="ttfb_"),
+            "cdf_ms": stats.cdf(total), "errors": res["errors"],
+        }
+        self.emit(row)
+        self.log(f"{scenario} {mode} c{conc} {target.name} (asyncio): p50 {row.get('p50_ms', 0):.2f} p99 {row.get('p99_ms', 0):.2f} ms, "
+                 f"first byte p50 {row.get('ttfb_p50_ms', 0):.2f} p99 {row.get('ttfb_p99_ms', 0):.2f} ms")
+
+    def stream_cell(self, scenario: str, target: Target, streams: int, *, events: int, gap_s: float,
+                    ttft_s: float, ramp_s: float) -> None:
+        length = ttft_s + gap_s * (events - 1)
+        deadline = ramp_s + length + 30
+        spec = {"mode": "streams", "body": body(True), "streams": streams, "ramp_s": ramp_s, "gap_s": gap_s,
+                "deadline_s": deadline, "hard_limit_s": deadline + 30}
+        idle_rss = procs.rss_bytes(target.proc.pids()) if target.proc else None
+        res, watch, tool_cpu = self.driver(target, spec, timeout=deadline + 90)
+        late = [x * 1000 for x in res["lateness_s"]]
+        row = {
+            "scenario": scenario, "mode": "stream-hold", "concurrency": streams, "tool": "asyncio",
+            **self.common(target, watch, tool_cpu, res["ok"], watch.wall_s),
+            **stats.summary([x * 1000 for x in res["first_byte_s"]], "ms", prefix="ttfb_"),
+            **stats.summary([x * 1000 for x in res["first_token_s"] if x is not None], "ms", prefix="ttft_"),
+            **stats.summary(late, "ms", prefix="late_"),
+            **stats.summary([x * 1000 for x in res["probe_s"]], "ms", prefix="probe_"),
+            "events": res["events"], "errors": res["errors"], "error_kinds": res["error_kinds"],
+            "idle_rss_mb": idle_rss / 2**20 if idle_rss else None,
+            "stream_len_s": length, "gap_s": gap_s,
+        }
+        if idle_rss and row["peak_rss_mb"]:
+            row["rss_kb_per_stream"] = (row["peak_rss_mb"] * 2**20 - idle_rss) / 1024 / streams
+        row["cpu_us_per_event"] = (watch.cpu_s.get("gateway", 0) / res["events"] * 1e6) if res["events"] and target.proc else None
+        self.emit(row)
+        self.log(f"{scenario} {target.name} {streams} streams: ok {res['ok']} err {res['errors']} "
+                 f"ttfb p99 {row.get('ttfb_p99_ms', 0):.1f} ms, probe p99 {row.get('probe_p99_ms', 0):.2f} ms, "
+                 f"late p99 {row.get('late_p99_ms', 0):.2f} ms, rss/stream {row.get('rss_kb_per_stream', 0):.1f} KB")
+
+    # ------------------------------------------------------------ scenarios
+
+    def start_targets(self) -> list[Target]:
+        lab = self.lab
+        wanted = [Target("direct", "direct"), Target("gatehouse", "gatehouse"),
+                  Target("gatehouse-policy", "gatehouse", policy=True)]
+        claude = self.peers.get("claude-gateway")
+        if claude is not None:
+            path = find_claude(claude, self.out)
+            wanted += [Target("claude-gateway", "claude"), Target("claude-gateway-full", "claude", policy=True)]
+        if "litellm" in self.peers:
+            wanted.append(Target("litellm", "litellm"))
+        started = []
+        for t in wanted:
+            try:
+                lab.add(t, claude_bin=path if t.kind == "claude" else None)
+                started.append(t)
+                self.log(f"started {t.name} on port {t.port}")
+            except Exception as exc:  # a peer that cannot start is reported, not fatal
+                self.log(f"could not start {t.name}: {exc}")
+                self.emit({"scenario": "setup", "target": t.name, "error": str(exc)})
+        time.sleep(2)
+        for t in started:
+            if t.proc is not None:
+                self.emit({"scenario": "idle", "target": t.name, "idle_rss_mb": procs.rss_bytes(t.proc.pids()) / 2**20,
+                           "notes": t.notes})
+        return started
+
+    def minimal_idle_rss(self) -> None:
+        t = self.lab.add(Target("gatehouse-minimal", "gatehouse"))
+        time.sleep(2)
+        rss = procs.rss_bytes(t.proc.pids()) / 2**20
+        self.emit({"scenario": "idle", "target": t.name, "idle_rss_mb": rss, "notes": ["minimal config"]})
+        self.log(f"gatehouse idle RSS with a minimal config: {rss:.1f} MB")
+        t.proc.stop()
+        self.lab.targets.remove(t)
+
+    def rotate(self, targets: list[Target], i: int) -> list[Target]:
+        return targets[i % len(targets):] + targets[: i % len(targets)]
+
+    def scenario_1_2(self, targets: list[Target]) -> None:
+        self.lab.set_upstream()  # the default short answer: JSON or 4-delta stream
+        cell = 0
+        for mode, scenario in (("json", "1"), ("sse", "2")):
+            if scenario not in self.scenarios:
+                continue
+            for conc in self.b.concurrency:
+                for t in self.rotate(targets, cell):
+                    if self.wrk:
+                        self.wrk_cell(scenario, mode, t, conc)
+                    else:
+                        self.loop_cell(scenario, mode, t, conc, duration=self.b.cell_s)
+                cell += 1
+            # Per-request first byte at concurrency 1, from the asyncio driver.
+            for t in self.rotate(targets, cell):
+                self.loop_cell(scenario, mode, t, 1, duration=self.b.cell_s, max_requests=self.b.ttfb_requests)
+
+    def scenario_3b(self, targets: list[Target]) -> None:
+        gap = 0.05
+        self.lab.set_upstream(deltas=self.b.busy_events, gap=gap, ttft=gap, text="word " * self.b.busy_events * 4)
+        for i, conc in enumerate(self.b.busy_conc):
+            for t in self.rotate(targets, i):
+                self.stream_cell("3b", t, conc, events=self.b.busy_events, gap_s=gap, ttft_s=gap, ramp_s=1.0)
+
+    def scenario_3a(self, targets: list[Target]) -> None:
+        events = self.b.idle_events
+        self.lab.set_upstream(deltas=events, gap=1.0, ttft=0.5, text="token " * events * 4)
+        by_name = {t.name: t for t in targets}
+        for streams in self.b.idle_steps:
+            for name in ("direct", "gatehouse-policy", "claude-gateway-full", "litellm"):
+                t = by_name.get(name)
+                if t is None or (name not in ("direct", "gatehouse-policy") and streams not in self.b.idle_peer_steps):
+                    continue
+                # Ramp at most 500 new streams a second so the step is about holding, not connecting.
+                self.stream_cell("3a", t, streams, events=events, gap_s=1.0, ttft_s=0.5, ramp_s=max(1.0, streams / 500))
+
+    def scenario_5(self, targets: list[Target]) -> None:
+        for t in targets:
+            if t.kind not in ("gatehouse", "claude") or t.policy:
+                continue
+            spec = {"mode": "signin", "concurrency": 16, "duration_s": self.b.signin_s, "client_id": "claude-code",
+                    "auth_body": "client_id=claude-code&scope=openid+email+profile",
+                    "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+                    "poll_codes": self.b.poll_codes, "interval_s": 5.0, "poll_s": self.b.poll_s,
+                    "hard_limit_s": 120}
+            res, watch, tool_cpu = self.driver(t, spec, timeout=180)
+            auth = [x * 1000 for x in res["auth_latency_s"]]
+            polls = [x * 1000 for x in res["poll_latency_s"]]
+            row = {
+                "scenario": "5", "mode": "signin", "concurrency": 16, "tool": "asyncio",
+                **self.common(t, watch, tool_cpu, res["authorizations"] + res["polls"], watch.wall_s),
+                "auth_per_s": res["authorizations"] / res["auth_elapsed_s"],
+                **stats.summary(auth, "ms", prefix="auth_"),
+                "polls_per_s": res["polls"] / res["poll_elapsed_s"],
+                "offered_polls_per_s": res["codes_polled"] / 5.0,
+                **stats.summary(polls, "ms", prefix="poll_"),
+                "poll_statuses": res["poll_statuses"], "errors": sum(res["errors"].values()),
+            }
+            self.emit(row)
+            self.log(f"5 {t.name}: {row['auth_per_s']:.0f} authorizations/s, {row['polls_per_s']:.0f} polls/s "
+                     f"(offered {row['offered_polls_per_s']:.0f}), poll p99 {row.get('poll_p99_ms', 0):.1f} ms {res['poll_statuses']}")
+
+    def scenario_6(self) -> None:
+        t = self.lab.add(Target("gatehouse-2w", "gatehouse", policy=True, workers=2))
+        time.sleep(1)
+        self.lab.set_upstream()
+        for mode in ("json", "sse"):
+            for conc in ([64] if self.b.quick else [64, 256]):
+                if self.wrk:
+                    self.wrk_cell("6", mode, t, conc)
+                else:
+                    self.loop_cell("6", mode, t, conc, duration=self.b.cell_s)
+        t.proc.stop()
+        self.lab.targets.remove(t)
+
+    def profile(self, target: Target) -> None:
+        """py-spy on the gateway while wrk drives it at concurrency 64 (JSON, then SSE)."""
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(pyspy).exists() or not self.wrk:
+            self.log("profile skipped: py-spy or wrk missing")
+            return
+        self.lab.set_upstream()
+        for mode in ("json", "sse"):
+            folded = self.out / f"profile-{target.name}-{mode}.folded"
+            env = dict(os.environ, BENCH_BODY=body(mode == "sse"), BENCH_TOKEN=target.token or "")
+            spy = subprocess.Popen(
+                [pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(self.b.profile_s), "--rate", "250",
+                 "--format", "raw", "--output", str(folded), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
+            time.sleep(0.5)
+            subprocess.run([self.wrk, "-t1", "-c64", f"-d{self.b.profile_s}s", "-s", str(HERE / "lua" / "messages.lua"),
+                            f"http://127.0.0.1:{target.port}/v1/messages"], env=env, capture_output=True,
+                           timeout=self.b.profile_s + 30, preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
+            spy.wait(60)
+            if folded.exists():
+                self.emit({"scenario": "profile", "target": target.name, "mode": mode,
+                           "top": report.top_frames(folded, 25)})
+                self.log(f"profile {mode}: {folded.name}")
+
+    def spend_rows(self, target: Target) -> int | None:
+        """How many spend counters the policy target wrote: 0 means no spend work in the hot path."""
+        import asyncio
+
+        import asyncpg
+
+        async def count() -> int:
+            url = self.lab.cluster.url.rsplit("/", 1)[0] + "/" + target.name.replace("-", "_")
+            conn = await asyncpg.connect(url)
+            try:
+                return await conn.fetchval("SELECT count(*) FROM spend_counters")
+            finally:
+                await conn.close()
+
+        try:
+            return asyncio.run(count())
+        except Exception as exc:
+            self.log(f"could not read spend counters: {exc}")
+            return None
+
+    def run(self) -> None:
+        self.log(f"results in {self.out}; gateway cores {sorted(self.lab.gw_cores)}, load cores {sorted(self.lab.load_cores)}")
+        self.lab.start()
+        try:
+            if "idle" in self.scenarios or "1" in self.scenarios:
+                self.minimal_idle_rss()
+            targets = self.start_targets()
+            self.scenario_1_2(targets)
+            policy = next((t for t in targets if t.name == "gatehouse-policy"), None)
+            if policy is not None:
+                n = self.spend_rows(policy)
+                self.emit({"scenario": "4", "target": policy.name, "spend_counters": n,
+                           "spend_in_hot_path": bool(n), "admin_accepted": self.lab.spend_supported})
+                if not n:
+                    policy.notes.append("spend reservation is not in this build's hot path (admin: accepted, no spend rows written)")
+            if "3b" in self.scenarios:
+                self.scenario_3b(targets)
+            if "3a" in self.scenarios:
+                self.scenario_3a(targets)
+            if "5" in self.scenarios:
+                self.scenario_5(targets)
+            if "profile" in self.scenarios and policy is not None:
+                self.profile(policy)
+            for t in targets:
+                if t.proc is not None and t.kind != "direct":
+                    t.proc.stop()
+            if "6" in self.scenarios:
+                self.scenario_6()
+        finally:
+            self.lab.stop()
+            self.raw.close()
+        trim_logs(self.out / "logs")
+        report.write(self.out)
+        self.log(f"done: {self.out / 'table.md'}")
+
+
+def trim_logs(folder: Path, keep_lines: int = 200) -> None:
+    """Keep only the tail of each process log: the audit lines of a run run to hundreds of MB."""
+    for path in folder.glob("*.log"):
+        with open(path, "rb") as fh:
+            tail = fh.readlines()[-keep_lines:]
+        path.write_bytes(b"".join(tail))
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = item.partition("=")
+        peers[name] = value
+    return peers
+
+
+def main() -> None:
+    quick = os.environ.get("BENCH_QUICK") == "1"
+    host = socket.gethostname().split(".")[0]
+    out = Path(os.environ.get("BENCH_OUT") or HERE / "results" / f"{dt.date.today().isoformat()}-{host}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "raw.jsonl").unlink(missing_ok=True)
+    all_scenarios = "idle,1,2,3a,3b,5,6,profile"
+    scenarios = set((os.environ.get("BENCH_SCENARIOS") or all_scenarios).split(","))
+    if os.environ.get("BENCH_PROFILE") == "0":
+        scenarios.discard("profile")
+    procs.raise_nofile(65536)
+    budget = Budget(quick)
+    runner = Runner(out, budget, parse_peers(os.environ.get("BENCH_PEERS", "")), scenarios)
+    machine = {
+        "host": host, "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "mem_gb": _mem_gb(),
+        "kernel": os.uname().release, "python": sys.version.split()[0], "quick": quick,
+        "peers": runner.peers, "wrk": runner.wrk is not None, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": _git_head(),
+    }
+    (out / "machine.json").write_text(json.dumps(machine, indent=2))
+    runner.run()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _mem_gb() -> float:
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        return round(kb / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _git_head() -> str | None:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=str(REPO))
+    return out.stdout.strip() or None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The bench cannot rot: every scenario runs once in a tiny form.
+
+Asyncio driver only (no wrk, no peers), seconds per scenario. Nothing here
+checks a timing: benchmark figures are read by people, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench import driver, report, stats
+from bench.run import Budget, Runner, body
+from protocol_spec.fakes import FakeUpstream, Reply
+
+
+async def test_driver_modes_against_the_fake():
+    async with FakeUpstream(record=False, default=Reply(deltas=3, gap=0.05, ttft=0.05)) as fake:
+        base = {"host": "127.0.0.1", "port": fake.port, "path": "/v1/messages", "headers": {}}
+        loop = await driver.run_loop({**base, "body": body(False), "concurrency": 2, "duration_s": 0.3, "max_requests": 20})
+        assert loop["requests"] > 0 and loop["errors"] == 0
+        streams = await driver.run_streams({**base, "body": body(True), "streams": 3, "gap_s": 0.05, "deadline_s": 10,
+                                            "probe_path": "/v1/models"})
+        assert streams["ok"] == 3 and streams["events"] == 9
+        assert all(t is not None for t in streams["first_token_s"])
+
+
+class Tiny(Budget):
+    def __init__(self) -> None:
+        super().__init__(quick=True)
+        self.cell_s, self.warmup_s = 0.4, 0.1
+        self.concurrency = [1, 4]
+        self.ttfb_requests = 20
+        self.idle_steps = self.idle_peer_steps = [5]
+        self.idle_events = 2
+        self.busy_conc = [4]
+        self.busy_events = 5
+        self.signin_s = 0.3
+        self.poll_codes = 5
+        self.poll_s = 1.0
+
+
+def test_every_scenario_once(tmp_path):
+    runner = Runner(tmp_path, Tiny(), peers={}, scenarios={"idle", "1", "2", "3a", "3b", "5", "6"})
+    runner.wrk = None  # the asyncio driver stands in, so CI needs no wrk
+    (tmp_path / "machine.json").write_text(json.dumps({"cpus": 2, "quick": True}))
+    runner.run()
+    rows = report.load(tmp_path)
+    seen = {(r["scenario"], r["target"]) for r in rows}
+    for scenario in ("1", "2", "6"):
+        assert any(s == scenario for s, _ in seen), scenario
+    for target in ("direct", "gatehouse", "gatehouse-policy"):
+        assert ("1", target) in seen and ("2", target) in seen
+    assert ("3a", "gatehouse-policy") in seen and ("3b", "gatehouse") in seen
+    assert ("5", "gatehouse") in seen and ("idle", "gatehouse-minimal") in seen
+    assert all(not r.get("errors") for r in rows if r.get("scenario") in ("1", "2", "3a", "3b"))
+    table = (tmp_path / "table.md").read_text()
+    assert "## 4. Policy on vs off" in table and "## 5. Sign-in throughput" in table
+
+
+def test_percentiles_and_profile_summary(tmp_path):
+    s = stats.summary([float(i) for i in range(1, 101)], "ms")
+    assert s["p50_ms"] == 50 and s["p99_ms"] == 99 and s["max_ms"] == 100
+    folded = tmp_path / "p.folded"
+    folded.write_text("run (uvloop/x.py:1);messages (gateway/relay.py:70);encode (msgspec/x.py:2) 3\n"
+                      "run (uvloop/x.py:1);read (aiohttp/web.py:5) 1\n")
+    top = report.top_frames(folded, 5)
+    assert top["self"][0] == ("encode (msgspec/x.py)", 75.0)
+    assert top["inclusive"][0][0] == "messages (gateway/relay.py)"
