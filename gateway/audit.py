@@ -31,9 +31,19 @@ def set_level(name: str) -> None:
     _threshold = LEVELS.get(name, 20)
 
 
+_cached_ms = -1
+_cached_iso = ""
+
+
 def _now_iso() -> str:
-    now = time.time()
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(now * 1000) % 1000:03d}Z"
+    # Every request writes an audit line; formatting a datetime costs more than
+    # the rest of the line, and many lines share a millisecond under load.
+    global _cached_ms, _cached_iso
+    ms = int(time.time() * 1000)
+    if ms != _cached_ms:
+        seconds = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _cached_ms, _cached_iso = ms, f"{seconds}.{ms % 1000:03d}Z"
+    return _cached_iso
 
 
 def _write(data: bytes) -> None:
