@@ -17,7 +17,9 @@ Theory of operation:
   configured one; ``none`` and HMAC algorithms are refused outright, which is
   what defeats the "HS256 keyed with the RSA public key" confusion. An unknown
   ``kid`` refetches the JWKS once (key rotation), at most once per cooldown, so
-  a stream of bad tokens cannot turn us into a JWKS hammer.
+  a stream of bad tokens cannot turn us into a JWKS hammer. The checks
+  themselves (header, signature, claims, key choice) are the pure
+  :mod:`gateway.id_tokens`; this module fetches and caches the keys they need.
 
 Everything the IdP sends is untrusted input: every answer is size-bounded,
 every call has a connect (5 s) and total (15 s) deadline, redirects are never
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import ssl
 import time
 from collections.abc import Callable
@@ -39,12 +40,12 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from gateway import NAME, __version__, audit
+from gateway import id_tokens as idt
 from gateway.config import is_forbidden_address, url_problem
+from gateway.id_tokens import MAX_ID_TOKEN_CHARS as MAX_ID_TOKEN_CHARS
+from gateway.id_tokens import IdTokenInvalid as IdTokenInvalid  # re-exported: callers catch it as oidc's
 from gateway.identity import Identity, identity_from_claims, needs_userinfo
 from gateway.upstreams.transport import GuardedResolver, RefusedAddress
 
@@ -54,21 +55,12 @@ CALL_TIMEOUT_S = 15.0
 # few hundred groups reach tens of KiB. These caps leave ample room for both.
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_TOKEN_RESPONSE_BYTES = 256 * 1024
-MAX_ID_TOKEN_CHARS = 128 * 1024
 # Drop cached signing keys after this long, so a key the IdP withdrew (for
 # example after a compromise) stops being trusted without a restart.
 JWKS_MAX_AGE_S = 3600.0
 # An unknown kid refetches the JWKS at most this often.
 JWKS_REFETCH_COOLDOWN_S = 30.0
 
-# Key type each accepted signature algorithm needs. HS* and none are absent on
-# purpose: an id_token must be verifiable with public keys only.
-_KEY_TYPE_FOR_ALG = {
-    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), "RSA"),
-    **dict.fromkeys(("ES256", "ES384", "ES512", "ES256K"), "EC"),
-    **dict.fromkeys(("EdDSA", "Ed25519", "Ed448"), "OKP"),
-}
-_SIGNING_KEY_TYPES: dict[str, Any] = {"RSA": RSAKey, "EC": ECKey, "OKP": OKPKey}
 # Authorize-query parameters the gateway sets itself (config refuses them in
 # extra_auth_params; this is the belt to that brace).
 MANAGED_AUTH_PARAMS = frozenset(
@@ -84,8 +76,6 @@ MANAGED_AUTH_PARAMS = frozenset(
         "response_mode",
     }
 )
-# Google documents that its id_tokens carry either spelling of its issuer.
-_ISSUER_ALIASES = {"https://accounts.google.com": ("accounts.google.com",)}
 # Token-endpoint errors that describe a passing condition on the IdP's side,
 # whatever status they come with.
 _TRANSIENT_OAUTH_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
@@ -106,14 +96,6 @@ class IdpRejected(Exception):
     def __init__(self, message: str, error: str | None = None) -> None:
         super().__init__(message)
         self.error = error
-
-
-class IdTokenInvalid(Exception):
-    """The id_token failed verification; ``reason`` is short audit text."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class TokenSet(NamedTuple):
@@ -415,52 +397,11 @@ class OidcClient:
         """The verified claims of ``id_token``. Raises IdTokenInvalid / IdpUnavailable."""
         endpoints = await self._ensure_discovered()
         alg = self._cfg.id_token_signed_response_alg
-        header = _header_of(id_token)
-        if header.get("alg") != alg or alg not in _KEY_TYPE_FOR_ALG:
-            raise IdTokenInvalid("algorithm not allowed")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise IdTokenInvalid("malformed token")
+        kid = idt.signing_kid(id_token, alg)
         key = await self._signing_key(kid, alg)
-        try:
-            signed = jws.deserialize_compact(id_token, key, algorithms=[alg])
-        except (JoseError, ValueError):
-            raise IdTokenInvalid("bad signature") from None
-        try:
-            claims = msgspec.json.decode(signed.payload)
-        except (msgspec.DecodeError, RecursionError):
-            raise IdTokenInvalid("malformed token") from None
-        if not isinstance(claims, dict):
-            raise IdTokenInvalid("malformed token")
-        self._check_claims(claims, endpoints.issuer, nonce)
+        claims = idt.signed_claims(id_token, key, alg)
+        idt.check_claims(claims, self._cfg, issuer=endpoints.issuer, nonce=nonce, now=self._clock())
         return claims
-
-    def _check_claims(self, claims: dict[str, Any], issuer: str, nonce: str | None) -> None:
-        cfg = self._cfg
-        if claims.get("iss") != issuer and claims.get("iss") not in _ISSUER_ALIASES.get(issuer, ()):
-            raise IdTokenInvalid("wrong issuer")
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if cfg.client_id not in audiences:
-            raise IdTokenInvalid("wrong audience")
-        azp = claims.get("azp")
-        authorized = {cfg.client_id, *cfg.additional_authorized_parties}
-        # OIDC Core §3.1.3.7: several audiences call for an azp naming a party we trust.
-        if (azp is not None or len(audiences) > 1) and azp not in authorized:
-            raise IdTokenInvalid("wrong azp")
-        now = self._clock()
-        skew = cfg.clock_skew_seconds
-        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
-        if not all(_is_number(v) for v in (exp, iat, nbf)):
-            raise IdTokenInvalid("malformed token")
-        if now > exp + skew:
-            raise IdTokenInvalid("expired")
-        if iat > now + skew or nbf > now + skew:
-            raise IdTokenInvalid("issued in the future")
-        if nonce is not None:
-            got = claims.get("nonce")
-            if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
-                raise IdTokenInvalid("nonce mismatch")
 
     async def _signing_key(self, kid: str | None, alg: str) -> Any:
         url = (await self._ensure_discovered()).jwks
@@ -469,7 +410,7 @@ class OidcClient:
         async with self._jwks_lock:
             if self._keys_fetched_at is None or self._clock() - self._keys_fetched_at > JWKS_MAX_AGE_S:
                 await self._load_keys(url)
-            key = _pick_key(self._keys, kid, alg)
+            key = idt.pick_key(self._keys, kid, alg)
             now = self._clock()
             if key is None and (
                 self._last_refetch_at is None or now - self._last_refetch_at >= JWKS_REFETCH_COOLDOWN_S
@@ -478,14 +419,16 @@ class OidcClient:
                 # did so a moment ago (then the key really is not there).
                 self._last_refetch_at = now
                 await self._load_keys(url)
-                key = _pick_key(self._keys, kid, alg)
+                key = idt.pick_key(self._keys, kid, alg)
         if key is None:
             raise IdTokenInvalid("unknown key")
         return key
 
     async def _load_keys(self, url: str) -> None:
         doc = await self._get_json(url, "jwks", MAX_DOCUMENT_BYTES)
-        keys = _import_signing_keys(doc)
+        keys = idt.import_signing_keys(doc)
+        if keys is None:
+            raise IdpUnavailable("oidc jwks: the document has no 'keys' list")
         if not keys:
             raise IdpUnavailable("oidc jwks: the document holds no usable signing keys")
         self._keys = keys
@@ -578,54 +521,3 @@ def _token_set(status: int, body: Any, what: str) -> TokenSet:
     if status in (400, 401):
         raise IdpRejected(f"oidc {what}: the IdP answered {_safe_text(error)} ({status})", error)
     raise IdpUnavailable(f"oidc {what}: unexpected HTTP {status}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _header_of(token: str) -> dict[str, Any]:
-    if not isinstance(token, str) or len(token) > MAX_ID_TOKEN_CHARS or token.count(".") != 2:
-        raise IdTokenInvalid("malformed token")
-    segment = token.split(".", 1)[0]
-    try:
-        header = msgspec.json.decode(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, msgspec.DecodeError, RecursionError):
-        raise IdTokenInvalid("malformed token") from None
-    if not isinstance(header, dict):
-        raise IdTokenInvalid("malformed token")
-    if "crit" in header:
-        # RFC 7515 §4.1.11: we understand no extensions, so must refuse them.
-        raise IdTokenInvalid("malformed token")
-    return header
-
-
-def _import_signing_keys(doc: Any) -> list[Any]:
-    """Public signature keys from a JWKS; anything else is skipped, not fatal
-    (RFC 7517 §5: ignore keys you do not understand)."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise IdpUnavailable("oidc jwks: the document has no 'keys' list")
-    keys = []
-    for entry in doc["keys"][:100]:
-        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-            continue
-        key_class = _SIGNING_KEY_TYPES.get(str(entry.get("kty")))
-        if key_class is None:
-            continue
-        public = {k: v for k, v in entry.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}
-        try:
-            keys.append(key_class.import_key(public))
-        except (JoseError, ValueError, TypeError):
-            continue
-    return keys
-
-
-def _pick_key(keys: list[Any], kid: str | None, alg: str) -> Any:
-    kty = _KEY_TYPE_FOR_ALG[alg]
-    fits = [
-        k for k in keys if k.key_type == kty and k.get("alg") in (None, alg) and (kid is None or k.kid == kid)
-    ]
-    if kid is None and len(fits) != 1:
-        # Without a kid we only guess when there is exactly one candidate.
-        return None
-    return fits[0] if fits else None

@@ -13,6 +13,10 @@ PURE = [
     "gateway/netaccess.py",
     "gateway/upstreams/anthropic.py",
     "gateway/config.py",
+    "gateway/config_expand.py",
+    "gateway/config_rules.py",
+    "gateway/config_upstreams.py",
+    "gateway/config_addresses.py",
     "gateway/devicecodes.py",
     "gateway/pages.py",
     "gateway/identity.py",
@@ -22,6 +26,9 @@ PURE = [
     "gateway/settings_keys.py",
     "gateway/pricing.py",
     "gateway/spend.py",
+    "gateway/admin_requests.py",
+    "gateway/admin_docs.py",
+    "gateway/id_tokens.py",
 ]
 IO_MODULES = ("asyncio", "aiohttp", "asyncpg", "opentelemetry", "aiobotocore", "google", "socket")
 
