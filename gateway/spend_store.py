@@ -24,9 +24,18 @@ Theory of operation:
   current cap, which closes admission until the cap is raised or the period
   ends.
 * **Settling** replaces the reservation with the actual cost, once per
-  request id whatever the number of calls. A settle that cannot reach the
-  database is queued and retried in the background (it is idempotent), so a
-  blip does not lose spend.
+  request id whatever the number of calls. Settlements are batched: ``settle``
+  queues one and waits for its outcome, and a flusher task stores up to
+  ``SETTLE_BATCH`` of them at a time with one call to ``spend_settle_many``
+  (sql/migrations/0005_spend_batch.sql), at most ``SETTLE_INTERVAL_S`` after
+  the first of them was queued: one round trip and one commit per batch
+  instead of per request. The delay only keeps reservations standing a few
+  tens of milliseconds longer, so admission meanwhile sees a little *more*
+  committed spend than is real, never less: the cap still holds. A batch that
+  cannot reach the database goes to a retry queue that the background task
+  drains (settling is idempotent), so a blip does not lose spend; what is
+  still unstored when the store closes is written out as ``spend.unsettled``
+  audit lines.
 * **Expiry.** A replica that dies leaves open reservations. A background
   sweep on every replica expires those past their expiry (reserve time +
   ``reservation_ttl_s``, pushed forward by each top-up), charging the reserved
@@ -44,6 +53,8 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import time
 from collections import deque
@@ -66,6 +77,15 @@ KEEP_FINISHED = timedelta(days=7)  # idempotency window for late settles
 PRINCIPAL_REFRESH_S = 300.0
 MAX_RETRY_QUEUE = 50_000
 MAX_EXPIRE_PER_SWEEP = 500
+SETTLE_BATCH = 100  # settlements per round trip
+SETTLE_INTERVAL_S = 0.05  # how long a lone settlement waits for company
+CLOSE_FLUSH_S = 10.0  # what close() may spend storing queued settlements
+# The database gave up on the transaction itself (deadlock victim, serialization
+# failure, lock timeout): the same batch can simply be tried again later.
+_TRANSIENT = (
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
 SEED_WINDOW = timedelta(days=14)
 
 Clock = Callable[[], datetime]
@@ -180,6 +200,12 @@ class SpendStore:
         self._resolved: dict[tuple[str, tuple[str, ...]], tuple[dict[str, sp.Cap], list[sp.PoolCap]]] = {}
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
         self._flights: dict[str, _Flight] = {}
+        # Settlements waiting for the flusher, each with the future its settle() awaits.
+        self._pending: deque[tuple[_Settle, asyncio.Future[str]]] = deque()
+        self._batch_full = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        # Settlements a batch could not store; the background task retries them in order.
         self._retry: deque[_Settle] = deque()
         self._principals_seen: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._principals_due: dict[str, tuple[Any, ...]] = {}
@@ -198,7 +224,11 @@ class SpendStore:
             self._task = asyncio.create_task(self._run(), name="spend-store")
 
     async def close(self) -> None:
-        """Stop the background work after one last attempt to flush queued settles and identities."""
+        """Stop the background work after storing what is queued (settlements, identities).
+
+        Bounded by ``CLOSE_FLUSH_S``; settlements still unstored then are
+        written out as ``spend.unsettled`` audit lines, never dropped in silence.
+        """
         self._closing = True
         self._reload_wanted.set()
         if self._task is not None:
@@ -208,14 +238,33 @@ class SpendStore:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self._batch_full.set()  # a waiting flusher stores its batch now
+        problem = ""
         try:
-            await self.flush()
+            async with asyncio.timeout(CLOSE_FLUSH_S):
+                while self._flusher is not None:
+                    await self._flusher
+                await self.flush()
         except StoreUnavailable as exc:
-            self._log("warn", f"spend: {len(self._retry)} settlements not stored at shutdown ({exc})")
-            for item in self._retry:
-                self._emit(
-                    "spend.unsettled", request_id=item.request_id, sub=item.sub, cost_micro=item.actual_micro
-                )
+            problem = str(exc)
+        except TimeoutError:
+            problem = f"not done within {CLOSE_FLUSH_S:g} s"
+        self._closed = True
+        if self._flusher is not None:  # started by a settle() during the flush above
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        left = [item for item, _ in self._pending] + list(self._retry)
+        for _, waiter in self._pending:
+            if not waiter.done():
+                waiter.set_result("unsettled")
+        self._pending.clear()
+        self._retry.clear()
+        problem = problem or "still queued when the store closed"
+        if left:
+            self._log("warn", f"spend: {len(left)} settlements not stored at shutdown ({problem})")
+        for item in left:
+            self._unsettled(item, f"not stored at shutdown: {problem}")
         conn, self._listen_conn = self._listen_conn, None
         if conn is not None and not conn.is_closed():
             try:
@@ -365,11 +414,16 @@ class SpendStore:
     ) -> str:
         """Charge the actual cost and release the reservation; idempotent per request id.
 
-        Returns the outcome ("settled", "direct", "late", "duplicate"), or
-        "queued" when the database could not be reached: the settlement is then
-        retried in the background. ``principal`` lets a request that was
-        admitted without a reservation (the store was down and enforcement
-        fails open) still be charged.
+        The settlement joins the next batch (stored at most ``SETTLE_INTERVAL_S``
+        later) and this returns its outcome once the batch is stored:
+        "settled", "direct", "late" or "duplicate"; "refused" without any
+        database call for a refused request. "queued" means the database
+        could not be reached: the settlement stays queued and is retried in
+        the background. "unsettled" means the store had already closed and
+        the one last attempt failed (reported as a ``spend.unsettled`` audit
+        line). ``principal`` lets a request that was admitted without a
+        reservation (the store was down and enforcement fails open) still be
+        charged.
         """
         flight = self._flights.pop(request_id, None)
         if flight is not None and flight.refused and actual_micro <= 0:
@@ -381,38 +435,134 @@ class SpendStore:
         else:
             sub, keys = "", ()
         item = _Settle(request_id, sub, model, keys, max(0, actual_micro), now)
-        try:
-            return await self._settle(item)
-        except StoreUnavailable as exc:
-            if len(self._retry) >= MAX_RETRY_QUEUE:
-                dropped = self._retry.popleft()
-                self._emit(
-                    "spend.unsettled",
-                    request_id=dropped.request_id,
-                    sub=dropped.sub,
-                    cost_micro=dropped.actual_micro,
-                )
-            if not self._retry:
-                self._log("warn", f"spend: settling failed ({exc}); retrying in the background")
-            self._retry.append(item)
-            return "queued"
+        if self._closed:
+            return await self._settle_after_close(item)
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, waiter))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_settles(), name="spend-settle-flush")
+        elif len(self._pending) >= SETTLE_BATCH:
+            self._batch_full.set()
+        # Cancelling this wait does not withdraw the settlement: it stays queued.
+        return await waiter
 
-    async def _settle(self, item: _Settle) -> str:
-        types, ids, periods, starts = _arrays(item.keys)
-        return str(
-            await self._fetchval(
-                "settling spend",
-                "spend_settle",
-                item.request_id,
-                item.sub,
-                item.model,
-                types,
-                ids,
-                periods,
-                starts,
-                item.actual_micro,
-                item.at,
-            )
+    async def _flush_settles(self) -> None:
+        """Store queued settlements batch by batch; ends when the queue is empty (started again on demand)."""
+        try:
+            while self._pending:
+                if len(self._pending) < SETTLE_BATCH and not self._closing:
+                    self._batch_full.clear()
+                    try:
+                        await asyncio.wait_for(self._batch_full.wait(), SETTLE_INTERVAL_S)
+                    except TimeoutError:
+                        pass
+                batch = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
+                try:
+                    outcomes = await self._store_settles([item for item, _ in batch])
+                except StoreUnavailable as exc:
+                    # What queued up meanwhile would meet the same outage: it joins the
+                    # (bounded) retry queue too rather than wait here a timeout per batch.
+                    batch += self._pending
+                    self._pending.clear()
+                    for item, _ in batch:
+                        self._queue_retry(item, exc)
+                    outcomes = ["queued"] * len(batch)
+                except Exception as exc:  # neither an outage nor a refusal: a bug; say so, per request
+                    self._log("error", f"spend: storing {len(batch)} settlements failed: {exc!r}")
+                    for item, _ in batch:
+                        self._unsettled(item, f"failed: {exc!r}")
+                    outcomes = [exc] * len(batch)
+                except BaseException:
+                    # Cancelled mid-call (close() ran out of time): the batch is still owed.
+                    self._pending.extendleft(reversed(batch))
+                    raise
+                for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+                    if waiter.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        waiter.set_exception(outcome)
+                    else:
+                        waiter.set_result(outcome)
+        finally:
+            self._flusher = None
+
+    async def _store_settles(self, items: Sequence[_Settle]) -> list[str | BaseException]:
+        """Store ``items`` in one round trip; StoreUnavailable when the batch can only be retried.
+
+        A batch the database rejects for its content (a bug, not an outage) is
+        stored one settlement at a time, so one bad settlement does not hold
+        back the others; each one rejected on its own is reported as a
+        ``spend.unsettled`` audit line and comes back as its exception.
+        """
+        try:
+            return list(await self._settle_many(items))
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"settling spend: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            if len(items) == 1:
+                self._unsettled(items[0], f"rejected by the database: {exc}")
+                return [exc]
+            self._log("error", f"spend: a settlement batch was rejected ({exc}); storing it one by one")
+        out: list[str | BaseException] = []
+        for item in items:
+            out += await self._store_settles([item])
+        return out
+
+    async def _settle_many(self, items: Sequence[_Settle]) -> list[str]:
+        first: list[int] = []
+        count: list[int] = []
+        keys: list[_Key] = []
+        for item in items:
+            first.append(len(keys) + 1)  # PostgreSQL arrays count from 1
+            count.append(len(item.keys))
+            keys.extend(item.keys)
+        types, ids, periods, starts = _arrays(keys)
+        outcomes = await self._fetchval(
+            "settling spend",
+            "spend_settle_many",
+            [i.request_id for i in items],
+            [i.sub for i in items],
+            [i.model for i in items],
+            [i.actual_micro for i in items],
+            [i.at for i in items],
+            first,
+            count,
+            types,
+            ids,
+            periods,
+            starts,
+        )
+        return [str(o) for o in outcomes]
+
+    async def _settle_after_close(self, item: _Settle) -> str:
+        """A settlement that arrives after close(): one attempt, reported loudly if it fails."""
+        try:
+            result = (await self._store_settles([item]))[0]
+        except StoreUnavailable as exc:
+            self._unsettled(item, f"arrived after shutdown: {exc}")
+            return "unsettled"
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _queue_retry(self, item: _Settle, exc: StoreUnavailable) -> None:
+        if self._closed:  # nobody would retry it any more
+            self._unsettled(item, f"not stored at shutdown: {exc}")
+            return
+        if len(self._retry) >= MAX_RETRY_QUEUE:
+            self._unsettled(self._retry.popleft(), "retry queue full (database unreachable?)")
+        if not self._retry:
+            self._log("warn", f"spend: settling failed ({exc}); retrying in the background")
+        self._retry.append(item)
+
+    def _unsettled(self, item: _Settle, reason: str) -> None:
+        self._emit(
+            "spend.unsettled",
+            request_id=item.request_id,
+            sub=item.sub,
+            model=item.model,
+            cost_micro=item.actual_micro,
+            reason=reason,
         )
 
     async def snapshots(self, principal: Any, now: datetime) -> list[sp.Snapshot]:
@@ -526,12 +676,16 @@ class SpendStore:
         return expired
 
     async def retry_settles(self) -> int:
-        """Retry queued settlements in order; returns how many were stored."""
+        """Retry queued settlements in order, a batch per round trip; returns how many were stored."""
         done = 0
         while self._retry:
-            await self._settle(self._retry[0])
-            self._retry.popleft()
-            done += 1
+            batch = list(itertools.islice(self._retry, SETTLE_BATCH))
+            await self._store_settles(batch)
+            for item in batch:
+                # A full queue may have dropped (and reported) the oldest meanwhile.
+                if self._retry and self._retry[0] is item:
+                    self._retry.popleft()
+            done += len(batch)
         if done:
             self._log("info", f"spend: {done} queued settlements stored")
         return done

@@ -433,3 +433,155 @@ async def test_seed_allowances_from_usage_records(stores, db):
     assert await s.seed_allowances(tracker, now=NOW) >= 4
     assert tracker.p95(sub, "claude-opus-4-7") == 5000
     assert tracker.allowance(sub, "claude-opus-4-7", 1000, 4096) == 1000
+
+
+# --- batched settlement ------------------------------------------------------------
+
+
+async def transactions(conn, requests: list[str]) -> int:
+    """How many transactions wrote these reservation rows (rows written together share their xmin)."""
+    return await conn.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM spend_reservations WHERE request_id = ANY($1::text[])",
+        requests,
+    )
+
+
+async def test_settlements_share_one_round_trip_per_batch(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100_000)
+    s = await spend_store(stores)
+    requests = [rid() for _ in range(250)]
+    for r in requests:
+        assert (await s.reserve(request_id=r, principal=who, model="m", amount_micro=1_000, now=NOW)).admitted
+    assert await counter(db, "user", who.sub) == (0, 250_000, None)
+    outcomes = await asyncio.gather(*(s.settle(r, 400, NOW) for r in requests))
+    assert outcomes == ["settled"] * 250
+    # 250 queued at once: two full batches of 100 stored at once, then the last 50.
+    assert await transactions(db, requests) == 3
+    assert await counter(db, "user", who.sub) == (100_000, 0, None)
+    assert await counter(db, "user", who.sub, "monthly") == (100_000, 0, None)
+
+
+async def test_one_batch_mixes_every_outcome(stores, db):
+    capped, free = user(), user()
+    await set_limit(db, "user", capped.sub, "daily", 100)
+    s = await spend_store(stores)
+    crashed = await spend_store(stores, reservation_ttl_s=10)
+    live, expired, refused, uncapped = rid(), rid(), rid(), rid()
+    assert (
+        await s.reserve(request_id=live, principal=capped, model="m", amount_micro=300_000, now=NOW)
+    ).admitted
+    assert (
+        await crashed.reserve(request_id=expired, principal=capped, model="m", amount_micro=500_000, now=NOW)
+    ).admitted
+    assert not (
+        await s.reserve(request_id=refused, principal=capped, model="m", amount_micro=900_000, now=NOW)
+    ).admitted
+    assert await s.sweep(NOW + timedelta(seconds=11)) == [expired]
+    assert await counter(db, "user", capped.sub) == (500_000, 300_000, None)
+    assert (await s.reserve(request_id=uncapped, principal=free, model="m", amount_micro=1, now=NOW)).admitted
+    outcomes = await asyncio.gather(
+        s.settle(live, 250_000, NOW),
+        s.settle(expired, 100_000, NOW),  # this replica never held it: the stored row says what to charge
+        s.settle(uncapped, 7_000, NOW),
+        s.settle(live, 1, NOW),  # a repeat in the same batch: the first one wins
+        s.settle(refused, 0, NOW),  # answered without the database
+    )
+    assert outcomes == ["settled", "late", "direct", "duplicate", "refused"]
+    assert await transactions(db, [live, expired, uncapped]) == 1
+    # live: 250 000 spent, its 300 000 released; expired: its 500 000 charge becomes 100 000.
+    assert await counter(db, "user", capped.sub) == (350_000, 0, None)
+    assert await counter(db, "user", capped.sub, "weekly") == (350_000, 0, None)
+    assert await counter(db, "user", free.sub) == (7_000, 0, None)
+    assert await db.fetchval("SELECT count(*) FROM spend_reservations WHERE request_id = $1", refused) == 0
+    rows = await db.fetch(
+        "SELECT request_id, state, settled_micro, late_settle FROM spend_reservations WHERE request_id = ANY($1::text[])",
+        [live, expired, uncapped],
+    )
+    assert {r["request_id"]: tuple(r)[1:] for r in rows} == {
+        live: ("settled", 250_000, False),
+        expired: ("settled", 100_000, True),
+        uncapped: ("settled", 7_000, False),
+    }
+    assert await crashed.settle(expired, 5, NOW) == "duplicate"
+    assert await counter(db, "user", capped.sub) == (350_000, 0, None)
+
+
+async def test_batches_on_replicas_settling_in_opposite_orders_do_not_deadlock(stores, db):
+    team = "team-" + uuid.uuid4().hex[:6]
+    await set_limit(db, "rbac_group", team, "monthly", None, pool_cents=1_000_000)
+    people = [Who("d_" + uuid.uuid4().hex[:8], groups=(team,)) for _ in range(4)]
+    for who in people:
+        await set_limit(db, "user", who.sub, "daily", 10_000)
+    a = await spend_store(stores)
+    b = await spend_store(stores)
+    for _ in range(3):
+        requests = [rid() for _ in range(80)]
+        for i, r in enumerate(requests):
+            who = people[i % len(people)]
+            assert (
+                await a.reserve(request_id=r, principal=who, model="m", amount_micro=1_000, now=NOW)
+            ).admitted
+        outcomes = await asyncio.gather(
+            *(a.settle(r, 600, NOW) for r in requests), *(b.settle(r, 600, NOW) for r in reversed(requests))
+        )
+        assert sorted(outcomes) == ["duplicate"] * 80 + ["settled"] * 80  # none "queued" by a deadlock
+    assert await counter(db, "group_pool", team, "monthly") == (3 * 80 * 600, 0, None)
+    for who in people:
+        assert await counter(db, "user", who.sub) == (3 * 20 * 600, 0, None)
+
+
+async def test_a_rejected_settlement_does_not_hold_back_its_batch(stores, db):
+    who = user()
+    events = Events()
+    s = await spend_store(stores, emit=events)
+    good = [rid() for _ in range(5)]
+    bad = "req_\x00bad"  # PostgreSQL text cannot hold NUL: the database refuses this one
+    for r in good:
+        await s.reserve(request_id=r, principal=who, model="m", amount_micro=1, now=NOW)
+    results = await asyncio.gather(
+        *(s.settle(r, 100, NOW) for r in good), s.settle(bad, 100, NOW, principal=who), return_exceptions=True
+    )
+    assert results[:5] == ["direct"] * 5
+    assert isinstance(results[5], asyncpg.PostgresError)
+    assert [e["request_id"] for e in events.named("spend.unsettled")] == [bad]
+    assert await counter(db, "user", who.sub) == (500, 0, None)
+
+
+async def test_queued_settlements_survive_an_outage_and_are_reported_if_never_stored(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100)
+    store = await stores()
+    events = Events()
+    s = SpendStore(store, log=quiet, emit=events, background=False)
+    await s.start()
+    request = rid()
+    assert (
+        await s.reserve(request_id=request, principal=who, model="m", amount_micro=1_000, now=NOW)
+    ).admitted
+    store.pool.terminate()
+    assert await asyncio.gather(s.settle(request, 700, NOW), s.settle(rid(), 5, NOW, principal=who)) == [
+        "queued",
+        "queued",
+    ]
+    assert len(s._retry) == 2
+    await s.close()  # still unreachable: loud, not lost
+    assert sorted(e["cost_micro"] for e in events.named("spend.unsettled")) == [5, 700]
+    assert await counter(db, "user", who.sub) == (0, 1_000, None)  # the reservation stands until it expires
+
+
+async def test_close_stores_pending_settlements(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100)
+    events = Events()
+    s = await spend_store(stores, background=True, emit=events)
+    requests = [rid() for _ in range(30)]
+    for r in requests:
+        assert (await s.reserve(request_id=r, principal=who, model="m", amount_micro=1_000, now=NOW)).admitted
+    waits = [asyncio.ensure_future(s.settle(r, 10, NOW)) for r in requests]
+    await asyncio.sleep(0)  # all queued; the flusher is waiting for a fuller batch
+    assert not any(w.done() for w in waits)
+    await s.close()
+    assert [w.result() for w in waits] == ["settled"] * 30
+    assert await counter(db, "user", who.sub) == (300, 0, None)
+    assert not events.named("spend.unsettled")
