@@ -54,13 +54,8 @@ _FAST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*')
 _COLON = re.compile(rb"\s*:\s*")
 
 
-def model_value_span(body: bytes) -> tuple[int, int]:
-    """Byte offsets [start, end) of the top-level ``model`` string value."""
-    fast = _FAST.match(body)
-    if fast is not None:
-        token = _TOKEN.match(body, fast.end())
-        if token is not None and body[token.start()] == 0x22:
-            return token.start(), token.end()
+def _top_level_member(body: bytes, wanted: bytes) -> tuple[int, int] | None:
+    """(key start, value start) of the top-level member whose encoded key is ``wanted``."""
     depth = 0
     for tok in _TOKEN.finditer(body):
         text = tok.group()
@@ -69,12 +64,25 @@ def model_value_span(body: bytes) -> tuple[int, int]:
             depth += 1
         elif first in b"}]":
             depth -= 1
-        elif depth == 1 and text == b'"model"':
+        elif depth == 1 and text == wanted:
             colon = _COLON.match(body, tok.end())
-            if colon is not None and colon.end() > tok.end() and b":" in colon.group():
-                value = _TOKEN.match(body, colon.end())
-                if value is not None and body[value.start()] == 0x22:
-                    return value.start(), value.end()
+            if colon is not None and b":" in colon.group():
+                return tok.start(), colon.end()
+    return None
+
+
+def model_value_span(body: bytes) -> tuple[int, int]:
+    """Byte offsets [start, end) of the top-level ``model`` string value."""
+    # Claude Code sends ``model`` first; then no scan of the body is needed.
+    fast = _FAST.match(body)
+    start = fast.end() if fast is not None else None
+    if start is None:
+        member = _top_level_member(body, b'"model"')
+        start = member[1] if member is not None else None
+    if start is not None:
+        value = _TOKEN.match(body, start)
+        if value is not None and body[value.start()] == 0x22:
+            return value.start(), value.end()
     raise _bad("model is required")
 
 
@@ -117,30 +125,17 @@ def remove_member(body: bytes, key: str) -> bytes:
     Every other byte is kept as the client sent it. Used for fields an
     upstream must not receive (request ``tags`` for signed-in developers).
     """
-    wanted = encoder.encode(key)
-    depth = 0
-    for tok in _TOKEN.finditer(body):
-        text = tok.group()
-        first = text[0]
-        if first in b"{[":
-            depth += 1
-            continue
-        if first in b"}]":
-            depth -= 1
-            continue
-        if depth != 1 or text != wanted:
-            continue
-        colon = _COLON.match(body, tok.end())
-        if colon is None or b":" not in colon.group():
-            continue
-        end = _value_end(body, colon.end())
-        after = _WS.match(body, end).end()  # type: ignore[union-attr]
-        if body[after : after + 1] == b",":
-            # First or middle member: take the comma that follows.
-            return body[: tok.start()] + body[_WS.match(body, after + 1).end() :]  # type: ignore[union-attr]
-        # Last member: take the comma that precedes it.
-        before = body.rfind(b",", 0, tok.start())
-        opening = body.rfind(b"{", 0, tok.start())
-        start = before if before > opening else tok.start()
-        return body[:start] + body[end:]
-    return body
+    member = _top_level_member(body, encoder.encode(key))
+    if member is None:
+        return body
+    key_start, value_start = member
+    end = _value_end(body, value_start)
+    after = _WS.match(body, end).end()  # type: ignore[union-attr]
+    if body[after : after + 1] == b",":
+        # First or middle member: take the comma that follows.
+        return body[:key_start] + body[_WS.match(body, after + 1).end() :]  # type: ignore[union-attr]
+    # Last member: take the comma that precedes it.
+    before = body.rfind(b",", 0, key_start)
+    opening = body.rfind(b"{", 0, key_start)
+    start = before if before > opening else key_start
+    return body[:start] + body[end:]
