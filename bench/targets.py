@@ -255,7 +255,7 @@ class Lab:
 
     def _start_claude(self, target: Target, claude_bin: str) -> None:
         cfg = self._write_config(target)
-        home = self.out / "home" / target.name
+        home = self.out / "raw" / "home" / target.name
         home.mkdir(parents=True, exist_ok=True)
         env = dict(
             self.env, HOME=str(home), CLAUDE_CONFIG_DIR=str(home / ".claude"), DISABLE_TELEMETRY="1",
@@ -291,7 +291,7 @@ class Lab:
         cfg.parent.mkdir(exist_ok=True)
         cfg.write_text(fill((CONFIGS / "litellm.yaml").read_text(), upstream=f"http://127.0.0.1:{self.fake_port}"))
         env = dict(self.env, LITELLM_MASTER_KEY=LITELLM_MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True",
-                   LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", HOME=str(self.out / "home" / target.name))
+                   LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", HOME=str(self.out / "raw" / "home" / target.name))
         target.proc = procs.start(
             target.name, [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(target.port),
                           "--num_workers", "1"],

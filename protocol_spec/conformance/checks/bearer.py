@@ -58,7 +58,7 @@ def claims_for(c: Ctx, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-@check("bearer required on every bearer endpoint", "BEARER-1", "BEARER-6", "MSG-2", "RETRY-2", "ERR-1", "ERR-2", "ROLE-4")
+@check("bearer required on every bearer endpoint", "BEARER-1", "BEARER-6", "BEARER-11", "MSG-2", "RETRY-2", "ERR-1", "ERR-2", "ROLE-4")
 async def bearer_required(c: Ctx) -> None:
     token = await c.bearer()
     for method, path, body in BEARER_ENDPOINTS:
@@ -72,7 +72,7 @@ async def bearer_required(c: Ctx) -> None:
         c.envelope("BEARER-1", as_api_key, 401, "authentication_error", what=f"{method} {path} with the token in x-api-key")
         c.envelope("BEARER-6", as_api_key, 401, "authentication_error", no_retry=True, what=f"{method} {path} with the token in x-api-key")
     lower = await c.t.get("/v1/models", headers={"Authorization": f"bearer {token}"})
-    c.status("BEARER-1", lower, 200, "the scheme matches without case")
+    c.status("BEARER-11", lower, 200, "the scheme matches without case")
 
 
 @check("refused tokens", "BEARER-4", "BEARER-5", "BEARER-6", "RETRY-2")

@@ -24,6 +24,9 @@ from protocol_spec.conformance.verdicts import check
 from protocol_spec.fakes import Reply, error_reply
 from protocol_spec.fakes.replies import message_json
 
+# A dated id every gateway's catalog knows (MODEL-6); MODEL-9 adds one nobody knows.
+KNOWN_DATED = "claude-haiku-4-5-20251001"
+
 # Client headers that must reach the upstream unchanged (SPEC MSG-12, HINT-1).
 FORWARDED = [
     ("anthropic-version", "2023-06-01"),
@@ -125,7 +128,7 @@ async def forwarding(c: Ctx) -> None:
     c.equal("MSG-14", header_value(got["headers"], "x-api-key"), c.state.primary_key, "the primary upstream's api_key as x-api-key")
 
 
-@check("model rewriting touches only the model bytes", "MSG-19", "MODEL-3", "MODEL-5", "MODEL-6", "MSG-9")
+@check("model rewriting touches only the model bytes", "MSG-19", "MODEL-3", "MODEL-5", "MODEL-6", "MODEL-9", "MSG-9")
 async def model_rewriting(c: Ctx) -> None:
     await c.fake.reset()
     sent = ('{ "max_tokens" : 16,\n  "model":"' + CUSTOM_MODEL + '" ,"messages": [ {"role":"user","content":"hi \\u00e9"} ] }').encode()
@@ -143,12 +146,15 @@ async def model_rewriting(c: Ctx) -> None:
     calls = await c.received()
     c.equal("MODEL-5", len(calls), 1, "the upstream outside the map is skipped without a call")
     await c.fake.reset()
-    dated = await c.messages(small_request("claude-opus-4-7-20990101"))
-    c.status("MODEL-6", dated, 200, "a dated form of a catalog id")
-    c.status("MSG-9", dated, 200, "a dated form of an allowed id is allowed")
-    records = await c.received()
-    if records:
-        c.equal("MODEL-6", _body_model(records[0]), "claude-opus-4-7-20990101", "the upstream gets the id as written")
+    for rid, model in (("MODEL-6", KNOWN_DATED), ("MODEL-9", "claude-opus-4-7-20990101")):
+        await c.fake.reset()
+        dated = await c.messages(small_request(model))
+        c.status(rid, dated, 200, f"{model}, a dated form of a catalog id")
+        if rid == "MODEL-6":
+            c.status("MSG-9", dated, 200, "a known dated form of an allowed id is allowed")
+        records = await c.received()
+        if records:
+            c.equal(rid, _body_model(records[0]), model, "the upstream gets the id as written")
 
 
 @check("upstream answers relayed", "MSG-22", "MSG-23", "MSG-24", "MSG-25", "MSG-26", "MSG-17", "ERR-7", "RETRY-4", "MSG-29")
