@@ -515,10 +515,14 @@ def render(results: dict[str, Any]) -> str:
             kind, why = NOTES.get(req.id, ("unexplained", ""))
             seen = why or _first_finding(anthropic, req.id)
             lines.append(f"| {req.id} | {req.level} | {req.source} | {a.get(req.id)} | {g.get(req.id, '-')} | {kind} | {seen} |")
-    lines += ["", "## Where Gatehouse does not pass", "", "| ID | level | Gatehouse | what to fix |", "|---|---|---|---|"]
-    for req in reqs:
-        if g.get(req.id) in ("FAIL", "SKIP"):
-            lines.append(f"| {req.id} | {req.level} | {g[req.id]} | {GATEHOUSE_GAPS.get(req.id) or _first_finding(gatehouse, req.id)} |")
+    lines += ["", "## Where Gatehouse does not pass", ""]
+    gaps = [req for req in reqs if g.get(req.id) in ("FAIL", "SKIP")]
+    if gaps:
+        lines += ["| ID | level | Gatehouse | what to fix |", "|---|---|---|---|"]
+    else:
+        lines.append("Nowhere: every requirement checked from outside passes.")
+    for req in gaps:
+        lines.append(f"| {req.id} | {req.level} | {g[req.id]} | {GATEHOUSE_GAPS.get(req.id) or _first_finding(gatehouse, req.id)} |")
     lines += ["", "## Every requirement", "", "`----`: not checked from outside (or describes the client).", "",
               "| ID | level | source | Anthropic's | Gatehouse |", "|---|---|---|---|---|"]
     marks = {"NOT_CHECKED": "----"}
