@@ -8,14 +8,19 @@ Theory of operation:
   and every 30 s regardless, so a lost notification costs at most 30 s.
   Resolving a person's caps is then a few dict lookups, cached per
   (sub, groups) until the next reload.
-* **One round trip to admit.** ``reserve`` calls the SQL function
-  ``spend_reserve`` (sql/migrations/0004_spend.sql): it creates missing
-  counter rows, locks the person's counters (their day, week and month, and
-  the month of every pool they draw from) in one fixed order, admits iff
-  every capped counter has room for spent + reserved + estimate, and adds the
-  estimate to all of them, in one transaction. Concurrent requests on any
-  number of replicas queue on those row locks, so admissions can never sum
-  past a cap.
+* **One round trip to admit, shared.** ``reserve`` queues the request and a
+  reserver task sends what is queued to the SQL function
+  ``spend_reserve_many`` (sql/migrations/0006_spend_reserve_batch.sql), up
+  to ``RESERVE_BATCH`` requests per call: it creates missing counter rows,
+  locks every counter of the batch (each person's day, week and month, and
+  the month of every pool they draw from) in one fixed order, then judges the
+  requests one after another, admitting one iff every capped counter has room
+  for spent + reserved + its estimate and adding the estimate to all of them,
+  in one transaction. Concurrent batches on any number of replicas queue on
+  those row locks, so admissions can never sum past a cap. Nothing waits on
+  purpose: a lone request is sent at once, and whatever arrives while a call
+  is in flight goes in the next one, so under load one round trip (and one
+  lock queue entry) serves many requests instead of one each.
 * **People without a cap skip the database on admission**; their spend is
   still charged to their counters at settlement (caps can be added at any
   time and must then see the spend to date).
@@ -78,6 +83,7 @@ PRINCIPAL_REFRESH_S = 300.0
 MAX_RETRY_QUEUE = 50_000
 MAX_EXPIRE_PER_SWEEP = 500
 SETTLE_BATCH = 100  # settlements per round trip
+RESERVE_BATCH = 64  # admissions per round trip
 SETTLE_INTERVAL_S = 0.05  # how long a lone settlement waits for company
 CLOSE_FLUSH_S = 10.0  # what close() may spend storing queued settlements
 # The database gave up on the transaction itself (deadlock victim, serialization
@@ -134,6 +140,15 @@ class _Flight(NamedTuple):
     keys: tuple[_Key, ...]
     reserved: bool  # False: nothing was reserved; settle charges the keys directly
     refused: bool = False  # the request was refused: settling it has nothing to do
+
+
+class _Reserve(NamedTuple):
+    request_id: str
+    sub: str
+    model: str | None
+    plan: _Plan
+    amount_micro: int
+    now: datetime
 
 
 class _Settle(NamedTuple):
@@ -203,6 +218,9 @@ class SpendStore:
         # Settlements waiting for the flusher, each with the future its settle() awaits.
         self._pending: deque[tuple[_Settle, asyncio.Future[str]]] = deque()
         self._batch_full = asyncio.Event()
+        # Admissions waiting for the reserver, each with the future its reserve() awaits.
+        self._reserving: deque[tuple[_Reserve, asyncio.Future[list[Any]]]] = deque()
+        self._reserver: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         # Settlements a batch could not store; the background task retries them in order.
@@ -345,23 +363,16 @@ class SpendStore:
             return Admission(True, None, [])
         amount = max(1, amount_micro)  # a free request still may not pass a closed cap
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
-        types, ids, periods, starts = plan.arrays
-        rows = await self._fetch(
-            "reserving spend",
-            "spend_reserve",
-            request_id,
-            sub,
-            model,
-            types,
-            ids,
-            periods,
-            starts,
-            plan.caps,
-            amount,
-            now,
-            now + self.reservation_ttl,
-        )
-        admitted = bool(rows[0]["admitted"]) if rows else True
+        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._reserving.append((_Reserve(request_id, sub, model, plan, amount, now), waiter))
+        if self._reserver is None:
+            self._reserver = asyncio.create_task(self._reserve_batches(), name="spend-reserve")
+        # Giving up here does not withdraw the request from its batch: the
+        # settle() that must follow releases whatever gets reserved.
+        with unavailable_as("reserving spend"):
+            async with asyncio.timeout(self.timeout_s):
+                rows = await waiter
+        admitted = bool(rows[0][0]) if rows else True
         snapshots = self._snapshots(rows, plan, amount if not admitted else None)
         if admitted:
             return Admission(True, None, snapshots, amount)
@@ -380,6 +391,69 @@ class SpendStore:
             request_id=request_id,
         )
         return Admission(False, refusal, snapshots, 0)
+
+    async def _reserve_batches(self) -> None:
+        """Send queued admissions batch by batch; ends when the queue is empty (started again on demand)."""
+        try:
+            while self._reserving:
+                batch = [self._reserving.popleft() for _ in range(min(RESERVE_BATCH, len(self._reserving)))]
+                try:
+                    rows = await self._reserve_many([item for item, _ in batch])
+                except BaseException as exc:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            # A fresh exception each: they are raised in as many tasks.
+                            waiter.set_exception(StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc)
+                    if isinstance(exc, Exception):
+                        continue
+                    raise
+                # The rows come in batch order, each led by its request's position (from 1).
+                per: list[list[Any]] = [[] for _ in batch]
+                for r in rows:
+                    per[r[0] - 1].append(tuple(r)[1:])
+                for (_, waiter), mine in zip(batch, per, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(mine)
+        finally:
+            self._reserver = None
+
+    async def _reserve_many(self, items: Sequence[_Reserve]) -> list[Any]:
+        first: list[int] = []
+        count: list[int] = []
+        types: list[str] = []
+        ids: list[str] = []
+        periods: list[str] = []
+        starts: list[datetime] = []
+        caps: list[int | None] = []
+        for item in items:
+            first.append(len(types) + 1)  # PostgreSQL arrays count from 1
+            count.append(len(item.plan.keys))
+            t, i, p, st = item.plan.arrays
+            types += t
+            ids += i
+            periods += p
+            starts += st
+            caps += item.plan.caps
+        try:
+            return await self._fetch(
+                "reserving spend",
+                "spend_reserve_many",
+                [i.request_id for i in items],
+                [i.sub for i in items],
+                [i.model for i in items],
+                [i.amount_micro for i in items],
+                [i.now for i in items],
+                [i.now + self.reservation_ttl for i in items],
+                first,
+                count,
+                types,
+                ids,
+                periods,
+                starts,
+                caps,
+            )
+        except _TRANSIENT as exc:  # e.g. a deadlock victim: nothing was reserved
+            raise StoreUnavailable(f"reserving spend: {exc}") from exc
 
     async def top_up(self, request_id: str, amount_micro: int, now: datetime) -> bool:
         """Grow a running request's reservation; False when a cap has no room (it is then marked exhausted)."""
@@ -574,8 +648,8 @@ class SpendStore:
     def _snapshots(self, rows: Sequence[Any], plan: _Plan, refused_amount: int | None) -> list[sp.Snapshot]:
         found = {}
         for r in rows:
-            values = tuple(r.values())  # scope type, id, period, start, spent, reserved, exhausted
-            if len(values) == 8:  # spend_reserve's rows lead with the verdict
+            values = tuple(r)  # scope type, id, period, start, spent, reserved, exhausted
+            if len(values) == 8:  # an admission's rows lead with the verdict
                 values = values[1:]
             found[(values[0], values[1], values[2])] = (values[4], values[5], values[6])
         pool_ids = {p.group: p.limit_id for p in plan.pools}

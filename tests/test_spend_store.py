@@ -585,3 +585,78 @@ async def test_close_stores_pending_settlements(stores, db):
     assert [w.result() for w in waits] == ["settled"] * 30
     assert await counter(db, "user", who.sub) == (300, 0, None)
     assert not events.named("spend.unsettled")
+
+
+async def test_admissions_share_one_round_trip_per_batch_in_arrival_order(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100)  # $1: room for exactly 100 of 10 000 µUSD
+    s = await spend_store(stores)
+    requests = [rid() for _ in range(150)]
+    admissions = await asyncio.gather(
+        *(s.reserve(request_id=r, principal=who, model="m", amount_micro=10_000, now=NOW) for r in requests)
+    )
+    # First come, first served: the first 100 in arrival order, whatever the batch boundaries.
+    assert [a.admitted for a in admissions] == [True] * 100 + [False] * 50
+    assert await counter(db, "user", who.sub) == (0, 1_000_000, None)
+    # 150 queued at once: batches of 64, 64 and 22, one transaction each (refusals leave no row).
+    assert await transactions(db, requests) == 2
+    # Each admission reports its counters right after its own decision.
+    reserved = [next(x for x in a.snapshots if x.period == "daily").reserved_micro for a in admissions[:100]]
+    assert reserved == [10_000 * (n + 1) for n in range(100)]
+    refusal = admissions[100]
+    assert refusal.blocked is not None and refusal.blocked.snapshot.period == "daily"
+    assert [x.blocking for x in refusal.snapshots if x.period == "daily"] == [True]
+    outcomes = await asyncio.gather(*(s.settle(r, 0, NOW) for r in requests))
+    assert outcomes == ["settled"] * 100 + ["refused"] * 50
+    assert await counter(db, "user", who.sub) == (0, 0, None)
+
+
+async def test_one_request_id_twice_in_a_batch_is_reserved_once(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100)
+    s = await spend_store(stores)
+    request = rid()
+    both = await asyncio.gather(
+        *(s.reserve(request_id=request, principal=who, model="m", amount_micro=5_000, now=NOW) for _ in range(2))
+    )
+    assert [a.admitted for a in both] == [True, True]
+    assert await counter(db, "user", who.sub) == (0, 5_000, None)
+    assert await s.settle(request, 1_000, NOW) == "settled"
+    assert await counter(db, "user", who.sub) == (1_000, 0, None)
+
+
+async def test_an_admission_given_up_on_is_still_released_by_its_settle(stores, db, migrated):
+    # B queues behind a batch stuck on a lock, gives up at its deadline, and its batch then
+    # goes through after all: the settle that must follow releases what was reserved.
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100)
+    s = await spend_store(stores, timeout_s=1.0)
+    warm = rid()  # creates the counter rows, so the blocker below has something to lock
+    assert (await s.reserve(request_id=warm, principal=who, model="m", amount_micro=1, now=NOW)).admitted
+    assert await s.settle(warm, 0, NOW) == "settled"
+    blocker = await asyncpg.connect(migrated)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(
+            "SELECT 1 FROM spend_counters WHERE scope_type = 'user' AND scope_id = $1 FOR UPDATE", who.sub
+        )
+        a, b = rid(), rid()
+        first = asyncio.ensure_future(s.reserve(request_id=a, principal=who, model="m", amount_micro=3_000, now=NOW))
+        await asyncio.sleep(0.3)  # A's batch is now waiting on the lock; B queues behind it
+        second = asyncio.ensure_future(s.reserve(request_id=b, principal=who, model="m", amount_micro=7_000, now=NOW))
+        with pytest.raises(StoreUnavailable):
+            await first  # A's batch timed out: nothing of it was stored
+        with pytest.raises(StoreUnavailable):
+            await second  # B's own deadline, while its batch still waits
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    for _ in range(100):
+        if await counter(db, "user", who.sub) == (0, 7_000, None):
+            break
+        await asyncio.sleep(0.05)
+    assert await counter(db, "user", who.sub) == (0, 7_000, None)  # B's batch went through
+    assert await s.settle(a, 0, NOW) == "direct"
+    assert await s.settle(b, 0, NOW) == "settled"
+    assert await counter(db, "user", who.sub) == (0, 0, None)
