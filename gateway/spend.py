@@ -478,31 +478,48 @@ class StreamBudget:
     """When a running stream needs more of its reservation, and when it ran past it.
 
     Tokens only; the relay turns a step into money with
-    Pricing.output_micro. It asks for the next step while half a step of the
-    current grant is still unused, so with ``cut_streams_at_cap`` a refused
-    step leaves room to stop at the grant rather than after it. Feed it the
-    tap's running output estimate after each relayed chunk: the comparison is
-    cheap, and a top-up is requested at most once per step.
+    Pricing.output_micro. Feed it the tap's running output estimate after each
+    relayed chunk: the comparison is cheap, and a top-up is requested at most
+    once per step. With ``ahead`` (``cut_streams_at_cap``) it asks for the next
+    step while half a step (or half the grant, if smaller) is still unused, so
+    a refused step leaves room to stop at the grant rather than after it.
+    Without it nothing is ever cut, so it asks only once output reaches the
+    grant: a stream within its allowance, the usual case, costs no top-up.
+
+    ``ceiling`` is the request's ``max_tokens``: the upstream never writes
+    more output than that, so a grant that reaches it is final. No top-up is
+    asked beyond it and the stream is never cut, whatever the byte-based
+    estimate (which counts SSE framing too) says.
     """
 
-    __slots__ = ("granted", "step", "pending", "denied")
+    __slots__ = ("granted", "step", "ceiling", "ahead", "pending", "denied")
 
-    def __init__(self, granted_tokens: int, step_tokens: int) -> None:
+    def __init__(self, granted_tokens: int, step_tokens: int, ceiling: int | None = None, *, ahead: bool = True) -> None:
         self.granted = granted_tokens
         self.step = max(1, step_tokens)
+        self.ceiling = ceiling
+        self.ahead = ahead
         self.pending = False
         self.denied = False
 
+    def final(self) -> bool:
+        """True when the grant already covers the most the upstream may write."""
+        return self.ceiling is not None and self.granted >= self.ceiling
+
     def want(self, output_tokens: int) -> int:
         """Tokens to ask for now (and mark pending), or 0."""
-        if self.pending or self.denied:
+        if self.pending or self.denied or self.final():
             return 0
-        if output_tokens + self.step // 2 < self.granted:
+        margin = min(self.step, self.granted) // 2 if self.ahead else 0
+        if output_tokens + margin < self.granted:
             return 0
-        self.pending = True
         # Catch up in one step if output already ran past the grant (a burst).
         behind = max(0, output_tokens - self.granted)
-        return self.step + behind
+        tokens = self.step + behind
+        if self.ceiling is not None:
+            tokens = min(tokens, self.ceiling - self.granted)
+        self.pending = True
+        return tokens
 
     def answer(self, tokens: int, granted: bool) -> None:
         self.pending = False
@@ -513,7 +530,7 @@ class StreamBudget:
 
     def over(self, output_tokens: int) -> bool:
         """True once output has passed what was granted (the cut point with cut_streams_at_cap)."""
-        return output_tokens > self.granted
+        return output_tokens > self.granted and not self.final()
 
 
 def principal_fields(principal: Any) -> Mapping[str, Any]:

@@ -67,11 +67,15 @@ async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: 
             raise SpendRefused(spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
         audit.log("warn", f"spend check failed, letting the request through (request {request_id}): {exc}")
         return None
+    except asyncio.CancelledError:
+        # The client left while its admission was queued or in flight: whatever gets reserved is released.
+        rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
+        raise
     if not admission.admitted:
         assert admission.blocked is not None
         rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
         raise SpendRefused(admission.blocked.message, dict(admission.blocked.headers))
-    budget = spend.StreamBudget(allowance, gh.topup_tokens)
+    budget = spend.StreamBudget(allowance, gh.topup_tokens, max_tokens, ahead=gh.cut_streams_at_cap)
     return Ticket(request_id, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0)
 
 

@@ -9,8 +9,11 @@ just two kinds of events:
   ``message_delta.usage`` overrides the fields it carries. The values are
   cumulative, so they replace, never add (SPEC "Usage accounting").
 * ``content_block_delta``: only the length of its ``data:`` payload is counted,
-  without decoding, so a stream cut before ``message_delta`` can still be
-  billed: output tokens are then estimated as bytes ÷ 4.
+  without decoding, less the fixed JSON every delta carries (``DELTA_ENVELOPE_BYTES``),
+  so a stream cut before ``message_delta`` can still be billed: output tokens
+  are then estimated as those bytes ÷ 4, about one per four characters of
+  text (MSG-40). Counting the envelope too would make a one-token delta look
+  like twenty.
 
 Everything else (``ping``, comments, ``content_block_start``…) is skipped.
 The tap holds at most one partial event between chunks.
@@ -23,6 +26,10 @@ from typing import NamedTuple
 from protocol_spec.wire import Usage, message_delta_decoder, message_start_decoder, reply_view_decoder
 
 BYTES_PER_TOKEN_ESTIMATE = 4
+# The payload of a content_block_delta with no text at all, the smallest there is:
+# {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}
+# Tool-input and thinking deltas wrap more, so subtracting this never undercounts.
+DELTA_ENVELOPE_BYTES = 80
 
 
 class UsageTotals(NamedTuple):
@@ -100,7 +107,8 @@ class UsageTap:
         self.events += 1
         name, data = _split_event(event)
         if name == b"content_block_delta":
-            self.delta_bytes += len(data)
+            if len(data) > DELTA_ENVELOPE_BYTES:
+                self.delta_bytes += len(data) - DELTA_ENVELOPE_BYTES
         elif name == b"message_start":
             self._saw_start = True
             try:

@@ -533,3 +533,24 @@ def test_stream_budget_asks_ahead_once_per_step():
 def test_stream_budget_catches_up_after_a_burst():
     b = StreamBudget(granted_tokens=100, step_tokens=50)
     assert b.want(400) == 50 + 300
+
+
+def test_stream_budget_stops_at_max_tokens():
+    # The upstream writes at most max_tokens: a grant that covers them is final.
+    b = StreamBudget(granted_tokens=64, step_tokens=2048, ceiling=64)
+    assert b.want(10_000) == 0 and not b.over(10_000)
+    b = StreamBudget(granted_tokens=100, step_tokens=2048, ceiling=1000)
+    assert b.want(100) == 900  # never past the ceiling
+    b.answer(900, True)
+    assert b.final() and b.want(5000) == 0 and not b.over(5000)
+    b = StreamBudget(granted_tokens=100, step_tokens=50, ceiling=1000)
+    assert b.want(100) == 50 and b.over(151)  # below the ceiling, steps and cuts as before
+
+
+def test_stream_budget_asks_ahead_only_when_streams_may_be_cut():
+    # Cutting: half the grant of runway when the grant is smaller than a step.
+    b = StreamBudget(granted_tokens=20, step_tokens=2048)
+    assert b.want(9) == 0 and b.want(10) == 2048
+    # Not cutting: nothing to stop in time for, so only a stream that reaches its grant asks.
+    b = StreamBudget(granted_tokens=20, step_tokens=2048, ahead=False)
+    assert b.want(19) == 0 and b.want(20) == 2048
