@@ -483,7 +483,7 @@ class StreamBudget:
     once per step. With ``ahead`` (``cut_streams_at_cap``) it asks for the next
     step while half a step (or half the grant, if smaller) is still unused, so
     a refused step leaves room to stop at the grant rather than after it.
-    Without it nothing is ever cut, so it asks only once output reaches the
+    Without it nothing is ever cut, so it asks only once output passes the
     grant: a stream within its allowance, the usual case, costs no top-up.
 
     ``ceiling`` is the request's ``max_tokens``: the upstream never writes
@@ -510,8 +510,10 @@ class StreamBudget:
         """Tokens to ask for now (and mark pending), or 0."""
         if self.pending or self.denied or self.final():
             return 0
-        margin = min(self.step, self.granted) // 2 if self.ahead else 0
-        if output_tokens + margin < self.granted:
+        if self.ahead:
+            if output_tokens + min(self.step, self.granted) // 2 < self.granted:
+                return 0
+        elif output_tokens <= self.granted:
             return 0
         # Catch up in one step if output already ran past the grant (a burst).
         behind = max(0, output_tokens - self.granted)

@@ -551,6 +551,6 @@ def test_stream_budget_asks_ahead_only_when_streams_may_be_cut():
     # Cutting: half the grant of runway when the grant is smaller than a step.
     b = StreamBudget(granted_tokens=20, step_tokens=2048)
     assert b.want(9) == 0 and b.want(10) == 2048
-    # Not cutting: nothing to stop in time for, so only a stream that reaches its grant asks.
+    # Not cutting: nothing to stop in time for, so only a stream that passes its grant asks.
     b = StreamBudget(granted_tokens=20, step_tokens=2048, ahead=False)
-    assert b.want(19) == 0 and b.want(20) == 2048
+    assert b.want(20) == 0 and b.want(21) == 2048 + 1
