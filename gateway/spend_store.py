@@ -399,13 +399,15 @@ class SpendStore:
                 batch = [self._reserving.popleft() for _ in range(min(RESERVE_BATCH, len(self._reserving)))]
                 try:
                     rows = await self._reserve_many([item for item, _ in batch])
-                except BaseException as exc:
+                except Exception as exc:
                     for _, waiter in batch:
                         if not waiter.done():
                             # A fresh exception each: they are raised in as many tasks.
                             waiter.set_exception(StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc)
-                    if isinstance(exc, Exception):
-                        continue
+                    continue
+                except BaseException:
+                    for _, waiter in batch:
+                        waiter.cancel()  # cancelled mid-call: the store is closing
                     raise
                 # The rows come in batch order, each led by its request's position (from 1).
                 per: list[list[Any]] = [[] for _ in batch]
@@ -428,11 +430,11 @@ class SpendStore:
         for item in items:
             first.append(len(types) + 1)  # PostgreSQL arrays count from 1
             count.append(len(item.plan.keys))
-            t, i, p, st = item.plan.arrays
-            types += t
-            ids += i
-            periods += p
-            starts += st
+            key_types, key_ids, key_periods, key_starts = item.plan.arrays
+            types += key_types
+            ids += key_ids
+            periods += key_periods
+            starts += key_starts
             caps += item.plan.caps
         try:
             return await self._fetch(
