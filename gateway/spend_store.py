@@ -10,7 +10,7 @@ Theory of operation:
   (sub, groups) until the next reload.
 * **One round trip to admit, shared.** ``reserve`` queues the request and a
   reserver task sends what is queued to the SQL function
-  ``spend_reserve_many`` (sql/migrations/0006_spend_reserve_batch.sql), up
+  ``spend_reserve_many`` (sql/migrations/0006_spend_batches.sql), up
   to ``RESERVE_BATCH`` requests per call: it creates missing counter rows,
   locks every counter of the batch (each person's day, week and month, and
   the month of every pool they draw from) in one fixed order, then judges the
@@ -24,10 +24,15 @@ Theory of operation:
 * **People without a cap skip the database on admission**; their spend is
   still charged to their counters at settlement (caps can be added at any
   time and must then see the spend to date).
-* **Top-ups** grow an open reservation while a stream runs, one call per
-  step (never per chunk). A refused step marks the counter exhausted at its
+* **Top-ups** grow an open reservation while a stream runs, once per step
+  (never per chunk), and share round trips the same way through
+  ``spend_top_up_many``. A refused step marks the counter exhausted at its
   current cap, which closes admission until the cap is raised or the period
   ends.
+* **Top-ups in one pass.** ``spend_top_up_many`` reads the batch's counters
+  once, judges the top-ups in a loop over arrays and writes back with one
+  statement per table. (Admissions keep a few statements per request: for
+  the small batches the request path usually forms, that measured faster.)
 * **Settling** replaces the reservation with the actual cost, once per
   request id whatever the number of calls. Settlements are batched: ``settle``
   queues one and waits for its outcome, and a flusher task stores up to
@@ -71,6 +76,7 @@ import asyncpg
 
 from gateway import audit
 from gateway import spend as sp
+from gateway.coalescing import Coalescer
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
 
 CHANNEL = "gatehouse_spend_limits"
@@ -84,6 +90,7 @@ MAX_RETRY_QUEUE = 50_000
 MAX_EXPIRE_PER_SWEEP = 500
 SETTLE_BATCH = 100  # settlements per round trip
 RESERVE_BATCH = 64  # admissions per round trip
+TOP_UP_BATCH = 64  # top-ups per round trip
 SETTLE_INTERVAL_S = 0.05  # how long a lone settlement waits for company
 CLOSE_FLUSH_S = 10.0  # what close() may spend storing queued settlements
 # The database gave up on the transaction itself (deadlock victim, serialization
@@ -147,6 +154,13 @@ class _Reserve(NamedTuple):
     sub: str
     model: str | None
     plan: _Plan
+    amount_micro: int
+    now: datetime
+
+
+class _TopUp(NamedTuple):
+    request_id: str
+    caps: list[int | None]  # parallel to the reservation's keys
     amount_micro: int
     now: datetime
 
@@ -218,9 +232,9 @@ class SpendStore:
         # Settlements waiting for the flusher, each with the future its settle() awaits.
         self._pending: deque[tuple[_Settle, asyncio.Future[str]]] = deque()
         self._batch_full = asyncio.Event()
-        # Admissions waiting for the reserver, each with the future its reserve() awaits.
-        self._reserving: deque[tuple[_Reserve, asyncio.Future[list[Any]]]] = deque()
-        self._reserver: asyncio.Task[None] | None = None
+        # Admissions and top-ups share round trips (see the theory of operation).
+        self._reserves: Coalescer[_Reserve, list[Any]] = Coalescer(self._reserve_many, RESERVE_BATCH, "spend-reserve")
+        self._top_ups: Coalescer[_TopUp, str] = Coalescer(self._top_up_many, TOP_UP_BATCH, "spend-top-up")
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         # Settlements a batch could not store; the background task retries them in order.
@@ -363,15 +377,11 @@ class SpendStore:
             return Admission(True, None, [])
         amount = max(1, amount_micro)  # a free request still may not pass a closed cap
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
-        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._reserving.append((_Reserve(request_id, sub, model, plan, amount, now), waiter))
-        if self._reserver is None:
-            self._reserver = asyncio.create_task(self._reserve_batches(), name="spend-reserve")
         # Giving up here does not withdraw the request from its batch: the
         # settle() that must follow releases whatever gets reserved.
         with unavailable_as("reserving spend"):
             async with asyncio.timeout(self.timeout_s):
-                rows = await waiter
+                rows = await self._reserves.submit(_Reserve(request_id, sub, model, plan, amount, now))
         admitted = bool(rows[0][0]) if rows else True
         snapshots = self._snapshots(rows, plan, amount if not admitted else None)
         if admitted:
@@ -392,34 +402,7 @@ class SpendStore:
         )
         return Admission(False, refusal, snapshots, 0)
 
-    async def _reserve_batches(self) -> None:
-        """Send queued admissions batch by batch; ends when the queue is empty (started again on demand)."""
-        try:
-            while self._reserving:
-                batch = [self._reserving.popleft() for _ in range(min(RESERVE_BATCH, len(self._reserving)))]
-                try:
-                    rows = await self._reserve_many([item for item, _ in batch])
-                except Exception as exc:
-                    for _, waiter in batch:
-                        if not waiter.done():
-                            # A fresh exception each: they are raised in as many tasks.
-                            waiter.set_exception(StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc)
-                    continue
-                except BaseException:
-                    for _, waiter in batch:
-                        waiter.cancel()  # cancelled mid-call: the store is closing
-                    raise
-                # The rows come in batch order, each led by its request's position (from 1).
-                per: list[list[Any]] = [[] for _ in batch]
-                for r in rows:
-                    per[r[0] - 1].append(tuple(r)[1:])
-                for (_, waiter), mine in zip(batch, per, strict=True):
-                    if not waiter.done():
-                        waiter.set_result(mine)
-        finally:
-            self._reserver = None
-
-    async def _reserve_many(self, items: Sequence[_Reserve]) -> list[Any]:
+    async def _reserve_many(self, items: Sequence[_Reserve]) -> list[list[Any]]:
         first: list[int] = []
         count: list[int] = []
         types: list[str] = []
@@ -437,7 +420,7 @@ class SpendStore:
             starts += key_starts
             caps += item.plan.caps
         try:
-            return await self._fetch(
+            rows = await self._fetch(
                 "reserving spend",
                 "spend_reserve_many",
                 [i.request_id for i in items],
@@ -456,6 +439,11 @@ class SpendStore:
             )
         except _TRANSIENT as exc:  # e.g. a deadlock victim: nothing was reserved
             raise StoreUnavailable(f"reserving spend: {exc}") from exc
+        # One row per counter of each request, led by the request's position (from 1).
+        per: list[list[Any]] = [[] for _ in items]
+        for r in rows:
+            per[r[0] - 1].append(tuple(r)[1:])
+        return per
 
     async def top_up(self, request_id: str, amount_micro: int, now: datetime) -> bool:
         """Grow a running request's reservation; False when a cap has no room (it is then marked exhausted)."""
@@ -465,19 +453,37 @@ class SpendStore:
         caps = self._caps_for(flight.sub, flight.groups, flight.keys)
         if all(c is None for c in caps):
             return True
-        verdict = await self._fetchval(
-            "topping up a reservation",
-            "spend_top_up",
-            request_id,
-            caps,
-            amount_micro,
-            now,
-            now + self.reservation_ttl,
-        )
+        with unavailable_as("topping up a reservation"):
+            async with asyncio.timeout(self.timeout_s):
+                verdict = await self._top_ups.submit(_TopUp(request_id, caps, amount_micro, now))
         if verdict == "denied":
             self._emit("spend.exhausted", sub=flight.sub, request_id=request_id, step_micro=amount_micro)
             return False
         return True
+
+    async def _top_up_many(self, items: Sequence[_TopUp]) -> list[str]:
+        first: list[int] = []
+        count: list[int] = []
+        caps: list[int | None] = []
+        for item in items:
+            first.append(len(caps) + 1)  # PostgreSQL arrays count from 1
+            count.append(len(item.caps))
+            caps += item.caps
+        try:
+            verdicts = await self._fetchval(
+                "topping up reservations",
+                "spend_top_up_many",
+                [i.request_id for i in items],
+                [i.amount_micro for i in items],
+                [i.now for i in items],
+                [i.now + self.reservation_ttl for i in items],
+                first,
+                count,
+                caps,
+            )
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"topping up reservations: {exc}") from exc
+        return [str(v) for v in verdicts]
 
     async def settle(
         self,

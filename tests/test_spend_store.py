@@ -660,3 +660,31 @@ async def test_an_admission_given_up_on_is_still_released_by_its_settle(stores, 
     assert await s.settle(a, 0, NOW) == "direct"
     assert await s.settle(b, 0, NOW) == "settled"
     assert await counter(db, "user", who.sub) == (0, 0, None)
+
+
+async def test_top_ups_share_a_round_trip_and_are_judged_in_order(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 100)  # $1
+    s = await spend_store(stores, reservation_ttl_s=60)
+    streams = [rid() for _ in range(6)]
+    for r in streams:
+        assert (await s.reserve(request_id=r, principal=who, model="m", amount_micro=100_000, now=NOW)).admitted
+    finished = streams.pop()
+    other = await spend_store(stores)  # another replica settles it: this one still thinks it runs
+    assert await other.settle(finished, 50_000, NOW) == "settled"
+    later = NOW + timedelta(seconds=30)
+    # 450 000 µUSD of room: the first two steps of 200 000 fit, the next three do not; the
+    # settled stream has nothing to grow ('closed', not a refusal).
+    granted = await asyncio.gather(*(s.top_up(r, 200_000, later) for r in [*streams, finished]))
+    assert granted == [True, True, False, False, False, True]
+    assert await counter(db, "user", who.sub) == (50_000, 900_000, 1_000_000)  # and now marked exhausted
+    rows = await db.fetch(
+        "SELECT request_id, reserved_micro, expires_at, xmin::text AS tx FROM spend_reservations"
+        " WHERE request_id = ANY($1::text[])",
+        streams,
+    )
+    by_id = {r["request_id"]: r for r in rows}
+    assert [by_id[r]["reserved_micro"] for r in streams] == [300_000, 300_000, 100_000, 100_000, 100_000]
+    # Every open reservation's expiry moved, granted or not: its owner is alive. One transaction did it all.
+    assert {by_id[r]["expires_at"] for r in streams} == {later + timedelta(seconds=60)}
+    assert len({r["tx"] for r in rows}) == 1
