@@ -70,7 +70,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -101,6 +101,7 @@ _TRANSIENT = (
 )
 SEED_WINDOW = timedelta(days=14)
 
+T = TypeVar("T")
 Clock = Callable[[], datetime]
 Log = Callable[[str, str], None]
 Emit = Callable[..., None]
@@ -181,6 +182,19 @@ def _arrays(keys: Sequence[_Key]) -> tuple[list[str], list[str], list[str], list
         [k.period for k in keys],
         [k.start for k in keys],
     )
+
+
+def _laid_end_to_end(parts: Sequence[Sequence[T]]) -> tuple[list[int], list[int], list[T]]:
+    """Per-item lists as one array for a batch call: each part's first index (from 1, as
+    PostgreSQL counts), each part's length, and all of them concatenated."""
+    first: list[int] = []
+    count: list[int] = []
+    flat: list[T] = []
+    for part in parts:
+        first.append(len(flat) + 1)
+        count.append(len(part))
+        flat.extend(part)
+    return first, count, flat
 
 
 def _limit_row(r: Any) -> sp.LimitRow:
@@ -403,22 +417,9 @@ class SpendStore:
         return Admission(False, refusal, snapshots, 0)
 
     async def _reserve_many(self, items: Sequence[_Reserve]) -> list[list[Any]]:
-        first: list[int] = []
-        count: list[int] = []
-        types: list[str] = []
-        ids: list[str] = []
-        periods: list[str] = []
-        starts: list[datetime] = []
-        caps: list[int | None] = []
-        for item in items:
-            first.append(len(types) + 1)  # PostgreSQL arrays count from 1
-            count.append(len(item.plan.keys))
-            key_types, key_ids, key_periods, key_starts = item.plan.arrays
-            types += key_types
-            ids += key_ids
-            periods += key_periods
-            starts += key_starts
-            caps += item.plan.caps
+        first, count, keys = _laid_end_to_end([item.plan.keys for item in items])
+        types, ids, periods, starts = _arrays(keys)
+        caps = [cap for item in items for cap in item.plan.caps]
         try:
             rows = await self._fetch(
                 "reserving spend",
@@ -462,13 +463,7 @@ class SpendStore:
         return True
 
     async def _top_up_many(self, items: Sequence[_TopUp]) -> list[str]:
-        first: list[int] = []
-        count: list[int] = []
-        caps: list[int | None] = []
-        for item in items:
-            first.append(len(caps) + 1)  # PostgreSQL arrays count from 1
-            count.append(len(item.caps))
-            caps += item.caps
+        first, count, caps = _laid_end_to_end([item.caps for item in items])
         try:
             verdicts = await self._fetchval(
                 "topping up reservations",
@@ -591,13 +586,7 @@ class SpendStore:
         return out
 
     async def _settle_many(self, items: Sequence[_Settle]) -> list[str]:
-        first: list[int] = []
-        count: list[int] = []
-        keys: list[_Key] = []
-        for item in items:
-            first.append(len(keys) + 1)  # PostgreSQL arrays count from 1
-            count.append(len(item.keys))
-            keys.extend(item.keys)
+        first, count, keys = _laid_end_to_end([item.keys for item in items])
         types, ids, periods, starts = _arrays(keys)
         outcomes = await self._fetchval(
             "settling spend",
