@@ -26,13 +26,12 @@ Theory of operation:
   time and must then see the spend to date).
 * **Top-ups** grow an open reservation while a stream runs, once per step
   (never per chunk), and share round trips the same way through
-  ``spend_top_up_many``. A refused step marks the counter exhausted at its
-  current cap, which closes admission until the cap is raised or the period
-  ends.
-* **Top-ups in one pass.** ``spend_top_up_many`` reads the batch's counters
-  once, judges the top-ups in a loop over arrays and writes back with one
-  statement per table. (Admissions keep a few statements per request: for
-  the small batches the request path usually forms, that measured faster.)
+  ``spend_top_up_many``, which reads the batch's counters once, judges the
+  top-ups in a loop over arrays and writes back with one statement per table
+  (admissions keep a few statements per request: for the small batches the
+  request path usually forms, that measured faster). A refused step marks the
+  counter exhausted at its current cap, which closes admission until the cap
+  is raised or the period ends.
 * **Settling** replaces the reservation with the actual cost, once per
   request id whatever the number of calls. Settlements are batched: ``settle``
   queues one and waits for its outcome, and a flusher task stores up to
