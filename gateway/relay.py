@@ -110,7 +110,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
         except GatewayError as err:
             targets, unroutable = (), err
 
-        # 6. Spend gate, then the role's model allowlist (the order Anthropic's gateway uses).
+        # 6. The role's model allowlist, then the spend gate (SPEC MSG-4; Anthropic's gateway
+        #    checks spend first): a model the person may not use costs no reservation.
+        matched = rt.policies.match(principal)
+        refusal = (matched.access if matched is not None else ALLOW_ALL).check(view.model)
+        if refusal is not None:
+            raise GatewayError(Kind.INVALID_REQUEST, refusal)
         if rt.spend is not None and request.path == "/v1/messages":
             first = targets[0] if targets else None
             ticket = await spend_gate.admit(
@@ -123,10 +128,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 len(body),
                 view.max_tokens,
             )
-        matched = rt.policies.match(principal)
-        refusal = (matched.access if matched is not None else ALLOW_ALL).check(view.model)
-        if refusal is not None:
-            raise GatewayError(Kind.INVALID_REQUEST, refusal)
         if unroutable is not None:
             raise unroutable
         if matched is not None and matched.hint_headers:

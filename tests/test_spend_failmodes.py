@@ -1,4 +1,5 @@
-"""When PostgreSQL stops answering: fail open by default, fail closed when configured."""
+"""When PostgreSQL stops answering: fail open by default, fail closed when configured; and what
+is refused before the spend gate runs at all."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.harness import make_config, start_gateway, upstream_block
@@ -64,5 +66,45 @@ async def test_store_down_during_the_spend_check(pg_cluster, fake_upstream, fail
             async with s.get(gw.url + "/api/oauth/usage", headers=gw.auth()) as r:
                 assert r.status == 503
         await proxy.start()  # PostgreSQL is back: queued usage rows and settlements land
+    finally:
+        await gw.close()
+
+
+async def test_a_model_outside_the_allowlist_is_refused_before_the_spend_gate(pg_cluster, fake_upstream):
+    # Over the cap and asking for a model the policy leaves out: the allowlist answers (400, SPEC
+    # MSG-4) and the spend gate never runs, so nothing is reserved for a request that cannot go.
+    db = pg_cluster.create_database("allowlist_first")
+    extra = ADMIN + """
+managed:
+  policies:
+    - match: {}
+      cli:
+        availableModels: [claude-haiku-4-5]
+"""
+    gw = await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], extra))
+    try:
+        async with aiohttp.ClientSession() as s:
+            limit = {"scope": {"type": "organization"}, "amount": "0", "period": "monthly"}
+            async with s.post(gw.url + "/v1/organizations/spend_limits", json=limit, headers={"x-api-key": "admin-write-key-0123456789abcdef0123456789"}) as r:
+                assert r.status == 200
+            allowed = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": []}).encode()
+            for _ in range(50):  # the zero cap reaches the limits cache by NOTIFY
+                async with s.post(gw.url + "/v1/messages", data=allowed, headers=gw.auth()) as r:
+                    if r.status == 429:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the cap never applied")
+            conn = await asyncpg.connect(db)
+            try:
+                before = await conn.fetchval("SELECT count(*) FROM spend_reservations")
+                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                    doc = json.loads(await r.read())
+                    assert r.status == 400 and doc["error"]["type"] == "invalid_request_error"
+                    assert "claude-sonnet-4-6" in doc["error"]["message"]
+                await asyncio.sleep(0.2)  # a settlement, had there been a reservation, would be stored by now
+                assert await conn.fetchval("SELECT count(*) FROM spend_reservations") == before
+            finally:
+                await conn.close()
     finally:
         await gw.close()

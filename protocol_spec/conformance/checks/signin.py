@@ -19,7 +19,9 @@ from protocol_spec.conformance.context import CLI_HEADERS, DEVICE_GRANT, Ctx, Id
 from protocol_spec.conformance.target import Answer
 from protocol_spec.conformance.verdicts import Skip, check
 
-USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
+# DEV-5: upper-case consonants (any 20 of the 21); DEV-13: Gatehouse's RFC 8628 set.
+USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXYZ]{4}-[BCDFGHJKLMNPQRSTVWXYZ]{4}$")
+GATEHOUSE_USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
 DEVICE_CODE = re.compile(r"^[A-Za-z0-9_-]{43,}$")
 FOREIGN_ORIGIN = "http://conformance-attacker.example"
 # How long revocation may take to reach every replica (SPEC REVOKE-5), plus slack.
@@ -45,7 +47,7 @@ def _code_field(page: Page, index: int, user_code: str) -> str | None:
     return None
 
 
-@check("device authorization", "DEV-1", "DEV-2", "DEV-3", "DEV-4", "DEV-5", "DEV-7", "DEV-8", "ROLE-1", "ROLE-2", "ROLE-3")
+@check("device authorization", "DEV-1", "DEV-2", "DEV-3", "DEV-4", "DEV-5", "DEV-7", "DEV-8", "DEV-13", "ROLE-1", "ROLE-2", "ROLE-3")
 async def device_authorization(c: Ctx) -> None:
     if c.suite.signin != "device":
         raise Skip("sign-in checks need --signin device")
@@ -71,7 +73,8 @@ async def device_authorization(c: Ctx) -> None:
     c.equal("DEV-3", doc.get("interval"), 5, "interval")
     c.expect("ROLE-1", doc.get("verification_uri") == base + "/device", "links ignore X-Forwarded-Host", observed=doc.get("verification_uri"))
     c.expect("DEV-4", bool(DEVICE_CODE.match(str(doc.get("device_code", "")))), "device_code: at least 43 base64url characters", observed=doc.get("device_code"))
-    c.expect("DEV-5", bool(USER_CODE.match(str(code))), "user_code: XXXX-XXXX over BCDFGHJKLMNPQRSTVWXZ", observed=code)
+    c.expect("DEV-5", bool(USER_CODE.match(str(code))), "user_code: XXXX-XXXX of upper-case consonants", observed=code)
+    c.expect("DEV-13", bool(GATEHOUSE_USER_CODE.match(str(code))), "user_code: XXXX-XXXX over BCDFGHJKLMNPQRSTVWXZ", observed=code)
     for answer, what in ((empty, "empty form"), (spoofed, "surface form")):
         _no_store(c, "DEV-7", answer, what)
     notice = doc.get("login_notice")
