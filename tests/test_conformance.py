@@ -110,16 +110,20 @@ def gatehouse(fixtures: dict[str, Any]) -> Iterator[dict[str, Any]]:
     state = fixtures["state"]
     env = {**os.environ, **_env_file(state.env_path)}
     config, removed = _strip_unsupported(fixtures["config"], env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Its stderr (an audit line per request) goes to a file: a pipe nobody reads while
+    # the suite runs would fill up and stall the gateway mid-run.
+    log = config.with_name("gatehouse.log")
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )
     try:
-        _wait_ready(state.public_url, proc)
-        yield {**fixtures, "removed": removed, "env": env}
+        _wait_ready(state.public_url, proc, log)
+        yield {**fixtures, "removed": removed, "env": env, "log": log}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -129,14 +133,14 @@ def gatehouse(fixtures: dict[str, Any]) -> Iterator[dict[str, Any]]:
             proc.wait()
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[str]) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[str], log: Path) -> None:
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + GATEWAY_START_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"gatehouse exited {proc.returncode}:\n{proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(f"gatehouse exited {proc.returncode}:\n{log.read_text()[-5000:]}")
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
                 if resp.status == 200:
@@ -163,6 +167,10 @@ def test_gatehouse_passes_every_checked_must(gatehouse: dict[str, Any], tmp_path
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     elapsed = time.monotonic() - started
+    assert report_file.exists(), (
+        f"the suite wrote no report (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}\n"
+        f"gatehouse's log ends:\n{gatehouse['log'].read_text()[-3000:]}"
+    )
     report = json.loads(report_file.read_text())
     by_id = {r["id"]: r for r in report["requirements"]}
     failing_musts = {r["id"] for r in report["requirements"] if r["level"] == "MUST" and r["outcome"] == "FAIL"}
