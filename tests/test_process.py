@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +65,30 @@ ENV = dict(
 
 
 def spawn(*args: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen([*GATEHOUSE, *args], env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start ``gatehouse *args``; ``proc.stderr`` reads what it has logged so far.
+
+    Its output goes to a file, not a pipe: a gateway serving many requests writes an
+    audit line for each, and a pipe nobody reads fills at 64 KB and stalls it.
+    """
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([*GATEHOUSE, *args], env=env or ENV, stdout=log, stderr=log, text=True)
+    proc.stderr = _LogReader(log)  # type: ignore[assignment]
+    return proc
+
+
+class _LogReader:
+    """Reads a spawned process's log file from the start, as a pipe would have been read."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+        self._at = 0
+
+    def read(self) -> str:
+        self._file.flush()
+        self._file.seek(self._at)
+        text = self._file.read()
+        self._at = self._file.tell()
+        return text
 
 
 async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
