@@ -488,8 +488,8 @@ class StreamBudget:
 
     ``ceiling`` is the request's ``max_tokens``: the upstream never writes
     more output than that, so a grant that reaches it is final. No top-up is
-    asked beyond it and the stream is never cut, whatever the byte-based
-    estimate (which counts SSE framing too) says.
+    asked beyond it and the stream is never cut, whatever the running
+    estimate (text length ÷ 4, only an approximation of tokens) says.
     """
 
     __slots__ = ("granted", "step", "ceiling", "ahead", "pending", "denied")
