@@ -5,26 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
 import pytest
 
+from gateway.config_schema import Store as StoreCfg  # the config section itself
 from gateway.devenv.postgres import Cluster
 from gateway.recorder import Recorder
 from gateway.store import Store, StoreUnavailable, UsageRow
-
-
-@dataclass(frozen=True)
-class StoreCfg:
-    postgres_url: str
-    username: str | None = None
-    password: str | None = None
-    max_connections: int = 5
-    connect_timeout_seconds: float = 2
-    readiness_grace_seconds: float = 0
 
 
 class Lines(list):
@@ -45,7 +35,7 @@ def db_url(pg_cluster):
 
 @pytest.fixture
 async def store(db_url):
-    opened = await Store.open(StoreCfg(db_url), log=Lines())
+    opened = await Store.open(StoreCfg(db_url, connect_timeout_seconds=2), log=Lines())
     await opened.migrate()
     yield opened
     await opened.close()

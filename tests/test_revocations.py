@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
+from gateway.config_schema import Store as StoreCfg  # the config section itself
 from gateway.identity import Identity
 from gateway.revocations import MARGIN_S, RevocationWatcher
 from gateway.session_store import SessionService
@@ -25,16 +25,6 @@ from gateway.store import Store
 SECRETS = ("r" * 40,)
 TTL_S = 3600
 ALICE = Identity("sub-alice", "alice@example.com", "Alice", ())
-
-
-@dataclass(frozen=True)
-class StoreCfg:
-    postgres_url: str
-    username: str | None = None
-    password: str | None = None
-    max_connections: int = 5
-    connect_timeout_seconds: float = 2
-    readiness_grace_seconds: float = 0
 
 
 class Clock:
@@ -59,7 +49,7 @@ def quiet(*args: Any, **kwargs: Any) -> None:
 
 @pytest.fixture(scope="module")
 async def store_a(pg_url):
-    opened = await Store.open(StoreCfg(pg_url), log=quiet)
+    opened = await Store.open(StoreCfg(pg_url, connect_timeout_seconds=2), log=quiet)
     await opened.migrate()
     yield opened
     await opened.close()
@@ -67,7 +57,7 @@ async def store_a(pg_url):
 
 @pytest.fixture(scope="module")
 async def store_b(pg_url, store_a):
-    opened = await Store.open(StoreCfg(pg_url), log=quiet)
+    opened = await Store.open(StoreCfg(pg_url, connect_timeout_seconds=2), log=quiet)
     yield opened
     await opened.close()
 

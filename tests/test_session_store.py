@@ -10,34 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.netfaults import TcpProxy
-
+from gateway.config_schema import Store as StoreCfg  # the config section itself
 from gateway.errors import OAuthError
 from gateway.identity import Identity, IdentityRejected
 from gateway.oidc import IdpRejected, IdpUnavailable
 from gateway.session_store import REFRESH_PREFIX, SessionService, TokenPair, hash_token
 from gateway.sessions import TokenService
 from gateway.store import Store
+from tests.netfaults import TcpProxy
 
 SECRETS = ("s" * 40, "older-secret-" + "o" * 30)
 ISSUER = "http://gatehouse.test"
 TTL_S = 3600
 ALICE = Identity("sub-alice", "alice@example.com", "Alice", ("eng",))
-
-
-@dataclass(frozen=True)
-class StoreCfg:
-    postgres_url: str
-    username: str | None = None
-    password: str | None = None
-    max_connections: int = 5
-    connect_timeout_seconds: float = 2
-    readiness_grace_seconds: float = 0
 
 
 class Clock:
@@ -86,7 +75,7 @@ class FakeIdp:
 
 @pytest.fixture(scope="module")
 async def store(pg_url):
-    opened = await Store.open(StoreCfg(pg_url), log=lambda level, msg: None)
+    opened = await Store.open(StoreCfg(pg_url, connect_timeout_seconds=2), log=lambda level, msg: None)
     await opened.migrate()
     yield opened
     await opened.close()
@@ -282,7 +271,7 @@ async def test_concurrent_refreshes_on_one_replica_share_one_successor(service):
 
 
 async def test_concurrent_refreshes_on_two_replicas_share_one_successor(store, pg_url, tokens, clock, events):
-    other_store = await Store.open(StoreCfg(pg_url), log=lambda level, msg: None)
+    other_store = await Store.open(StoreCfg(pg_url, connect_timeout_seconds=2), log=lambda level, msg: None)
     try:
         replica_a = make_service(store, tokens, clock, events)
         replica_b = make_service(other_store, TokenService(SECRETS, ISSUER, TTL_S), clock, events)
@@ -429,7 +418,7 @@ async def test_store_unreachable_answers_503_and_keeps_the_token(pg_url, tokens,
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     await proxy.start()
     proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
-    store = await Store.open(StoreCfg(proxied), log=lambda level, msg: None)
+    store = await Store.open(StoreCfg(proxied, connect_timeout_seconds=2), log=lambda level, msg: None)
     try:
         service = make_service(store, tokens, clock, events, store_timeout_s=2)
         idp = FakeIdp()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -16,21 +15,12 @@ import asyncpg
 import pytest
 
 from gateway import spend as sp
+from gateway.config_schema import Store as StoreCfg  # the config section itself
 from gateway.spend_store import SpendStore
 from gateway.store import Store, StoreUnavailable
 
 NOW = datetime(2026, 11, 23, 19, 0, tzinfo=UTC)
 CENT = sp.MICRO_PER_CENT
-
-
-@dataclass(frozen=True)
-class StoreCfg:
-    postgres_url: str
-    username: str | None = None
-    password: str | None = None
-    max_connections: int = 10
-    connect_timeout_seconds: float = 5
-    readiness_grace_seconds: float = 0
 
 
 class Who(NamedTuple):
@@ -59,7 +49,7 @@ def quiet(level: str, message: str) -> None:
 
 @pytest.fixture(scope="module")
 async def migrated(pg_url):
-    store = await Store.open(StoreCfg(pg_url), log=quiet)
+    store = await Store.open(StoreCfg(pg_url, max_connections=10), log=quiet)
     await store.migrate()
     await store.close()
     return pg_url
@@ -70,7 +60,7 @@ async def stores(migrated):
     opened: list[Store] = []
 
     async def open_one(**cfg) -> Store:
-        store = await Store.open(StoreCfg(migrated, **cfg), log=quiet)
+        store = await Store.open(StoreCfg(migrated, **{"max_connections": 10, **cfg}), log=quiet)
         opened.append(store)
         return store
 

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 import uuid
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -17,18 +16,9 @@ import msgspec
 import pytest
 
 from gateway import store as store_mod
+from gateway.config_schema import Store as StoreCfg  # the config section itself
 from gateway.devenv.postgres import Cluster, free_port
 from gateway.store import Readiness, Store, StoreUnavailable, UsageRow
-
-
-@dataclass(frozen=True)
-class StoreCfg:
-    postgres_url: str
-    username: str | None = None
-    password: str | None = None
-    max_connections: int = 5
-    connect_timeout_seconds: float = 5
-    readiness_grace_seconds: float = 0
 
 
 class Lines:
@@ -338,6 +328,6 @@ async def test_a_bad_row_is_not_mistaken_for_an_outage(store):
 
 
 async def test_migrate_helper_for_the_cli(db_url):
-    cfg = replace(StoreCfg(db_url), max_connections=1)
+    cfg = StoreCfg(db_url, max_connections=1)
     assert 1 in await store_mod.migrate(cfg, log=Lines())
     assert await store_mod.migrate(cfg, log=Lines()) == []
