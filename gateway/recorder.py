@@ -31,6 +31,7 @@ import msgspec
 
 from gateway import audit
 from gateway.store import StoreUnavailable, UsageRow, describe
+from gateway.tasks import cancel_and_wait
 
 BATCH_ROWS = 200
 FLUSH_INTERVAL_S = 0.25
@@ -119,9 +120,7 @@ class Recorder:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         finally:
             self._closed = True
             left = list(self._pending)

@@ -37,6 +37,7 @@ import asyncpg
 
 from gateway import audit
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
+from gateway.tasks import cancel_and_wait
 
 CHANNEL = "gatehouse_revocations"
 # Beyond ttl_s: the verifier's exp leeway (30 s) plus room for clock drift
@@ -101,13 +102,8 @@ class RevocationWatcher:
     async def close(self) -> None:
         self._closing = True
         self._lost.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._disconnect()
 
     # -- connection management -----------------------------------------------------

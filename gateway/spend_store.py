@@ -67,7 +67,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
@@ -77,6 +77,7 @@ from gateway import audit
 from gateway import spend as sp
 from gateway.coalescing import Coalescer
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
+from gateway.tasks import cancel_and_wait
 
 CHANNEL = "gatehouse_spend_limits"
 RELOAD_EVERY_S = 30.0
@@ -276,13 +277,8 @@ class SpendStore:
         """
         self._closing = True
         self._reload_wanted.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._batch_full.set()  # a waiting flusher stores its batch now
         problem = ""
         try:
@@ -295,10 +291,7 @@ class SpendStore:
         except TimeoutError:
             problem = f"not done within {CLOSE_FLUSH_S:g} s"
         self._closed = True
-        if self._flusher is not None:  # started by a settle() during the flush above
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await cancel_and_wait(self._flusher)  # one a settle() started during the flush above
         left = [item for item, _ in self._pending] + list(self._retry)
         for _, waiter in self._pending:
             if not waiter.done():
@@ -419,26 +412,23 @@ class SpendStore:
         first, count, keys = _laid_end_to_end([item.plan.keys for item in items])
         types, ids, periods, starts = _arrays(keys)
         caps = [cap for item in items for cap in item.plan.caps]
-        try:
-            rows = await self._fetch(
-                "reserving spend",
-                "spend_reserve_many",
-                [i.request_id for i in items],
-                [i.sub for i in items],
-                [i.model for i in items],
-                [i.amount_micro for i in items],
-                [i.now for i in items],
-                [i.now + self.reservation_ttl for i in items],
-                first,
-                count,
-                types,
-                ids,
-                periods,
-                starts,
-                caps,
-            )
-        except _TRANSIENT as exc:  # e.g. a deadlock victim: nothing was reserved
-            raise StoreUnavailable(f"reserving spend: {exc}") from exc
+        rows = await self._fetch(
+            "reserving spend",
+            "spend_reserve_many",
+            [i.request_id for i in items],
+            [i.sub for i in items],
+            [i.model for i in items],
+            [i.amount_micro for i in items],
+            [i.now for i in items],
+            [i.now + self.reservation_ttl for i in items],
+            first,
+            count,
+            types,
+            ids,
+            periods,
+            starts,
+            caps,
+        )
         # One row per counter of each request, led by the request's position (from 1).
         per: list[list[Any]] = [[] for _ in items]
         for r in rows:
@@ -463,20 +453,17 @@ class SpendStore:
 
     async def _top_up_many(self, items: Sequence[_TopUp]) -> list[str]:
         first, count, caps = _laid_end_to_end([item.caps for item in items])
-        try:
-            verdicts = await self._fetchval(
-                "topping up reservations",
-                "spend_top_up_many",
-                [i.request_id for i in items],
-                [i.amount_micro for i in items],
-                [i.now for i in items],
-                [i.now + self.reservation_ttl for i in items],
-                first,
-                count,
-                caps,
-            )
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"topping up reservations: {exc}") from exc
+        verdicts = await self._fetchval(
+            "topping up reservations",
+            "spend_top_up_many",
+            [i.request_id for i in items],
+            [i.amount_micro for i in items],
+            [i.now for i in items],
+            [i.now + self.reservation_ttl for i in items],
+            first,
+            count,
+            caps,
+        )
         return [str(v) for v in verdicts]
 
     async def settle(
@@ -572,9 +559,7 @@ class SpendStore:
         """
         try:
             return list(await self._settle_many(items))
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"settling spend: {exc}") from exc
-        except asyncpg.PostgresError as exc:
+        except asyncpg.PostgresError as exc:  # transient refusals arrive as StoreUnavailable
             if len(items) == 1:
                 self._unsettled(items[0], f"rejected by the database: {exc}")
                 return [exc]
@@ -825,16 +810,27 @@ class SpendStore:
 
     # -- database calls ----------------------------------------------------------------
     async def _fetch(self, what: str, query: str, *args: Any) -> list[Any]:
-        with unavailable_as(what):
+        with _unavailable(what):
             async with asyncio.timeout(self.timeout_s):
                 return list(await self._pool.fetch(queries()[query], *args))
 
     async def _fetchval(self, what: str, query: str, *args: Any) -> Any:
-        with unavailable_as(what):
+        with _unavailable(what):
             async with asyncio.timeout(self.timeout_s):
                 return await self._pool.fetchval(queries()[query], *args)
 
     async def _execute(self, what: str, query: str, *args: Any) -> None:
-        with unavailable_as(what):
+        with _unavailable(what):
             async with asyncio.timeout(self.timeout_s):
                 await self._pool.execute(queries()[query], *args)
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """StoreUnavailable for an unreachable database, and for a transaction the database gave
+    up on (nothing of it was done, so it can simply be tried again later)."""
+    try:
+        with unavailable_as(what):
+            yield
+    except _TRANSIENT as exc:
+        raise StoreUnavailable(f"{what}: {exc}") from exc
