@@ -51,6 +51,17 @@ async def _offered(c: Ctx, key: str) -> None:
         raise Skip("the admin API answers 404: spend limits not offered by the target")
 
 
+async def _capped_admin(c: Ctx) -> tuple[str, str]:
+    """The admin key and the signed-in admin user's sub, with every cap cleared; Skip when unavailable."""
+    key = _admin_key(c)
+    await _offered(c, key)
+    if c.suite.signin != "device":
+        raise Skip("needs the fixture's users signed in: run with --signin device")
+    sub = c.suite.user("admin")["sub"]
+    await _clear_caps(c, key)
+    return key, sub
+
+
 async def _set_cap(c: Ctx, key: str, user_id: str, amount: str | None, period: str, *, group: str | None = None) -> dict[str, Any]:
     scope = {"type": "rbac_group", "rbac_group_id": group} if group else {"type": "user", "user_id": user_id}
     answer = await admin(c, "POST", LIMITS, {"scope": scope, "amount": amount, "period": period}, key=key)
@@ -173,12 +184,7 @@ async def admin_api(c: Ctx) -> None:
     "SPEND-3", "SPEND-4", "SPEND-10", "SPEND-11", "SPEND-12", "SPEND-13", "SPEND-14", "COUNT-2", "RETRY-1", "RETRY-2",
 )
 async def spend_blocked(c: Ctx) -> None:
-    key = _admin_key(c)
-    await _offered(c, key)
-    if c.suite.signin != "device":
-        raise Skip("needs the fixture's admin user signed in: run with --signin device")
-    sub = c.suite.user("admin")["sub"]
-    await _clear_caps(c, key)
+    key, sub = await _capped_admin(c)
     cap = await _set_cap(c, key, sub, "0", "daily")
     try:
         blocked = await _until(c, lambda: c.messages(small_request(), role="admin"), lambda a: a.status == 429)
@@ -224,12 +230,7 @@ def _judge_rejected_headers(c: Ctx, blocked: Answer) -> None:
     "SPEND-3", "SPEND-15", "SPEND-16", "SPEND-17", "SPEND-18", "USAGE-1", "USAGE-2", "USAGE-3", "USAGE-4", "MSG-23",
 )
 async def usage_headers(c: Ctx) -> None:
-    key = _admin_key(c)
-    await _offered(c, key)
-    if c.suite.signin != "device":
-        raise Skip("needs the fixture's users signed in: run with --signin device")
-    sub = c.suite.user("admin")["sub"]
-    await _clear_caps(c, key)
+    key, sub = await _capped_admin(c)
     uncapped = await c.messages(small_request(), role="normal")
     present = [n for n in uncapped.headers if n.lower().startswith("anthropic-ratelimit-")]
     c.expect("SPEND-17", not present, "a caller with no cap gets no usage-limit headers", observed=present)
@@ -286,12 +287,7 @@ async def _judge_usage(c: Ctx, overage_reset: str | None) -> None:
 
 @check("which cap applies", "SPEND-2")
 async def cap_precedence(c: Ctx) -> None:
-    key = _admin_key(c)
-    await _offered(c, key)
-    if c.suite.signin != "device":
-        raise Skip("needs the fixture's admin user signed in: run with --signin device")
-    sub = c.suite.user("admin")["sub"]
-    await _clear_caps(c, key)
+    key, sub = await _capped_admin(c)
     await _set_cap(c, key, sub, "0", "daily", group=ADMIN_GROUP)
     try:
         blocked = await _until(c, lambda: c.messages(small_request(), role="admin"), lambda a: a.status == 429)
