@@ -33,18 +33,11 @@ Theory of operation:
   counter exhausted at its current cap, which closes admission until the cap
   is raised or the period ends.
 * **Settling** replaces the reservation with the actual cost, once per
-  request id whatever the number of calls. Settlements are batched: ``settle``
-  queues one and waits for its outcome, and a flusher task stores up to
-  ``SETTLE_BATCH`` of them at a time with one call to ``spend_settle_many``
-  (sql/migrations/0005_spend_batch.sql), at most ``SETTLE_INTERVAL_S`` after
-  the first of them was queued: one round trip and one commit per batch
-  instead of per request. The delay only keeps reservations standing a few
-  tens of milliseconds longer, so admission meanwhile sees a little *more*
-  committed spend than is real, never less: the cap still holds. A batch that
-  cannot reach the database goes to a retry queue that the background task
-  drains (settling is idempotent), so a blip does not lose spend; what is
-  still unstored when the store closes is written out as ``spend.unsettled``
-  audit lines.
+  request id whatever the number of calls, through ``spend_settle_many``
+  (sql/migrations/0005_spend_batch.sql). The batching, the retries after an
+  outage and the ``spend.unsettled`` lines for what cannot be stored live in
+  :mod:`gateway.spend_settlements`; the background task here drains its retry
+  queue.
 * **Expiry.** A replica that dies leaves open reservations. A background
   sweep on every replica expires those past their expiry (reserve time +
   ``reservation_ttl_s``, pushed forward by each top-up), charging the reserved
@@ -63,10 +56,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -76,6 +67,7 @@ import asyncpg
 from gateway import audit
 from gateway import spend as sp
 from gateway.coalescing import Coalescer
+from gateway.spend_settlements import Settle, Settlements
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
 from gateway.tasks import cancel_and_wait
 
@@ -86,12 +78,9 @@ SWEEP_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 KEEP_FINISHED = timedelta(days=7)  # idempotency window for late settles
 PRINCIPAL_REFRESH_S = 300.0
-MAX_RETRY_QUEUE = 50_000
 MAX_EXPIRE_PER_SWEEP = 500
-SETTLE_BATCH = 100  # settlements per round trip
 RESERVE_BATCH = 64  # admissions per round trip
 TOP_UP_BATCH = 64  # top-ups per round trip
-SETTLE_INTERVAL_S = 0.05  # how long a lone settlement waits for company
 CLOSE_FLUSH_S = 10.0  # what close() may spend storing queued settlements
 # The database gave up on the transaction itself (deadlock victim, serialization
 # failure, lock timeout): the same batch can simply be tried again later.
@@ -166,15 +155,6 @@ class _TopUp(NamedTuple):
     now: datetime
 
 
-class _Settle(NamedTuple):
-    request_id: str
-    sub: str
-    model: str | None
-    keys: tuple[_Key, ...]
-    actual_micro: int
-    at: datetime
-
-
 def _arrays(keys: Sequence[_Key]) -> tuple[list[str], list[str], list[str], list[datetime]]:
     return (
         [k.scope_type for k in keys],
@@ -243,16 +223,10 @@ class SpendStore:
         self._resolved: dict[tuple[str, tuple[str, ...]], tuple[dict[str, sp.Cap], list[sp.PoolCap]]] = {}
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
         self._flights: dict[str, _Flight] = {}
-        # Settlements waiting for the flusher, each with the future its settle() awaits.
-        self._pending: deque[tuple[_Settle, asyncio.Future[str]]] = deque()
-        self._batch_full = asyncio.Event()
+        self._settlements = Settlements(self._settle_many, log=self._log, emit=self._emit)
         # Admissions and top-ups share round trips (see the theory of operation).
         self._reserves: Coalescer[_Reserve, list[Any]] = Coalescer(self._reserve_many, RESERVE_BATCH, "spend-reserve")
         self._top_ups: Coalescer[_TopUp, str] = Coalescer(self._top_up_many, TOP_UP_BATCH, "spend-top-up")
-        self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
-        # Settlements a batch could not store; the background task retries them in order.
-        self._retry: deque[_Settle] = deque()
         self._principals_seen: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._principals_due: dict[str, tuple[Any, ...]] = {}
         self._reload_wanted = asyncio.Event()
@@ -279,30 +253,11 @@ class SpendStore:
         self._reload_wanted.set()
         await cancel_and_wait(self._task)
         self._task = None
-        self._batch_full.set()  # a waiting flusher stores its batch now
-        problem = ""
+        await self._settlements.close(CLOSE_FLUSH_S)
         try:
-            async with asyncio.timeout(CLOSE_FLUSH_S):
-                while self._flusher is not None:
-                    await self._flusher
-                await self.flush()
+            await self._flush_principals()
         except StoreUnavailable as exc:
-            problem = str(exc)
-        except TimeoutError:
-            problem = f"not done within {CLOSE_FLUSH_S:g} s"
-        self._closed = True
-        await cancel_and_wait(self._flusher)  # one a settle() started during the flush above
-        left = [item for item, _ in self._pending] + list(self._retry)
-        for _, waiter in self._pending:
-            if not waiter.done():
-                waiter.set_result("unsettled")
-        self._pending.clear()
-        self._retry.clear()
-        problem = problem or "still queued when the store closed"
-        if left:
-            self._log("warn", f"spend: {len(left)} settlements not stored at shutdown ({problem})")
-        for item in left:
-            self._unsettled(item, f"not stored at shutdown: {problem}")
+            self._log("warn", f"spend: last-seen identities not stored at shutdown ({exc})")
         conn, self._listen_conn = self._listen_conn, None
         if conn is not None and not conn.is_closed():
             try:
@@ -477,9 +432,9 @@ class SpendStore:
     ) -> str:
         """Charge the actual cost and release the reservation; idempotent per request id.
 
-        The settlement joins the next batch (stored at most ``SETTLE_INTERVAL_S``
-        later) and this returns its outcome once the batch is stored:
-        "settled", "direct", "late" or "duplicate"; "refused" without any
+        The settlement joins the next batch (``spend_settlements``; stored a
+        few tens of milliseconds later) and this returns its outcome once the
+        batch is stored: "settled", "direct", "late" or "duplicate"; "refused" without any
         database call for a refused request. "queued" means the database
         could not be reached: the settlement stays queued and is retried in
         the background. "unsettled" means the store had already closed and
@@ -497,79 +452,9 @@ class SpendStore:
             sub, keys = principal.sub, self._plan(principal.sub, tuple(principal.groups), now).keys
         else:
             sub, keys = "", ()
-        item = _Settle(request_id, sub, model, keys, max(0, actual_micro), now)
-        if self._closed:
-            return await self._settle_after_close(item)
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, waiter))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_settles(), name="spend-settle-flush")
-        elif len(self._pending) >= SETTLE_BATCH:
-            self._batch_full.set()
-        # Cancelling this wait does not withdraw the settlement: it stays queued.
-        return await waiter
+        return await self._settlements.submit(Settle(request_id, sub, model, keys, max(0, actual_micro), now))
 
-    async def _flush_settles(self) -> None:
-        """Store queued settlements batch by batch; ends when the queue is empty (started again on demand)."""
-        try:
-            while self._pending:
-                if len(self._pending) < SETTLE_BATCH and not self._closing:
-                    self._batch_full.clear()
-                    try:
-                        await asyncio.wait_for(self._batch_full.wait(), SETTLE_INTERVAL_S)
-                    except TimeoutError:
-                        pass
-                batch = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
-                try:
-                    outcomes = await self._store_settles([item for item, _ in batch])
-                except StoreUnavailable as exc:
-                    # What queued up meanwhile would meet the same outage: it joins the
-                    # (bounded) retry queue too rather than wait here a timeout per batch.
-                    batch += self._pending
-                    self._pending.clear()
-                    for item, _ in batch:
-                        self._queue_retry(item, exc)
-                    outcomes = ["queued"] * len(batch)
-                except Exception as exc:  # neither an outage nor a refusal: a bug; say so, per request
-                    self._log("error", f"spend: storing {len(batch)} settlements failed: {exc!r}")
-                    for item, _ in batch:
-                        self._unsettled(item, f"failed: {exc!r}")
-                    outcomes = [exc] * len(batch)
-                except BaseException:
-                    # Cancelled mid-call (close() ran out of time): the batch is still owed.
-                    self._pending.extendleft(reversed(batch))
-                    raise
-                for (_, waiter), outcome in zip(batch, outcomes, strict=True):
-                    if waiter.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        waiter.set_exception(outcome)
-                    else:
-                        waiter.set_result(outcome)
-        finally:
-            self._flusher = None
-
-    async def _store_settles(self, items: Sequence[_Settle]) -> list[str | BaseException]:
-        """Store ``items`` in one round trip; StoreUnavailable when the batch can only be retried.
-
-        A batch the database rejects for its content (a bug, not an outage) is
-        stored one settlement at a time, so one bad settlement does not hold
-        back the others; each one rejected on its own is reported as a
-        ``spend.unsettled`` audit line and comes back as its exception.
-        """
-        try:
-            return list(await self._settle_many(items))
-        except asyncpg.PostgresError as exc:  # transient refusals arrive as StoreUnavailable
-            if len(items) == 1:
-                self._unsettled(items[0], f"rejected by the database: {exc}")
-                return [exc]
-            self._log("error", f"spend: a settlement batch was rejected ({exc}); storing it one by one")
-        out: list[str | BaseException] = []
-        for item in items:
-            out += await self._store_settles([item])
-        return out
-
-    async def _settle_many(self, items: Sequence[_Settle]) -> list[str]:
+    async def _settle_many(self, items: Sequence[Settle]) -> list[str]:
         first, count, keys = _laid_end_to_end([item.keys for item in items])
         types, ids, periods, starts = _arrays(keys)
         outcomes = await self._fetchval(
@@ -588,37 +473,6 @@ class SpendStore:
             starts,
         )
         return [str(o) for o in outcomes]
-
-    async def _settle_after_close(self, item: _Settle) -> str:
-        """A settlement that arrives after close(): one attempt, reported loudly if it fails."""
-        try:
-            result = (await self._store_settles([item]))[0]
-        except StoreUnavailable as exc:
-            self._unsettled(item, f"arrived after shutdown: {exc}")
-            return "unsettled"
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def _queue_retry(self, item: _Settle, exc: StoreUnavailable) -> None:
-        if self._closed:  # nobody would retry it any more
-            self._unsettled(item, f"not stored at shutdown: {exc}")
-            return
-        if len(self._retry) >= MAX_RETRY_QUEUE:
-            self._unsettled(self._retry.popleft(), "retry queue full (database unreachable?)")
-        if not self._retry:
-            self._log("warn", f"spend: settling failed ({exc}); retrying in the background")
-        self._retry.append(item)
-
-    def _unsettled(self, item: _Settle, reason: str) -> None:
-        self._emit(
-            "spend.unsettled",
-            request_id=item.request_id,
-            sub=item.sub,
-            model=item.model,
-            cost_micro=item.actual_micro,
-            reason=reason,
-        )
 
     async def snapshots(self, principal: Any, now: datetime) -> list[sp.Snapshot]:
         """The person's counters now: their three periods (capped or not), then their pools."""
@@ -731,19 +585,8 @@ class SpendStore:
         return expired
 
     async def retry_settles(self) -> int:
-        """Retry queued settlements in order, a batch per round trip; returns how many were stored."""
-        done = 0
-        while self._retry:
-            batch = list(itertools.islice(self._retry, SETTLE_BATCH))
-            await self._store_settles(batch)
-            for item in batch:
-                # A full queue may have dropped (and reported) the oldest meanwhile.
-                if self._retry and self._retry[0] is item:
-                    self._retry.popleft()
-            done += len(batch)
-        if done:
-            self._log("info", f"spend: {done} queued settlements stored")
-        return done
+        """Store the settlements an outage left queued; returns how many were stored."""
+        return await self._settlements.retry()
 
     async def flush(self) -> None:
         await self.retry_settles()

@@ -554,7 +554,7 @@ async def test_queued_settlements_survive_an_outage_and_are_reported_if_never_st
         "queued",
         "queued",
     ]
-    assert len(s._retry) == 2
+    assert len(s._settlements._retry) == 2
     await s.close()  # still unreachable: loud, not lost
     assert sorted(e["cost_micro"] for e in events.named("spend.unsettled")) == [5, 700]
     assert await counter(db, "user", who.sub) == (0, 1_000, None)  # the reservation stands until it expires
