@@ -3,11 +3,11 @@
 Theory of operation:
 
 * **Limits live in memory.** Every replica keeps the spend_limits rows in a
-  :class:`gateway.spend.LimitIndex`, reloaded when an admin change sends
+  :class:`gateway.spend_plans.Plans`, reloaded when an admin change sends
   ``NOTIFY gatehouse_spend_limits`` (heard on a dedicated LISTEN connection)
   and every 30 s regardless, so a lost notification costs at most 30 s.
-  Resolving a person's caps is then a few dict lookups, cached per
-  (sub, groups) until the next reload.
+  Which counters and caps a request draws on comes from the pure
+  :mod:`gateway.spend_plans`, cached per (sub, groups) until the next reload.
 * **One round trip to admit, shared.** ``reserve`` queues the request and a
   reserver task sends what is queued to the SQL function
   ``spend_reserve_many`` (sql/migrations/0006_spend_batches.sql), up
@@ -67,6 +67,7 @@ import asyncpg
 from gateway import audit
 from gateway import spend as sp
 from gateway.coalescing import Coalescer
+from gateway.spend_plans import Key, Plan, Plans, arrays, limit_row
 from gateway.spend_settlements import Settle, Settlements
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
 from gateway.tasks import cancel_and_wait
@@ -109,32 +110,11 @@ class Admission(NamedTuple):
     reserved_micro: int = 0  # what this request holds (0 when nothing was reserved)
 
 
-class _Key(NamedTuple):
-    scope_type: str
-    scope_id: str
-    period: str
-    start: datetime
-
-
-class _Plan(NamedTuple):
-    """Everything a person's requests need on the hot path, built once per day (or limits reload)."""
-
-    day_start: datetime
-    day_end: datetime
-    keys: tuple[_Key, ...]
-    arrays: tuple[list[str], list[str], list[str], list[datetime]]
-    caps: list[int | None]  # parallel to keys
-    ends: list[datetime]  # parallel to keys: when each counter's period ends
-    capped: bool
-    user_caps: dict[str, sp.Cap]
-    pools: list[sp.PoolCap]
-
-
 class _Flight(NamedTuple):
     sub: str
     groups: tuple[str, ...]
     model: str | None
-    keys: tuple[_Key, ...]
+    keys: tuple[Key, ...]
     reserved: bool  # False: nothing was reserved; settle charges the keys directly
     refused: bool = False  # the request was refused: settling it has nothing to do
 
@@ -143,7 +123,7 @@ class _Reserve(NamedTuple):
     request_id: str
     sub: str
     model: str | None
-    plan: _Plan
+    plan: Plan
     amount_micro: int
     now: datetime
 
@@ -153,15 +133,6 @@ class _TopUp(NamedTuple):
     caps: list[int | None]  # parallel to the reservation's keys
     amount_micro: int
     now: datetime
-
-
-def _arrays(keys: Sequence[_Key]) -> tuple[list[str], list[str], list[str], list[datetime]]:
-    return (
-        [k.scope_type for k in keys],
-        [k.scope_id for k in keys],
-        [k.period for k in keys],
-        [k.start for k in keys],
-    )
 
 
 def _laid_end_to_end(parts: Sequence[Sequence[T]]) -> tuple[list[int], list[int], list[T]]:
@@ -175,22 +146,6 @@ def _laid_end_to_end(parts: Sequence[Sequence[T]]) -> tuple[list[int], list[int]
         count.append(len(part))
         flat.extend(part)
     return first, count, flat
-
-
-def _limit_row(r: Any) -> sp.LimitRow:
-    return sp.LimitRow(
-        r["id"],
-        r["scope_type"],
-        r["scope_id"],
-        r["period"],
-        r["amount_cents"],
-        r["pooled_limit_enabled"],
-        r["pooled_monthly_credit_limit_cents"],
-        r["currency"],
-        r["created_at"],
-        r["updated_at"],
-        r["created_by"],
-    )
 
 
 class SpendStore:
@@ -214,14 +169,11 @@ class SpendStore:
         self._clock = clock
         self.timeout_s = timeout_s
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
-        self.mode = mode
         self.blocked_message = blocked_message
         self._log = log or audit.log
         self._emit = emit or audit.emit
         self._background = background
-        self._index = sp.LimitIndex(())
-        self._resolved: dict[tuple[str, tuple[str, ...]], tuple[dict[str, sp.Cap], list[sp.PoolCap]]] = {}
-        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._limits = Plans(mode)
         self._flights: dict[str, _Flight] = {}
         self._settlements = Settlements(self._settle_many, log=self._log, emit=self._emit)
         # Admissions and top-ups share round trips (see the theory of operation).
@@ -268,56 +220,20 @@ class SpendStore:
 
     # -- limits cache ----------------------------------------------------------------
     def limits(self) -> list[sp.LimitRow]:
-        return list(self._index.rows)
+        return list(self._limits.index.rows)
 
     @property
     def index(self) -> sp.LimitIndex:
-        return self._index
+        return self._limits.index
 
     async def reload_limits(self) -> None:
         rows = await self._fetch("loading spend limits", "spend_limits_load")
-        self._index = sp.LimitIndex(_limit_row(r) for r in rows)
-        self._resolved = {}
-        self._plans = {}
+        self._limits.replace(limit_row(r) for r in rows)
         self.reloads += 1
 
     def resolve(self, sub: str, groups: Sequence[str]) -> tuple[dict[str, sp.Cap], list[sp.PoolCap]]:
         """The caps and pools that apply to a person now (cached until the next reload)."""
-        key = (sub, tuple(groups))
-        found = self._resolved.get(key)
-        if found is None:
-            found = (self._index.caps(sub, key[1], self.mode), self._index.pools(key[1]))
-            if len(self._resolved) > 50_000:  # bounded: one entry per active person
-                self._resolved.clear()
-            self._resolved[key] = found
-        return found
-
-    def _plan(self, sub: str, groups: tuple[str, ...], now: datetime) -> _Plan:
-        plan = self._plans.get((sub, groups))
-        if plan is not None and plan.day_start <= now < plan.day_end:
-            return plan
-        caps, pools = self.resolve(sub, groups)
-        keys = self._keys(sub, pools, now)
-        cap_list = self._caps_for(sub, groups, keys)
-        ends = [sp.period_bounds(k.period, k.start)[1] for k in keys]
-        capped = bool(pools) or any(c.amount_micro is not None for c in caps.values())
-        plan = _Plan(keys[0].start, ends[0], keys, _arrays(keys), cap_list, ends, capped, caps, pools)
-        if len(self._plans) > 50_000:
-            self._plans.clear()
-        self._plans[(sub, groups)] = plan
-        return plan
-
-    def _keys(self, sub: str, pools: Sequence[sp.PoolCap], now: datetime) -> tuple[_Key, ...]:
-        starts = sp.period_starts(now)
-        user = tuple(_Key("user", sub, p, starts[p]) for p in sp.PERIODS)
-        return user + tuple(_Key("group_pool", pool.group, "monthly", starts["monthly"]) for pool in pools)
-
-    def _caps_for(self, sub: str, groups: Sequence[str], keys: Sequence[_Key]) -> list[int | None]:
-        caps, pools = self.resolve(sub, groups)
-        by_group = {p.group: p.amount_micro for p in pools}
-        return [
-            caps[k.period].amount_micro if k.scope_type == "user" else by_group.get(k.scope_id) for k in keys
-        ]
+        return self._limits.resolve(sub, groups)
 
     # -- the request path ------------------------------------------------------------
     async def reserve(
@@ -332,7 +248,7 @@ class SpendStore:
         """
         self.note_principal(principal)
         sub, groups = principal.sub, tuple(principal.groups)
-        plan = self._plan(sub, groups, now)
+        plan = self._limits.plan(sub, groups, now)
         if not plan.capped:
             self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False)
             return Admission(True, None, [])
@@ -365,7 +281,7 @@ class SpendStore:
 
     async def _reserve_many(self, items: Sequence[_Reserve]) -> list[list[Any]]:
         first, count, keys = _laid_end_to_end([item.plan.keys for item in items])
-        types, ids, periods, starts = _arrays(keys)
+        types, ids, periods, starts = arrays(keys)
         caps = [cap for item in items for cap in item.plan.caps]
         rows = await self._fetch(
             "reserving spend",
@@ -395,7 +311,7 @@ class SpendStore:
         flight = self._flights.get(request_id)
         if flight is None or not flight.reserved or amount_micro <= 0:
             return True
-        caps = self._caps_for(flight.sub, flight.groups, flight.keys)
+        caps = self._limits.caps_for(flight.sub, flight.groups, flight.keys)
         if all(c is None for c in caps):
             return True
         with unavailable_as("topping up a reservation"):
@@ -449,14 +365,14 @@ class SpendStore:
         if flight is not None:
             sub, model, keys = flight.sub, flight.model, flight.keys
         elif principal is not None:
-            sub, keys = principal.sub, self._plan(principal.sub, tuple(principal.groups), now).keys
+            sub, keys = principal.sub, self._limits.plan(principal.sub, tuple(principal.groups), now).keys
         else:
             sub, keys = "", ()
         return await self._settlements.submit(Settle(request_id, sub, model, keys, max(0, actual_micro), now))
 
     async def _settle_many(self, items: Sequence[Settle]) -> list[str]:
         first, count, keys = _laid_end_to_end([item.keys for item in items])
-        types, ids, periods, starts = _arrays(keys)
+        types, ids, periods, starts = arrays(keys)
         outcomes = await self._fetchval(
             "settling spend",
             "spend_settle_many",
@@ -476,11 +392,11 @@ class SpendStore:
 
     async def snapshots(self, principal: Any, now: datetime) -> list[sp.Snapshot]:
         """The person's counters now: their three periods (capped or not), then their pools."""
-        plan = self._plan(principal.sub, tuple(principal.groups), now)
+        plan = self._limits.plan(principal.sub, tuple(principal.groups), now)
         rows = await self._fetch("reading spend", "spend_counters_read", *plan.arrays)
         return self._snapshots(rows, plan, None)
 
-    def _snapshots(self, rows: Sequence[Any], plan: _Plan, refused_amount: int | None) -> list[sp.Snapshot]:
+    def _snapshots(self, rows: Sequence[Any], plan: Plan, refused_amount: int | None) -> list[sp.Snapshot]:
         found = {}
         for r in rows:
             values = tuple(r)  # scope type, id, period, start, spent, reserved, exhausted
