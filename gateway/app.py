@@ -106,8 +106,8 @@ def build(
     rt.tasks = TaskSet()
     pricing_rows = None
     if cfg.admin is not None or cfg.pricing is not None:
+        from gateway.output_budget import AllowanceTracker
         from gateway.pricing import Pricing
-        from gateway.spend import AllowanceTracker
 
         rt.pricing = Pricing(cfg, warn=lambda m: audit.log("warn", m))
         rt.allowances = AllowanceTracker()

@@ -48,7 +48,7 @@ class Runtime:
     policies: Any = None  # gateway.policy.Policies
     pricing: Any = None  # gateway.pricing.Pricing (when admin: is configured)
     spend: Any = None  # gateway.spend_store.SpendStore, set on startup (when admin: is configured)
-    allowances: Any = None  # gateway.spend.AllowanceTracker
+    allowances: Any = None  # gateway.output_budget.AllowanceTracker
     tasks: Any = None  # gateway.tasks.TaskSet: work a client hang-up must not cancel
     sightings: Any = None  # gateway.managed.ChecksumSightings
     clock: Callable[[], float] = time.time

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway import audit, spend
 from gateway.errors import sse_error
+from gateway.output_budget import StreamBudget
 from gateway.pricing import Rates
 from gateway.sse import BYTES_PER_TOKEN_ESTIMATE, UsageTotals
 from gateway.store import StoreUnavailable
@@ -39,7 +40,7 @@ class Ticket:
 
     __slots__ = ("request_id", "rates", "headers", "budget", "reserved", "pending")
 
-    def __init__(self, request_id: str, rates: Rates, headers: dict[str, str], budget: spend.StreamBudget, reserved: bool) -> None:
+    def __init__(self, request_id: str, rates: Rates, headers: dict[str, str], budget: StreamBudget, reserved: bool) -> None:
         self.request_id = request_id
         self.rates = rates
         self.headers = headers
@@ -75,7 +76,7 @@ async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: 
         assert admission.blocked is not None
         rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
         raise SpendRefused(admission.blocked.message, dict(admission.blocked.headers))
-    budget = spend.StreamBudget(allowance, gh.topup_tokens, max_tokens, ahead=gh.cut_streams_at_cap)
+    budget = StreamBudget(allowance, gh.topup_tokens, max_tokens, ahead=gh.cut_streams_at_cap)
     return Ticket(request_id, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0)
 
 

@@ -67,6 +67,7 @@ import asyncpg
 from gateway import audit
 from gateway import spend as sp
 from gateway.coalescing import Coalescer
+from gateway.output_budget import AllowanceTracker
 from gateway.spend_plans import Key, Plan, Plans, arrays, limit_row
 from gateway.spend_settlements import Settle, Settlements
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
@@ -459,7 +460,7 @@ class SpendStore:
             raise
 
     # -- allowances --------------------------------------------------------------------
-    async def seed_allowances(self, tracker: sp.AllowanceTracker, *, now: datetime | None = None) -> int:
+    async def seed_allowances(self, tracker: AllowanceTracker, *, now: datetime | None = None) -> int:
         """Load recent output-token counts into ``tracker``; returns how many samples were read."""
         since = (now or self._clock()) - SEED_WINDOW
         rows = await self._fetch("seeding output allowances", "spend_allowance_seed", since, tracker.window)

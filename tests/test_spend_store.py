@@ -16,6 +16,7 @@ import pytest
 
 from gateway import spend as sp
 from gateway.config_schema import Store as StoreCfg  # the config section itself
+from gateway.output_budget import AllowanceTracker
 from gateway.spend_store import SpendStore
 from gateway.store import Store, StoreUnavailable
 
@@ -419,7 +420,7 @@ async def test_seed_allowances_from_usage_records(stores, db):
             tokens,
         )
     s = await spend_store(stores)
-    tracker = sp.AllowanceTracker()
+    tracker = AllowanceTracker()
     assert await s.seed_allowances(tracker, now=NOW) >= 4
     assert tracker.p95(sub, "claude-opus-4-7") == 5000
     assert tracker.allowance(sub, "claude-opus-4-7", 1000, 4096) == 1000

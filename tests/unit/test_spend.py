@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import spend as sp
-from gateway.spend import AllowanceTracker, LimitRow, Snapshot, StreamBudget
+from gateway.output_budget import AllowanceTracker, StreamBudget
+from gateway.spend import LimitRow, Snapshot
 
 CENT = sp.MICRO_PER_CENT
 DAY_END = datetime(2026, 11, 24, tzinfo=UTC)  # 1795478400, as recorded
