@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,16 @@ async def start_gateway(cfg: Any, *, bind_port: int | None = None, **build_kwarg
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     return RunningGateway(f"http://127.0.0.1:{port}", app, runner)
+
+
+class Clock:
+    """A wall clock (seconds) a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

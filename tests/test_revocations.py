@@ -21,21 +21,11 @@ from gateway.revocations import MARGIN_S, RevocationWatcher
 from gateway.session_store import SessionService
 from gateway.sessions import TokenService
 from gateway.store import Store
+from tests.harness import Clock
 
 SECRETS = ("r" * 40,)
 TTL_S = 3600
 ALICE = Identity("sub-alice", "alice@example.com", "Alice", ())
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Lines(list):

@@ -21,23 +21,13 @@ from gateway.oidc import IdpRejected, IdpUnavailable
 from gateway.session_store import REFRESH_PREFIX, SessionService, TokenPair, hash_token
 from gateway.sessions import TokenService
 from gateway.store import Store
+from tests.harness import Clock
 from tests.netfaults import TcpProxy
 
 SECRETS = ("s" * 40, "older-secret-" + "o" * 30)
 ISSUER = "http://gatehouse.test"
 TTL_S = 3600
 ALICE = Identity("sub-alice", "alice@example.com", "Alice", ("eng",))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Events(list):
