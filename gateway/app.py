@@ -177,6 +177,8 @@ def _lifecycle(shared_store: Any):
                 clock=lambda: datetime.fromtimestamp(rt.clock(), UTC),
                 timeout_s=cfg.gatehouse.spend.store_timeout_ms / 1000,
                 reservation_ttl_s=cfg.gatehouse.spend.reservation_ttl_seconds,
+                leases=cfg.gatehouse.spend.leases,
+                lease_ttl_s=cfg.gatehouse.spend.lease_ttl_seconds,
                 mode=cfg.admin.group_limit_mode,
                 blocked_message=cfg.admin.blocked_message,
             )

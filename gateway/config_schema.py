@@ -328,6 +328,13 @@ class GatehouseSpend(_Section, frozen=True):
     # for tests: a reservation that expires while its request still runs is
     # charged its reserved amount, then corrected when the request settles.
     reservation_ttl_seconds: Annotated[int, Meta(ge=2, le=86_400)] = 1800
+    # Admit a person's requests from memory against a slice of their cap's headroom
+    # leased in advance (gateway/spend_leases.py), instead of a database round trip
+    # each. Caps hold either way; off, every capped request reserves on its own.
+    leases: bool = True
+    # A lease whose replica stops renewing it (every second while alive) expires
+    # after this long: what its running requests held is charged, the rest freed.
+    lease_ttl_seconds: Annotated[int, Meta(ge=4, le=3600)] = 60
 
 
 class GatehouseSignin(_Section, frozen=True):

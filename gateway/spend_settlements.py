@@ -45,6 +45,8 @@ class Settle(NamedTuple):
     keys: tuple[Any, ...]  # the counters to charge when no reservation row exists
     actual_micro: int
     at: datetime
+    lease: str | None = None  # the lease the request was admitted against (spend_leases)
+    move: int = 0  # what its settlement moves out of that lease
 
 
 class Settlements:

@@ -21,6 +21,13 @@ Theory of operation:
   purpose: a lone request is sent at once, and whatever arrives while a call
   is in flight goes in the next one, so under load one round trip (and one
   lock queue entry) serves many requests instead of one each.
+* **Leases** (``gatehouse.spend.leases``): once a person's request was
+  admitted through the database with plenty of headroom left, the replica
+  reserves a slice of that headroom for them (a lease: an open reservation
+  row of its own) and admits their next requests against it in memory; a
+  settlement then moves the actual cost out of the lease. The rules (size,
+  fairness near a cap, renewal, a dead replica's leases) are in
+  :mod:`gateway.spend_leases`; the background task here renews them.
 * **People without a cap skip the database on admission**; their spend is
   still charged to their counters at settlement (caps can be added at any
   time and must then see the spend to date).
@@ -58,6 +65,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -68,6 +76,9 @@ from gateway import audit
 from gateway import spend as sp
 from gateway.coalescing import Coalescer
 from gateway.output_budget import AllowanceTracker
+from gateway.spend_leases import PREFIX as LEASE_PREFIX
+from gateway.spend_leases import Lease, LeaseBook
+from gateway.spend_leases import size as lease_size
 from gateway.spend_plans import Key, Plan, Plans, arrays, limit_row
 from gateway.spend_settlements import Settle, Settlements
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
@@ -118,6 +129,8 @@ class _Flight(NamedTuple):
     keys: tuple[Key, ...]
     reserved: bool  # False: nothing was reserved; settle charges the keys directly
     refused: bool = False  # the request was refused: settling it has nothing to do
+    lease: Lease | None = None  # admitted against this lease (spend_leases), holding ``held`` of it
+    held: int = 0
 
 
 class _Reserve(NamedTuple):
@@ -127,6 +140,7 @@ class _Reserve(NamedTuple):
     plan: Plan
     amount_micro: int
     now: datetime
+    expires: datetime
 
 
 class _TopUp(NamedTuple):
@@ -134,6 +148,7 @@ class _TopUp(NamedTuple):
     caps: list[int | None]  # parallel to the reservation's keys
     amount_micro: int
     now: datetime
+    expires: datetime
 
 
 def _laid_end_to_end(parts: Sequence[Sequence[T]]) -> tuple[list[int], list[int], list[T]]:
@@ -164,6 +179,8 @@ class SpendStore:
         log: Log | None = None,
         emit: Emit | None = None,
         background: bool = True,
+        leases: bool = False,
+        lease_ttl_s: float = 60.0,
     ) -> None:
         self._store = store
         self._pool = store.pool
@@ -178,8 +195,12 @@ class SpendStore:
         self._flights: dict[str, _Flight] = {}
         self._settlements = Settlements(self._settle_many, log=self._log, emit=self._emit)
         # Admissions and top-ups share round trips (see the theory of operation).
-        self._reserves: Coalescer[_Reserve, list[Any]] = Coalescer(self._reserve_many, RESERVE_BATCH, "spend-reserve")
+        self._reserves: Coalescer[_Reserve, list[Any]] = Coalescer(
+            self._reserve_many, RESERVE_BATCH, "spend-reserve"
+        )
         self._top_ups: Coalescer[_TopUp, str] = Coalescer(self._top_up_many, TOP_UP_BATCH, "spend-top-up")
+        self._leases = LeaseBook(uuid.uuid4().hex[:12], lease_ttl_s) if leases else None
+        self._granting: set[asyncio.Task[None]] = set()
         self._principals_seen: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._principals_due: dict[str, tuple[Any, ...]] = {}
         self._reload_wanted = asyncio.Event()
@@ -206,7 +227,18 @@ class SpendStore:
         self._reload_wanted.set()
         await cancel_and_wait(self._task)
         self._task = None
+        for task in list(self._granting):
+            await cancel_and_wait(task)
         await self._settlements.close(CLOSE_FLUSH_S)
+        if self._leases is not None:
+            self._leases.retire()
+            try:
+                await self.renew_leases()
+            except StoreUnavailable as exc:
+                self._log(
+                    "warn",
+                    f"spend: leases not given back at shutdown ({exc}); they expire within {self._leases.ttl_s:g} s",
+                )
         try:
             await self._flush_principals()
         except StoreUnavailable as exc:
@@ -229,7 +261,11 @@ class SpendStore:
 
     async def reload_limits(self) -> None:
         rows = await self._fetch("loading spend limits", "spend_limits_load")
-        self._limits.replace(limit_row(r) for r in rows)
+        limits = tuple(limit_row(r) for r in rows)
+        if limits != self._limits.index.rows:
+            if self._leases is not None:
+                self._leases.retire()  # leased under caps that no longer hold
+            self._limits.replace(limits)
         self.reloads += 1
 
     def resolve(self, sub: str, groups: Sequence[str]) -> tuple[dict[str, sp.Cap], list[sp.PoolCap]]:
@@ -254,15 +290,26 @@ class SpendStore:
             self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False)
             return Admission(True, None, [])
         amount = max(1, amount_micro)  # a free request still may not pass a closed cap
+        if self._leases is not None:
+            lease = self._leases.take((sub, groups), plan.keys, amount, time.monotonic())
+            if lease is not None:
+                self._flights[request_id] = _Flight(
+                    sub, groups, model, plan.keys, True, lease=lease, held=amount
+                )
+                return Admission(True, None, lease.snapshots, amount)
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
         # Giving up here does not withdraw the request from its batch: the
         # settle() that must follow releases whatever gets reserved.
         with unavailable_as("reserving spend"):
             async with asyncio.timeout(self.timeout_s):
-                rows = await self._reserves.submit(_Reserve(request_id, sub, model, plan, amount, now))
+                rows = await self._reserves.submit(
+                    _Reserve(request_id, sub, model, plan, amount, now, now + self.reservation_ttl)
+                )
         admitted = bool(rows[0][0]) if rows else True
         snapshots = self._snapshots(rows, plan, amount if not admitted else None)
         if admitted:
+            if self._leases is not None:
+                self._lease_for((sub, groups), plan, amount, rows, snapshots, now)
             return Admission(True, None, snapshots, amount)
         # Refused: nothing is held, so the follow-up settle has nothing to release.
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False, refused=True)
@@ -292,7 +339,7 @@ class SpendStore:
             [i.model for i in items],
             [i.amount_micro for i in items],
             [i.now for i in items],
-            [i.now + self.reservation_ttl for i in items],
+            [i.expires for i in items],
             first,
             count,
             types,
@@ -301,11 +348,95 @@ class SpendStore:
             starts,
             caps,
         )
-        # One row per counter of each request, led by the request's position (from 1).
-        per: list[list[Any]] = [[] for _ in items]
-        for r in rows:
-            per[r[0] - 1].append(tuple(r)[1:])
-        return per
+        return _per_item(rows, len(items))
+
+    # -- leases ------------------------------------------------------------------------
+    def _lease_for(
+        self,
+        person: Any,
+        plan: Plan,
+        amount: int,
+        rows: Sequence[Any],
+        snapshots: list[sp.Snapshot],
+        now: datetime,
+    ) -> None:
+        """After a database admission: ask for a lease in the background when the headroom allows one."""
+        assert self._leases is not None
+        if not self._leases.wants(person, amount, time.monotonic()):
+            return
+        headroom = _headroom(rows, plan.keys, plan.caps)
+        grant = lease_size(headroom, amount) if headroom is not None else 0
+        if not grant:
+            return
+        self._leases.asking.add(person)
+        task = asyncio.create_task(self._grant(person, plan, grant, snapshots, now), name="spend-lease")
+        self._granting.add(task)
+        task.add_done_callback(self._granting.discard)
+
+    async def _grant(
+        self, person: Any, plan: Plan, amount: int, snapshots: list[sp.Snapshot], now: datetime
+    ) -> None:
+        assert self._leases is not None
+        lease_id = self._leases.next_id()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                rows = await self._reserves.submit(
+                    _Reserve(
+                        lease_id,
+                        person[0],
+                        None,
+                        plan,
+                        amount,
+                        now,
+                        now + timedelta(seconds=self._leases.ttl_s),
+                    )
+                )
+        except (StoreUnavailable, TimeoutError):
+            return  # a lease stored anyway expires unused, charged nothing
+        finally:
+            self._leases.asking.discard(person)
+        if rows and rows[0][0] and not self._closing:
+            lease = Lease(
+                lease_id,
+                person,
+                plan.keys,
+                plan.caps,
+                amount,
+                time.monotonic(),
+                self._snapshots(rows, plan, None),
+            )
+            # Limits reloaded while it was granted: its caps may be gone, so it only goes back.
+            lease.retired = self._limits.plan(person[0], person[1], now) is not plan
+            self._leases.add(lease)
+
+    async def renew_leases(self) -> None:
+        """Renew this replica's leases and give back what retired ones no longer need (one round trip)."""
+        book = self._leases
+        if book is None or not len(book):
+            return
+        due = book.renewals(time.monotonic())
+        now = self._clock()
+        rows = await self._fetch(
+            "renewing spend leases",
+            "spend_lease_renew",
+            [lease.id for lease, _ in due],
+            [lease.in_flight for lease, _ in due],
+            [keep for _, keep in due],
+            now,
+            now + timedelta(seconds=book.ttl_s),
+        )
+        done = time.monotonic()
+        for (lease, keep), found in zip(due, _per_item(rows, len(due)), strict=True):
+            still_open = bool(found and found[0][0])
+            book.renewed(lease, keep, still_open, done)
+            if not still_open:
+                continue
+            sub, groups = lease.person
+            plan = self._limits.plan(sub, groups, now)
+            if plan.keys == lease.keys:
+                lease.snapshots = self._snapshots(found, plan, None)
+            if _headroom(found, lease.keys, lease.caps) == 0:
+                book.retire(lease.person)  # a cap ran out (or was marked exhausted) elsewhere
 
     async def top_up(self, request_id: str, amount_micro: int, now: datetime) -> bool:
         """Grow a running request's reservation; False when a cap has no room (it is then marked exhausted)."""
@@ -315,9 +446,27 @@ class SpendStore:
         caps = self._limits.caps_for(flight.sub, flight.groups, flight.keys)
         if all(c is None for c in caps):
             return True
+        lease, grow_id, ttl = flight.lease, request_id, self.reservation_ttl
+        if lease is not None:
+            assert self._leases is not None
+            if self._leases.grow(lease, amount_micro):
+                self._flights[request_id] = flight._replace(held=flight.held + amount_micro)
+                return True
+            grow_id, ttl = (
+                lease.id,
+                timedelta(seconds=self._leases.ttl_s),
+            )  # grow the lease itself, cap-checked
         with unavailable_as("topping up a reservation"):
             async with asyncio.timeout(self.timeout_s):
-                verdict = await self._top_ups.submit(_TopUp(request_id, caps, amount_micro, now))
+                verdict = await self._top_ups.submit(_TopUp(grow_id, caps, amount_micro, now, now + ttl))
+        if lease is not None and verdict == "granted":
+            lease.held += amount_micro
+            lease.in_flight += amount_micro
+            flight = self._flights.get(request_id, flight)
+            self._flights[request_id] = flight._replace(held=flight.held + amount_micro)
+        if lease is not None and verdict == "denied":
+            assert self._leases is not None
+            self._leases.retire(lease.person)
         if verdict == "denied":
             self._emit("spend.exhausted", sub=flight.sub, request_id=request_id, step_micro=amount_micro)
             return False
@@ -331,7 +480,7 @@ class SpendStore:
             [i.request_id for i in items],
             [i.amount_micro for i in items],
             [i.now for i in items],
-            [i.now + self.reservation_ttl for i in items],
+            [i.expires for i in items],
             first,
             count,
             caps,
@@ -363,13 +512,26 @@ class SpendStore:
         flight = self._flights.pop(request_id, None)
         if flight is not None and flight.refused and actual_micro <= 0:
             return "refused"
+        actual_micro = max(0, actual_micro)
+        if flight is not None and flight.lease is not None:
+            assert self._leases is not None
+            lease = flight.lease
+            moved = self._leases.settling(lease, flight.held, actual_micro)
+            try:
+                return await self._settlements.submit(
+                    Settle(
+                        request_id, flight.sub, flight.model, flight.keys, actual_micro, now, lease.id, moved
+                    )
+                )
+            finally:
+                self._leases.settled(lease, moved)
         if flight is not None:
             sub, model, keys = flight.sub, flight.model, flight.keys
         elif principal is not None:
             sub, keys = principal.sub, self._limits.plan(principal.sub, tuple(principal.groups), now).keys
         else:
             sub, keys = "", ()
-        return await self._settlements.submit(Settle(request_id, sub, model, keys, max(0, actual_micro), now))
+        return await self._settlements.submit(Settle(request_id, sub, model, keys, actual_micro, now))
 
     async def _settle_many(self, items: Sequence[Settle]) -> list[str]:
         first, count, keys = _laid_end_to_end([item.keys for item in items])
@@ -388,6 +550,8 @@ class SpendStore:
             ids,
             periods,
             starts,
+            [i.lease for i in items],
+            [i.move for i in items],
         )
         return [str(o) for o in outcomes]
 
@@ -492,8 +656,13 @@ class SpendStore:
             r = rows[0]
             expired.append(r["e_request_id"])
             self._flights.pop(r["e_request_id"], None)
+            lease = self._leases.get(r["e_request_id"]) if self._leases is not None else None
+            if lease is not None and self._leases is not None:
+                self._leases.forget(lease)  # ours, yet not renewed in time: admit nothing more from it
             self._emit(
-                "spend.reservation_expired",
+                "spend.lease_expired"
+                if r["e_request_id"].startswith(LEASE_PREFIX)
+                else "spend.reservation_expired",
                 request_id=r["e_request_id"],
                 sub=r["e_sub"],
                 model=r["e_model"],
@@ -535,6 +704,7 @@ class SpendStore:
                 if self._listen_conn is None or self._listen_conn.is_closed():
                     await self._listen()
                 await self.flush()
+                await self.renew_leases()
                 if t - last_sweep >= SWEEP_EVERY_S:
                     await self.sweep()
                     last_sweep = t
@@ -583,6 +753,29 @@ class SpendStore:
         with _unavailable(what):
             async with asyncio.timeout(self.timeout_s):
                 await self._pool.execute(queries()[query], *args)
+
+
+def _per_item(rows: Sequence[Any], n: int) -> list[list[tuple[Any, ...]]]:
+    """Rows led by their item's position (from 1), grouped per item, the position dropped."""
+    per: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
+    for r in rows:
+        per[r[0] - 1].append(tuple(r)[1:])
+    return per
+
+
+def _headroom(rows: Sequence[Any], keys: Sequence[Key], caps: Sequence[int | None]) -> int | None:
+    """The least room left under any capped counter of ``keys`` (caps parallel to them), from
+    counter rows led by a flag (verdict, scope type, id, period, start, spent, reserved,
+    exhausted); None when nothing is capped."""
+    found = {(r[1], r[2], r[3]): (r[5], r[6], r[7]) for r in rows if r[1] is not None}
+    room: int | None = None
+    for key, cap in zip(keys, caps, strict=True):
+        if cap is None:
+            continue
+        spent, reserved, exhausted = found.get((key.scope_type, key.scope_id, key.period), (0, 0, None))
+        left = 0 if exhausted is not None and cap <= exhausted else max(0, cap - spent - reserved)
+        room = left if room is None else min(room, left)
+    return room
 
 
 @contextlib.contextmanager

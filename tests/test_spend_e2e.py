@@ -241,7 +241,7 @@ async def test_e_group_pool_shared_by_several_users(cluster, fake_upstream):
 
 
 async def test_f_killed_process_reservation_expires_and_settles_once(cluster, fake_upstream):
-    cl = await cluster("    reservation_ttl_seconds: 2\n")
+    cl = await cluster("    reservation_ttl_seconds: 2\n    leases: false\n")
     await cl.admin({"scope": {"type": "user", "user_id": "alice"}, "amount": "100", "period": "daily"})
     fake_upstream.set_default(Reply(stream=True, deltas=40, gap=0.5, usage=Usage(input_tokens=12, output_tokens=50)))
     tok = cl.token("alice")
@@ -262,3 +262,38 @@ async def test_f_killed_process_reservation_expires_and_settles_once(cluster, fa
     assert daily(spent)["reserved_micro"] == 0
     flagged = await cl.fetch("SELECT target FROM admin_audit WHERE action = 'spend.reservation_expired'")
     assert {r["target"] for r in flagged} >= {r["request_id"] for r in mine} or len(flagged) == 3
+
+
+async def test_f_killed_process_lease_charges_what_its_requests_held(cluster, fake_upstream):
+    """A replica dies holding a lease: the expiry charges what its running requests held at the
+    last renewal and frees the rest; the request admitted through the database expires as usual."""
+    cl = await cluster("    reservation_ttl_seconds: 2\n    lease_ttl_seconds: 4\n", processes=2)
+    await cl.admin({"scope": {"type": "user", "user_id": "alice"}, "amount": "100", "period": "daily"})
+    fake_upstream.set_default(Reply(stream=True, deltas=40, gap=0.5, usage=Usage(input_tokens=12, output_tokens=50)))
+    tok = cl.token("alice")
+    async with aiohttp.ClientSession() as s:
+        responses = []
+        for _ in range(3):
+            r = await s.post(cl.urls[0] + "/v1/messages", data=body(), headers={"Authorization": f"Bearer {tok}"})
+            assert r.status == 200
+            await r.content.readuntil(b"\n\n")
+            responses.append(r)
+            await asyncio.sleep(0.3)  # the first admission's lease is granted meanwhile
+        await asyncio.sleep(1.5)  # a renewal writes down what the leased requests hold
+        cl.procs[0].send_signal(signal.SIGKILL)
+        await wait_exit(cl.procs[0])
+        for r in responses:
+            r.close()
+    rows, spent = await settled(cl, timeout=20)
+    mine = [r for r in rows if r["sub"] == "alice"]
+    requests = [r for r in mine if r["request_id"].startswith("req_")]
+    leases = [r for r in mine if r["request_id"].startswith("lease:")]
+    assert len(requests) == 1 and requests[0]["state"] == "expired"
+    assert len(leases) == 1 and leases[0]["state"] == "expired"
+    estimate = requests[0]["reserved_micro"]
+    assert leases[0]["reserved_micro"] > 2 * estimate  # the lease held more than its requests
+    assert leases[0]["settled_micro"] == 2 * estimate  # ... and is charged only what they held
+    assert daily(spent)["spent_micro"] == 3 * estimate
+    assert daily(spent)["reserved_micro"] == 0
+    flagged = await cl.fetch("SELECT target, after FROM admin_audit WHERE action = 'spend.lease_expired'")
+    assert len(flagged) == 1 and json.loads(flagged[0]["after"])["charged_micro"] == 2 * estimate

@@ -97,6 +97,7 @@ managed:
                 raise AssertionError("the cap never applied")
             conn = await asyncpg.connect(db)
             try:
+                await asyncio.sleep(0.2)  # the first request's settlement (queued up to 50 ms) is stored
                 before = await conn.fetchval("SELECT count(*) FROM spend_reservations")
                 async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
                     doc = json.loads(await r.read())
