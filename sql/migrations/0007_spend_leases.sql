@@ -9,12 +9,17 @@
 
 ALTER TABLE spend_reservations ADD COLUMN lease_in_flight_micro bigint;
 
--- Settle many requests (the spend_settle_many of 0005), where a request admitted against a
--- lease names it in p_leases (NULL otherwise) with p_moves the amount its settlement moves out
--- of the lease: a request without a reservation row of its own ('direct') charges its actual
--- cost to its keys as before, and when its lease is still open, up to p_moves of the lease's
--- reservation is released from the same counters in the same transaction. A lease that has
--- expired or been given back meanwhile releases nothing (its reservation is already gone).
+-- Settle many requests: the outcomes of 0005's spend_settle_many, plus leases. A request
+-- admitted against a lease names it in p_leases (NULL otherwise), with p_moves the amount its
+-- settlement moves out of the lease. Such a request has no reservation row of its own: like an
+-- uncapped one ('direct') it leaves a settled row and charges its actual cost to its keys, and,
+-- while its lease is still open, up to p_moves of the lease's reservation is released from the
+-- same counters in the same transaction ('leased'). A lease that has expired or been given back
+-- meanwhile releases nothing: its reservation is already gone.
+--
+-- Requests with a reservation row of their own are settled one at a time as before. Those
+-- without one (most, once leases are in use) are stored with one insert for the whole batch,
+-- their lease moves summed per lease, and every counter updated once.
 --
 -- Locks: every reservation row named (requests and leases alike) in request id order first,
 -- then the counters through spend_lock_counters, as every other writer does.
@@ -23,70 +28,51 @@ CREATE FUNCTION spend_settle_many(
     p_key_first int[], p_key_count int[],
     p_types text[], p_key_ids text[], p_periods text[], p_starts timestamptz[],
     p_leases text[], p_moves bigint[]
-) RETURNS text[] LANGUAGE plpgsql AS $$
+) RETURNS text[] LANGUAGE plpgsql
+-- As in spend_top_up_many: these array-shaped statements would otherwise be planned anew on every call.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     v_out text[] := array_fill(NULL::text, ARRAY[cardinality(p_ids)]);
     it record;
     r spend_reservations%ROWTYPE;
-    v_first int;
-    v_last int;
-    v_n int;
     v_spent bigint;
     v_release bigint;
+    v_n int;
+    v_fresh int[];  -- positions of the requests stored by the one insert
+    l_ids text[];  -- leases still open, and what their requests' settlements release from each
+    l_release bigint[];
     d_types text[] := '{}';
     d_ids text[] := '{}';
     d_periods text[] := '{}';
     d_starts timestamptz[] := '{}';
     d_spent bigint[] := '{}';
     d_release bigint[] := '{}';
+    x_types text[];
+    x_ids text[];
+    x_periods text[];
+    x_starts timestamptz[];
+    x_spent bigint[];
+    x_release bigint[];
     v_latest timestamptz;
 BEGIN
+    IF coalesce(cardinality(p_ids), 0) = 0 THEN
+        RETURN '{}';
+    END IF;
+    SELECT max(x) INTO v_latest FROM unnest(p_nows) AS x;
     PERFORM 1 FROM spend_reservations
      WHERE request_id = ANY (p_ids) OR request_id = ANY (p_leases)
      ORDER BY request_id COLLATE "C"
        FOR UPDATE;
+
+    -- Requests with a row of their own (reserved in the database, or already settled).
     FOR it IN
-        SELECT u.ord::int AS ord, u.id, u.sub, u.model, u.actual, u.at, u.lease, u.mv
-          FROM unnest(p_ids, p_subs, p_models, p_actuals, p_nows, p_leases, p_moves)
-               WITH ORDINALITY AS u(id, sub, model, actual, at, lease, mv, ord)
+        SELECT u.ord::int AS ord, u.id, u.actual, u.at
+          FROM unnest(p_ids, p_actuals, p_nows) WITH ORDINALITY AS u(id, actual, at, ord)
+         WHERE EXISTS (SELECT 1 FROM spend_reservations s WHERE s.request_id = u.id)
          ORDER BY u.id COLLATE "C", u.ord
     LOOP
-        v_latest := greatest(v_latest, it.at);
-        SELECT * INTO r FROM spend_reservations WHERE request_id = it.id FOR UPDATE;
-        IF NOT FOUND THEN
-            v_first := p_key_first[it.ord];
-            v_last := v_first + p_key_count[it.ord] - 1;
-            INSERT INTO spend_reservations
-                (request_id, sub, model, key_types, key_ids, key_periods, key_starts,
-                 reserved_micro, state, created_at, expires_at, settled_at, settled_micro)
-            VALUES (it.id, it.sub, it.model, coalesce(p_types[v_first:v_last], '{}'),
-                    coalesce(p_key_ids[v_first:v_last], '{}'), coalesce(p_periods[v_first:v_last], '{}'),
-                    coalesce(p_starts[v_first:v_last], '{}'), 0, 'settled', it.at, it.at, it.at, it.actual)
-            ON CONFLICT (request_id) DO NOTHING;
-            IF NOT FOUND THEN
-                v_out[it.ord] := 'duplicate';
-                CONTINUE;
-            END IF;
-            v_release := 0;
-            IF it.lease IS NOT NULL AND coalesce(it.mv, 0) > 0 THEN
-                SELECT least(it.mv, l.reserved_micro) INTO v_release
-                  FROM spend_reservations l WHERE l.request_id = it.lease AND l.state = 'open';
-                v_release := coalesce(v_release, 0);
-                UPDATE spend_reservations SET reserved_micro = reserved_micro - v_release
-                 WHERE request_id = it.lease AND v_release > 0;
-            END IF;
-            v_n := p_key_count[it.ord];
-            IF v_n > 0 THEN
-                d_types := d_types || p_types[v_first:v_last];
-                d_ids := d_ids || p_key_ids[v_first:v_last];
-                d_periods := d_periods || p_periods[v_first:v_last];
-                d_starts := d_starts || p_starts[v_first:v_last];
-                d_spent := d_spent || array_fill(it.actual, ARRAY[v_n]);
-                d_release := d_release || array_fill(v_release, ARRAY[v_n]);
-            END IF;
-            v_out[it.ord] := CASE WHEN it.lease IS NULL THEN 'direct' ELSE 'leased' END;
-            CONTINUE;
-        END IF;
+        SELECT * INTO r FROM spend_reservations WHERE request_id = it.id;
         IF r.state = 'settled' THEN
             v_out[it.ord] := 'duplicate';
             CONTINUE;
@@ -114,6 +100,79 @@ BEGIN
          WHERE request_id = it.id;
         v_out[it.ord] := CASE WHEN r.state = 'open' THEN 'settled' ELSE 'late' END;
     END LOOP;
+
+    -- Requests without one: one insert; the first of a repeated id wins, the others are duplicates.
+    WITH fresh AS (
+        SELECT DISTINCT ON (u.id) u.ord::int AS ord, u.id, u.sub, u.model, u.actual, u.at
+          FROM unnest(p_ids, p_subs, p_models, p_actuals, p_nows) WITH ORDINALITY AS u(id, sub, model, actual, at, ord)
+         WHERE v_out[u.ord] IS NULL
+           AND NOT EXISTS (SELECT 1 FROM spend_reservations s WHERE s.request_id = u.id)
+         ORDER BY u.id, u.ord
+    ), stored AS (
+        INSERT INTO spend_reservations
+            (request_id, sub, model, key_types, key_ids, key_periods, key_starts,
+             reserved_micro, state, created_at, expires_at, settled_at, settled_micro)
+        SELECT f.id, f.sub, f.model,
+               coalesce(p_types[p_key_first[f.ord] : p_key_first[f.ord] + p_key_count[f.ord] - 1], '{}'),
+               coalesce(p_key_ids[p_key_first[f.ord] : p_key_first[f.ord] + p_key_count[f.ord] - 1], '{}'),
+               coalesce(p_periods[p_key_first[f.ord] : p_key_first[f.ord] + p_key_count[f.ord] - 1], '{}'),
+               coalesce(p_starts[p_key_first[f.ord] : p_key_first[f.ord] + p_key_count[f.ord] - 1], '{}'),
+               0, 'settled', f.at, f.at, f.at, f.actual
+          FROM fresh f
+        ON CONFLICT (request_id) DO NOTHING
+        RETURNING request_id
+    )
+    SELECT array_agg(f.ord) INTO v_fresh FROM fresh f JOIN stored s ON s.request_id = f.id;
+    v_fresh := coalesce(v_fresh, '{}');
+    FOR n IN 1 .. cardinality(v_fresh) LOOP
+        v_out[v_fresh[n]] := CASE WHEN p_leases[v_fresh[n]] IS NULL THEN 'direct' ELSE 'leased' END;
+    END LOOP;
+    FOR n IN 1 .. cardinality(v_out) LOOP
+        v_out[n] := coalesce(v_out[n], 'duplicate');
+    END LOOP;
+
+    -- Their costs, charged to their keys.
+    SELECT array_agg(p_types[k]), array_agg(p_key_ids[k]), array_agg(p_periods[k]), array_agg(p_starts[k]),
+           array_agg(p_actuals[o]), array_agg(0::bigint)
+      INTO x_types, x_ids, x_periods, x_starts, x_spent, x_release
+      FROM unnest(v_fresh) AS o
+     CROSS JOIN LATERAL generate_series(p_key_first[o], p_key_first[o] + p_key_count[o] - 1) AS k;
+    IF x_types IS NOT NULL THEN
+        d_types := d_types || x_types;
+        d_ids := d_ids || x_ids;
+        d_periods := d_periods || x_periods;
+        d_starts := d_starts || x_starts;
+        d_spent := d_spent || x_spent;
+        d_release := d_release || x_release;
+    END IF;
+
+    -- What they move out of their leases, summed per lease, released from the lease's counters.
+    SELECT array_agg(l.request_id), array_agg(least(m.mv, l.reserved_micro))
+      INTO l_ids, l_release
+      FROM (SELECT p_leases[o] AS lease, sum(p_moves[o])::bigint AS mv
+              FROM unnest(v_fresh) AS o
+             WHERE p_leases[o] IS NOT NULL AND p_moves[o] > 0
+             GROUP BY 1) m
+      JOIN spend_reservations l ON l.request_id = m.lease AND l.state = 'open';
+    IF l_ids IS NOT NULL THEN
+        UPDATE spend_reservations l
+           SET reserved_micro = l.reserved_micro - x.rel
+          FROM unnest(l_ids, l_release) AS x(id, rel)
+         WHERE l.request_id = x.id;
+        SELECT array_agg(k.t), array_agg(k.i), array_agg(k.p), array_agg(k.s), array_agg(0::bigint), array_agg(x.rel)
+          INTO x_types, x_ids, x_periods, x_starts, x_spent, x_release
+          FROM unnest(l_ids, l_release) AS x(id, rel)
+          JOIN spend_reservations l ON l.request_id = x.id
+         CROSS JOIN LATERAL unnest(l.key_types, l.key_ids, l.key_periods, l.key_starts) AS k(t, i, p, s);
+        IF x_types IS NOT NULL THEN
+            d_types := d_types || x_types;
+            d_ids := d_ids || x_ids;
+            d_periods := d_periods || x_periods;
+            d_starts := d_starts || x_starts;
+            d_spent := d_spent || x_spent;
+            d_release := d_release || x_release;
+        END IF;
+    END IF;
 
     IF cardinality(d_types) > 0 THEN
         PERFORM spend_lock_counters(d_types, d_ids, d_periods, d_starts, v_latest);
