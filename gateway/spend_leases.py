@@ -41,7 +41,7 @@ from typing import Any
 PREFIX = "lease:"
 SHARE = 8  # a lease takes at most this fraction of a cap's headroom
 MIN_REQUESTS = 4  # ... and only when that is worth at least this many requests
-MAX_REQUESTS = 64  # ... and never more than this many
+MAX_REQUESTS = 256  # ... and never more than this many (one person may run many requests at once)
 IDLE_S = 15.0  # an unused lease is given back after this long
 TTL_S = 60.0  # by default, a lease row whose owner stopped renewing it expires after this long
 
