@@ -115,11 +115,11 @@ async def _top_up(rt: Any, ticket: Ticket, tokens: int) -> None:
 
 
 def settle(rt: Any, request_id: str, principal: Any, model: str, upstream: str | None, upstream_model: str | None, usage: UsageTotals, finished: bool) -> None:
-    """Charge what the reply actually cost. Never awaits: runs in a tracked task."""
+    """Charge what the reply actually cost. Never awaits: the settlement joins the store's queue."""
     cost = 0
     if upstream is not None and upstream_model is not None:
         cost = rt.pricing.cost_micro(rt.pricing.rates(upstream, model, upstream_model), usage)
-    rt.tasks.spawn(rt.spend.settle(request_id, cost, _now(rt), principal=principal, model=model), "spend-settle")
+    rt.spend.settle_soon(request_id, cost, _now(rt), principal=principal, model=model)
     if finished and usage.output_tokens and not usage.estimated:
         rt.allowances.observe(principal.sub, model, usage.output_tokens)
 

@@ -52,6 +52,7 @@ class Lease:
     __slots__ = (
         "id",
         "person",
+        "granted",
         "keys",
         "caps",
         "held",
@@ -77,6 +78,7 @@ class Lease:
         self.person = person  # (sub, groups)
         self.keys = keys
         self.caps = caps
+        self.granted = held
         self.held = held  # what its row reserves on the counters, as far as this replica knows
         self.in_flight = 0  # held by requests admitted against it and still running
         self.settling = 0  # actual costs of settlements submitted but not yet stored
@@ -141,14 +143,16 @@ class LeaseBook:
         return lease
 
     def wants(self, person: Any, amount: int, now: float) -> bool:
-        """Whether a new lease for ``person`` would help: none being granted and none with room."""
+        """Whether ``person`` needs a new lease: none is being granted, and theirs is missing,
+        retired, stale or half spent. Asking at half, not when it is dry, keeps their requests
+        on the lease while the next one is granted (a busy person spends one in seconds)."""
         if person in self.asking:
             return False
         lease = self._current.get(person)
         return (
             lease is None
             or lease.retired
-            or lease.free < amount * MIN_REQUESTS
+            or lease.free < max(amount * MIN_REQUESTS, lease.granted // 2)
             or now - lease.renewed_at > self._usable_s
         )
 

@@ -36,6 +36,9 @@ MAX_RETRY_QUEUE = 50_000
 
 Log = Callable[[str, str], None]
 Emit = Callable[..., None]
+# Who hears a settlement's outcome: the future a submit() awaits, a callback of
+# enqueue(), or nobody.
+Sink = asyncio.Future[str] | Callable[[str], None] | None
 
 
 class Settle(NamedTuple):
@@ -52,12 +55,15 @@ class Settle(NamedTuple):
 class Settlements:
     """The queue between ``settle`` calls and the database. ``await close()`` when done."""
 
-    def __init__(self, store_batch: Callable[[Sequence[Settle]], Awaitable[list[str]]], *, log: Log, emit: Emit) -> None:
+    def __init__(
+        self, store_batch: Callable[[Sequence[Settle]], Awaitable[list[str]]], *, log: Log, emit: Emit
+    ) -> None:
         self._store_batch = store_batch
         self._log = log
         self._emit = emit
-        # Settlements waiting for the flusher, each with the future its submit() awaits.
-        self._pending: deque[tuple[Settle, asyncio.Future[str]]] = deque()
+        # Settlements waiting for the flusher, each with who hears its outcome.
+        self._pending: deque[tuple[Settle, Sink]] = deque()
+        self._late: set[asyncio.Task[str]] = set()  # enqueue()d after close: one last attempt each
         self._batch_full = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -70,13 +76,33 @@ class Settlements:
         if self._closed:
             return await self._after_close(item)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, waiter))
+        self._queue(item, waiter)
+        # Cancelling this wait does not withdraw the settlement: it stays queued.
+        return await waiter
+
+    def enqueue(self, item: Settle, done: Callable[[str], None] | None = None) -> None:
+        """Queue ``item`` without waiting: ``done`` gets its outcome once its batch is stored.
+
+        The request path settles this way: no task per request, and nothing a
+        hang-up could cancel.
+        """
+        if self._closed:
+            task = asyncio.get_running_loop().create_task(self._after_close(item), name="spend-settle-late")
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            if done is not None:
+                task.add_done_callback(
+                    lambda t: done("unsettled" if t.cancelled() or t.exception() else t.result())
+                )
+            return
+        self._queue(item, done)
+
+    def _queue(self, item: Settle, sink: Sink) -> None:
+        self._pending.append((item, sink))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="spend-settle-flush")
         elif len(self._pending) >= SETTLE_BATCH:
             self._batch_full.set()
-        # Cancelling this wait does not withdraw the settlement: it stays queued.
-        return await waiter
 
     async def retry(self) -> int:
         """Retry queued settlements in order, a batch per round trip; returns how many were stored."""
@@ -110,9 +136,8 @@ class Settlements:
         self._closed = True
         await cancel_and_wait(self._flusher)  # one a submit() started during the retry above
         left = [item for item, _ in self._pending] + list(self._retry)
-        for _, waiter in self._pending:
-            if not waiter.done():
-                waiter.set_result("unsettled")
+        for _, sink in self._pending:
+            _deliver(sink, "unsettled")
         self._pending.clear()
         self._retry.clear()
         problem = problem or "still queued when the store closed"
@@ -151,13 +176,8 @@ class Settlements:
                     # Cancelled mid-call (close() ran out of time): the batch is still owed.
                     self._pending.extendleft(reversed(batch))
                     raise
-                for (_, waiter), outcome in zip(batch, outcomes, strict=True):
-                    if waiter.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        waiter.set_exception(outcome)
-                    else:
-                        waiter.set_result(outcome)
+                for (_, sink), outcome in zip(batch, outcomes, strict=True):
+                    _deliver(sink, outcome)
         finally:
             self._flusher = None
 
@@ -211,3 +231,17 @@ class Settlements:
             cost_micro=item.actual_micro,
             reason=reason,
         )
+
+
+def _deliver(sink: Sink, outcome: str | BaseException) -> None:
+    if sink is None:
+        return
+    if isinstance(sink, asyncio.Future):
+        if sink.done():
+            return
+        if isinstance(outcome, BaseException):
+            sink.set_exception(outcome)
+        else:
+            sink.set_result(outcome)
+        return
+    sink("failed" if isinstance(outcome, BaseException) else outcome)

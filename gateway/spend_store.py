@@ -291,11 +291,14 @@ class SpendStore:
             return Admission(True, None, [])
         amount = max(1, amount_micro)  # a free request still may not pass a closed cap
         if self._leases is not None:
-            lease = self._leases.take((sub, groups), plan.keys, amount, time.monotonic())
+            mono = time.monotonic()
+            lease = self._leases.take((sub, groups), plan.keys, amount, mono)
             if lease is not None:
                 self._flights[request_id] = _Flight(
                     sub, groups, model, plan.keys, True, lease=lease, held=amount
                 )
+                if self._leases.wants((sub, groups), amount, mono):  # half spent: ask for the next
+                    self._lease_for((sub, groups), plan, amount, _room(lease.snapshots), now)
                 return Admission(True, None, lease.snapshots, amount)
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
         # Giving up here does not withdraw the request from its batch: the
@@ -309,7 +312,7 @@ class SpendStore:
         snapshots = self._snapshots(rows, plan, amount if not admitted else None)
         if admitted:
             if self._leases is not None:
-                self._lease_for((sub, groups), plan, amount, rows, snapshots, now)
+                self._lease_for((sub, groups), plan, amount, _headroom(rows, plan.keys, plan.caps), now)
             return Admission(True, None, snapshots, amount)
         # Refused: nothing is held, so the follow-up settle has nothing to release.
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False, refused=True)
@@ -351,31 +354,21 @@ class SpendStore:
         return _per_item(rows, len(items))
 
     # -- leases ------------------------------------------------------------------------
-    def _lease_for(
-        self,
-        person: Any,
-        plan: Plan,
-        amount: int,
-        rows: Sequence[Any],
-        snapshots: list[sp.Snapshot],
-        now: datetime,
-    ) -> None:
-        """After a database admission: ask for a lease in the background when the headroom allows one."""
+    def _lease_for(self, person: Any, plan: Plan, amount: int, headroom: int | None, now: datetime) -> None:
+        """Ask for a lease in the background if the person needs one and ``headroom`` (the least
+        room under any of their caps, as last seen) allows one."""
         assert self._leases is not None
-        if not self._leases.wants(person, amount, time.monotonic()):
+        if headroom is None or not self._leases.wants(person, amount, time.monotonic()):
             return
-        headroom = _headroom(rows, plan.keys, plan.caps)
-        grant = lease_size(headroom, amount) if headroom is not None else 0
+        grant = lease_size(headroom, amount)
         if not grant:
             return
         self._leases.asking.add(person)
-        task = asyncio.create_task(self._grant(person, plan, grant, snapshots, now), name="spend-lease")
+        task = asyncio.create_task(self._grant(person, plan, grant, now), name="spend-lease")
         self._granting.add(task)
         task.add_done_callback(self._granting.discard)
 
-    async def _grant(
-        self, person: Any, plan: Plan, amount: int, snapshots: list[sp.Snapshot], now: datetime
-    ) -> None:
+    async def _grant(self, person: Any, plan: Plan, amount: int, now: datetime) -> None:
         assert self._leases is not None
         lease_id = self._leases.next_id()
         try:
@@ -509,29 +502,53 @@ class SpendStore:
         reservation (the store was down and enforcement fails open) still be
         charged.
         """
+        prepared = self._settlement(request_id, actual_micro, now, principal, model)
+        if prepared is None:
+            return "refused"
+        item, after = prepared
+        try:
+            return await self._settlements.submit(item)
+        finally:
+            if after is not None:
+                after("")
+
+    def settle_soon(
+        self,
+        request_id: str,
+        actual_micro: int,
+        now: datetime,
+        *,
+        principal: Any | None = None,
+        model: str | None = None,
+    ) -> None:
+        """:meth:`settle` without waiting for the outcome: the request path's way (no task per request)."""
+        prepared = self._settlement(request_id, actual_micro, now, principal, model)
+        if prepared is not None:
+            self._settlements.enqueue(*prepared)
+
+    def _settlement(
+        self, request_id: str, actual_micro: int, now: datetime, principal: Any | None, model: str | None
+    ) -> tuple[Settle, Callable[[str], None] | None] | None:
+        """The settlement to store for a request, and what to do once it is stored; None: nothing to store."""
         flight = self._flights.pop(request_id, None)
         if flight is not None and flight.refused and actual_micro <= 0:
-            return "refused"
+            return None
         actual_micro = max(0, actual_micro)
         if flight is not None and flight.lease is not None:
             assert self._leases is not None
-            lease = flight.lease
-            moved = self._leases.settling(lease, flight.held, actual_micro)
-            try:
-                return await self._settlements.submit(
-                    Settle(
-                        request_id, flight.sub, flight.model, flight.keys, actual_micro, now, lease.id, moved
-                    )
-                )
-            finally:
-                self._leases.settled(lease, moved)
+            book, lease = self._leases, flight.lease
+            moved = book.settling(lease, flight.held, actual_micro)
+            item = Settle(
+                request_id, flight.sub, flight.model, flight.keys, actual_micro, now, lease.id, moved
+            )
+            return item, lambda _outcome: book.settled(lease, moved)
         if flight is not None:
             sub, model, keys = flight.sub, flight.model, flight.keys
         elif principal is not None:
             sub, keys = principal.sub, self._limits.plan(principal.sub, tuple(principal.groups), now).keys
         else:
             sub, keys = "", ()
-        return await self._settlements.submit(Settle(request_id, sub, model, keys, actual_micro, now))
+        return Settle(request_id, sub, model, keys, actual_micro, now), None
 
     async def _settle_many(self, items: Sequence[Settle]) -> list[str]:
         first, count, keys = _laid_end_to_end([item.keys for item in items])
@@ -761,6 +778,12 @@ def _per_item(rows: Sequence[Any], n: int) -> list[list[tuple[Any, ...]]]:
     for r in rows:
         per[r[0] - 1].append(tuple(r)[1:])
     return per
+
+
+def _room(snapshots: Sequence[sp.Snapshot]) -> int | None:
+    """The least room left under any capped counter, as ``snapshots`` saw them; None when nothing is capped."""
+    rooms = [s.cap_micro - s.spent_micro - s.reserved_micro for s in snapshots if s.cap_micro is not None]
+    return max(0, min(rooms)) if rooms else None
 
 
 def _headroom(rows: Sequence[Any], keys: Sequence[Key], caps: Sequence[int | None]) -> int | None:

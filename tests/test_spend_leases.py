@@ -217,3 +217,33 @@ async def test_a_dead_replicas_lease_is_charged_what_its_requests_held(stores, d
     assert await sweeper.sweep(NOW + timedelta(seconds=11)) == [lease_id]
     assert await counter(db, "user", who.sub) == (estimate + 3 * estimate, 0, None)
     assert events.named("spend.lease_expired")[0]["charged_micro"] == 3 * estimate
+
+
+async def test_settle_soon_queues_without_a_task_and_updates_the_lease_once_stored(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 10_000)
+    s = await replica(stores)
+    estimate = 10_000
+    assert (await s.reserve(request_id=rid(), principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
+    await granted(s)
+    request = rid()
+    assert (await s.reserve(request_id=request, principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
+    lease = next(iter(s._leases))
+    held = lease.held
+    s.settle_soon(request, 3_000, NOW)
+    assert lease.settling == 3_000 and lease.held == held  # queued, not stored yet
+    for _ in range(100):
+        if lease.settling == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert (lease.settling, lease.held) == (0, held - 3_000)
+    assert (await counter(db, "user", who.sub))[0] == 3_000
+    # After close, a late one still gets its one attempt.
+    await s.close()
+    late = rid()
+    s.settle_soon(late, 1_000, NOW, principal=who)
+    for _ in range(100):
+        if await db.fetchval("SELECT count(*) FROM spend_reservations WHERE request_id = $1", late):
+            break
+        await asyncio.sleep(0.01)
+    assert (await counter(db, "user", who.sub))[0] == 4_000
