@@ -55,8 +55,7 @@ Theory of operation:
   a timeout or an unreachable database raises StoreUnavailable and the relay
   applies ``enforcement.fail_closed_on_error``.
 * **principals** (last-seen email, name, groups) are written in batches from
-  the background task, at most once per person per ``PRINCIPAL_REFRESH_S``
-  unless they changed.
+  the background task; :mod:`gateway.spend_identities` decides who is due.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -76,10 +75,13 @@ from gateway import audit
 from gateway import spend as sp
 from gateway.coalescing import Coalescer
 from gateway.output_budget import AllowanceTracker
+from gateway.spend_identities import LastSeen
 from gateway.spend_leases import PREFIX as LEASE_PREFIX
 from gateway.spend_leases import Lease, LeaseBook
 from gateway.spend_leases import size as lease_size
 from gateway.spend_plans import Key, Plan, Plans, arrays, limit_row
+from gateway.spend_rows import headroom, laid_end_to_end, per_item, room
+from gateway.spend_rows import snapshots as rows_to_snapshots
 from gateway.spend_settlements import Settle, Settlements
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
 from gateway.tasks import cancel_and_wait
@@ -90,7 +92,6 @@ TICK_S = 1.0
 SWEEP_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 KEEP_FINISHED = timedelta(days=7)  # idempotency window for late settles
-PRINCIPAL_REFRESH_S = 300.0
 MAX_EXPIRE_PER_SWEEP = 500
 RESERVE_BATCH = 64  # admissions per round trip
 TOP_UP_BATCH = 64  # top-ups per round trip
@@ -103,7 +104,6 @@ _TRANSIENT = (
 )
 SEED_WINDOW = timedelta(days=14)
 
-T = TypeVar("T")
 Clock = Callable[[], datetime]
 Log = Callable[[str, str], None]
 Emit = Callable[..., None]
@@ -151,19 +151,6 @@ class _TopUp(NamedTuple):
     expires: datetime
 
 
-def _laid_end_to_end(parts: Sequence[Sequence[T]]) -> tuple[list[int], list[int], list[T]]:
-    """Per-item lists as one array for a batch call: each part's first index (from 1, as
-    PostgreSQL counts), each part's length, and all of them concatenated."""
-    first: list[int] = []
-    count: list[int] = []
-    flat: list[T] = []
-    for part in parts:
-        first.append(len(flat) + 1)
-        count.append(len(part))
-        flat.extend(part)
-    return first, count, flat
-
-
 class SpendStore:
     """Spend caps enforced against the shared database. Create, ``await start()``, use, ``await close()``."""
 
@@ -201,8 +188,7 @@ class SpendStore:
         self._top_ups: Coalescer[_TopUp, str] = Coalescer(self._top_up_many, TOP_UP_BATCH, "spend-top-up")
         self._leases = LeaseBook(uuid.uuid4().hex[:12], lease_ttl_s) if leases else None
         self._granting: set[asyncio.Task[None]] = set()
-        self._principals_seen: dict[str, tuple[float, tuple[Any, ...]]] = {}
-        self._principals_due: dict[str, tuple[Any, ...]] = {}
+        self._last_seen = LastSeen()
         self._reload_wanted = asyncio.Event()
         self._listen_conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -298,7 +284,7 @@ class SpendStore:
                     sub, groups, model, plan.keys, True, lease=lease, held=amount
                 )
                 if self._leases.wants((sub, groups), amount, mono):  # half spent: ask for the next
-                    self._lease_for((sub, groups), plan, amount, _room(lease.snapshots), now)
+                    self._lease_for((sub, groups), plan, amount, room(lease.snapshots), now)
                 return Admission(True, None, lease.snapshots, amount)
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
         # Giving up here does not withdraw the request from its batch: the
@@ -309,10 +295,10 @@ class SpendStore:
                     _Reserve(request_id, sub, model, plan, amount, now, now + self.reservation_ttl)
                 )
         admitted = bool(rows[0][0]) if rows else True
-        snapshots = self._snapshots(rows, plan, amount if not admitted else None)
+        snapshots = rows_to_snapshots(rows, plan, amount if not admitted else None)
         if admitted:
             if self._leases is not None:
-                self._lease_for((sub, groups), plan, amount, _headroom(rows, plan.keys, plan.caps), now)
+                self._lease_for((sub, groups), plan, amount, headroom(rows, plan.keys, plan.caps), now)
             return Admission(True, None, snapshots, amount)
         # Refused: nothing is held, so the follow-up settle has nothing to release.
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False, refused=True)
@@ -331,7 +317,7 @@ class SpendStore:
         return Admission(False, refusal, snapshots, 0)
 
     async def _reserve_many(self, items: Sequence[_Reserve]) -> list[list[Any]]:
-        first, count, keys = _laid_end_to_end([item.plan.keys for item in items])
+        first, count, keys = laid_end_to_end([item.plan.keys for item in items])
         types, ids, periods, starts = arrays(keys)
         caps = [cap for item in items for cap in item.plan.caps]
         rows = await self._fetch(
@@ -351,7 +337,7 @@ class SpendStore:
             starts,
             caps,
         )
-        return _per_item(rows, len(items))
+        return per_item(rows, len(items))
 
     # -- leases ------------------------------------------------------------------------
     def _lease_for(self, person: Any, plan: Plan, amount: int, headroom: int | None, now: datetime) -> None:
@@ -396,7 +382,7 @@ class SpendStore:
                 plan.caps,
                 amount,
                 time.monotonic(),
-                self._snapshots(rows, plan, None),
+                rows_to_snapshots(rows, plan, None),
             )
             # Limits reloaded while it was granted: its caps may be gone, so it only goes back.
             lease.retired = self._limits.plan(person[0], person[1], now) is not plan
@@ -419,7 +405,7 @@ class SpendStore:
             now + timedelta(seconds=book.ttl_s),
         )
         done = time.monotonic()
-        for (lease, keep), found in zip(due, _per_item(rows, len(due)), strict=True):
+        for (lease, keep), found in zip(due, per_item(rows, len(due)), strict=True):
             still_open = bool(found and found[0][0])
             book.renewed(lease, keep, still_open, done)
             if not still_open:
@@ -427,8 +413,8 @@ class SpendStore:
             sub, groups = lease.person
             plan = self._limits.plan(sub, groups, now)
             if plan.keys == lease.keys:
-                lease.snapshots = self._snapshots(found, plan, None)
-            if _headroom(found, lease.keys, lease.caps) == 0:
+                lease.snapshots = rows_to_snapshots(found, plan, None)
+            if headroom(found, lease.keys, lease.caps) == 0:
                 book.retire(lease.person)  # a cap ran out (or was marked exhausted) elsewhere
 
     async def top_up(self, request_id: str, amount_micro: int, now: datetime) -> bool:
@@ -466,7 +452,7 @@ class SpendStore:
         return True
 
     async def _top_up_many(self, items: Sequence[_TopUp]) -> list[str]:
-        first, count, caps = _laid_end_to_end([item.caps for item in items])
+        first, count, caps = laid_end_to_end([item.caps for item in items])
         verdicts = await self._fetchval(
             "topping up reservations",
             "spend_top_up_many",
@@ -551,7 +537,7 @@ class SpendStore:
         return Settle(request_id, sub, model, keys, actual_micro, now), None
 
     async def _settle_many(self, items: Sequence[Settle]) -> list[str]:
-        first, count, keys = _laid_end_to_end([item.keys for item in items])
+        first, count, keys = laid_end_to_end([item.keys for item in items])
         types, ids, periods, starts = arrays(keys)
         outcomes = await self._fetchval(
             "settling spend",
@@ -576,54 +562,17 @@ class SpendStore:
         """The person's counters now: their three periods (capped or not), then their pools."""
         plan = self._limits.plan(principal.sub, tuple(principal.groups), now)
         rows = await self._fetch("reading spend", "spend_counters_read", *plan.arrays)
-        return self._snapshots(rows, plan, None)
-
-    def _snapshots(self, rows: Sequence[Any], plan: Plan, refused_amount: int | None) -> list[sp.Snapshot]:
-        found = {}
-        for r in rows:
-            values = tuple(r)  # scope type, id, period, start, spent, reserved, exhausted
-            if len(values) == 8:  # an admission's rows lead with the verdict
-                values = values[1:]
-            found[(values[0], values[1], values[2])] = (values[4], values[5], values[6])
-        pool_ids = {p.group: p.limit_id for p in plan.pools}
-        out = []
-        for key, cap, end in zip(plan.keys, plan.caps, plan.ends, strict=True):
-            spent, reserved, exhausted = found.get((key.scope_type, key.scope_id, key.period), (0, 0, None))
-            blocking = False
-            if refused_amount is not None and cap is not None:
-                blocking = (
-                    exhausted is not None and cap <= exhausted
-                ) or spent + reserved + refused_amount > cap
-            if key.scope_type == "user":
-                c = plan.user_caps[key.period]
-                source, limit_id, group = c.source, c.limit_id, None
-            else:
-                source = {"type": "rbac_group", "rbac_group_id": key.scope_id}
-                limit_id, group = pool_ids.get(key.scope_id), key.scope_id
-            out.append(
-                sp.Snapshot(
-                    key.period, cap, spent, reserved, end, key.scope_type, source, limit_id, group, blocking
-                )
-            )
-        return out
+        return rows_to_snapshots(rows, plan, None)
 
     # -- principals --------------------------------------------------------------------
     def note_principal(self, principal: Any) -> None:
         """Remember a person's last-seen identity; written later, at most every few minutes. No I/O."""
-        fields = (principal.email, principal.name, tuple(principal.groups))
-        now = time.monotonic()
-        seen = self._principals_seen.get(principal.sub)
-        if seen is not None and seen[1] == fields and now - seen[0] < PRINCIPAL_REFRESH_S:
-            return
-        if len(self._principals_seen) > 100_000:
-            self._principals_seen.clear()
-        self._principals_seen[principal.sub] = (now, fields)
-        self._principals_due[principal.sub] = fields
+        self._last_seen.note(principal)
 
     async def _flush_principals(self) -> None:
-        if not self._principals_due:
+        due = self._last_seen.take()
+        if not due:
             return
-        due, self._principals_due = self._principals_due, {}
         subs = list(due)
         try:
             await self._execute(
@@ -636,8 +585,7 @@ class SpendStore:
                 self._clock(),
             )
         except StoreUnavailable:
-            for s in subs:  # keep them for the next round, unless newer values arrived meanwhile
-                self._principals_due.setdefault(s, due[s])
+            self._last_seen.give_back(due)
             raise
 
     # -- allowances --------------------------------------------------------------------
@@ -770,35 +718,6 @@ class SpendStore:
         with _unavailable(what):
             async with asyncio.timeout(self.timeout_s):
                 await self._pool.execute(queries()[query], *args)
-
-
-def _per_item(rows: Sequence[Any], n: int) -> list[list[tuple[Any, ...]]]:
-    """Rows led by their item's position (from 1), grouped per item, the position dropped."""
-    per: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
-    for r in rows:
-        per[r[0] - 1].append(tuple(r)[1:])
-    return per
-
-
-def _room(snapshots: Sequence[sp.Snapshot]) -> int | None:
-    """The least room left under any capped counter, as ``snapshots`` saw them; None when nothing is capped."""
-    rooms = [s.cap_micro - s.spent_micro - s.reserved_micro for s in snapshots if s.cap_micro is not None]
-    return max(0, min(rooms)) if rooms else None
-
-
-def _headroom(rows: Sequence[Any], keys: Sequence[Key], caps: Sequence[int | None]) -> int | None:
-    """The least room left under any capped counter of ``keys`` (caps parallel to them), from
-    counter rows led by a flag (verdict, scope type, id, period, start, spent, reserved,
-    exhausted); None when nothing is capped."""
-    found = {(r[1], r[2], r[3]): (r[5], r[6], r[7]) for r in rows if r[1] is not None}
-    room: int | None = None
-    for key, cap in zip(keys, caps, strict=True):
-        if cap is None:
-            continue
-        spent, reserved, exhausted = found.get((key.scope_type, key.scope_id, key.period), (0, 0, None))
-        left = 0 if exhausted is not None and cap <= exhausted else max(0, cap - spent - reserved)
-        room = left if room is None else min(room, left)
-    return room
 
 
 @contextlib.contextmanager
