@@ -431,18 +431,17 @@ class SpendStore:
             if self._leases.grow(lease, amount_micro):
                 self._flights[request_id] = flight._replace(held=flight.held + amount_micro)
                 return True
-            grow_id, ttl = (
-                lease.id,
-                timedelta(seconds=self._leases.ttl_s),
-            )  # grow the lease itself, cap-checked
+            # The lease has no room for the step: grow the lease itself, checked against the caps.
+            grow_id, ttl = lease.id, timedelta(seconds=self._leases.ttl_s)
         with unavailable_as("topping up a reservation"):
             async with asyncio.timeout(self.timeout_s):
                 verdict = await self._top_ups.submit(_TopUp(grow_id, caps, amount_micro, now, now + ttl))
         if lease is not None and verdict == "granted":
             lease.held += amount_micro
-            lease.in_flight += amount_micro
-            flight = self._flights.get(request_id, flight)
-            self._flights[request_id] = flight._replace(held=flight.held + amount_micro)
+            running = self._flights.get(request_id)
+            if running is not None:  # else it settled meanwhile: the step stays free in the lease
+                lease.in_flight += amount_micro
+                self._flights[request_id] = running._replace(held=running.held + amount_micro)
         if lease is not None and verdict == "denied":
             assert self._leases is not None
             self._leases.retire(lease.person)

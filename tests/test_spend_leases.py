@@ -247,3 +247,25 @@ async def test_settle_soon_queues_without_a_task_and_updates_the_lease_once_stor
             break
         await asyncio.sleep(0.01)
     assert (await counter(db, "user", who.sub))[0] == 4_000
+
+
+async def test_a_lease_growth_answered_after_its_stream_settled_stays_free_in_the_lease(stores, db):
+    who = user()
+    await set_limit(db, "user", who.sub, "daily", 10_000)
+    s = await replica(stores)
+    estimate = 10_000
+    assert (await s.reserve(request_id=rid(), principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
+    await granted(s)
+    running = rid()
+    assert (await s.reserve(request_id=running, principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
+    lease = next(iter(s._leases))
+    held = lease.held
+    growing = asyncio.create_task(s.top_up(running, held, NOW))  # more than the lease has free
+    await asyncio.sleep(0)  # the growth is on its way to the database
+    assert await s.settle(running, 4_000, NOW) == "leased"
+    assert await growing is True
+    assert lease.in_flight == 0  # nothing is left running against the lease
+    assert lease.held == held + held - 4_000
+    assert running not in s._flights
+    await s.close()
+    assert (await counter(db, "user", who.sub))[1] == estimate  # the lease, grown or not, went back
