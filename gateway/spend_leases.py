@@ -13,8 +13,9 @@ counters had room for it. Requests admitted against it take their estimate
 from its ``free`` part; top-ups take from it too, or grow it in the database
 with the usual cap check. Settling a leased request charges its actual cost
 and moves the same amount out of the lease's reservation, in one transaction,
-so spent + reserved on the counters never grows past what was granted. A
-replica therefore never admits more than the database granted it.
+so spent + reserved on the counters never grows past what was granted (only
+a reply that costs more than its request held can pass it, as with any
+reservation). A replica therefore never admits more than the database granted it.
 
 Fairness: a lease is at most ``1/SHARE`` of the headroom the counters showed,
 and only taken while that is at least ``MIN_REQUESTS`` requests' worth, so
@@ -39,7 +40,7 @@ from collections.abc import Iterator
 from typing import Any
 
 PREFIX = "lease:"
-SHARE = 8  # a lease takes at most this fraction of a cap's headroom
+SHARE = 8  # a lease takes at most 1/SHARE of a cap's headroom
 MIN_REQUESTS = 4  # ... and only when that is worth at least this many requests
 MAX_REQUESTS = 256  # ... and never more than this many (one person may run many requests at once)
 IDLE_S = 15.0  # an unused lease is given back after this long
