@@ -219,16 +219,22 @@ async def test_a_dead_replicas_lease_is_charged_what_its_requests_held(stores, d
     assert events.named("spend.lease_expired")[0]["charged_micro"] == 3 * estimate
 
 
-async def test_settle_soon_queues_without_a_task_and_updates_the_lease_once_stored(stores, db):
+async def leased_request(stores, db, estimate: int = 10_000):
+    """A replica, a person with a $100 daily cap and a granted lease, and one request admitted against it."""
     who = user()
     await set_limit(db, "user", who.sub, "daily", 10_000)
     s = await replica(stores)
-    estimate = 10_000
     assert (await s.reserve(request_id=rid(), principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
     await granted(s)
     request = rid()
     assert (await s.reserve(request_id=request, principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
     lease = next(iter(s._leases))
+    assert lease.in_flight == estimate
+    return who, s, request, lease
+
+
+async def test_settle_soon_queues_without_a_task_and_updates_the_lease_once_stored(stores, db):
+    who, s, request, lease = await leased_request(stores, db)
     held = lease.held
     s.settle_soon(request, 3_000, NOW)
     assert lease.settling == 3_000 and lease.held == held  # queued, not stored yet
@@ -250,15 +256,7 @@ async def test_settle_soon_queues_without_a_task_and_updates_the_lease_once_stor
 
 
 async def test_a_lease_growth_answered_after_its_stream_settled_stays_free_in_the_lease(stores, db):
-    who = user()
-    await set_limit(db, "user", who.sub, "daily", 10_000)
-    s = await replica(stores)
-    estimate = 10_000
-    assert (await s.reserve(request_id=rid(), principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
-    await granted(s)
-    running = rid()
-    assert (await s.reserve(request_id=running, principal=who, model="m", amount_micro=estimate, now=NOW)).admitted
-    lease = next(iter(s._leases))
+    who, s, running, lease = await leased_request(stores, db)
     held = lease.held
     growing = asyncio.create_task(s.top_up(running, held, NOW))  # more than the lease has free
     await asyncio.sleep(0)  # the growth is on its way to the database
@@ -268,4 +266,4 @@ async def test_a_lease_growth_answered_after_its_stream_settled_stays_free_in_th
     assert lease.held == held + held - 4_000
     assert running not in s._flights
     await s.close()
-    assert (await counter(db, "user", who.sub))[1] == estimate  # the lease, grown or not, went back
+    assert (await counter(db, "user", who.sub))[1] == 10_000  # the lease, grown or not, went back
