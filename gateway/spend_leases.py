@@ -31,7 +31,8 @@ could not be renewed for half its time to live admits nothing more, well
 before it could expire under a live owner.
 
 :class:`LeaseBook` is the local half: which lease a person's next request may
-use, and what each lease holds. The spend store does the database half.
+use, and what each lease holds. :mod:`gateway.spend_lease_keeper` does the
+database half.
 """
 
 from __future__ import annotations

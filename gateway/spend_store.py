@@ -27,7 +27,8 @@ Theory of operation:
   row of its own) and admits their next requests against it in memory; a
   settlement then moves the actual cost out of the lease. The rules (size,
   fairness near a cap, renewal, a dead replica's leases) are in
-  :mod:`gateway.spend_leases`; the background task here renews them.
+  :mod:`gateway.spend_leases`; :mod:`gateway.spend_lease_keeper` asks for,
+  renews and gives back leases, renewing from the background task here.
 * **People without a cap skip the database on admission**; their spend is
   still charged to their counters at settlement (caps can be added at any
   time and must then see the spend to date).
@@ -76,9 +77,9 @@ from gateway import spend as sp
 from gateway.coalescing import Coalescer
 from gateway.output_budget import AllowanceTracker
 from gateway.spend_identities import LastSeen
+from gateway.spend_lease_keeper import LeaseKeeper
 from gateway.spend_leases import PREFIX as LEASE_PREFIX
 from gateway.spend_leases import Lease, LeaseBook
-from gateway.spend_leases import size as lease_size
 from gateway.spend_plans import Key, Plan, Plans, arrays, limit_row
 from gateway.spend_rows import headroom, laid_end_to_end, per_item, room
 from gateway.spend_rows import snapshots as rows_to_snapshots
@@ -187,7 +188,11 @@ class SpendStore:
         )
         self._top_ups: Coalescer[_TopUp, str] = Coalescer(self._top_up_many, TOP_UP_BATCH, "spend-top-up")
         self._leases = LeaseBook(uuid.uuid4().hex[:12], lease_ttl_s) if leases else None
-        self._granting: set[asyncio.Task[None]] = set()
+        self._keeper = (
+            LeaseKeeper(self._leases, self._lease_grant, self._fetch, self._limits, self._clock, timeout_s)
+            if self._leases is not None
+            else None
+        )
         self._last_seen = LastSeen()
         self._reload_wanted = asyncio.Event()
         self._listen_conn: asyncpg.Connection | None = None
@@ -213,18 +218,14 @@ class SpendStore:
         self._reload_wanted.set()
         await cancel_and_wait(self._task)
         self._task = None
-        for task in list(self._granting):
-            await cancel_and_wait(task)
+        if self._keeper is not None:
+            await self._keeper.stop_asking()
         await self._settlements.close(CLOSE_FLUSH_S)
-        if self._leases is not None:
-            self._leases.retire()
+        if self._keeper is not None:
             try:
-                await self.renew_leases()
+                await self._keeper.give_back()
             except StoreUnavailable as exc:
-                self._log(
-                    "warn",
-                    f"spend: leases not given back at shutdown ({exc}); they expire within {self._leases.ttl_s:g} s",
-                )
+                self._log("warn", f"spend: leases not given back at shutdown ({exc}); they expire unused")
         try:
             await self._flush_principals()
         except StoreUnavailable as exc:
@@ -284,7 +285,8 @@ class SpendStore:
                     sub, groups, model, plan.keys, True, lease=lease, held=amount
                 )
                 if self._leases.wants((sub, groups), amount, mono):  # half spent: ask for the next
-                    self._lease_for((sub, groups), plan, amount, room(lease.snapshots), now)
+                    assert self._keeper is not None
+                    self._keeper.ask((sub, groups), plan, amount, room(lease.snapshots), now)
                 return Admission(True, None, lease.snapshots, amount)
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
         # Giving up here does not withdraw the request from its batch: the
@@ -297,8 +299,8 @@ class SpendStore:
         admitted = bool(rows[0][0]) if rows else True
         snapshots = rows_to_snapshots(rows, plan, amount if not admitted else None)
         if admitted:
-            if self._leases is not None:
-                self._lease_for((sub, groups), plan, amount, headroom(rows, plan.keys, plan.caps), now)
+            if self._keeper is not None:
+                self._keeper.ask((sub, groups), plan, amount, headroom(rows, plan.keys, plan.caps), now)
             return Admission(True, None, snapshots, amount)
         # Refused: nothing is held, so the follow-up settle has nothing to release.
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, False, refused=True)
@@ -339,83 +341,16 @@ class SpendStore:
         )
         return per_item(rows, len(items))
 
-    # -- leases ------------------------------------------------------------------------
-    def _lease_for(self, person: Any, plan: Plan, amount: int, headroom: int | None, now: datetime) -> None:
-        """Ask for a lease in the background if the person needs one and ``headroom`` (the least
-        room under any of their caps, as last seen) allows one."""
-        assert self._leases is not None
-        if headroom is None or not self._leases.wants(person, amount, time.monotonic()):
-            return
-        grant = lease_size(headroom, amount)
-        if not grant:
-            return
-        self._leases.asking.add(person)
-        task = asyncio.create_task(self._grant(person, plan, grant, now), name="spend-lease")
-        self._granting.add(task)
-        task.add_done_callback(self._granting.discard)
-
-    async def _grant(self, person: Any, plan: Plan, amount: int, now: datetime) -> None:
-        assert self._leases is not None
-        lease_id = self._leases.next_id()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                rows = await self._reserves.submit(
-                    _Reserve(
-                        lease_id,
-                        person[0],
-                        None,
-                        plan,
-                        amount,
-                        now,
-                        now + timedelta(seconds=self._leases.ttl_s),
-                    )
-                )
-        except (StoreUnavailable, TimeoutError):
-            return  # a lease stored anyway expires unused, charged nothing
-        finally:
-            self._leases.asking.discard(person)
-        if rows and rows[0][0] and not self._closing:
-            lease = Lease(
-                lease_id,
-                person,
-                plan.keys,
-                plan.caps,
-                amount,
-                time.monotonic(),
-                rows_to_snapshots(rows, plan, None),
-            )
-            # Limits reloaded while it was granted: its caps may be gone, so it only goes back.
-            lease.retired = self._limits.plan(person[0], person[1], now) is not plan
-            self._leases.add(lease)
+    async def _lease_grant(
+        self, lease_id: str, sub: str, plan: Plan, amount: int, now: datetime, expires: datetime
+    ) -> list[Any]:
+        """Reserve a lease like a request, in the admissions' shared round trips."""
+        return await self._reserves.submit(_Reserve(lease_id, sub, None, plan, amount, now, expires))
 
     async def renew_leases(self) -> None:
         """Renew this replica's leases and give back what retired ones no longer need (one round trip)."""
-        book = self._leases
-        if book is None or not len(book):
-            return
-        due = book.renewals(time.monotonic())
-        now = self._clock()
-        rows = await self._fetch(
-            "renewing spend leases",
-            "spend_lease_renew",
-            [lease.id for lease, _ in due],
-            [lease.in_flight for lease, _ in due],
-            [keep for _, keep in due],
-            now,
-            now + timedelta(seconds=book.ttl_s),
-        )
-        done = time.monotonic()
-        for (lease, keep), found in zip(due, per_item(rows, len(due)), strict=True):
-            still_open = bool(found and found[0][0])
-            book.renewed(lease, keep, still_open, done)
-            if not still_open:
-                continue
-            sub, groups = lease.person
-            plan = self._limits.plan(sub, groups, now)
-            if plan.keys == lease.keys:
-                lease.snapshots = rows_to_snapshots(found, plan, None)
-            if headroom(found, lease.keys, lease.caps) == 0:
-                book.retire(lease.person)  # a cap ran out (or was marked exhausted) elsewhere
+        if self._keeper is not None:
+            await self._keeper.renew()
 
     async def top_up(self, request_id: str, amount_micro: int, now: datetime) -> bool:
         """Grow a running request's reservation; False when a cap has no room (it is then marked exhausted)."""

@@ -40,7 +40,7 @@ async def replica(stores, **kw) -> SpendStore:
 async def granted(*replicas: SpendStore) -> None:
     """Wait for the leases the replicas asked for to be granted (or refused)."""
     for _ in range(200):
-        if not any(r._granting for r in replicas):
+        if not any(r._keeper and r._keeper._granting for r in replicas):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("a lease grant never finished")
