@@ -24,29 +24,38 @@ gatehouse:
 """
 
 
-@pytest.mark.parametrize("fail_closed", [False, True])
-async def test_store_down_during_the_spend_check(pg_cluster, fake_upstream, fail_closed):
-    db = pg_cluster.create_database(f"failmode_{int(fail_closed)}")
+async def capped_then_store_down(pg_cluster, fake_upstream, name: str, extra: str):
+    """A gateway behind a TCP proxy to PostgreSQL, a cap in force (seen by one admitted request),
+    then the proxy stopped. Returns the gateway, the proxy and the client session."""
+    db = pg_cluster.create_database(name)
     url = urlsplit(db)
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     await proxy.start()
     proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
-    extra = ADMIN + ("enforcement:\n  fail_closed_on_error: true\n" if fail_closed else "")
-    gw = await start_gateway(make_config(proxied, [upstream_block(fake_upstream.url)], extra))
+    gw = await start_gateway(make_config(proxied, [upstream_block(fake_upstream.url)], ADMIN + extra))
+    s = aiohttp.ClientSession()
+    limit = {"scope": {"type": "organization"}, "amount": "100000", "period": "monthly"}
+    async with s.post(gw.url + "/v1/organizations/spend_limits", json=limit, headers={"x-api-key": "admin-write-key-0123456789abcdef0123456789"}) as r:
+        assert r.status == 200
+    for _ in range(50):  # the new cap reaches the limits cache by NOTIFY
+        async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+            assert r.status == 200
+            if "anthropic-ratelimit-unified-status" in r.headers:
+                break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the cap never applied")
+    await asyncio.sleep(0.2)  # a lease, if one was asked for, is granted by now
+    await proxy.stop()  # PostgreSQL unreachable from here on
+    return gw, proxy, s
+
+
+@pytest.mark.parametrize("fail_closed", [False, True])
+async def test_store_down_during_the_spend_check(pg_cluster, fake_upstream, fail_closed):
+    extra = "    leases: false\n" + ("enforcement:\n  fail_closed_on_error: true\n" if fail_closed else "")
+    gw, proxy, s = await capped_then_store_down(pg_cluster, fake_upstream, f"failmode_{int(fail_closed)}", extra)
     try:
-        async with aiohttp.ClientSession() as s:
-            limit = {"scope": {"type": "organization"}, "amount": "100000", "period": "monthly"}
-            async with s.post(gw.url + "/v1/organizations/spend_limits", json=limit, headers={"x-api-key": "admin-write-key-0123456789abcdef0123456789"}) as r:
-                assert r.status == 200
-            for _ in range(50):  # the new cap reaches the limits cache by NOTIFY
-                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
-                    assert r.status == 200
-                    if "anthropic-ratelimit-unified-status" in r.headers:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the cap never applied")
-            await proxy.stop()  # PostgreSQL unreachable from here on
+        async with s:
             async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
                 doc = await r.read()
                 if fail_closed:
@@ -66,6 +75,26 @@ async def test_store_down_during_the_spend_check(pg_cluster, fake_upstream, fail
             async with s.get(gw.url + "/api/oauth/usage", headers=gw.auth()) as r:
                 assert r.status == 503
         await proxy.start()  # PostgreSQL is back: queued usage rows and settlements land
+    finally:
+        await gw.close()
+
+
+async def test_store_down_a_lease_admits_until_it_is_stale_then_enforcement_fails_closed(pg_cluster, fake_upstream):
+    # A lease is headroom already reserved in the store, so admitting against it needs no store:
+    # the cap still holds. Once the lease has gone unrenewed for half its time to live, the
+    # store is asked again, and fail_closed_on_error decides.
+    extra = "    lease_ttl_seconds: 4\nenforcement:\n  fail_closed_on_error: true\n"
+    gw, proxy, s = await capped_then_store_down(pg_cluster, fake_upstream, "failmode_lease", extra)
+    try:
+        async with s:
+            async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                assert r.status == 200
+                assert r.headers["anthropic-ratelimit-unified-status"] == "allowed"  # from the lease
+            await asyncio.sleep(2.5)  # renewals fail meanwhile; the lease is now stale
+            async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                assert r.status == 429
+                assert json.loads(await r.read())["error"]["message"] == "spend limit unavailable"
+        await proxy.start()
     finally:
         await gw.close()
 
