@@ -10,7 +10,7 @@ store admits against the book on the request path and calls this for the rest:
 * ``renew`` every tick from the store's background task: one round trip for
   all of this replica's leases (new expiry, what their requests hold, retired
   ones shrunk or closed), and the counters read back refresh each lease's
-  snapshots; a lease whose caps have no room left is retired.
+  snapshots; a person's leases retire when one of their caps is marked exhausted.
 * ``stop_asking`` and ``give_back`` at shutdown.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.spend_leases import Lease, LeaseBook, size
 from gateway.spend_plans import Plan, Plans
-from gateway.spend_rows import headroom, per_item, snapshots
+from gateway.spend_rows import exhausted, per_item, snapshots
 from gateway.store import StoreUnavailable
 from gateway.tasks import cancel_and_wait
 
@@ -111,8 +111,9 @@ class LeaseKeeper:
             plan = self._plans.plan(sub, groups, now)
             if plan.keys == lease.keys:
                 lease.snapshots = snapshots(found, plan, None)
-            if headroom(found, lease.keys, lease.caps) == 0:
-                book.retire(lease.person)  # a cap ran out (or was marked exhausted) elsewhere
+            if exhausted(found, lease.keys, lease.caps):
+                book.retire(lease.person)  # a stream was refused a top-up elsewhere: the cap is closed
+            # (No room left beside the leases is no reason to retire them: they hold that room.)
 
     async def stop_asking(self) -> None:
         """No new leases; grants on their way are abandoned (one stored anyway expires unused)."""

@@ -21,7 +21,10 @@ Fairness: a lease is at most ``1/SHARE`` of the headroom the counters showed,
 and only taken while that is at least ``MIN_REQUESTS`` requests' worth, so
 near a cap leases shrink and then stop, and admission goes back to the
 database request by request, where every replica competes on equal terms.
-An unused lease is given back after ``IDLE_S``.
+A person may hold two leases for a moment (the next is asked for when the
+current one is half spent): the older is used up first, then retired, and
+its crumbs (less than a request) go back at the next renewal. An unused
+lease is given back after ``IDLE_S``.
 
 Liveness: every tick the owner renews its leases (new expiry, the amount its
 running requests hold) and gives back what retired leases no longer need. A
@@ -105,14 +108,16 @@ def size(headroom: int, amount: int) -> int:
 
 
 class LeaseBook:
-    """This replica's leases: the one each person's requests draw on now, and retired ones still owed."""
+    """This replica's leases: those each person's requests draw on, and retired ones still owed."""
 
     def __init__(self, replica: str, ttl_s: float = TTL_S) -> None:
         self._replica = replica
         self.ttl_s = ttl_s
         self._usable_s = ttl_s / 2  # admit from a lease only while it was renewed this recently
         self._serial = 0
-        self._current: dict[Any, Lease] = {}
+        # Per person, the leases their requests may draw on, oldest first: the next one is granted
+        # while the last still has room, and the older is used up before the newer is touched.
+        self._current: dict[Any, list[Lease]] = {}
         self._all: dict[str, Lease] = {}
         self.asking: set[Any] = set()  # people whose lease is being granted right now
 
@@ -131,18 +136,23 @@ class LeaseBook:
 
     def take(self, person: Any, keys: tuple[Any, ...], amount: int, now: float) -> Lease | None:
         """The lease a request of ``person`` is admitted against (``amount`` now held), or None."""
-        lease = self._current.get(person)
-        if (
-            lease is None
-            or lease.retired
-            or lease.keys != keys  # the day turned, or the limits changed which counters apply
-            or now - lease.renewed_at > self._usable_s
-            or lease.free < amount
-        ):
+        leases = self._current.get(person)
+        if not leases:
             return None
-        lease.in_flight += amount
-        lease.used_at = now
-        return lease
+        for lease in leases:
+            if (
+                lease.retired
+                or lease.keys != keys  # the day turned, or the limits changed which counters apply
+                or now - lease.renewed_at > self._usable_s
+            ):
+                continue
+            if lease.free >= amount:
+                lease.in_flight += amount
+                lease.used_at = now
+                return lease
+            if lease is not leases[-1]:
+                lease.retired = True  # used up, and a newer one is there: its crumbs go back
+        return None
 
     def wants(self, person: Any, amount: int, now: float) -> bool:
         """Whether ``person`` needs a new lease: none is being granted, and theirs is missing,
@@ -150,20 +160,19 @@ class LeaseBook:
         on the lease while the next one is granted (a busy person spends one in seconds)."""
         if person in self.asking:
             return False
-        lease = self._current.get(person)
-        return (
-            lease is None
-            or lease.retired
-            or lease.free < max(amount * MIN_REQUESTS, lease.granted // 2)
-            or now - lease.renewed_at > self._usable_s
-        )
+        usable = [
+            lease
+            for lease in self._current.get(person, ())
+            if not lease.retired and now - lease.renewed_at <= self._usable_s
+        ]
+        if not usable:
+            return True
+        return sum(lease.free for lease in usable) < max(amount * MIN_REQUESTS, usable[-1].granted // 2)
 
     def add(self, lease: Lease) -> None:
-        """A granted lease becomes the person's current one; the one it replaces retires."""
-        old = self._current.get(lease.person)
-        if old is not None:
-            old.retired = True
-        self._current[lease.person] = lease
+        """A granted lease joins the person's, after those that still have room."""
+        leases = [old for old in self._current.get(lease.person, ()) if not old.retired]
+        self._current[lease.person] = [*leases, lease]
         self._all[lease.id] = lease
 
     def grow(self, lease: Lease, amount: int) -> bool:
@@ -211,5 +220,8 @@ class LeaseBook:
 
     def forget(self, lease: Lease) -> None:
         self._all.pop(lease.id, None)
-        if self._current.get(lease.person) is lease:
-            del self._current[lease.person]
+        leases = [other for other in self._current.get(lease.person, ()) if other is not lease]
+        if leases:
+            self._current[lease.person] = leases
+        else:
+            self._current.pop(lease.person, None)

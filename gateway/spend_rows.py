@@ -61,6 +61,17 @@ def headroom(rows: Sequence[Any], keys: Sequence[Key], caps: Sequence[int | None
     return least
 
 
+def exhausted(rows: Sequence[Any], keys: Sequence[Key], caps: Sequence[int | None]) -> bool:
+    """Whether any capped counter of ``keys`` is marked exhausted at its cap (a running stream was
+    refused a top-up there), from counter rows led by a flag."""
+    marks = {(r[1], r[2], r[3]): r[7] for r in rows if r[1] is not None}
+    for key, cap in zip(keys, caps, strict=True):
+        mark = marks.get((key.scope_type, key.scope_id, key.period))
+        if cap is not None and mark is not None and cap <= mark:
+            return True
+    return False
+
+
 def snapshots(rows: Sequence[Any], plan: Plan, refused_amount: int | None) -> list[sp.Snapshot]:
     """A person's counters as Snapshots, in ``plan.keys`` order, from counter rows (led or not
     by a flag); counters without a row yet read as zero. ``refused_amount``: the request was

@@ -62,13 +62,17 @@ def test_renewals_retire_idle_leases_and_forget_closed_ones():
     assert len(book) == 0 and book.take(ALICE, KEYS, 1, now=20.0) is None
 
 
-def test_a_new_lease_retires_the_one_it_replaces_which_stays_until_its_requests_end():
+def test_the_older_lease_is_used_up_before_the_newer_then_goes_back_with_its_crumbs():
     book, old = book_with(held=1_000)
-    book.take(ALICE, KEYS, 900, now=0)
-    assert book.wants(ALICE, 100, now=0)  # 100 free is less than MIN_REQUESTS requests
+    book.take(ALICE, KEYS, 600, now=0)
+    assert book.wants(ALICE, 100, now=0)  # 400 free: under half of what was granted
     new = sl.Lease(book.next_id(), ALICE, KEYS, [5_000, None, None], 2_000, 0.0, [])
     book.add(new)
-    assert old.retired and book.take(ALICE, KEYS, 100, now=0) is new
-    assert book.renewals(now=1.0) == [(old, 900), (new, None)]  # the old one shrinks to what its request holds
+    assert not book.wants(ALICE, 100, now=0)  # 2,400 free across both
+    assert book.take(ALICE, KEYS, 300, now=0) is old  # the older first
+    assert book.take(ALICE, KEYS, 300, now=0) is new  # 100 left in the older: too little
+    assert old.retired and not new.retired
+    assert book.renewals(now=1.0) == [(old, 900), (new, None)]  # the old one shrinks to what its requests hold
     book.renewed(old, 900, True, now=1.0)
     assert old.held == 900 and len(book) == 2
+    assert book.take(ALICE, KEYS, 100, now=1.0) is new

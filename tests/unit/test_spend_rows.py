@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from gateway import spend as sp
 from gateway.spend_plans import Plans
-from gateway.spend_rows import headroom, laid_end_to_end, per_item, room, snapshots
+from gateway.spend_rows import exhausted, headroom, laid_end_to_end, per_item, room, snapshots
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -52,3 +52,10 @@ def test_room_and_headroom_are_the_least_room_under_any_cap():
     uncapped = Plans("min").plan("bob", (), NOW)
     assert headroom(counter_rows(uncapped, 5, 5), uncapped.keys, uncapped.caps) is None
     assert room(snapshots([], uncapped, None)) is None
+
+
+def test_exhausted_only_when_a_capped_counter_is_marked_at_its_cap():
+    plan = plan_with_daily_cap(100)
+    assert not exhausted(counter_rows(plan, 1_000_000, 0), plan.keys, plan.caps)  # full is not closed
+    assert exhausted(counter_rows(plan, 0, 0, exhausted=1_000_000), plan.keys, plan.caps)
+    assert not exhausted(counter_rows(plan, 0, 0, exhausted=999_999), plan.keys, plan.caps)  # cap raised since
