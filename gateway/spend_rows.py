@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from gateway import spend as sp
-from gateway.spend_plans import Key, Plan
+from gateway.spend_plans import Key, Plan, arrays
 
 T = TypeVar("T")
 
@@ -30,6 +30,13 @@ def laid_end_to_end(parts: Sequence[Sequence[T]]) -> tuple[list[int], list[int],
         count.append(len(part))
         flat.extend(part)
     return first, count, flat
+
+
+def keys_laid_out(parts: Sequence[Sequence[Key]]) -> tuple[list[Any], ...]:
+    """Each request's counter keys as a batch function takes them: first indexes, counts, then
+    the keys' types, ids, periods and starts."""
+    first, count, keys = laid_end_to_end(parts)
+    return (first, count, *arrays(keys))
 
 
 def per_item(rows: Sequence[Any], n: int) -> list[list[tuple[Any, ...]]]:

@@ -79,9 +79,10 @@ from gateway.output_budget import AllowanceTracker
 from gateway.spend_identities import LastSeen
 from gateway.spend_lease_keeper import LeaseKeeper
 from gateway.spend_leases import PREFIX as LEASE_PREFIX
+from gateway.spend_leases import TTL_S as LEASE_TTL_S
 from gateway.spend_leases import Lease, LeaseBook
-from gateway.spend_plans import Key, Plan, Plans, arrays, limit_row
-from gateway.spend_rows import headroom, laid_end_to_end, per_item, room
+from gateway.spend_plans import Key, Plan, Plans, limit_row
+from gateway.spend_rows import headroom, keys_laid_out, laid_end_to_end, per_item, room
 from gateway.spend_rows import snapshots as rows_to_snapshots
 from gateway.spend_settlements import Settle, Settlements
 from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
@@ -168,7 +169,7 @@ class SpendStore:
         emit: Emit | None = None,
         background: bool = True,
         leases: bool = False,
-        lease_ttl_s: float = 60.0,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         self._store = store
         self._pool = store.pool
@@ -319,8 +320,6 @@ class SpendStore:
         return Admission(False, refusal, snapshots, 0)
 
     async def _reserve_many(self, items: Sequence[_Reserve]) -> list[list[Any]]:
-        first, count, keys = laid_end_to_end([item.plan.keys for item in items])
-        types, ids, periods, starts = arrays(keys)
         caps = [cap for item in items for cap in item.plan.caps]
         rows = await self._fetch(
             "reserving spend",
@@ -331,12 +330,7 @@ class SpendStore:
             [i.amount_micro for i in items],
             [i.now for i in items],
             [i.expires for i in items],
-            first,
-            count,
-            types,
-            ids,
-            periods,
-            starts,
+            *keys_laid_out([item.plan.keys for item in items]),
             caps,
         )
         return per_item(rows, len(items))
@@ -471,8 +465,6 @@ class SpendStore:
         return Settle(request_id, sub, model, keys, actual_micro, now), None
 
     async def _settle_many(self, items: Sequence[Settle]) -> list[str]:
-        first, count, keys = laid_end_to_end([item.keys for item in items])
-        types, ids, periods, starts = arrays(keys)
         outcomes = await self._fetchval(
             "settling spend",
             "spend_settle_many",
@@ -481,12 +473,7 @@ class SpendStore:
             [i.model for i in items],
             [i.actual_micro for i in items],
             [i.at for i in items],
-            first,
-            count,
-            types,
-            ids,
-            periods,
-            starts,
+            *keys_laid_out([item.keys for item in items]),
             [i.lease for i in items],
             [i.move for i in items],
         )

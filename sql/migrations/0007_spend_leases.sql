@@ -131,22 +131,7 @@ BEGIN
         v_out[n] := coalesce(v_out[n], 'duplicate');
     END LOOP;
 
-    -- Their costs, charged to their keys.
-    SELECT array_agg(p_types[k]), array_agg(p_key_ids[k]), array_agg(p_periods[k]), array_agg(p_starts[k]),
-           array_agg(p_actuals[o]), array_agg(0::bigint)
-      INTO x_types, x_ids, x_periods, x_starts, x_spent, x_release
-      FROM unnest(v_fresh) AS o
-     CROSS JOIN LATERAL generate_series(p_key_first[o], p_key_first[o] + p_key_count[o] - 1) AS k;
-    IF x_types IS NOT NULL THEN
-        d_types := d_types || x_types;
-        d_ids := d_ids || x_ids;
-        d_periods := d_periods || x_periods;
-        d_starts := d_starts || x_starts;
-        d_spent := d_spent || x_spent;
-        d_release := d_release || x_release;
-    END IF;
-
-    -- What they move out of their leases, summed per lease, released from the lease's counters.
+    -- What they move out of their leases, summed per lease; a lease no longer open releases nothing.
     SELECT array_agg(l.request_id), array_agg(least(m.mv, l.reserved_micro))
       INTO l_ids, l_release
       FROM (SELECT p_leases[o] AS lease, sum(p_moves[o])::bigint AS mv
@@ -154,24 +139,30 @@ BEGIN
              WHERE p_leases[o] IS NOT NULL AND p_moves[o] > 0
              GROUP BY 1) m
       JOIN spend_reservations l ON l.request_id = m.lease AND l.state = 'open';
-    IF l_ids IS NOT NULL THEN
-        UPDATE spend_reservations l
-           SET reserved_micro = l.reserved_micro - x.rel
-          FROM unnest(l_ids, l_release) AS x(id, rel)
-         WHERE l.request_id = x.id;
-        SELECT array_agg(k.t), array_agg(k.i), array_agg(k.p), array_agg(k.s), array_agg(0::bigint), array_agg(x.rel)
-          INTO x_types, x_ids, x_periods, x_starts, x_spent, x_release
-          FROM unnest(l_ids, l_release) AS x(id, rel)
-          JOIN spend_reservations l ON l.request_id = x.id
-         CROSS JOIN LATERAL unnest(l.key_types, l.key_ids, l.key_periods, l.key_starts) AS k(t, i, p, s);
-        IF x_types IS NOT NULL THEN
-            d_types := d_types || x_types;
-            d_ids := d_ids || x_ids;
-            d_periods := d_periods || x_periods;
-            d_starts := d_starts || x_starts;
-            d_spent := d_spent || x_spent;
-            d_release := d_release || x_release;
-        END IF;
+    UPDATE spend_reservations l
+       SET reserved_micro = l.reserved_micro - x.rel
+      FROM unnest(l_ids, l_release) AS x(id, rel)
+     WHERE l.request_id = x.id;
+
+    -- The counter changes: their costs charged to their keys, the releases to their leases' keys.
+    SELECT array_agg(c.t), array_agg(c.i), array_agg(c.p), array_agg(c.s), array_agg(c.sp), array_agg(c.rl)
+      INTO x_types, x_ids, x_periods, x_starts, x_spent, x_release
+      FROM (SELECT p_types[k] AS t, p_key_ids[k] AS i, p_periods[k] AS p, p_starts[k] AS s,
+                   p_actuals[o] AS sp, 0::bigint AS rl
+              FROM unnest(v_fresh) AS o
+             CROSS JOIN LATERAL generate_series(p_key_first[o], p_key_first[o] + p_key_count[o] - 1) AS k
+            UNION ALL
+            SELECT k.t, k.i, k.p, k.s, 0::bigint, x.rel
+              FROM unnest(l_ids, l_release) AS x(id, rel)
+              JOIN spend_reservations l ON l.request_id = x.id
+             CROSS JOIN LATERAL unnest(l.key_types, l.key_ids, l.key_periods, l.key_starts) AS k(t, i, p, s)) c;
+    IF x_types IS NOT NULL THEN
+        d_types := d_types || x_types;
+        d_ids := d_ids || x_ids;
+        d_periods := d_periods || x_periods;
+        d_starts := d_starts || x_starts;
+        d_spent := d_spent || x_spent;
+        d_release := d_release || x_release;
     END IF;
 
     IF cardinality(d_types) > 0 THEN

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from gateway import spend as sp
 from gateway.spend_plans import Plans
-from gateway.spend_rows import exhausted, headroom, laid_end_to_end, per_item, room, snapshots
+from gateway.spend_rows import exhausted, headroom, keys_laid_out, laid_end_to_end, per_item, room, snapshots
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -23,6 +23,14 @@ def counter_rows(plan, spent: int, reserved: int, exhausted: int | None = None, 
 
 def test_laid_end_to_end_counts_from_one():
     assert laid_end_to_end([["a", "b"], [], ["c"]]) == ([1, 3, 3], [2, 0, 1], ["a", "b", "c"])
+
+
+def test_keys_laid_out_gives_the_six_key_arrays_a_batch_function_takes():
+    plan = plan_with_daily_cap(100)
+    first, count, types, ids, periods, starts = keys_laid_out([plan.keys, (), plan.keys[:1]])
+    assert (first, count) == ([1, 4, 4], [3, 0, 1])
+    assert types == ["user"] * 4 and ids == ["alice"] * 4
+    assert periods == ["daily", "weekly", "monthly", "daily"] and starts[3] == plan.keys[0].start
 
 
 def test_per_item_groups_rows_by_their_leading_position():
