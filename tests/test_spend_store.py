@@ -7,7 +7,9 @@ sharing one database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -114,6 +116,18 @@ async def counter(conn, scope_type: str, scope_id: str, period: str = "daily", n
         start,
     )
     return tuple(row) if row else None
+
+
+@contextlib.asynccontextmanager
+async def counters_locked(url: str, sub: str) -> AsyncIterator[None]:
+    """Another session holding ``sub``'s counter rows locked until the block ends."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM spend_counters WHERE scope_type = 'user' AND scope_id = $1 FOR UPDATE", sub)
+            yield
+    finally:
+        await conn.close()
 
 
 def rid() -> str:
@@ -359,19 +373,10 @@ async def test_timeouts_raise_and_settles_are_retried(stores, db, migrated):
     s = await spend_store(stores, timeout_s=0.3)
     first = rid()
     assert (await s.reserve(request_id=first, principal=who, model="m", amount_micro=1_000, now=NOW)).admitted
-    blocker = await asyncpg.connect(migrated)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute(
-            "SELECT 1 FROM spend_counters WHERE scope_type = 'user' AND scope_id = $1 FOR UPDATE", who.sub
-        )
+    async with counters_locked(migrated, who.sub):
         with pytest.raises(StoreUnavailable, match="timed out"):
             await s.reserve(request_id=rid(), principal=who, model="m", amount_micro=1_000, now=NOW)
         assert await s.settle(first, 700, NOW) == "queued"
-        await tx.rollback()
-    finally:
-        await blocker.close()
     assert await s.retry_settles() == 1
     assert await counter(db, "user", who.sub) is not None
     spent, reserved, _ = await counter(db, "user", who.sub)
@@ -625,13 +630,7 @@ async def test_an_admission_given_up_on_is_still_released_by_its_settle(stores, 
     warm = rid()  # creates the counter rows, so the blocker below has something to lock
     assert (await s.reserve(request_id=warm, principal=who, model="m", amount_micro=1, now=NOW)).admitted
     assert await s.settle(warm, 0, NOW) == "settled"
-    blocker = await asyncpg.connect(migrated)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute(
-            "SELECT 1 FROM spend_counters WHERE scope_type = 'user' AND scope_id = $1 FOR UPDATE", who.sub
-        )
+    async with counters_locked(migrated, who.sub):
         a, b = rid(), rid()
         first = asyncio.ensure_future(s.reserve(request_id=a, principal=who, model="m", amount_micro=3_000, now=NOW))
         await asyncio.sleep(0.3)  # A's batch is now waiting on the lock; B queues behind it
@@ -640,9 +639,6 @@ async def test_an_admission_given_up_on_is_still_released_by_its_settle(stores, 
             await first  # A's batch timed out: nothing of it was stored
         with pytest.raises(StoreUnavailable):
             await second  # B's own deadline, while its batch still waits
-        await tx.rollback()
-    finally:
-        await blocker.close()
     for _ in range(100):
         if await counter(db, "user", who.sub) == (0, 7_000, None):
             break
