@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from protocol_spec.conformance import fixtures
+from protocol_spec.conformance import fixtures, profiles
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-key", default=None, help="a write key of the gateway's admin section (enables spend and admin checks)")
     run.add_argument("--json", dest="json_out", default=None, help="write the JSON report here")
     run.add_argument("--only", action="append", default=[], help="run only checks whose name contains this, or that cover this ID or prefix (repeatable)")
+    run.add_argument(
+        "--profile",
+        choices=list(profiles.PROFILES),
+        default=profiles.DEFAULT_PROFILE,
+        help="which requirements to judge: protocol = those whose source is the published protocol or the observed wire "
+        "(for your own gateway); gatehouse = all, Gatehouse's own decisions included (default: %(default)s)",
+    )
     run.add_argument("--strict", action="store_true", help="also fail when a MUST was skipped")
     run.add_argument("--quiet", action="store_true", help="no per-check progress on stderr")
     return parser
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         only=args.only,
         strict=args.strict,
         quiet=args.quiet,
+        profile=args.profile,
     )
     return runner.main(options)
 

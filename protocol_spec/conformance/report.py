@@ -4,7 +4,9 @@ A requirement's outcome folds the outcomes of every check that covers it:
 FAIL if any check failed it, else PASS if any passed it, else SKIP (with the
 checks' reasons). A requirement no check covers is NOT_CHECKED: either it
 describes the client (endpoint ``client``) or it cannot be observed from
-outside (storage, logs, timing over minutes, other providers). Pure.
+outside (storage, logs, timing over minutes, other providers). A requirement
+whose source is outside the run's profile is OUT_OF_PROFILE whatever the
+checks said (profiles.py). Counts are kept per level and per source. Pure.
 """
 
 from __future__ import annotations
@@ -13,11 +15,27 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol_spec.conformance.profiles import Profile
 from protocol_spec.conformance.verdicts import Finding, Outcome, Verdicts
-from protocol_spec.requirements import CLIENT, LEVELS, Requirement
+from protocol_spec.requirements import CLIENT, LEVELS, SOURCES, Requirement
 
-REPORT_VERSION = 1
-MARKS = {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL", Outcome.SKIP: "SKIP", Outcome.NOT_CHECKED: "----"}
+# 2: the profile, OUT_OF_PROFILE outcomes and ``summary_by_source``.
+REPORT_VERSION = 2
+MARKS = {
+    Outcome.PASS: "PASS",
+    Outcome.FAIL: "FAIL",
+    Outcome.SKIP: "SKIP",
+    Outcome.NOT_CHECKED: "----",
+    Outcome.OUT_OF_PROFILE: "OUT ",
+}
+# How the text summary names each outcome.
+WORDS = {
+    Outcome.PASS: "pass",
+    Outcome.FAIL: "fail",
+    Outcome.SKIP: "skip",
+    Outcome.NOT_CHECKED: "not checked",
+    Outcome.OUT_OF_PROFILE: "out of profile",
+}
 
 
 @dataclass
@@ -26,9 +44,17 @@ class CheckResult:
     ids: tuple[str, ...]
     verdicts: Verdicts
     duration_s: float
+    # The IDs whose verdicts count (those in the run's profile); None: all of them.
+    counted: tuple[str, ...] | None = None
+
+    def counts(self, rid: str) -> bool:
+        return self.counted is None or rid in self.counted
+
+    def outcome_of(self, rid: str) -> Outcome:
+        return self.verdicts.outcome(rid) if self.counts(rid) else Outcome.OUT_OF_PROFILE
 
     def outcome(self) -> Outcome:
-        outcomes = {self.verdicts.outcome(rid) for rid in self.ids}
+        outcomes = {self.verdicts.outcome(rid) for rid in self.ids if self.counts(rid)}
         for worst in (Outcome.FAIL, Outcome.PASS):
             if worst in outcomes:
                 return worst
@@ -45,9 +71,15 @@ class RequirementResult:
     reason: str = ""
 
 
-def fold(requirements: list[Requirement], results: list[CheckResult]) -> list[RequirementResult]:
+def fold(
+    requirements: list[Requirement], results: list[CheckResult], profile: Profile | None = None
+) -> list[RequirementResult]:
     folded = []
     for req in requirements:
+        if profile is not None and not profile.covers(req):
+            why = f"source {req.source} is outside the {profile.name} profile"
+            folded.append(RequirementResult(req, Outcome.OUT_OF_PROFILE, reason=why))
+            continue
         mine = [r for r in results if req.id in r.ids]
         if not mine:
             why = "describes the client, not the gateway" if req.endpoint == CLIENT else "not checked from outside"
@@ -63,10 +95,16 @@ def fold(requirements: list[Requirement], results: list[CheckResult]) -> list[Re
 
 
 def summary(folded: list[RequirementResult]) -> dict[str, dict[str, int]]:
+    """Outcome counts per level."""
     counts: dict[str, Counter[str]] = {level: Counter() for level in LEVELS}
     for item in folded:
         counts[item.requirement.level][item.outcome.value] += 1
     return {level: {o.value: counts[level][o.value] for o in Outcome} for level in LEVELS}
+
+
+def summary_by_source(folded: list[RequirementResult]) -> dict[str, dict[str, dict[str, int]]]:
+    """Outcome counts per source, then per level (the shape of :func:`summary` for each source)."""
+    return {source: summary([item for item in folded if item.requirement.source == source]) for source in SOURCES}
 
 
 def passed(folded: list[RequirementResult], *, strict: bool = False) -> bool:
@@ -76,7 +114,7 @@ def passed(folded: list[RequirementResult], *, strict: bool = False) -> bool:
 
 
 def _explain(item: RequirementResult) -> str:
-    if item.outcome is Outcome.NOT_CHECKED:
+    if item.outcome in (Outcome.NOT_CHECKED, Outcome.OUT_OF_PROFILE):
         return item.reason
     if item.outcome is Outcome.PASS:
         return ", ".join(item.checks)
@@ -106,13 +144,45 @@ def lines(folded: list[RequirementResult]) -> list[str]:
     ]
 
 
+def _counted(c: dict[str, int], must_fail: int | None = None) -> str:
+    """``3 pass, 1 fail, 0 skip, 2 not checked``, with ``, N out of profile`` when there are any."""
+    parts = []
+    for o in Outcome:
+        if o is Outcome.OUT_OF_PROFILE and not c[o.value]:
+            continue
+        text = f"{c[o.value]} {WORDS[o]}"
+        if o is Outcome.FAIL and c[o.value] and must_fail is not None:
+            text += f" ({must_fail} MUST)"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def summary_line(folded: list[RequirementResult]) -> str:
     counts = summary(folded)
+    return " | ".join(f"{level}: {_counted(counts[level])}" for level in LEVELS)
+
+
+def source_line(folded: list[RequirementResult]) -> str:
+    """Counts per source over every level, naming the failed MUSTs (what decides the exit status)."""
     parts = []
-    for level in LEVELS:
-        c = counts[level]
-        parts.append(f"{level}: {c['PASS']} pass, {c['FAIL']} fail, {c['SKIP']} skip, {c['NOT_CHECKED']} not checked")
-    return " | ".join(parts)
+    for source, per_level in summary_by_source(folded).items():
+        total = {o.value: sum(per_level[level][o.value] for level in LEVELS) for o in Outcome}
+        if total[Outcome.OUT_OF_PROFILE.value] and total[Outcome.OUT_OF_PROFILE.value] == sum(total.values()):
+            parts.append(f"{source}: {total[Outcome.OUT_OF_PROFILE.value]} out of profile, not judged")
+            continue
+        parts.append(f"{source}: {_counted(total, must_fail=per_level['MUST']['FAIL'])}")
+    return "by source: " + " | ".join(parts)
+
+
+def profile_line(profile: Profile, folded: list[RequirementResult], checks_left_out: list[str]) -> str:
+    """Which profile the run judged, and what it left out (never silently)."""
+    text = f"profile {profile.name}: judges sources {', '.join(profile.sources)}"
+    outside = sum(1 for item in folded if item.outcome is Outcome.OUT_OF_PROFILE)
+    if outside:
+        text += f"; {outside} requirements out of profile (not counted)"
+    if checks_left_out:
+        text += f"; {len(checks_left_out)} checks not run (they judge only requirements out of profile)"
+    return text
 
 
 def as_json(
@@ -124,6 +194,7 @@ def as_json(
         **meta,
         "ok": passed(folded, strict=strict),
         "summary": summary(folded),
+        "summary_by_source": summary_by_source(folded),
         "requirements": [
             {
                 "id": item.requirement.id,
@@ -144,7 +215,7 @@ def as_json(
                 "ids": list(r.ids),
                 "outcome": r.outcome().value,
                 "duration_s": round(r.duration_s, 3),
-                "per_id": {rid: r.verdicts.outcome(rid).value for rid in r.ids},
+                "per_id": {rid: r.outcome_of(rid).value for rid in r.ids},
             }
             for r in results
         ],

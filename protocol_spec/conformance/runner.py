@@ -1,4 +1,4 @@
-"""``run``: every registered check, one after another, against one target.
+"""``run``: the registered checks of a profile, one after another, against one target.
 
 Checks run sequentially because they share the fake upstream's request log
 (each resets it, scripts it and reads it back). Each has its own deadline,
@@ -21,6 +21,7 @@ import aiohttp
 from protocol_spec import requirements
 from protocol_spec.conformance import (
     checks,  # noqa: F401  (registers the checks)
+    profiles,
     report,
 )
 from protocol_spec.conformance.context import Ctx, Suite
@@ -42,23 +43,18 @@ class Options:
     only: list[str]
     strict: bool
     quiet: bool
+    profile: str = profiles.DEFAULT_PROFILE
 
 
 class SetupError(Exception):
     """The run could not start (no fixtures, target or fake unreachable)."""
 
 
-def selected(only: list[str]) -> list[Check]:
-    if not only:
-        return list(REGISTRY.checks)
-    wanted = [w.lower() for w in only]
-    return [
-        c for c in REGISTRY.checks
-        if any(w in c.name.lower() or any(rid.lower() == w or rid.lower().startswith(w + "-") for rid in c.ids) for w in wanted)
-    ]
+def selection(options: Options) -> profiles.Selection:
+    return profiles.select(REGISTRY.checks, requirements.load(), profiles.get(options.profile), options.only)
 
 
-async def run_check(suite: Suite, item: Check) -> report.CheckResult:
+async def run_check(suite: Suite, item: Check, counted: tuple[str, ...] | None = None) -> report.CheckResult:
     verdicts = Verdicts(item.ids)
     started = time.monotonic()
     try:
@@ -70,7 +66,7 @@ async def run_check(suite: Suite, item: Check) -> report.CheckResult:
     except Exception as err:  # a check that breaks fails what it had not judged
         verdicts.crashed(f"{type(err).__name__}: {err}")
     verdicts.finish()
-    return report.CheckResult(item.name, item.ids, verdicts, time.monotonic() - started)
+    return report.CheckResult(item.name, item.ids, verdicts, time.monotonic() - started, counted)
 
 
 async def _preflight(target: Target, suite: Suite) -> None:
@@ -86,14 +82,22 @@ async def _preflight(target: Target, suite: Suite) -> None:
 
 async def execute(options: Options, state: FixtureState) -> tuple[list[report.CheckResult], dict[str, Any]]:
     base_url = options.base_url or state.public_url
+    chosen = selection(options)
     started = datetime.now(UTC)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         target = Target(base_url, session)
         suite = Suite(target, state, session, signin=options.signin, token=options.token, admin_key=options.admin_key)
         await _preflight(target, suite)
         results = []
-        for item in selected(options.only):
-            result = await run_check(suite, item)
+        if not options.quiet:
+            print(
+                f"profile {options.profile}: {len(chosen.run)} checks to run, "
+                f"{len(chosen.out_of_profile)} left out (they judge only requirements out of profile)",
+                file=sys.stderr,
+                flush=True,
+            )
+        for item in chosen.run:
+            result = await run_check(suite, item, chosen.counted(item))
             results.append(result)
             if not options.quiet:
                 print(f"  {result.outcome().value:<4}  {item.name}  ({result.duration_s:.2f} s)", file=sys.stderr, flush=True)
@@ -103,7 +107,9 @@ async def execute(options: Options, state: FixtureState) -> tuple[list[report.Ch
         "duration_s": round((datetime.now(UTC) - started).total_seconds(), 2),
         "signin": options.signin,
         "admin_key": bool(options.admin_key),
-        "checks_selected": [c.name for c in selected(options.only)],
+        "profile": {"name": options.profile, "sources": list(profiles.get(options.profile).sources)},
+        "checks_selected": [c.name for c in chosen.run],
+        "checks_out_of_profile": [c.name for c in chosen.out_of_profile],
     }
     return results, meta
 
@@ -119,16 +125,28 @@ def main(options: Options) -> int:
     except SetupError as err:
         print(str(err), file=sys.stderr)
         return 2
-    folded = report.fold(requirements.load(), results)
+    text, document = outcome(options, results, meta)
+    for line in text:
+        print(line)
+    if options.json_out:
+        Path(options.json_out).write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    return 0 if document["ok"] else 1
+
+
+def outcome(options: Options, results: list[report.CheckResult], meta: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The text report (one line per requirement, then the summaries) and the JSON report of a run's results."""
+    profile = profiles.get(options.profile)
+    folded = report.fold(requirements.load(), results, profile)
     if options.only:
         checked = {rid for r in results for rid in r.ids}
         folded = [item for item in folded if item.requirement.id in checked]
-    for line in report.lines(folded):
-        print(line)
-    print(report.summary_line(folded))
     document = report.as_json(folded, results, meta=meta, strict=options.strict)
-    if options.json_out:
-        Path(options.json_out).write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-    ok = report.passed(folded, strict=options.strict)
-    print("conformance: " + ("every MUST that was checked passed" if ok else "some MUST requirements failed"))
-    return 0 if ok else 1
+    verdict = "every MUST that was checked passed" if document["ok"] else "some MUST requirements failed"
+    text = [
+        *report.lines(folded),
+        report.profile_line(profile, folded, meta.get("checks_out_of_profile", [])),
+        report.summary_line(folded),
+        report.source_line(folded),
+        f"conformance ({profile.name} profile): {verdict}",
+    ]
+    return text, document

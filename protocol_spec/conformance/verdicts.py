@@ -37,6 +37,8 @@ class Outcome(enum.StrEnum):
     SKIP = "SKIP"
     # Only for requirements: no check covers it (not observable from outside).
     NOT_CHECKED = "NOT_CHECKED"
+    # Only for requirements: its source is outside the run's profile (profiles.py).
+    OUT_OF_PROFILE = "OUT_OF_PROFILE"
 
 
 class Skip(Exception):
