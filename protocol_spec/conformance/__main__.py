@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(fixtures.ENV_NAMES["postgres_url"]),
         help=f"database for the gateway, written to the env file (default: ${fixtures.ENV_NAMES['postgres_url']})",
     )
+    fx.add_argument(
+        "--no-gatehouse-section",
+        dest="gatehouse_section",
+        action="store_false",
+        help="leave Gatehouse's own `gatehouse:` section out of the config (for gateways that refuse unknown keys)",
+    )
     fx.add_argument("--quiet", action="store_true", help="do not print the config and env")
     run = commands.add_parser("run", help="run the checks against a gateway started with the fixtures' config")
     run.add_argument("--base-url", default=None, help="the gateway's URL (default: the fixtures' public_url)")
@@ -50,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fixtures":
         config_out = Path(args.config_out)
-        return asyncio.run(fixtures.serve(config_out, gateway_port=args.gateway_port, postgres_url=args.postgres_url, quiet=args.quiet))
+        return asyncio.run(
+            fixtures.serve(
+                config_out,
+                gateway_port=args.gateway_port,
+                postgres_url=args.postgres_url,
+                quiet=args.quiet,
+                gatehouse_section=args.gatehouse_section,
+            )
+        )
     from protocol_spec.conformance import runner
 
     signin = args.signin or ("token" if args.token else "device")

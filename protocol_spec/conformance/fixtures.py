@@ -14,7 +14,8 @@ then writes three files side by side and stays up until interrupted:
 * ``gateway.yaml``: a complete configuration in the shared ``gateway.yaml``
   schema (two upstreams on the fake, a custom model, managed policies, an
   ``admin`` block, limits), valid for Anthropic's gateway as well, plus a
-  ``gatehouse:`` section that other gateways may delete;
+  ``gatehouse:`` section that other gateways may delete (or leave out with
+  ``--no-gatehouse-section``);
 * ``gateway.env``: the environment the gateway needs (secrets, the database
   URL, ``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``), as ``NAME=value`` lines;
 * ``gateway.fixtures.json``: the state ``run`` reads (:class:`FixtureState`):
@@ -303,10 +304,17 @@ def free_port() -> int:
 
 
 def write_files(
-    config_out: Path, *, port: int, fake_url: str, idp_url: str, postgres_url: str | None, values: dict[str, str]
+    config_out: Path,
+    *,
+    port: int,
+    fake_url: str,
+    idp_url: str,
+    postgres_url: str | None,
+    values: dict[str, str],
+    gatehouse_section: bool = True,
 ) -> FixtureState:
     """Write gateway.yaml, gateway.env and gateway.fixtures.json; return the state."""
-    config_out.write_text(render_config(port=port, fake_url=fake_url, idp_url=idp_url))
+    config_out.write_text(render_config(port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section))
     env = render_env(values, postgres_url)
     env_path = env_path_for(config_out)
     env_path.write_text(env_file_text(env))
@@ -333,7 +341,9 @@ def write_files(
     return state
 
 
-async def serve(config_out: Path, *, gateway_port: int | None, postgres_url: str | None, quiet: bool) -> int:
+async def serve(
+    config_out: Path, *, gateway_port: int | None, postgres_url: str | None, quiet: bool, gatehouse_section: bool = True
+) -> int:
     """Run the fixtures until SIGINT/SIGTERM. Returns the exit status."""
     from protocol_spec.fakes.upstream import FakeUpstream
     from protocol_spec.idp_process import IdpProcess
@@ -351,6 +361,7 @@ async def serve(config_out: Path, *, gateway_port: int | None, postgres_url: str
             idp_url=idp.issuer,
             postgres_url=postgres_url,
             values=new_secrets(),
+            gatehouse_section=gatehouse_section,
         )
         if not quiet:
             print(config_out.read_text(), flush=True)
@@ -360,7 +371,8 @@ async def serve(config_out: Path, *, gateway_port: int | None, postgres_url: str
             f"env {state.env_path}\nstate {state_file.resolve()}\n"
             f"start the gateway on {state.public_url}, then: python -m protocol_spec.conformance run "
             f"--base-url {state.public_url} --fixtures {state_file} --signin device "
-            f"--admin-key \"${ENV_NAMES['admin_write_key']}\"\nfixtures ready",
+            f"--admin-key \"${ENV_NAMES['admin_write_key']}\" (add --profile protocol for a gateway other than Gatehouse)"
+            "\nfixtures ready",
             flush=True,
         )
         stop = asyncio.Event()

@@ -183,3 +183,18 @@ def test_the_command_line_takes_a_profile_and_defaults_to_gatehouse() -> None:
         _parser().parse_args([*base, "--profile", "anthropic"])
     with pytest.raises(ValueError, match="unknown profile 'anthropic'"):
         profiles.get("anthropic")
+
+
+def test_fixtures_can_leave_gatehouses_own_section_out(tmp_path) -> None:
+    import yaml
+
+    from protocol_spec.conformance.fixtures import new_secrets, write_files
+
+    assert _parser().parse_args(["fixtures"]).gatehouse_section is True
+    assert _parser().parse_args(["fixtures", "--no-gatehouse-section"]).gatehouse_section is False
+    urls = {"port": 18080, "fake_url": "http://127.0.0.1:18200", "idp_url": "http://127.0.0.1:18100", "postgres_url": None}
+    full, bare = tmp_path / "full.yaml", tmp_path / "bare.yaml"
+    write_files(full, **urls, values=new_secrets())
+    write_files(bare, **urls, values=new_secrets(), gatehouse_section=False)
+    assert "gatehouse" in yaml.safe_load(full.read_text())
+    assert yaml.safe_load(bare.read_text()).keys() == yaml.safe_load(full.read_text()).keys() - {"gatehouse"}
