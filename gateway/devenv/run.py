@@ -9,7 +9,8 @@ Starts, on loopback only:
 * the gateway itself, with ``conf/examples/dev.yaml``.
 
 Then prints the URL, a ready-to-use session token and the exact ``claude``
-command to try. Ctrl-C stops everything it started.
+command to try. Ctrl-C (or SIGTERM) stops everything it started and exits 0:
+an asked stop is a success, so ``make dev`` ends quietly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from gateway.devenv.postgres import Cluster
 
@@ -64,6 +66,57 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
     raise RuntimeError(f"{url} did not answer within {timeout_s:g}s")
 
 
+class AskedStop(BaseException):
+    """SIGINT or SIGTERM arrived: stop what was started and exit 0.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the
+    way up swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def catch_stop_signals() -> None:
+    """Turn the first SIGINT or SIGTERM into AskedStop; ignore any later ones.
+
+    Installed explicitly rather than relying on Python's KeyboardInterrupt: a
+    shell that starts us in the background hands us SIGINT ignored, and Python
+    then never raises. Later signals are ignored so a second Ctrl-C cannot cut
+    the clean-up short (every wait in it is bounded).
+    """
+
+    def on_signal(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise AskedStop(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+
+def _own_group() -> None:
+    """In the child before exec: leave the terminal's process group.
+
+    Ctrl-C reaches the whole foreground group. If the children were in it they
+    would get SIGINT from the terminal and SIGTERM from us, and the gateway
+    treats a second signal as "exit now" instead of draining. In their own
+    group each child gets exactly one signal, ours. On Linux the child also
+    gets SIGTERM if this process dies without cleaning up (SIGKILL).
+    """
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, preexec_fn=_own_group, **kwargs)
+
+
 def set_example_cap(url: str, admin_key: str) -> None:
     """$1.00 a day per contractor, through the admin API like an administrator would."""
     payload = {"scope": {"type": "rbac_group", "rbac_group_id": "contractors"}, "amount": "100", "period": "daily"}
@@ -81,7 +134,10 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     cluster: Cluster | None = None
 
-    def stop_all(*_: object) -> None:
+    def stop_all() -> None:
+        # A signal now must not cut the clean-up short (each wait below is bounded).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -94,19 +150,20 @@ def main() -> int:
             cluster.stop()
 
     try:
+        catch_stop_signals()
         if os.environ.get("GATEWAY_POSTGRES_URL"):
             pg_url = os.environ["GATEWAY_POSTGRES_URL"]
             print("* PostgreSQL: using GATEWAY_POSTGRES_URL")
         else:
             cluster = Cluster.start()
             pg_url = cluster.create_database("gatehouse")
-            print(f"* PostgreSQL: throwaway cluster at {cluster.url}")
+            print(f"* PostgreSQL: throwaway cluster at {cluster.url} (pid {cluster.pid})")
 
         idp_port = free_port()
         idp_args = [str(BIN / "oidc-provider-mock"), "-H", "127.0.0.1", "-p", str(idp_port)]
         for user in DEV_USERS:
             idp_args += ["--user-claims", user]
-        procs.append(subprocess.Popen(idp_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(spawn(idp_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         issuer = f"http://127.0.0.1:{idp_port}"
         wait_http(issuer + "/.well-known/openid-configuration", 30, procs[-1])
         print(f"* Development IdP (oidc-provider-mock): {issuer}  users: alice, bob, carol @example.com")
@@ -118,7 +175,7 @@ def main() -> int:
         else:
             up_port = free_port()
             procs.append(
-                subprocess.Popen(
+                spawn(
                     [sys.executable, "-m", "protocol_spec.fakes.upstream", "--host", "127.0.0.1", "--port", str(up_port)],
                     stdout=subprocess.DEVNULL,
                 )
@@ -143,11 +200,11 @@ def main() -> int:
             GATEHOUSE_DEV_ADMIN_KEY=os.environ.get("GATEHOUSE_DEV_ADMIN_KEY") or "dev-admin-" + secrets.token_hex(16),
         )
         gatehouse = str(BIN / "gatehouse")
-        procs.append(subprocess.Popen([gatehouse, "serve", "--config", str(CONFIG)], env=env))
+        procs.append(spawn([gatehouse, "serve", "--config", str(CONFIG)], env=env))
         wait_http(url + "/readyz", 60, procs[-1])
         set_example_cap(url, env["GATEHOUSE_DEV_ADMIN_KEY"])
-        env_file = ROOT / ".dev" / "env"
-        env_file.parent.mkdir(exist_ok=True)
+        env_file = Path(os.environ.get("GATEHOUSE_DEV_STATE_DIR") or ROOT / ".dev") / "env"
+        env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.write_text(
             "".join(f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith("GATEHOUSE_DEV_"))
             + "CLAUDE_GATEWAY_ALLOW_LOOPBACK=1\n"
@@ -191,14 +248,13 @@ def main() -> int:
             "Press Ctrl-C to stop everything.\n",
             flush=True,
         )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         failed = [p for p in procs if p.poll() is not None]
         print(f"\n{failed[0].args!r} exited ({failed[0].returncode}); stopping the rest.", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nstopping…", file=sys.stderr)
+    except AskedStop as stop:
+        print(f"\n{stop}: stopping everything…", file=sys.stderr, flush=True)
         return 0
     finally:
         stop_all()
