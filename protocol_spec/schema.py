@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import sys
 from importlib import resources
@@ -60,8 +61,26 @@ def build() -> dict[str, Any]:
             "Types the gateway receives ignore unknown members (SPEC ROLE-2), so these schemas list "
             "what is read or written, not everything a peer may send."
         ),
-        "$defs": definitions,
+        "$defs": _clean_descriptions(definitions),
     }
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Every ``description`` (a Struct's docstring) as ``inspect.cleandoc`` leaves it.
+
+    msgspec copies docstrings into the schema, and its releases disagree on how:
+    0.18 kept the source indentation, 0.23 strips it. Cleaning them here makes
+    the checked-in file a function of ``wire.py`` alone, so the drift test fails
+    when a wire type changes, not when msgspec does.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value) if key == "description" and isinstance(value, str) else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
 
 
 def render() -> str:

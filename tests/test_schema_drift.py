@@ -48,3 +48,18 @@ def test_protocol_json_is_the_index_plus_the_schema():
 def test_check_mode_exits_zero_when_fresh():
     out = subprocess.run([sys.executable, "-m", "protocol_spec.schema", "--check"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_schema_does_not_depend_on_how_msgspec_copies_docstrings():
+    # msgspec 0.18 kept a docstring's source indentation and 0.23 strips it: either
+    # way, the generator must produce the same text.
+    built = schema.build()["$defs"]
+    described = [name for name, definition in built.items() if "\n" in definition.get("description", "")]
+    assert described, "no multi-line docstring left to exercise the normalisation"
+    as_old_msgspec = {
+        name: {**definition, "description": definition["description"].replace("\n", "\n    ")}
+        if "description" in definition
+        else definition
+        for name, definition in built.items()
+    }
+    assert schema._clean_descriptions(as_old_msgspec) == built
