@@ -3,18 +3,34 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Every install comes from these locks (exact versions, sha256 hashes), never from
+# pyproject.toml's ranges: a dependency's new release cannot break a fresh clone.
+# requirements.lock: everything development, tests, lint and bench use;
+# conf/deploy/runtime.lock: the same versions, runtime and wheel-building only (the image).
+LOCK := requirements.lock
+RUNTIME_LOCK := conf/deploy/runtime.lock
+UV := $(VENV)/bin/uv
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 
-.PHONY: install test dev lint bench interop clean
+.PHONY: install test dev lint lock bench interop clean
 
 install: $(STAMP)
 
-# Reinstall only when the dependency list changes; the editable install picks
-# up source changes by itself.
-$(STAMP): pyproject.toml
+# Reinstall only when the lock or the project's metadata changes; the editable
+# install picks up source changes by itself. pip checks every hash and refuses a
+# package the lock does not pin; the project itself goes in without resolving anything.
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve after changing dependencies in pyproject.toml. Versions already locked
+# are kept where they still fit; `make lock UPGRADE=1` moves everything to the newest
+# releases on purpose. The runtime lock is constrained to the full lock's versions.
+lock: install
+	$(UV) pip compile pyproject.toml --all-extras $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(UV) pip compile pyproject.toml --extra build $(LOCK_FLAGS) -c $(LOCK) -o $(RUNTIME_LOCK)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -37,7 +53,6 @@ interop: install
 # Writes bench/results/<date>-<host>/. wrk comes from Debian (apt-get install wrk); without it
 # the JSON and short-stream scenarios use the asyncio driver.
 bench: install
-	$(PY) -m pip install --quiet -e '.[bench]'
 	@command -v wrk >/dev/null || echo "wrk not found (apt-get install wrk): scenarios 1-2 fall back to the asyncio driver"
 	$(PY) -m bench.run
 
