@@ -8,7 +8,7 @@ Two commands
 ------------
 
 1. ``python -m protocol_spec.conformance fixtures --config-out gateway.yaml
-   [--gateway-port N] [--postgres-url URL]``
+   [--gateway-port N] [--postgres-url URL] [--no-gatehouse-section]``
 
    Starts, on 127.0.0.1, the fake Anthropic upstream
    (:mod:`protocol_spec.fakes`) and a test IdP (oidc-provider-mock, through
@@ -31,9 +31,15 @@ Two commands
 
 2. ``python -m protocol_spec.conformance run --base-url URL
    [--fixtures gateway.fixtures.json] [--signin device | --token T]
-   [--admin-key K] [--json FILE] [--only NAME_OR_ID] [--strict]``
+   [--admin-key K] [--json FILE] [--only NAME_OR_ID] [--profile P] [--strict]``
 
-   Runs the checks (:mod:`protocol_spec.conformance.checks`). ``--signin
+   Runs the checks (:mod:`protocol_spec.conformance.checks`) of a profile
+   (:mod:`protocol_spec.conformance.profiles`): ``--profile protocol`` judges
+   only requirements whose source is the published protocol or the observed
+   wire, which is what a gateway other than Gatehouse should be run with;
+   ``--profile gatehouse`` (the default, used by ``make test`` and ``make
+   interop``) judges every requirement, Gatehouse's own decisions included.
+   ``--signin
    device`` (the default) signs people in through the device flow, driving the
    verification page like a browser (:mod:`protocol_spec.browser`); ``--token``
    uses one given token for the normal user, and checks that need other people
@@ -49,42 +55,58 @@ One line per requirement of SPEC.md, in document order::
     FAIL  MSG-12      MUST   [forwarding: …] upstream user-agent: observed '…', expected '…'
     SKIP  MANAGED-1   MUST   [managed settings document] the target answers 404 not configured …
     ----  ROLE-13     MUST   not checked from outside
+    OUT   DISC-3      MUST   source gatehouse is outside the protocol profile
 
-then a summary per level. A requirement's outcome folds every check that
-covers it: FAIL if any check failed it, else PASS if any passed it, else SKIP
-with the reason (a feature the target does not offer, a missing option). A
-requirement no check covers is NOT_CHECKED (shown as ``----``): it describes
-the client, or cannot be seen from outside.
+then the profile, a summary per level and one per source::
 
-Exit status: 0 when no MUST requirement FAILed (``--strict``: and none was
-skipped), 1 otherwise, 2 when the run could not start (no fixtures state,
+    profile protocol: judges sources protocol, observed; 75 requirements out of profile (not counted); 3 checks not run (…)
+    MUST: 110 pass, 2 fail, 4 skip, 50 not checked, 66 out of profile | SHOULD: … | MAY: …
+    by source: protocol: 100 pass, 2 fail (2 MUST), 3 skip, 60 not checked | observed: … | gatehouse: 75 out of profile, not judged
+    conformance (protocol profile): some MUST requirements failed
+
+A requirement's outcome folds every check that covers it: FAIL if any check
+failed it, else PASS if any passed it, else SKIP with the reason (a feature
+the target does not offer, a missing option). A requirement no check covers
+is NOT_CHECKED (shown as ``----``): it describes the client, or cannot be
+seen from outside. A requirement whose source is outside the profile is
+OUT_OF_PROFILE (shown as ``OUT``) whatever the checks saw: a check that
+judges only such requirements is not run, and one that judges both kinds runs
+for the others and its verdicts on these are set aside.
+
+Exit status: 0 when no MUST requirement of the profile FAILed (``--strict``:
+and none was skipped), 1 otherwise, 2 when the run could not start (no fixtures state,
 target or fake upstream unreachable).
 
 JSON report (``--json FILE``)::
 
     {
-      "report_version": 1,
+      "report_version": 2,              # 2 added the profile and the counts per source
       "target": "http://127.0.0.1:8080",
       "started_at": "2026-11-24T10:00:00+00:00",
       "duration_s": 21.4,
       "signin": "device" | "token",
       "admin_key": true,
-      "checks_selected": ["discovery document", ...],
+      "profile": {"name": "protocol" | "gatehouse", "sources": ["protocol", "observed"]},
+      "checks_selected": ["discovery document", ...],   # the checks that ran
+      "checks_out_of_profile": ["revocation", ...],     # not run: they judge only requirements out of profile
       "ok": true,                       # the exit status, as a boolean
-      "summary": {"MUST": {"PASS": 0, "FAIL": 0, "SKIP": 0, "NOT_CHECKED": 0},
+      "summary": {"MUST": {"PASS": 0, "FAIL": 0, "SKIP": 0, "NOT_CHECKED": 0, "OUT_OF_PROFILE": 0},
                   "SHOULD": {...}, "MAY": {...}},
+      "summary_by_source": {"protocol": {"MUST": {"PASS": 0, ...}, "SHOULD": {...}, "MAY": {...}},
+                            "observed": {...}, "gatehouse": {...}},
       "requirements": [                 # every requirement, in SPEC order
         {"id": "MSG-12", "level": "MUST", "source": "gatehouse", "section": "10.3",
          "endpoint": "POST /v1/messages",
-         "outcome": "PASS" | "FAIL" | "SKIP" | "NOT_CHECKED",
+         "outcome": "PASS" | "FAIL" | "SKIP" | "NOT_CHECKED" | "OUT_OF_PROFILE",
          "checks": ["forwarding: headers, query and credential", ...],
-         "reason": null | "not checked from outside" | "describes the client, not the gateway",
+         "reason": null | "not checked from outside" | "describes the client, not the gateway"
+                   | "source gatehouse is outside the protocol profile",
          "findings": [{"check": "...", "outcome": "FAIL", "what": "...",
                        "observed": "...", "expected": "..."}]}
       ],
       "checks": [
         {"name": "...", "ids": ["DISC-1", ...], "outcome": "PASS",
-         "duration_s": 0.05, "per_id": {"DISC-1": "PASS", ...}}
+         "duration_s": 0.05, "per_id": {"DISC-1": "PASS", "DISC-3": "OUT_OF_PROFILE", ...}}
       ]
     }
 
