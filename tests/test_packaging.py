@@ -31,3 +31,5 @@ def test_wheel_contains_sql_data_and_transcripts(tmp_path):
     assert "gateway/sql/migrations/0001_init.sql" in names
     assert "gateway/data/models.json" in names
     assert any(n.startswith("protocol_spec/transcripts/cli/") for n in names)
+    # The implementer's guide to the conformance suite ships next to SPEC.md.
+    assert {"protocol_spec/SPEC.md", "protocol_spec/README.md"} <= names
