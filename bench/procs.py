@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.devenv.run import die_with_parent
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -142,6 +144,7 @@ def start(name: str, argv: list[str], *, cores: set[int], env: dict[str, str] | 
 
     def before() -> None:
         os.sched_setaffinity(0, cores)
+        die_with_parent()  # a SIGKILLed bench leaves no gateway behind
 
     popen = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=before, cwd=cwd,
                              start_new_session=True)

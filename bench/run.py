@@ -10,11 +10,17 @@ Environment:
   BENCH_OUT            results folder (default bench/results/<date>-<host>)
   BENCH_SCENARIOS      comma list of scenario numbers to run (default all)
   BENCH_PROFILE=0      skip the py-spy profile of the gateway under load
+  BENCH_HOLD=1         start the lab and the targets, print where they are,
+                       and wait (to try requests by hand); measures nothing
 
 Scenarios: 1 small JSON, 2 short SSE (both at concurrency 1/16/64/256),
 3a idle-heavy streams, 3b busy streams, 4 policy on vs off (read from 1 and 2),
 5 sign-in throughput, 6 --workers 2. Targets alternate inside each cell so
 drift hits every target alike. Nothing here asserts a figure.
+
+Ctrl-C or SIGTERM stops every process the run started (gateways, the simulated
+upstream, the IdP, PostgreSQL), then the run dies of that signal: raw.jsonl
+keeps the rows measured so far, and no report is written.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +40,7 @@ from typing import Any
 
 from bench import procs, report, stats
 from bench.targets import HERE, REPO, Lab, Target, find_claude
+from gateway.devenv.run import AskedStop, catch_stop_signals
 
 MODEL = "claude-sonnet-4-6"
 
@@ -334,11 +342,16 @@ class Runner:
                  "--format", "raw", "--output", str(folded), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
-            time.sleep(0.5)
-            subprocess.run([self.wrk, "-t1", "-c64", f"-d{self.b.profile_s}s", "-s", str(HERE / "lua" / "messages.lua"),
-                            f"http://127.0.0.1:{target.port}/v1/messages"], env=env, capture_output=True,
-                           timeout=self.b.profile_s + 30, preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
-            spy.wait(60)
+            try:
+                time.sleep(0.5)
+                subprocess.run([self.wrk, "-t1", "-c64", f"-d{self.b.profile_s}s", "-s", str(HERE / "lua" / "messages.lua"),
+                                f"http://127.0.0.1:{target.port}/v1/messages"], env=env, capture_output=True,
+                               timeout=self.b.profile_s + 30, preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
+                spy.wait(60)
+            finally:
+                if spy.poll() is None:  # stopped half way: py-spy must not outlive the run
+                    spy.kill()
+                    spy.wait()
             if folded.exists():
                 self.emit({"scenario": "profile", "target": target.name, "mode": mode,
                            "top": report.top_frames(folded, 25)})
@@ -364,10 +377,24 @@ class Runner:
             self.log(f"could not read spend counters: {exc}")
             return None
 
+    def hold(self) -> None:
+        """Start the lab and the targets, say where they are, and wait for a signal."""
+        try:
+            self.lab.start()
+            for t in self.start_targets():
+                self.log(f"{t.name}: http://127.0.0.1:{t.port}" + (f"  token {t.token}" if t.token else ""))
+            self.log("holding: " + ", ".join(f"{name} pid {pid}" for name, pid in self.lab.pids().items()))
+            self.log("Ctrl-C stops everything")
+            while True:
+                time.sleep(3600)
+        finally:
+            self.lab.stop()
+            self.raw.close()
+
     def run(self) -> None:
         self.log(f"results in {self.out}; gateway cores {sorted(self.lab.gw_cores)}, load cores {sorted(self.lab.load_cores)}")
-        self.lab.start()
         try:
+            self.lab.start()
             if "idle" in self.scenarios or "1" in self.scenarios:
                 self.minimal_idle_rss()
             targets = self.start_targets()
@@ -436,7 +463,18 @@ def main() -> None:
         "git": _git_head(),
     }
     (out / "machine.json").write_text(json.dumps(machine, indent=2))
-    runner.run()
+    try:
+        catch_stop_signals()
+        runner.hold() if os.environ.get("BENCH_HOLD") == "1" else runner.run()
+    except AskedStop as stop:
+        # Signals are ignored from here on; a second pass catches anything a
+        # signal during the first clean-up left running (every stop is idempotent).
+        runner.lab.stop()
+        runner.log(f"{stop}: stopped everything this run started; no report written")
+        # Die of the signal itself, so make and shells see an interrupted run.
+        signal.signal(stop.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stop.signum)
+        raise SystemExit(128 + stop.signum) from None
 
 
 def _cpu_model() -> str:

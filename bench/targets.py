@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import procs
 
@@ -122,6 +123,9 @@ class Lab:
         self.fake_port = 0
         self.idp_port = 0
         self.targets: list[Target] = []
+        # Every process started, registered before it is waited on: a stop
+        # asked for half way through a start must still end it.
+        self.started: list[procs.Proc] = []
         self.env = dict(os.environ, **BASE_ENV)
         self.spend_supported: bool | None = None
 
@@ -134,18 +138,30 @@ class Lab:
         self.cluster = Cluster.start()
         procs.pin(procs.tree(self.cluster.pid), self.load_cores)
         self.idp_port = procs.free_port()
-        self.idp = procs.start(
+        self.idp = self.spawn(
             "idp", [str(Path(sys.executable).parent / "oidc-provider-mock"), "-p", str(self.idp_port), "-H", "127.0.0.1"],
             cores=self.load_cores, env=self.env, log_path=str(self.logs / "idp.log"),
         )
         self.fake_port = procs.free_port()
-        self.fake = procs.start(
+        self.fake = self.spawn(
             "upstream",
             [sys.executable, "-m", "protocol_spec.fakes.upstream", "--port", str(self.fake_port), "--no-record", "--uvloop"],
             cores=self.load_cores, env=self.env, log_path=str(self.logs / "upstream.log"), cwd=str(REPO),
         )
         wait_http(f"http://127.0.0.1:{self.idp_port}/.well-known/openid-configuration", self.idp)
         wait_http(f"http://127.0.0.1:{self.fake_port}/v1/models", self.fake)
+
+    def spawn(self, name: str, argv: list[str], **kwargs: Any) -> procs.Proc:
+        proc = procs.start(name, argv, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def pids(self) -> dict[str, int]:
+        """Every process this lab runs now, by name (PostgreSQL's postmaster as "postgres")."""
+        running = {p.name: p.pid for p in self.started if p.popen.poll() is None}
+        if self.cluster is not None and self.cluster.pid:
+            running["postgres"] = self.cluster.pid
+        return running
 
     def set_upstream(self, **reply: object) -> None:
         """Change what the simulated upstream answers (a Reply as plain JSON)."""
@@ -155,12 +171,9 @@ class Lab:
             raise RuntimeError(f"fake upstream refused the default reply: {body[:200]!r}")
 
     def stop(self) -> None:
-        for t in reversed(self.targets):
-            if t.proc is not None:
-                t.proc.stop()
-        for p in (self.fake, self.idp):
-            if p is not None:
-                p.stop()
+        """Stop everything started, newest first; safe to call again (each stop is idempotent)."""
+        for p in reversed(self.started):
+            p.stop()
         if self.cluster is not None:
             self.cluster.stop()
 
@@ -229,7 +242,7 @@ class Lab:
             argv += ["--workers", str(target.workers)]
         # --workers N spreads over every core (the lab gives no linearity target there).
         cores = self.gw_cores | (self.load_cores if target.workers > 1 else set())
-        target.proc = procs.start(target.name, argv, cores=cores, env=self.env,
+        target.proc = self.spawn(target.name, argv, cores=cores, env=self.env,
                                   log_path=str(self.logs / f"{target.name}.log"), cwd=str(REPO))
         wait_http(f"http://127.0.0.1:{target.port}/readyz", target.proc)
         target.token = self.mint_token(cfg)
@@ -263,7 +276,7 @@ class Lab:
             # Same per-process cap on concurrent upstream requests as Gatehouse's bench config.
             BUN_CONFIG_MAX_HTTP_REQUESTS="8192",
         )
-        target.proc = procs.start(target.name, [claude_bin, "gateway", "--config", str(cfg)], cores=self.gw_cores,
+        target.proc = self.spawn(target.name, [claude_bin, "gateway", "--config", str(cfg)], cores=self.gw_cores,
                                   env=env, log_path=str(self.logs / f"{target.name}.log"))
         wait_http(f"http://127.0.0.1:{target.port}/readyz", target.proc)
         # Same secret and public_url as Gatehouse: a Gatehouse-minted token fits.
@@ -292,7 +305,7 @@ class Lab:
         cfg.write_text(fill((CONFIGS / "litellm.yaml").read_text(), upstream=f"http://127.0.0.1:{self.fake_port}"))
         env = dict(self.env, LITELLM_MASTER_KEY=LITELLM_MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True",
                    LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", HOME=str(self.out / "raw" / "home" / target.name))
-        target.proc = procs.start(
+        target.proc = self.spawn(
             target.name, [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(target.port),
                           "--num_workers", "1"],
             cores=self.gw_cores, env=env, log_path=str(self.logs / f"{target.name}.log"),

@@ -7,10 +7,21 @@ checks a timing: benchmark figures are read by people, never asserted.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
-from bench import driver, report, stats
+import pytest
+
+from bench import driver, procs, report, stats
 from bench.run import Budget, Runner, body
+from bench.targets import REPO
+from gateway.devenv.postgres import _alive
 from protocol_spec.fakes import FakeUpstream, Reply
+from tests.test_devenv import ignore_sigint, read_until
 
 
 async def test_driver_modes_against_the_fake():
@@ -66,3 +77,45 @@ def test_percentiles_and_profile_summary(tmp_path):
     top = report.top_frames(folded, 5)
     assert top["self"][0] == ("encode (msgspec/x.py)", 75.0)
     assert top["inclusive"][0][0] == "messages (gateway/relay.py)"
+
+
+# SIGINT as a background job gets it (inherited as ignored, so Python's own
+# KeyboardInterrupt never fires), and SIGTERM to the bench process alone: either
+# way every process the run started must end, and the run dies of that signal.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT-group", "SIGTERM"])
+def test_a_stopped_run_leaves_nothing_running(tmp_path, sig):
+    env = dict(os.environ, BENCH_HOLD="1", BENCH_OUT=str(tmp_path), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=str(REPO), start_new_session=True, preexec_fn=ignore_sigint if sig == signal.SIGINT else None,
+    )  # fmt: skip
+    proc.stdout = proc.stderr  # read_until reads .stdout
+    try:
+        out = read_until(proc, "Ctrl-C stops everything", 28)
+        held = dict((name, int(pid)) for name, pid in re.findall(r"([\w-]+) pid (\d+)", out.split("holding: ")[1]))
+        assert {"idp", "upstream", "gatehouse", "gatehouse-policy", "postgres"} <= set(held), out
+        started = [pid for name, pid in held.items() if name != "postgres"]
+        trees = [p for pid in started for p in procs.tree(pid)]  # with each gateway's children, if any
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        assert proc.wait(timeout=25) == -sig
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in [held["postgres"], *trees]):
+            time.sleep(0.05)
+        assert [p for p in [held["postgres"], *trees] if _alive(p)] == []
+        # Nothing anywhere still runs with a config from this run's folder.
+        assert [pid for pid in procs.tree(1) if str(tmp_path) in _cmdline(pid)] == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -67,7 +67,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
 
 
 class AskedStop(BaseException):
-    """SIGINT or SIGTERM arrived: stop what was started and exit 0.
+    """SIGINT or SIGTERM arrived: stop what was started (``make dev`` then exits 0).
 
     A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the
     way up swallows it.
@@ -106,6 +106,11 @@ def _own_group() -> None:
     gets SIGTERM if this process dies without cleaning up (SIGKILL).
     """
     os.setpgid(0, 0)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """In a child before exec, Linux only: SIGTERM it when the parent dies without cleaning up."""
     if sys.platform.startswith("linux"):
         import ctypes
 
