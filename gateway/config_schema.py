@@ -346,8 +346,23 @@ class GatehouseSignin(_Section, frozen=True):
     session_max_days: Annotated[int, Meta(ge=1, le=365)] = 30
 
 
+class GatehouseConnections(_Section, frozen=True):
+    # Deadlines on reading client requests (gateway/connections.py). None applies
+    # while a response is written: streams are bounded by upstream.idle_read_timeout_seconds.
+    # The whole request line and headers, from the connection's accept (or a later
+    # request's first byte); a late head closes the connection unanswered.
+    header_read_timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 20
+    # The whole body, from the end of its head; late gets 408. 32 MiB (the default
+    # body limit) arrives in 300 s at about 1 Mbit/s.
+    body_read_timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 300
+    # A kept-alive connection with no new request. Above the 60 s idle timeout of
+    # common load balancers, so they close first and never reuse a connection we close.
+    keepalive_idle_timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 75
+
+
 class Gatehouse(_Section, frozen=True):
     upstream: GatehouseUpstream = field(default_factory=GatehouseUpstream)
+    connections: GatehouseConnections = field(default_factory=GatehouseConnections)
     spend: GatehouseSpend = field(default_factory=GatehouseSpend)
     signin: GatehouseSignin = field(default_factory=GatehouseSignin)
 

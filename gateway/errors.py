@@ -9,7 +9,7 @@ rules (SPEC "Errors") can be checked against a single screen of code.
 Faults, grouped::
 
     client   AUTH_INVALID FORBIDDEN INVALID_REQUEST NOT_FOUND NOT_CONFIGURED
-             LENGTH_REQUIRED TOO_LARGE URL_TOO_LONG HEADERS_TOO_LARGE
+             LENGTH_REQUIRED TOO_LARGE URL_TOO_LONG HEADERS_TOO_LARGE REQUEST_TIMEOUT
     upstream UPSTREAM_CONNECT UPSTREAM_TIMEOUT UPSTREAM_STATUS ALL_UPSTREAMS_FAILED
              STREAM_INTERRUPTED UNSAFE_UPSTREAM_ADDRESS
     store    STORE_UNAVAILABLE
@@ -34,6 +34,7 @@ class Kind(enum.Enum):
     TOO_LARGE = "too_large"
     URL_TOO_LONG = "url_too_long"
     HEADERS_TOO_LARGE = "headers_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     UPSTREAM_CONNECT = "upstream_connect"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_STATUS = "upstream_status"
@@ -68,6 +69,8 @@ TABLE: dict[Kind, Rule] = {
     Kind.TOO_LARGE:               Rule(413, "request_too_large",     "false", False),
     Kind.URL_TOO_LONG:            Rule(414, "invalid_request_error", "false", False),
     Kind.HEADERS_TOO_LARGE:       Rule(431, "invalid_request_error", "false", False),
+    # A body that arrived too slowly (gateway/connections.py); sending it again may succeed.
+    Kind.REQUEST_TIMEOUT:         Rule(408, "invalid_request_error", None,    False),
     Kind.UPSTREAM_CONNECT:        Rule(502, "api_error",             None,    True),
     Kind.UPSTREAM_TIMEOUT:        Rule(504, "api_error",             None,    True),
     Kind.UPSTREAM_STATUS:         Rule(502, "api_error",             None,    True),

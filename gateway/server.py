@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from gateway import audit
 from gateway.app import build, parser_limits
+from gateway.connections import Deadlines, GuardedAppRunner
 from gateway.relay import RUNTIME
 
 DEFAULT_DRAIN_MS = 25_000
@@ -50,8 +52,9 @@ def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
 async def serve(cfg: Any, *, reuse_port: bool = False, ready_line: bool = True) -> None:
     drain_s = drain_timeout_s()
     app = build(cfg)
-    runner = web.AppRunner(
+    runner = GuardedAppRunner(
         app,
+        deadlines=Deadlines.from_config(cfg),
         handler_cancellation=True,
         shutdown_timeout=drain_s,
         access_log=None,
@@ -113,7 +116,43 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
+# Where the hard limit is "unlimited", the kernel still caps open files at fs.nr_open.
+NR_OPEN_PATH = "/proc/sys/fs/nr_open"
+
+
+def raise_open_file_limit() -> tuple[int, int, int]:
+    """Lift the soft open-file limit to the hard one; (soft before, soft now, hard).
+
+    Each client connection, upstream connection and database connection holds a
+    file descriptor. The soft limit is often 1,024 while the hard limit is far
+    higher, and a process may raise its own soft limit up to the hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open(NR_OPEN_PATH) as fh:
+                target = int(fh.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            audit.log("warn", f"could not raise the open-file limit from {soft} to {target}: {exc}")
+            return soft, soft, hard
+        return soft, target, hard
+    return soft, soft, hard
+
+
+def _log_open_file_limit(before: int, now: int, hard: int) -> None:
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    raised = f" (raised from {before})" if now != before else ""
+    audit.log("info", f"open-file limit {now}{raised}, hard limit {shown}: about that many client connections at once")
+
+
 def run(cfg: Any, workers: int = 1) -> int:
+    _log_open_file_limit(*raise_open_file_limit())
     if workers <= 1:
         _run_one(cfg, reuse_port=False)
         return 0
