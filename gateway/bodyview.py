@@ -14,8 +14,15 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from gateway.client_text import unprintable
 from gateway.errors import GatewayError, Kind
 from protocol_spec.wire import encoder, messages_view_decoder
+
+# Routed fields go into routing, the allowlist, the spend store, the usage record
+# and the log. Real model ids are short printable text (the longest, Bedrock
+# inference-profile ARNs, stay near 100 characters); anything else is refused
+# here, before it can reach a database batch or a log line (issue 12).
+MAX_MODEL_CHARS = 256
 
 
 class View(NamedTuple):
@@ -37,14 +44,26 @@ def decode_view(body: bytes) -> View:
         raise _bad("request body must be a JSON object") from None
     except msgspec.DecodeError:
         raise _bad("invalid JSON") from None
+    except RecursionError:
+        # msgspec recurses into nested values even to skip them.
+        raise _bad("invalid JSON: nested too deeply") from None
     model = view.model
     if model is msgspec.UNSET or model == "":
         raise _bad("model is required")
     if not isinstance(model, str):
         raise _bad("model must be a string")
+    check_routed_text("model", model, MAX_MODEL_CHARS)
     max_tokens = view.max_tokens if type(view.max_tokens) is int else None
     tags = view.tags if isinstance(view.tags, dict) else None
     return View(model, view.stream is True, max_tokens, tags)
+
+
+def check_routed_text(name: str, value: str, max_chars: int) -> None:
+    """Refuse a routed string that is too long or holds unprintable characters."""
+    if len(value) > max_chars:
+        raise _bad(f"{name} must be at most {max_chars} characters")
+    if unprintable(value):
+        raise _bad(f"{name} must not contain control characters")
 
 
 # A JSON string token, or one structural character. Strings are matched whole,
