@@ -9,6 +9,11 @@ yields tokens both gateways accept (SPEC "Bearer tokens"):
   ``email``, ``name``, ``groups``, ``iat``, ``exp``, plus ``sid`` (the sign-in
   family, used for revocation).
 
+A token is refused (401, never anything else, whatever is malformed in it) unless
+its signature, issuer and audience check out, ``sub`` is non-empty, ``exp`` has
+not passed and neither ``iat`` nor ``nbf`` (when present) lies in the future,
+each time with the same leeway for clock drift between replicas.
+
 The first secret signs; every listed secret verifies. Verification results are
 cached (bounded LRU keyed by the token string) because a client sends the same
 token on every request for up to ``ttl_hours``; ``exp`` is still checked on
@@ -35,6 +40,9 @@ AUDIENCE = "claude-gateway"
 # replica's clock may still be valid on the one that minted it.
 EXP_LEEWAY_S = 30
 CACHE_ENTRIES = 10_000
+# Far above any token we mint (a few hundred groups fit in tens of KiB); longer
+# is refused before any parsing.
+MAX_TOKEN_CHARS = 256 * 1024
 
 
 class Principal(NamedTuple):
@@ -120,20 +128,53 @@ class TokenService:
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
 
-    def _verify_uncached(self, token: str, now: int) -> Principal:
-        if token.count(".") != 2:
+    def verify_ignoring_time(self, token: str) -> Principal:
+        """Signature, issuer, audience and subject only; never cached.
+
+        For revocation (RFC 7009 lets a client revoke an expired token, whose
+        ``sid`` may still name a live family).
+        """
+        return self._verify_uncached(token, None)
+
+    def _verify_uncached(self, token: str, now: int | None) -> Principal:
+        # Anything a client sends lands here before a signature has been checked,
+        # so every failure to parse, whatever raises it, is the same 401.
+        try:
+            claims, extra = self._signed_claims(token)
+        except GatewayError:
+            raise
+        except Exception:
+            raise _invalid() from None
+        if claims.iss != self.issuer:
+            raise _invalid()
+        aud = claims.aud if isinstance(claims.aud, list) else [claims.aud]
+        if AUDIENCE not in aud:
+            raise _invalid()
+        if not claims.sub.strip():
+            raise _invalid()
+        if now is not None:
+            if now > claims.exp + EXP_LEEWAY_S:
+                raise _invalid("token expired")
+            nbf = extra.get("nbf", claims.iat)
+            if not _is_number(nbf) or max(claims.iat, nbf) > now + EXP_LEEWAY_S:
+                raise _invalid("token not valid yet")
+        return Principal(claims.sub, claims.email, claims.name, tuple(claims.groups), claims.sid, claims.exp)
+
+    def _signed_claims(self, token: str) -> tuple[SessionClaims, dict]:
+        """The claims of a token our keys signed (typed, and as the raw mapping)."""
+        if token.count(".") != 2 or len(token) > MAX_TOKEN_CHARS:
             raise _invalid()
         try:
             header = jws.extract_compact(token.encode()).headers()
         except (JoseError, ValueError, TypeError):
             raise _invalid() from None
-        if header.get("alg") != "HS256":
+        if not isinstance(header, dict) or header.get("alg") != "HS256":
             raise _invalid()
         kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise _invalid()
         # A token without kid is accepted (Anthropic's gateway does too): try every key.
         keys = [self._keys[kid]] if kid in self._keys else ([] if kid is not None else list(self._keys.values()))
-        if not keys:
-            raise _invalid()
         for key in keys:
             try:
                 decoded = jwt.decode(token, key, algorithms=["HS256"])
@@ -142,18 +183,17 @@ class TokenService:
                 continue
         else:
             raise _invalid()
+        raw = decoded.claims
+        if not isinstance(raw, dict):
+            raise _invalid()
         try:
-            claims = claims_decoder.decode(encoder.encode(decoded.claims))
-        except Exception:
+            return claims_decoder.decode(encoder.encode(raw)), raw
+        except (msgspec.DecodeError, msgspec.EncodeError, RecursionError):
             raise _invalid() from None
-        if claims.iss != self.issuer:
-            raise _invalid()
-        aud = claims.aud if isinstance(claims.aud, list) else [claims.aud]
-        if AUDIENCE not in aud:
-            raise _invalid()
-        if now > claims.exp + EXP_LEEWAY_S:
-            raise _invalid("token expired")
-        return Principal(claims.sub, claims.email, claims.name, tuple(claims.groups), claims.sid, claims.exp)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def msgspec_to_dict(claims: SessionClaims) -> dict:
