@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from gateway.devicecodes import GrantState, PollAnswer, decide_poll
+from gateway.rate_window import wait_before_next
 from gateway.store import Store, queries, unavailable_as
 
 
@@ -108,16 +109,19 @@ class DeviceStore:
             await self._store.pool.execute(self._q["device_restore_approved"], device_code_hash, approved.idp_refresh_token)
 
     async def hit(self, key: str, now: datetime, window_s: int, limit: int) -> int | None:
-        """Count one attempt; None when allowed, else seconds until the window resets."""
-        epoch = int(now.timestamp())
-        start = epoch - epoch % window_s
+        """Count one attempt in a sliding window; None when admitted, else seconds to wait.
+
+        Refused attempts are not recorded (see :mod:`gateway.rate_window`).
+        """
         with unavailable_as("rate limit"):
-            hits = await self._store.pool.fetchval(
-                self._q["ratelimit_hit"], key, datetime.fromtimestamp(start, now.tzinfo)
-            )
-        if hits <= limit:
-            return None
-        return max(1, start + window_s - epoch)
+            async with self._store.pool.acquire() as conn, conn.transaction():
+                await conn.execute(self._q["ratelimit_lock"], key)
+                rows = await conn.fetch(self._q["ratelimit_recent"], key, now - timedelta(seconds=window_s))
+                hits = [(row["window_start"].timestamp(), row["hits"]) for row in rows]
+                wait = wait_before_next(hits, now.timestamp(), window_s, limit)
+                if wait is None:
+                    await conn.fetchval(self._q["ratelimit_hit"], key, now)
+        return wait
 
     async def prune(self, now: datetime, keep_s: int = 3600) -> None:
         cutoff = now - timedelta(seconds=keep_s)

@@ -45,6 +45,7 @@ from gateway.devicecodes import (
     pkce_pair,
 )
 from gateway.errors import GatewayError, Kind, OAuthError
+from gateway.forms import FormInvalid, parse_form
 from gateway.relay import CLIENT_IP, REQUEST_ID
 from gateway.sealing import Sealer, derive_key
 from gateway.store import StoreUnavailable
@@ -208,7 +209,12 @@ async def device_submit(request: web.Request) -> web.Response:
     si = request.app[SIGNIN]
     ip = request.get(CLIENT_IP)
     session = await _session(request, si)
-    form = await _form(request) or {}
+    try:
+        form = await _form_fields(request) or {}
+    except FormInvalid:
+        audit.emit("device.verify", result="malformed_form", client_ip=ip)
+        html = pages.message("Request not understood", "The form could not be read. Go back and try again.")
+        return await _html(request, si, html, status=400)
     if not _same_origin(request, si) or not form.get("csrf") or form.get("csrf") != session.get("csrf"):
         audit.emit("device.verify", result="csrf_rejected", client_ip=ip)
         html = pages.message("Request blocked", "This request came from another site and was blocked.")
@@ -272,7 +278,8 @@ async def callback(request: web.Request) -> web.Response:
             "Sign-in could not be completed",
             "This sign-in was started in another browser, or it has already been used. Start again from Claude Code.",
         ), 400, session)
-    if not secrets.compare_digest(request.query.get("state", ""), state):
+    # Compared as bytes: compare_digest refuses (TypeError) str holding non-ASCII.
+    if not secrets.compare_digest(request.query.get("state", "").encode(errors="surrogatepass"), state.encode()):
         audit.emit("device.callback", result="state_mismatch", client_ip=ip)
         return await _done(request, si, pages.message("Sign-in could not be completed", "The sign-in response did not match this browser. Start again from Claude Code."), 400, session)
     if "error" in request.query or not request.query.get("code"):
@@ -391,7 +398,18 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 async def _form(request: web.Request) -> dict[str, str] | None:
-    """The form fields, or None when the body is not form-encoded."""
+    """The form fields, or None when the body is not form-encoded.
+
+    A malformed form is an OAuth ``invalid_request`` (400); the verification
+    page, which answers in HTML, catches :class:`FormInvalid` itself.
+    """
+    try:
+        return await _form_fields(request)
+    except FormInvalid as exc:
+        raise OAuthError("invalid_request", 400, str(exc)) from None
+
+
+async def _form_fields(request: web.Request) -> dict[str, str] | None:
     ctype = request.content_type
     if request.content_length and request.content_length > FORM_LIMIT_BYTES:
         raise GatewayError(Kind.TOO_LARGE, f"request body is larger than the limit of {FORM_LIMIT_BYTES} bytes")
@@ -399,8 +417,12 @@ async def _form(request: web.Request) -> dict[str, str] | None:
         return None
     if not request.body_exists:
         return {}
-    data = await request.post()
-    return {k: v for k, v in data.items() if isinstance(v, str)}
+    body = bytearray()
+    while chunk := await request.content.read(FORM_LIMIT_BYTES + 1 - len(body)):
+        body += chunk
+        if len(body) > FORM_LIMIT_BYTES:
+            raise GatewayError(Kind.TOO_LARGE, f"request body is larger than the limit of {FORM_LIMIT_BYTES} bytes")
+    return parse_form(bytes(body))
 
 
 def _same_origin(request: web.Request, si: SignIn) -> bool:
@@ -452,8 +474,10 @@ async def prune_forever(si: SignIn, every_s: float = 300.0) -> None:
     """
     while True:
         await asyncio.sleep(every_s)
+        # Rate-limit entries must outlive the longest window they count in.
+        keep_s = max(3600, si.limits.device_authorization.window_seconds, si.limits.device_verify.window_seconds)
         try:
-            await si.devices.prune(si.now())
+            await si.devices.prune(si.now(), keep_s)
             await si.sessions.prune()
         except StoreUnavailable as exc:
             audit.log("warn", f"sign-in pruning skipped: {exc}")
