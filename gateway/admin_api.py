@@ -65,6 +65,7 @@ from gateway.admin_requests import (
     parse_audit_query,
     parse_delete_reason,
     parse_effective_query,
+    parse_limit_id,
     parse_limit_request,
     parse_list_query,
 )
@@ -189,7 +190,9 @@ def _wrap(handler: Handler, *, write: bool) -> Callable[[web.Request], Awaitable
 
 
 def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    # surrogatepass: a header of undecodable bytes arrives with surrogates in it,
+    # and must be a wrong key (401), not an encoding error.
+    return hashlib.sha256(secret.encode(errors="surrogatepass")).digest()
 
 
 def _match_key(presented: str, keys: Sequence[tuple[str, bytes]]) -> str | None:
@@ -347,9 +350,11 @@ async def upsert_limit(request: web.Request, ctx: AdminContext, actor: str) -> w
 
 
 async def delete_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
-    limit_id = request.match_info["id"]
+    target = parse_limit_id(request.match_info["id"])
     reason = parse_delete_reason(request.query)
-    before = await store_delete(ctx.store(request.app), limit_id, actor=actor, now=ctx.now(), reason=reason)
+    if target is None:
+        raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
+    before = await store_delete(ctx.store(request.app), target, actor=actor, now=ctx.now(), reason=reason)
     if before is None:
         raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
     audit.emit(
@@ -359,16 +364,17 @@ async def delete_limit(request: web.Request, ctx: AdminContext, actor: str) -> w
         scope_id=before["scope_id"],
         period=before["period"],
         amount=cents_string(before["amount_cents"]),
-        target=limit_id,
+        target=target,
     )
-    return _ok(SpendLimitDeleted(limit_id))
+    return _ok(SpendLimitDeleted(target))
 
 
 async def get_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
-    with unavailable_as("reading a spend limit"):
-        row = await ctx.store(request.app).pool.fetchrow(
-            queries()["admin_limit_get"], request.match_info["id"]
-        )
+    target = parse_limit_id(request.match_info["id"])
+    row = None
+    if target is not None:
+        with unavailable_as("reading a spend limit"):
+            row = await ctx.store(request.app).pool.fetchrow(queries()["admin_limit_get"], target)
     if row is None:
         raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
     return _ok(limit_doc(row))

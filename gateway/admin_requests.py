@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from gateway import spend
+from gateway.client_text import unprintable
 from gateway.errors import GatewayError, Kind
 
 PERIODS = spend.PERIODS
@@ -45,6 +46,25 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def invalid(message: str) -> GatewayError:
     return GatewayError(Kind.INVALID_REQUEST, message)
+
+
+def _text(name: str, value: str, max_chars: int) -> str:
+    """``value`` when it is printable text of at most ``max_chars``; else a 400 naming ``name``.
+
+    Every client string bound for the database passes here: PostgreSQL refuses
+    NUL bytes and lone surrogates, and a refused statement must be this
+    request's 400, not a 500.
+    """
+    if len(value) > max_chars:
+        raise invalid(f"{name}: must be at most {max_chars} characters")
+    if unprintable(value):
+        raise invalid(f"{name}: must not contain control characters")
+    return value
+
+
+def parse_limit_id(raw: str) -> str | None:
+    """The spend-limit id in a path, or None when no limit could have it (a 404, not a query)."""
+    return raw if len(raw) <= MAX_ID_CHARS and not unprintable(raw) else None
 
 
 # ---------------------------------------------------------------- POST body
@@ -96,7 +116,7 @@ def _id_field(scope: Mapping[str, Any], name: str) -> str:
         raise invalid(f"scope.{name}: expected a string, got a {_type_name(value)}")
     if not value.strip() or len(value) > MAX_ID_CHARS:
         raise invalid(f"scope.{name}: must be a non-empty string of at most {MAX_ID_CHARS} characters")
-    return value
+    return _text(f"scope.{name}", value, MAX_ID_CHARS)
 
 
 def parse_limit_request(body: bytes) -> LimitRequest:
@@ -105,6 +125,8 @@ def parse_limit_request(body: bytes) -> LimitRequest:
         doc = json.loads(body)
     except ValueError:
         raise invalid("the request body is not valid JSON") from None
+    except RecursionError:
+        raise invalid("the request body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise invalid(f"body: expected a JSON object, got a {_type_name(doc)}")
     scope = doc.get("scope")
@@ -148,6 +170,8 @@ def parse_limit_request(body: bytes) -> LimitRequest:
     reason = doc.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
         raise invalid(f"reason: must be a string of at most {MAX_REASON_CHARS} characters")
+    if reason is not None:
+        _text("reason", reason, MAX_REASON_CHARS)
     return LimitRequest(scope_type, scope_id, period, amount, pooled, pooled_cents, reason)
 
 
@@ -181,6 +205,9 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
     if scope_type is not None and scope_type not in SCOPE_TYPES:
         raise invalid("scope_type: must be one of 'user', 'rbac_group', 'organization'")
     after_id, before_id = query.get("after_id"), query.get("before_id")
+    for name, value in (("after_id", after_id), ("before_id", before_id)):
+        if value is not None:
+            _text(name, value, MAX_ID_CHARS)
     if after_id is not None and before_id is not None:
         raise invalid("before_id: cannot be combined with after_id; page in one direction at a time")
     return ListQuery(size, scope_type, after_id, before_id)
@@ -197,9 +224,7 @@ def parse_audit_query(query: Mapping[str, str]) -> tuple[int, int | None]:
 
 def parse_delete_reason(query: Mapping[str, str]) -> str | None:
     reason = query.get("reason")
-    if reason is not None and len(reason) > MAX_REASON_CHARS:
-        raise invalid(f"reason: must be at most {MAX_REASON_CHARS} characters")
-    return reason
+    return None if reason is None else _text("reason", reason, MAX_REASON_CHARS)
 
 
 # ---------------------------------------------------------------- /effective query and cursors
@@ -233,7 +258,7 @@ def decode_cursor(token: str, fingerprint: str) -> tuple[Any, ...]:
         key, fp = doc["k"], doc["f"]
         if not isinstance(key, list) or not isinstance(fp, str):
             raise ValueError
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise invalid("page: not a cursor this API returned") from None
     if fp != fingerprint:
         raise invalid(CURSOR_MISMATCH)
@@ -244,6 +269,8 @@ def parse_effective_query(query: Any) -> EffectiveQuery:
     user_ids = tuple(_multi(query, "user_ids")) or None
     if user_ids is not None and any(not u or len(u) > MAX_ID_CHARS for u in user_ids):
         raise invalid(f"user_ids[]: each must be a non-empty id of at most {MAX_ID_CHARS} characters")
+    for u in user_ids or ():
+        _text("user_ids[]", u, MAX_ID_CHARS)
     asked = _multi(query, "period")
     for p in asked:
         if p not in PERIODS:
@@ -256,6 +283,8 @@ def parse_effective_query(query: Any) -> EffectiveQuery:
     if by_spend and len(set(asked)) != 1:
         raise invalid("sort: spend_desc needs exactly one period[] to rank by")
     q = query.get("q") or None
+    if q is not None:
+        _text("q", q, MAX_ID_CHARS)
     size = parse_page_size(query, EFFECTIVE_DEFAULT)
     page = query.get("page")
     cursor = None
@@ -264,8 +293,12 @@ def parse_effective_query(query: Any) -> EffectiveQuery:
         shape_ok = (
             len(cursor) == 2
             and isinstance(cursor[1], str)
+            and len(cursor[1]) <= MAX_ID_CHARS
+            and not unprintable(cursor[1])
             and (
-                type(cursor[0]) is int and 0 <= cursor[0] < 2**63 if by_spend else isinstance(cursor[0], str)
+                type(cursor[0]) is int and 0 <= cursor[0] < 2**63
+                if by_spend
+                else isinstance(cursor[0], str) and len(cursor[0]) <= MAX_ID_CHARS and not unprintable(cursor[0])
             )
         )
         if not shape_ok:
