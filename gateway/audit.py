@@ -13,12 +13,15 @@ PIPE_BUF; longer audit lines are still one syscall).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+
+from gateway.client_text import LOG_CHARS, capped
 
 _encode = msgspec.json.Encoder().encode
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
@@ -55,18 +58,34 @@ def _write(data: bytes) -> None:
 
 
 def emit(evt: str, **fields: Any) -> None:
-    """Write one audit event. Audit events ignore the log level."""
+    """Write one audit event. Audit events ignore the log level.
+
+    Fields often carry what a client sent (a model, a path, a reason); a string
+    longer than :data:`gateway.client_text.LOG_CHARS` is cut, so one request can
+    never write more than a bounded line.
+    """
     record = {"ts": _now_iso(), "evt": evt}
-    record.update(fields)
-    _write(_encode(record) + b"\n")
+    for name, value in fields.items():
+        record[name] = capped(value) if type(value) is str and len(value) > LOG_CHARS else value
+    try:
+        data = _encode(record)
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        # A lone surrogate (from undecodable client bytes) has no UTF-8 form;
+        # the standard library writes it as an escape instead of failing.
+        data = json.dumps(record, default=repr, separators=(",", ":")).encode()
+    _write(data + b"\n")
+
+
+# An operational line quotes errors and paths; it never needs more than this.
+MESSAGE_CHARS = 4 * LOG_CHARS
 
 
 def log(level: str, message: str) -> None:
     """Write one operational line, if ``level`` passes the configured threshold."""
     if LEVELS[level] < _threshold:
         return
-    line = f"[gatehouse] {_now_iso()} {level} {message}".replace("\n", " ")
-    _write(line.encode() + b"\n")
+    line = f"[gatehouse] {_now_iso()} {level} {capped(message, MESSAGE_CHARS)}".replace("\n", " ")
+    _write(line.encode(errors="backslashreplace") + b"\n")
 
 
 def enabled(level: str) -> bool:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import msgspec
 
 from gateway import audit
+from gateway.client_text import LOG_CHARS, capped
 from gateway.store import StoreUnavailable, UsageRow, describe
 from gateway.tasks import cancel_and_wait
 
@@ -91,6 +92,7 @@ class Recorder:
 
     def submit(self, row: UsageRow) -> None:
         """Queue ``row`` for writing. Never blocks, never raises for a full queue."""
+        row = _capped(row)
         if self._closed:
             self._spill([row], "recorder already stopped")
             return
@@ -204,6 +206,20 @@ class Recorder:
         for row in rows:
             self._emit("usage.unstored", reason=reason, usage=_plain(row))
         self.unstored += len(rows)
+
+
+# Columns holding what the client sent (or named in its request); kept to what
+# a log line keeps, so one request never writes a megabyte-long row.
+_CLIENT_COLUMNS = ("model", "email", "path", "upstream_request_id")
+
+
+def _capped(row: UsageRow) -> UsageRow:
+    cut = {
+        name: capped(value)
+        for name in _CLIENT_COLUMNS
+        if (value := getattr(row, name)) is not None and len(value) > LOG_CHARS
+    }
+    return msgspec.structs.replace(row, **cut) if cut else row
 
 
 def _plain(row: UsageRow) -> dict[str, Any]:
