@@ -136,6 +136,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List or revoke a person's sign-in families, by email (same mechanism as /oauth/revoke)."""
+    from gateway import sessions_cli
     from gateway.app import build_runtime
     from gateway.session_store import SessionService
     from gateway.store import Store, StoreUnavailable
@@ -149,13 +150,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             service = SessionService(store, tokens, secrets=tuple(cfg.session.secrets))
             if args.action == "list":
                 families = await service.list_families(args.email)
-                for fam in families:
-                    sys.stdout.write(" ".join(f"{k}={v}" for k, v in fam._asdict().items()) + "\n")
-                if not families:
-                    sys.stdout.write(f"no sign-in sessions for {args.email}\n")
+                sessions_cli.print_list(sys.stdout, args.email, families, as_json=args.json)
                 return 0
             count = await service.revoke_email(args.email, args.reason)
-            sys.stdout.write(f"revoked {count} sign-in session(s) for {args.email}\n")
+            sessions_cli.print_revoked(sys.stdout, args.email, count, as_json=args.json)
             return 0
         finally:
             await store.close()
@@ -195,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("--config", required=True)
     ss.add_argument("--email", required=True)
     ss.add_argument("--reason", default="admin_revoke", help="recorded in the audit event (revoke only)")
+    ss.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ss.set_defaults(func=cmd_sessions)
 
     from gateway import limits_cli  # stdlib only at import time

@@ -34,6 +34,7 @@ PURE = [
     "gateway/admin_requests.py",
     "gateway/admin_docs.py",
     "gateway/id_tokens.py",
+    "gateway/sessions_cli.py",
 ]
 IO_MODULES = ("asyncio", "aiohttp", "asyncpg", "opentelemetry", "aiobotocore", "google", "socket")
 

@@ -149,12 +149,27 @@ async def test_sessions_cli_lists_and_revokes(tmp_path, pg_cluster, fake_upstrea
             assert status == 200
             env = dict(os.environ, CLAUDE_GATEWAY_ALLOW_LOOPBACK="1")
             cli = [sys.executable, "-m", "gateway", "sessions"]
-            listed = subprocess.run([*cli, "list", "--config", str(path), "--email", "ALICE@example.com"], env=env, capture_output=True, text=True, timeout=60)
-            assert listed.returncode == 0, listed.stderr
-            assert "state=active" in listed.stdout and "alice@example.com" in listed.stdout
-            revoked = subprocess.run([*cli, "revoke", "--config", str(path), "--email", "alice@example.com"], env=env, capture_output=True, text=True, timeout=60)
-            assert revoked.returncode == 0 and "revoked 1" in revoked.stdout
+            def run(*args: str) -> str:
+                done = subprocess.run([*cli, *args, "--config", str(path)], env=env, capture_output=True, text=True, timeout=60)
+                assert done.returncode == 0, done.stderr
+                return done.stdout
+
+            # A table like `gatehouse limits`: a header, one aligned row per family, no Python reprs.
+            header, row, *rest = run("list", "--email", "ALICE@example.com").splitlines()
+            assert header.split()[:5] == ["FAMILY", "STATE", "SUB", "EMAIL", "GROUPS"] and rest == []
+            assert row.split()[1:4] == ["active", ALICE["sub"], "alice@example.com"]
+            assert "datetime" not in row and "(" not in row
+            (family,) = json.loads(run("list", "--email", "alice@example.com", "--json"))["data"]
+            assert family["state"] == "active" and family["email"] == "alice@example.com"
+            assert family["refreshable"] is True and family["refresh_count"] == 0
+            assert family["created_at"].endswith("Z") and family["last_refresh_at"] is None
+            assert json.loads(run("revoke", "--email", "alice@example.com", "--json")) == {"email": "alice@example.com", "revoked": 1}
             status, _, err = await refresh(gw, doc["refresh_token"])
             assert (status, err["error"]) == (401, "invalid_grant")
+            (family,) = json.loads(run("list", "--email", "alice@example.com", "--json"))["data"]
+            assert (family["state"], family["revoke_reason"]) == ("revoked", "admin_revoke")
+            assert "revoked (admin_revoke)" in run("list", "--email", "alice@example.com")
+            assert run("list", "--email", "nobody@example.com") == "no sign-in sessions for nobody@example.com\n"
+            assert "revoked 0 sign-in session(s)" in run("revoke", "--email", "nobody@example.com")
         finally:
             await gw.close()
