@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gateway
@@ -61,8 +62,11 @@ def _refuse_unsupported(cfg: Any) -> None:
         raise SystemExit(2)
 
 
-def boot_warnings(cfg: Any) -> list[str]:
-    """Things that boot but probably aren't what the operator meant."""
+def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
+    """Things that boot but probably aren't what the operator meant.
+
+    ``in_container`` is what :func:`running_in_container` finds unless given.
+    """
     from gateway.policy import Policies
     from gateway.routing import Routes
 
@@ -73,7 +77,32 @@ def boot_warnings(cfg: Any) -> list[str]:
             "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
             "consider the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8, ::1/128, fc00::/7)"
         )
+    if _loopback_only(cfg.listen.host) and (running_in_container() if in_container is None else in_container):
+        warnings.append(
+            f"listen.host is {cfg.listen.host} inside a container: only processes in this container can connect, "
+            "and a published port (-p 8080:8080) gets no answer; set listen.host: 0.0.0.0 to serve from the container"
+        )
     return warnings
+
+
+def _loopback_only(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: cannot tell, so no warning
+
+
+def running_in_container(
+    exists: Callable[[str], bool] = os.path.exists, environ: Mapping[str, str] = os.environ
+) -> bool:
+    """Whether this process runs in a container, by the marks the usual runtimes leave:
+    Docker's /.dockerenv, Podman's /run/.containerenv, and the ``container``
+    variable that Podman, systemd-nspawn and LXC set for the container's first process."""
+    return exists("/.dockerenv") or exists("/run/.containerenv") or bool(environ.get("container"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
