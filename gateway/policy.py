@@ -23,7 +23,12 @@ Theory of operation. Everything is decided at boot from ``managed.policies``:
   family). ``availableModelsMatch: exact`` makes an id entry allow only itself.
   A family alias listed next to a more specific entry of the same family does
   not widen it, as in Claude Code's own picker. ``deniedModels`` entries match
-  the same way and win over the allowlist.
+  the same way and win over the allowlist. A refusal names the catalog models
+  the person may use (a bounded list), so the 400 says what to pick instead.
+* **Boot warnings.** A policy that refuses one of the client's default models
+  (``client_defaults`` in data/models.json: one per way of reaching a gateway)
+  and names no ``model`` nor ``enforceAvailableModels: true`` is reported, since
+  its people would get a 400 on their very first request.
 
 Pure: no I/O beyond the package's model list, no awaits.
 """
@@ -31,10 +36,12 @@ Pure: no I/O beyond the package's model list, no awaits.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from importlib import resources
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -42,10 +49,8 @@ from gateway import canonical_json
 from gateway.routing import load_builtin_models
 from protocol_spec.wire import ManagedSettings, encoder
 
-__all__ = ["ALLOW_ALL", "Matched", "ModelAccess", "Policies", "merge_settings", "STARTING_MODEL"]
+__all__ = ["ALLOW_ALL", "ClientDefault", "Matched", "ModelAccess", "Policies", "client_defaults", "merge_settings"]
 
-# The model a gateway-signed-in Claude Code starts on when nobody chose one (SPEC MODEL-8).
-STARTING_MODEL = "claude-opus-4-7"
 FAMILIES = ("opus", "sonnet", "haiku", "fable")
 # Claude Code aliases that stand for more than one family or for a family by another name.
 _ALIAS_FAMILIES = {"opusplan": ("opus", "sonnet"), "best": ("opus",)}
@@ -53,6 +58,27 @@ _DATED = re.compile(r"^(?P<base>.+)-(?P<date>\d{8})$")
 MATCH_CACHE_ENTRIES = 4096
 MODEL_CACHE_ENTRIES = 1024
 HINT_HEADERS_ENV = "CLAUDE_CODE_GATEWAY_HINT_HEADERS"
+# A refusal names the models the person may use; a policy allowing whole families
+# can match dozens, so the message stops at whichever of these comes first.
+OFFER_MAX_MODELS = 10
+OFFER_MAX_CHARS = 300
+
+
+class ClientDefault(NamedTuple):
+    """A model Claude Code asks for when nobody chose one (SPEC MODEL-8)."""
+
+    id: str
+    when: str  # how the client reached the gateway, in words for a warning
+    reads_managed_settings: bool  # whether `model`/`enforceAvailableModels` can steer it
+
+
+def client_defaults() -> tuple[ClientDefault, ...]:
+    """The client's current default models, kept in data/models.json next to the catalog
+    so one edit follows a client release."""
+    raw = json.loads(resources.files("gateway").joinpath("data/models.json").read_text())
+    return tuple(
+        ClientDefault(m["id"], m["when"], bool(m["reads_managed_settings"])) for m in raw["client_defaults"]["models"]
+    )
 
 # ---------------------------------------------------------------- merging
 
@@ -169,10 +195,13 @@ class ModelAccess:
         denied: list[str] | None,
         exact: bool,
         aliases: Mapping[str, str],
+        catalog: tuple[str, ...] = (),
     ) -> None:
         self._allow = None if available is None else _Rules(available, exact, narrow=True)
         self._deny = None if not denied else _Rules(denied, exact, narrow=False)
         self._aliases = aliases  # each alias ↔ its dated id, both directions
+        self._catalog = catalog  # the ids /v1/models may list, to name the allowed ones in a refusal
+        self._offer: str | None = None
         self._cache: dict[str, str | None] = {}
 
     @property
@@ -195,14 +224,43 @@ class ModelAccess:
         return self.check(model) is None
 
     def _decide(self, model: str) -> str | None:
+        reason = self._refusal(model)
+        if reason is None:
+            return None
+        return f"model {model} {reason}{self._offer_text()}"
+
+    def _refusal(self, model: str) -> str | None:
         if not self.restricted:
             return None
         candidates = self._candidates(model)
         if self._deny is not None and self._deny.matches(candidates):
-            return f"model {model} is blocked by your role's deniedModels list"
+            return "is blocked by your role's deniedModels list"
         if self._allow is not None and not self._allow.matches(candidates):
-            return f"model {model} is not in your role's availableModels allowlist"
+            return "is not in your role's availableModels allowlist"
         return None
+
+    def _offer_text(self) -> str:
+        """``; models you may use: …`` from the catalog, computed once, bounded in length."""
+        if self._offer is not None:
+            return self._offer
+        if not self._catalog:
+            self._offer = ""
+            return ""
+        allowed = [m for m in self._catalog if self._refusal(m) is None]  # as /v1/models lists them
+        named: list[str] = []
+        size = 0
+        for m in allowed:
+            if len(named) == OFFER_MAX_MODELS or (named and size + len(m) + 2 > OFFER_MAX_CHARS):
+                break
+            named.append(m[:OFFER_MAX_CHARS])
+            size += len(named[-1]) + 2
+        if not named:
+            self._offer = "; your role allows none of this gateway's models"
+        else:
+            rest = len(allowed) - len(named)
+            more = f" and {rest} more (GET /v1/models lists them all)" if rest else ""
+            self._offer = f"; models you may use: {', '.join(named)}{more}"
+        return self._offer
 
     def _candidates(self, model: str) -> tuple[str, ...]:
         # The id as sent, the undated id of a dated form, and the other name of a
@@ -286,6 +344,7 @@ class Policies:
                 merge_settings(base, p.cli or {}) if i != base_index else copy.deepcopy(dict(base)),
                 pricing_rows,
                 aliases,
+                catalog_ids,
             )
             for i, p in enumerate(policies)
         )
@@ -313,6 +372,7 @@ class Policies:
         return ALLOW_ALL if matched is None else matched.access
 
     def _warn(self, base_index: int | None) -> None:
+        defaults = client_defaults()
         for i, served in enumerate(self._served):
             available = served.settings.get("availableModels")
             where = f"managed.policies[{i}]"
@@ -321,17 +381,28 @@ class Policies:
                     f"{where}: availableModels is empty, so the gateway refuses every model for these "
                     "developers; list the models they may use, or remove the key"
                 )
-            elif (
-                served.access.check(STARTING_MODEL) is not None
-                and "model" not in served.settings
-                and served.settings.get("enforceAvailableModels") is not True
-            ):
-                self.warnings.append(
-                    f"{where}: the policy does not allow {STARTING_MODEL}, the model Claude Code starts on when "
-                    "nobody picked one, and sets neither model nor enforceAvailableModels: true; these developers "
-                    "get a 400 on every request until they choose an allowed model with /model. Set "
-                    "enforceAvailableModels: true (Default then resolves to an allowed model) or set model"
-                )
+                continue
+            # A policy that names a starting model or enforces the list has chosen where its
+            # people start; one that does neither and refuses a client default is an oversight.
+            if "model" in served.settings or served.settings.get("enforceAvailableModels") is True:
+                continue
+            refused = [d for d in defaults if not served.access.allows(d.id)]
+            if not refused:
+                continue
+            names = " or ".join(f"{d.id} (what Claude Code asks for when {d.when})" for d in refused)
+            it = "it" if len(refused) == 1 else "them"
+            unsteered = " or ".join(d.when for d in refused if not d.reads_managed_settings)
+            caveat = (
+                f" (a client {unsteered} never reads managed settings: only allowing the model spares it a --model)"
+                if unsteered
+                else ""
+            )
+            self.warnings.append(
+                f"{where}: the policy does not allow {names}, and sets neither model nor "
+                "enforceAvailableModels: true; these developers get a 400 on every request until they choose an "
+                f"allowed model (/model or --model). Allow {it}, set enforceAvailableModels: true (Default then "
+                f"resolves to an allowed model) or set model{caveat}"
+            )
         if base_index is not None:
             for i in range(base_index + 1, len(self._served)):
                 self.warnings.append(
@@ -356,7 +427,11 @@ def _domain_of(email: str | None) -> str | None:
 
 
 def _compile(
-    index: int, settings: dict[str, Any], pricing_rows: Mapping[str, Any] | None, aliases: Mapping[str, str]
+    index: int,
+    settings: dict[str, Any],
+    pricing_rows: Mapping[str, Any] | None,
+    aliases: Mapping[str, str],
+    catalog: tuple[str, ...],
 ) -> Matched:
     if pricing_rows is not None and "modelPricing" not in settings:
         # A policy that sets modelPricing (even {} to opt out) keeps its own.
@@ -374,6 +449,7 @@ def _compile(
         [str(m) for m in denied] if isinstance(denied, list) else None,
         settings.get("availableModelsMatch") == "exact",
         aliases,
+        catalog,
     )
     env = settings.get("env")
     hints = isinstance(env, dict) and str(env.get(HINT_HEADERS_ENV, "")).strip().lower() in ("1", "true")

@@ -231,6 +231,23 @@ async def test_no_managed_section_is_404(pg_url):
         assert json.loads(body)["error"]["message"] == "not configured"
 
 
+async def test_a_refused_model_is_400_naming_the_models_the_person_may_use(gw):
+    # What `claude -p` with no --model sends to a policy that leaves its default out.
+    body = json.dumps({"model": "claude-opus-5-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/v1/messages", data=body, headers=gw.auth(groups=("contractors",))) as r:
+            status, doc = r.status, await r.json()
+    assert status == 400 and doc.pop("request_id")
+    assert doc == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "model claude-opus-5-5 is not in your role's availableModels allowlist; models you may use: "
+            "claude-opus-4-8, claude-sonnet-4-6, claude-haiku-4-5-20251001",
+        },
+    }
+
+
 @pytest.mark.parametrize("path", ["/managed/settings", "/user/bootstrap"])
 async def test_missing_or_bad_token_is_401_with_version(gw, path):
     for headers in ({}, {"Authorization": "Bearer nope"}):

@@ -14,7 +14,7 @@ import yaml
 
 from gateway.canonical_json import checksum, dumps
 from gateway.config import ConfigError, loads, unsupported
-from gateway.policy import ALLOW_ALL, ModelAccess, Policies, merge_settings
+from gateway.policy import ALLOW_ALL, ModelAccess, Policies, client_defaults, merge_settings
 from gateway.routing import Routes
 from gateway.sessions import Principal
 from gateway.settings_keys import key_list
@@ -319,9 +319,46 @@ def test_model_access(available, denied, mode, model, allowed):
     if allowed:
         assert message is None
     elif denied is not None and message and "deniedModels" in message:
-        assert message == f"model {model} is blocked by your role's deniedModels list"
+        assert message.startswith(f"model {model} is blocked by your role's deniedModels list; ")
     else:
-        assert message == f"model {model} is not in your role's availableModels allowlist"
+        assert message is not None
+        assert message.startswith(f"model {model} is not in your role's availableModels allowlist; ")
+
+
+def _offered(message: str) -> list[str]:
+    return message.split("; models you may use: ", 1)[1].split(" and ", 1)[0].split(", ")
+
+
+def test_a_refusal_names_the_models_the_person_may_use():
+    access = policies([{"match": {}, "cli": {"availableModels": ["claude-sonnet-4-6", "haiku"]}}]).access_for(who())
+    message = access.check("claude-opus-5-5")
+    assert message is not None and message.startswith("model claude-opus-5-5 is not in your role's")
+    # The ids /v1/models would list to this person, in its order.
+    assert _offered(message) == ["claude-haiku-5-5", "claude-sonnet-4-6", "claude-haiku-4-5-20251001"]
+    denied = policies([{"match": {}, "cli": {"deniedModels": ["opus", "fable", "sonnet"]}}]).access_for(who())
+    message = denied.check("claude-opus-4-7")
+    assert message is not None and _offered(message) == ["claude-haiku-5-5", "claude-haiku-4-5-20251001"]
+
+
+def test_a_long_list_of_allowed_models_is_cut_short():
+    # Long custom ids: the message stops by length...
+    models = [{"id": f"team-model-{i:02d}-" + "x" * 100, "upstream_model": {"anthropic": "m"}} for i in range(30)]
+    rule = [{"match": {}, "cli": {"deniedModels": ["team-model-00"]}}]
+    access = policies(rule, models=models, auto_include_builtin_models=False).access_for(who())
+    message = access.check("team-model-00-" + "x" * 100)
+    assert message is not None and len(message) < 500
+    assert len(_offered(message)) == 2 and message.endswith(" and 27 more (GET /v1/models lists them all)")
+    # ... and many short ones by count.
+    many = policies([{"match": {}, "cli": {"deniedModels": ["claude-opus-5-5"]}}]).access_for(who())
+    assert len(_offered(many.check("claude-opus-5-5") or "")) == 10
+
+
+def test_a_refusal_says_when_nothing_is_allowed():
+    access = policies([{"match": {}, "cli": {"availableModels": []}}]).access_for(who())
+    assert access.check("claude-opus-4-7") == (
+        "model claude-opus-4-7 is not in your role's availableModels allowlist; "
+        "your role allows none of this gateway's models"
+    )
 
 
 def test_access_answers_are_cached_and_bounded():
@@ -344,13 +381,27 @@ def test_warns_when_the_starting_model_is_not_allowed():
     )
 
 
+def test_every_client_default_model_is_checked():
+    # The list lives in data/models.json: the sign-in default and the ANTHROPIC_BASE_URL one.
+    defaults = {d.id: d for d in client_defaults()}
+    assert {"claude-opus-4-7", "claude-opus-5-5"} <= set(defaults)
+    assert defaults["claude-opus-4-7"].reads_managed_settings and not defaults["claude-opus-5-5"].reads_managed_settings
+    for d in defaults.values():
+        others = [m for m in defaults if m != d.id]
+        ps = policies([{"match": {}, "cli": {"availableModels": [*others, "claude-haiku-4-5"]}}])
+        assert len(ps.warnings) == 1 and f"does not allow {d.id} (" in ps.warnings[0], ps.warnings
+        assert all(f"allow {m} " not in ps.warnings[0] for m in others)
+    base_url_only = policies([{"match": {}, "cli": {"availableModels": ["claude-opus-4-7"]}}]).warnings
+    assert "ANTHROPIC_BASE_URL" in base_url_only[0] and "never reads managed settings" in base_url_only[0]
+
+
 @pytest.mark.parametrize(
     "cli",
     [
         {"availableModels": ["claude-sonnet-4-6"], "model": "claude-sonnet-4-6"},
         {"availableModels": ["claude-sonnet-4-6"], "enforceAvailableModels": True},
         {"availableModels": ["opus"]},
-        {"availableModels": ["claude-opus-4-7", "claude-haiku-4-5"]},
+        {"availableModels": ["claude-opus-4-7", "claude-opus-5-5", "claude-haiku-4-5"]},
         {"env": {"A": "1"}},
     ],
 )
