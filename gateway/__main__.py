@@ -20,11 +20,11 @@ import gateway
 from gateway import audit
 
 
-def _load(path: str) -> Any:
+def _load(path: str, *, expand: bool = True) -> Any:
     from gateway.config import ConfigError, load
 
     try:
-        return load(path, os.environ)
+        return load(path, os.environ, expand=expand)
     except ConfigError as err:
         sys.stderr.write(f"gatehouse: invalid configuration in {path}:\n{err}\n")
         raise SystemExit(2) from None
@@ -34,31 +34,36 @@ def _load(path: str) -> Any:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exits like ``serve`` would at boot: 2 on what serve refuses (config errors and
+    features not supported yet), after printing the effective config."""
     import yaml
 
-    from gateway.config import redacted, unsupported
+    from gateway.config import redacted, unsupported_features
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, expand=not args.no_env)
+    if args.no_env:
+        sys.stdout.write("# --no-env: ${...} references are shown as written and were not checked\n")
     sys.stdout.write(yaml.safe_dump(redacted(cfg), sort_keys=False))
     for warning in boot_warnings(cfg):
         sys.stdout.write(f"# warning: {warning}\n")
-    missing = unsupported(cfg)
+    missing = unsupported_features(cfg)
     if missing:
-        sys.stdout.write("\n# switched on here but not supported by Gatehouse yet:\n")
-        for path in missing:
-            sys.stdout.write(f"#   {path}\n")
-    else:
-        sys.stdout.write("\n# every feature switched on here is supported\n")
+        sys.stdout.write("\n# switched on here but not supported by Gatehouse yet (serve refuses this file):\n")
+        for feature in missing:
+            sys.stdout.write(f"#   {feature}\n")
+            sys.stderr.write(f"gatehouse: {feature}\n")
+        return 2
+    sys.stdout.write("\n# every feature switched on here is supported\n")
     return 0
 
 
 def _refuse_unsupported(cfg: Any) -> None:
-    from gateway.config import unsupported
+    from gateway.config import unsupported_features
 
-    missing = unsupported(cfg)
+    missing = unsupported_features(cfg)
     if missing:
-        for path in missing:
-            sys.stderr.write(f"gatehouse: not supported yet: {path}\n")
+        for feature in missing:
+            sys.stderr.write(f"gatehouse: {feature}\n")
         raise SystemExit(2)
 
 
@@ -71,7 +76,7 @@ def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
     from gateway.routing import Routes
 
     catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
-    warnings = list(Policies(cfg, catalog, None).warnings)
+    warnings = [*cfg.load_warnings, *Policies(cfg, catalog, None).warnings]
     if not cfg.access_control.allow_cidrs and cfg.listen.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(
             "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
@@ -110,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     _refuse_unsupported(cfg)
+    audit.capture_library_logging()
     audit.emit("config.load", path=cfg.path, sha256=cfg.sha256)
     for warning in boot_warnings(cfg):
         audit.log("warn", warning)
@@ -204,8 +210,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("check-config", help="validate a config and print it with secrets masked")
+    c = sub.add_parser(
+        "check-config",
+        help="validate a config as serve would (exit 2 on what serve refuses) and print it with secrets masked",
+    )
     c.add_argument("--config", required=True)
+    c.add_argument(
+        "--no-env",
+        action="store_true",
+        help="check a template's structure without its secrets: ${VAR} and ${file:...} are neither "
+        "required nor read; everything else is validated",
+    )
     c.set_defaults(func=cmd_check_config)
 
     t = sub.add_parser("token", help="mint a session token (operators, load tests, tests)")
@@ -239,6 +254,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = audit.format_error()
+    if problem:
+        sys.stderr.write(f"gatehouse: {problem}\n")
+        return 2
     return int(args.func(args) or 0)
 
 

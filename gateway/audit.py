@@ -4,6 +4,11 @@ Audit events are single-line JSON objects with ``ts`` and ``evt`` (the event
 names and fields follow Anthropic's gateway, so existing log pipelines keep
 working). Operational lines are human text: ``[gatehouse] <ts> <level> <msg>``.
 
+With ``CLAUDE_GATEWAY_LOG_FORMAT=json`` operational lines are JSON too
+(``{"ts", "level", "msg"}``) and audit events gain ``"level": "info"``, so one
+parser reads the whole stream: a line with ``evt`` is an audit event, a line
+with ``msg`` an operational one. Default ``text``: the output is as before.
+
 Each line goes out in one ``os.write`` call: with ``--workers N`` several
 processes share the same stderr, and a single write of a line is never
 interleaved with another process's line (lines stay far below PIPE_BUF-sized
@@ -14,6 +19,7 @@ PIPE_BUF; longer audit lines are still one syscall).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from datetime import UTC, datetime
@@ -32,6 +38,27 @@ _threshold = LEVELS.get(os.environ.get("CLAUDE_GATEWAY_LOG_LEVEL", "info"), 20)
 def set_level(name: str) -> None:
     global _threshold
     _threshold = LEVELS.get(name, 20)
+
+
+FORMAT_ENV = "CLAUDE_GATEWAY_LOG_FORMAT"
+FORMATS = ("text", "json")
+_format_text = os.environ.get(FORMAT_ENV) or "text"
+_json = _format_text == "json"
+
+
+def set_format(name: str) -> None:
+    """``"text"`` or ``"json"`` (tests; processes take it from the environment)."""
+    global _json, _format_text
+    if name not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {name!r}")
+    _format_text, _json = name, name == "json"
+
+
+def format_error() -> str | None:
+    """Why the environment's log format is unusable, or None: the CLI refuses to start on it."""
+    if _format_text in FORMATS:
+        return None
+    return f"{FORMAT_ENV} must be one of {', '.join(FORMATS)}, got {_format_text!r}"
 
 
 _cached_ms = -1
@@ -64,16 +91,20 @@ def emit(evt: str, **fields: Any) -> None:
     longer than :data:`gateway.client_text.LOG_CHARS` is cut, so one request can
     never write more than a bounded line.
     """
-    record = {"ts": _now_iso(), "evt": evt}
+    record = {"ts": _now_iso(), "level": "info", "evt": evt} if _json else {"ts": _now_iso(), "evt": evt}
     for name, value in fields.items():
         record[name] = capped(value) if type(value) is str and len(value) > LOG_CHARS else value
+    _write(_json_line(record))
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
     try:
         data = _encode(record)
     except (UnicodeEncodeError, msgspec.EncodeError):
         # A lone surrogate (from undecodable client bytes) has no UTF-8 form;
         # the standard library writes it as an escape instead of failing.
         data = json.dumps(record, default=repr, separators=(",", ":")).encode()
-    _write(data + b"\n")
+    return data + b"\n"
 
 
 # An operational line quotes errors and paths; it never needs more than this.
@@ -84,9 +115,36 @@ def log(level: str, message: str) -> None:
     """Write one operational line, if ``level`` passes the configured threshold."""
     if LEVELS[level] < _threshold:
         return
+    if _json:
+        _write(_json_line({"ts": _now_iso(), "level": level, "msg": capped(message, MESSAGE_CHARS)}))
+        return
     line = f"[gatehouse] {_now_iso()} {level} {capped(message, MESSAGE_CHARS)}".replace("\n", " ")
     _write(line.encode(errors="backslashreplace") + b"\n")
 
 
 def enabled(level: str) -> bool:
     return LEVELS[level] >= _threshold
+
+
+class _ToLog(logging.Handler):
+    """Library messages (aiohttp, asyncio) as operational lines, in the chosen format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warn" if record.levelno >= logging.WARNING else "info"
+        try:
+            message = f"{record.name}: {self.format(record)}"
+        except Exception:  # a bad format string in a library's call must not take the process down
+            message = f"{record.name}: {record.msg!r}"
+        log(level, message)
+
+
+def capture_library_logging() -> None:
+    """Route the standard ``logging`` module's warnings and errors through :func:`log`.
+
+    Without it an unhandled-exception report from aiohttp or asyncio reaches
+    stderr as bare multi-line text, which a JSON log pipeline cannot parse.
+    Called by ``serve``; importing this module changes nothing.
+    """
+    root = logging.getLogger()  # its default level, WARNING, is what passes
+    if not any(isinstance(h, _ToLog) for h in root.handlers):
+        root.addHandler(_ToLog())

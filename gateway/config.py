@@ -22,6 +22,15 @@ Theory of operation, in four passes over one YAML document:
 Every issue names a path; no message ever repeats a configured value that could
 be a secret. The module is pure: it reads only the file it is handed, files
 named by ``${file:}``, and the environ mapping it is given.
+
+``expand=False`` checks a template without its secrets (``check-config
+--no-env``): references are left as written, each such value gets a stand-in
+that fits its field, every other value is shaped and rule-checked as usual, and
+only the rule issues about the stand-ins themselves are dropped.
+
+Alongside the data, the loader reads the text for one thing the data cannot
+show: values cut short by an unquoted `` #`` (:mod:`gateway.config_comments`),
+kept in ``Config.load_warnings`` for the boot warnings.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from gateway.config_addresses import (
     is_loopback_host,
     url_problem,
 )
+from gateway.config_comments import cut_values, cut_warning
 from gateway.config_expand import expand_references
 from gateway.config_rules import check, prepare
 from gateway.config_schema import Config, Issues, dotted, kind, shape
@@ -62,6 +72,7 @@ __all__ = [
     "loads",
     "redacted",
     "unsupported",
+    "unsupported_features",
     "unsupported_reasons",
     "url_problem",
 ]
@@ -75,29 +86,44 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.issues))
 
 
-def load(path: str, environ: Mapping[str, str]) -> Config:
+def load(path: str, environ: Mapping[str, str], *, expand: bool = True) -> Config:
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
         raise ConfigError([("", f"cannot read config file {path}: {exc.strerror or exc}")]) from None
-    return loads(raw, environ, source=path)
+    return loads(raw, environ, source=path, expand=expand)
 
 
-def loads(text: bytes | str, environ: Mapping[str, str], source: str = "<string>") -> Config:
+def loads(
+    text: bytes | str, environ: Mapping[str, str], source: str = "<string>", *, expand: bool = True
+) -> Config:
+    """``environ`` resolves ``${VAR}`` and holds process switches (the loopback
+    allowance); with ``expand=False`` it is read for the switches only."""
     raw = text.encode() if isinstance(text, str) else text
     data = _parse_yaml(raw)
     unresolved = Issues()
-    data = expand_references(data, "", environ, unresolved)
+    left: dict[str, str] = {}
+    data = expand_references(data, "", environ if expand else None, unresolved, left)
     issues = Issues()
-    cfg = _build(data, environ, issues)
+    cfg = _build(data, environ, issues, set(left))
     # A reference that did not resolve left an empty string behind; the shape
     # complaints about that placeholder would only repeat the same problem.
     failed = {path for path, _ in unresolved}
-    issues = Issues([*unresolved, *(i for i in issues if i[0] not in failed)])
+    issues = Issues([*unresolved, *(i for i in issues if not _under(i[0], failed))])
     if issues or cfg is None:
         raise ConfigError(issues)
-    return msgspec.structs.replace(cfg, path=source, sha256=hashlib.sha256(raw).hexdigest())
+    return msgspec.structs.replace(
+        cfg,
+        path=source,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        unresolved=tuple(left.items()),
+        load_warnings=tuple(cut_warning(path, line) for path, line in cut_values(raw, _Loader)),
+    )
+
+
+def _under(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith((r + ".", r + "[")) for r in roots)
 
 
 # ---------------------------------------------------------------- 1. YAML
@@ -183,9 +209,11 @@ def _parse_yaml(raw: bytes) -> Any:
 # ---------------------------------------------------------------- build
 
 
-def _build(data: Any, environ: Mapping[str, str], issues: Issues) -> Config | None:
+def _build(data: Any, environ: Mapping[str, str], issues: Issues, stand_ins: set[str]) -> Config | None:
     """Shape each section on its own, so one broken section does not hide the
-    rule problems of the others; return None when anything failed."""
+    rule problems of the others; return None when anything failed. ``stand_ins``:
+    paths holding a stand-in for a value left unresolved on purpose; what the
+    rules say about a stand-in says nothing about the real value, so it is dropped."""
     if data is None:
         issues.add("", "the file is empty; expected a mapping of sections")
         return None
@@ -216,7 +244,10 @@ def _build(data: Any, environ: Mapping[str, str], issues: Issues) -> Config | No
             shaped = shape(data[name], f.type, name, issues)
         if len(issues) == before:
             sections[name] = msgspec.convert(shaped, _ANNOTATIONS[name], strict=True)
+    before_rules = len(issues)
     check(sections, items, data, environ.get(ALLOW_LOOPBACK_ENV) == "1", issues)
+    if stand_ins:  # only rule issues can be about a stand-in's content; keep the rest
+        issues[before_rules:] = [i for i in issues[before_rules:] if not _under(i[0], stand_ins)]
     if issues:
         return None
     return Config(**sections)
@@ -242,28 +273,28 @@ def _shape_items(values: list[Any], name: str, item: type, issues: Issues) -> di
 # ---------------------------------------------------------------- unsupported
 
 # Features Gatehouse accepts in the file but does not serve yet, one row each:
-# (path pattern, why, is-it-switched-on for the value found there). `[*]` walks
-# a list. Delete a row when its feature lands.
-UNSUPPORTED: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
-    ("upstreams[*]", "only the anthropic provider is implemented", lambda u: u["provider"] != "anthropic"),
-    ("upstreams[*].auth.federation_rule_id", "workload identity federation is not implemented", bool),
-    ("oidc.google_groups", "Google Workspace group lookup is not implemented", bool),
-    ("oidc.use_proxy", "sending IdP requests through a proxy is not implemented", bool),
-    ("oidc.client_assertion", "private_key_jwt client authentication is not implemented", bool),
-    ("managed.policies[*].desktop", "the Claude Desktop overlay (/user/bootstrap) is not implemented", lambda d: d is not None),
-    ("telemetry.forward_to", "the OTLP relay is not implemented", bool),
-    ("telemetry.resource_attributes", "pushing OTLP resource attributes is not implemented", bool),
-    ("load_test_mode", "load-test mode is not implemented", lambda m: bool(m and m["enabled"])),
-    ("cri", "customer-routed inference is not implemented", lambda c: bool(c and c["enabled"])),
+# (path pattern, the feature's name for the value found there, is-it-switched-on
+# for that value). `[*]` walks a list. Delete a row when its feature lands.
+UNSUPPORTED: tuple[tuple[str, str | Callable[[Any], str], Callable[[Any], bool]], ...] = (
+    ("upstreams[*]", lambda u: f"provider: {u['provider']}", lambda u: u["provider"] != "anthropic"),
+    ("upstreams[*].auth.federation_rule_id", "workload identity federation", bool),
+    ("oidc.google_groups", "Google Workspace group lookup", bool),
+    ("oidc.use_proxy", "IdP requests through a proxy", bool),
+    ("oidc.client_assertion", "private_key_jwt client authentication", bool),
+    ("managed.policies[*].desktop", "the Claude Desktop overlay, /user/bootstrap", lambda d: d is not None),
+    ("telemetry.forward_to", "the OTLP relay", bool),
+    ("telemetry.resource_attributes", "OTLP resource attributes", bool),
+    ("load_test_mode", "load-test mode", lambda m: bool(m and m["enabled"])),
+    ("cri", "customer-routed inference", lambda c: bool(c and c["enabled"])),
 )
 
 
 def unsupported_reasons(cfg: Config) -> list[tuple[str, str]]:
-    """(dotted path, reason) for each switched-on feature Gatehouse lacks."""
+    """(dotted path, the feature's name) for each switched-on feature Gatehouse lacks."""
     data = msgspec.json.decode(msgspec.json.encode(cfg))
     return [
-        (path, reason)
-        for pattern, reason, switched_on in UNSUPPORTED
+        (path, feature(value) if callable(feature) else feature)
+        for pattern, feature, switched_on in UNSUPPORTED
         for path, value in _find(data, pattern.split("."), "")
         if switched_on(value)
     ]
@@ -271,6 +302,12 @@ def unsupported_reasons(cfg: Config) -> list[tuple[str, str]]:
 
 def unsupported(cfg: Config) -> list[str]:
     return [path for path, _ in unsupported_reasons(cfg)]
+
+
+def unsupported_features(cfg: Config) -> list[str]:
+    """One sentence per switched-on feature Gatehouse lacks, naming its path and the feature
+    (``upstreams[0] (provider: bedrock) is not supported yet``)."""
+    return [f"{path} ({feature}) is not supported yet" for path, feature in unsupported_reasons(cfg)]
 
 
 def _find(data: Any, steps: list[str], path: str) -> Iterable[tuple[str, Any]]:
@@ -311,8 +348,27 @@ _SECRET_MAPS = frozenset({"headers", "env"})
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
-    """The effective config as plain data, every secret replaced by ``***``."""
-    return _redact(msgspec.json.decode(msgspec.json.encode(cfg)), "")
+    """The effective config as plain data, every secret replaced by ``***``.
+
+    Values left unresolved (``expand=False``) show as written, not as their
+    stand-ins; the loader's own bookkeeping (unresolved paths, load warnings)
+    is left out."""
+    data = msgspec.json.decode(msgspec.json.encode(cfg))
+    for name in ("unresolved", "load_warnings"):
+        data.pop(name, None)
+    return _redact(_as_written(data, "", dict(cfg.unresolved)), "")
+
+
+def _as_written(value: Any, path: str, written: Mapping[str, str]) -> Any:
+    if not written:
+        return value
+    if path in written:
+        return written[path]
+    if isinstance(value, dict):
+        return {k: _as_written(v, dotted(path, k), written) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_written(v, f"{path}[{i}]", written) for i, v in enumerate(value)]
+    return value
 
 
 def _redact(value: Any, path: str) -> Any:

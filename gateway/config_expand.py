@@ -6,6 +6,11 @@ and is replaced by that file's text with surrounding whitespace removed. Keys ar
 never expanded. A reference that cannot be resolved is reported at its dotted
 path and leaves an empty string behind, so the shape check that follows sees a
 value of the right type. Messages name the variable or file, never its content.
+
+With ``environ=None`` (checking a template without its secrets) nothing is
+looked up or read: a string holding well-formed references becomes an
+:class:`~gateway.config_schema.Unresolved` kept as written, and its path is
+recorded in ``left``; malformed references are still reported.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.config_schema import Expanded, Issues, dotted
+from gateway.config_schema import Expanded, Issues, Unresolved, dotted
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -26,17 +31,25 @@ def _read_text(path: str) -> str:
         return fh.read()
 
 
-def expand_references(value: Any, path: str, environ: Mapping[str, str], issues: Issues) -> Any:
+def expand_references(
+    value: Any,
+    path: str,
+    environ: Mapping[str, str] | None,
+    issues: Issues,
+    left: dict[str, str] | None = None,
+) -> Any:
     if isinstance(value, str):
-        return _expand_str(value, path, environ, issues)
+        return _expand_str(value, path, environ, issues, {} if left is None else left)
     if isinstance(value, dict):
-        return {k: expand_references(v, dotted(path, k), environ, issues) for k, v in value.items()}
+        return {k: expand_references(v, dotted(path, k), environ, issues, left) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_references(v, f"{path}[{i}]", environ, issues) for i, v in enumerate(value)]
+        return [expand_references(v, f"{path}[{i}]", environ, issues, left) for i, v in enumerate(value)]
     return value
 
 
-def _expand_str(text: str, path: str, environ: Mapping[str, str], issues: Issues) -> str:
+def _expand_str(
+    text: str, path: str, environ: Mapping[str, str] | None, issues: Issues, left: dict[str, str]
+) -> str:
     refs = list(_REF.finditer(text))
     if not refs:
         return text
@@ -46,12 +59,24 @@ def _expand_str(text: str, path: str, environ: Mapping[str, str], issues: Issues
             if ref.span() != (0, len(text)):
                 issues.add(path, "a ${file:...} reference must be the entire value")
                 return text
+            if environ is None:
+                return _leave(text, path, issues, left, inner[len("file:") :])
             return _expand_file(inner[len("file:") :], path, issues)
         if not _VAR.fullmatch(inner):
             issues.add(path, f"'${{{inner}}}' is not a reference; use ${{NAME}} or ${{file:/absolute/path}}")
-        elif inner not in environ:
+        elif environ is not None and inner not in environ:
             issues.add(path, f"environment variable {inner} is not set")
+    if environ is None:
+        return _leave(text, path, issues, left)
     return Expanded(_REF.sub(lambda m: environ.get(m.group(1), ""), text))
+
+
+def _leave(text: str, path: str, issues: Issues, left: dict[str, str], file_path: str | None = None) -> str:
+    if file_path is not None and not os.path.isabs(file_path):
+        issues.add(path, f"${{file:}} needs an absolute path, not {file_path}")
+        return ""
+    left[path] = text
+    return Unresolved(text)
 
 
 def _expand_file(file_path: str, path: str, issues: Issues) -> str:

@@ -393,10 +393,17 @@ class Config(_Section, frozen=True):
     # Set by the loader, never read from YAML.
     path: str = ""
     sha256: str = ""
+    # Loaded without the environment (check-config --no-env): (dotted path, the
+    # value as written) for each value whose ${...} was left unresolved; the
+    # Config holds a stand-in there.
+    unresolved: tuple[tuple[str, str], ...] = ()
+    # Things in the file's text the parsed data cannot show (a value cut short
+    # by an unquoted " #"), reported among the boot warnings.
+    load_warnings: tuple[str, ...] = ()
 
 
 # Fields of Config that describe the file rather than come from it.
-LOADER_FIELDS = frozenset({"path", "sha256"})
+LOADER_FIELDS = frozenset({"path", "sha256", "unresolved", "load_warnings"})
 
 
 class Issues(list[tuple[str, str]]):
@@ -408,6 +415,13 @@ class Issues(list[tuple[str, str]]):
 
 class Expanded(str):
     """A string produced by ${...}; numeric and boolean fields may parse it."""
+
+
+class Unresolved(Expanded):
+    """A value whose ${...} was deliberately left unresolved (a template checked
+    without its environment). It stands for any scalar: the shape check accepts
+    it for every scalar type and puts a valid stand-in of that type in its place,
+    so the rest of the section is still shaped and rule-checked."""
 
 
 # ---------------------------------------------------------------- checking data against the shape
@@ -475,6 +489,8 @@ def _shape_none(value: Any, t: Any, path: str, issues: Issues) -> Any:
 def _shape_bool(value: Any, t: Any, path: str, issues: Issues) -> Any:
     if isinstance(value, bool):
         return value
+    if isinstance(value, Unresolved):
+        return False
     if isinstance(value, Expanded) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     issues.add(path, f"expected true or false, got {kind(value)}")
@@ -483,6 +499,8 @@ def _shape_bool(value: Any, t: Any, path: str, issues: Issues) -> Any:
 
 def _shape_number(value: Any, t: Any, path: str, issues: Issues) -> Any:
     want_int = isinstance(t, mi.IntType)
+    if isinstance(value, Unresolved):
+        return _stand_in_number(t, want_int)
     number = _as_number(value, want_int)
     if number is None:
         issues.add(path, f"expected {'an integer' if want_int else 'a number'}, got {kind(value)}")
@@ -506,6 +524,21 @@ def _as_number(value: Any, want_int: bool) -> int | float | None:
     if isinstance(value, (int, float)) and value == value and value not in (float("inf"), float("-inf")):
         return float(value)
     return None
+
+
+def _stand_in_number(t: Any, want_int: bool) -> int | float:
+    """1, moved inside the field's bounds."""
+    step = 1 if want_int else 0.5
+    n: float = 1
+    if t.ge is not None and n < t.ge:
+        n = t.ge
+    if t.gt is not None and n <= t.gt:
+        n = t.gt + step
+    if t.le is not None and n > t.le:
+        n = t.le
+    if t.lt is not None and n >= t.lt:
+        n = t.lt - step
+    return int(n) if want_int else float(n)
 
 
 def _fmt(n: float) -> str:
@@ -543,14 +576,22 @@ def _shape_str(value: Any, t: Any, path: str, issues: Issues) -> Any:
         hint = " (quote it to make it text)" if isinstance(value, (bool, int, float)) else ""
         issues.add(path, f"expected a string, got {kind(value)}{hint}")
         return value
+    if isinstance(value, Unresolved):
+        # Its length is the real value's, unknown here: the stand-in fits the bounds.
+        stand_in = str(value).ljust(t.min_length or 0, "_")
+        return stand_in if t.max_length is None else stand_in[: t.max_length]
     if t.min_length == 1 and not value:
         issues.add(path, "must not be empty")
     elif t.min_length and len(value) < t.min_length:
         issues.add(path, f"must be at least {t.min_length} characters long")
+    elif t.max_length is not None and len(value) > t.max_length:
+        issues.add(path, f"must be at most {t.max_length} characters long")
     return str(value)
 
 
 def _shape_literal(value: Any, t: Any, path: str, issues: Issues) -> Any:
+    if isinstance(value, Unresolved):
+        return t.values[0]
     if value in t.values and not isinstance(value, bool):
         return str(value) if isinstance(value, str) else value
     choices = ", ".join(repr(v) for v in t.values)
@@ -618,6 +659,8 @@ def _fits(value: Any, t: Any) -> bool:
         return isinstance(t, (mi.ListType, mi.VarTupleType))
     if isinstance(value, bool):
         return isinstance(t, mi.BoolType)
+    if isinstance(value, Unresolved):
+        return isinstance(t, (mi.StrType, mi.LiteralType, mi.IntType, mi.FloatType, mi.BoolType))
     if isinstance(value, str):
         if isinstance(value, Expanded) and isinstance(t, mi.BoolType):
             return value.lower() in ("true", "false")

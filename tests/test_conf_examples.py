@@ -17,6 +17,9 @@ import yaml
 
 from gateway.config import load, loads, unsupported
 from gateway.config_schema import Gatehouse
+from gateway.policy import Policies, client_defaults
+from gateway.routing import Routes
+from gateway.sessions import Principal
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "conf" / "examples"
 CAG = sorted((EXAMPLES / "cag").glob("*.yaml"))
@@ -94,6 +97,34 @@ def test_claude_apps_gateway_examples_load(path: Path) -> None:
 def test_served_examples_load_with_nothing_unsupported(path: Path) -> None:
     cfg = load(str(path), _env(path))
     assert unsupported(cfg) == []
+
+
+@pytest.mark.parametrize("path", CAG + SERVED, ids=_name)
+def test_examples_check_as_templates_without_their_environment(path: Path) -> None:
+    """What `gatehouse check-config --no-env` does: no variable is needed, nothing is left unchecked but them."""
+    switches = LOOPBACK if _name(path) in NEEDS_LOOPBACK else {}
+    cfg = load(str(path), switches, expand=False)
+    left = {name for _, written in cfg.unresolved for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", written)}
+    assert left == set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", path.read_text()))
+
+
+@pytest.mark.parametrize("path", SERVED, ids=_name)
+def test_served_examples_boot_without_policy_or_text_warnings(path: Path) -> None:
+    cfg = load(str(path), _env(path))
+    catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
+    assert cfg.load_warnings == ()
+    assert Policies(cfg, catalog).warnings == []
+
+
+def test_dev_example_serves_the_clients_default_models_and_keeps_its_blocked_message() -> None:
+    """`make dev` then `claude -p "say hi"` with no --model works for a non-contractor."""
+    path = EXAMPLES / "dev.yaml"
+    cfg = load(str(path), _env(path))
+    catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
+    alice = Principal(sub="alice", email="alice@example.com", name=None, groups=("eng",), sid=None, exp=0)
+    access = Policies(cfg, catalog).access_for(alice)
+    assert [d.id for d in client_defaults() if not access.allows(d.id)] == []
+    assert cfg.admin is not None and cfg.admin.blocked_message == "ask in #dev-tools for more"
 
 
 def test_gatehouse_section_is_the_only_difference() -> None:

@@ -14,6 +14,7 @@ PURE = [
     "gateway/upstreams/anthropic.py",
     "gateway/config.py",
     "gateway/config_expand.py",
+    "gateway/config_comments.py",
     "gateway/config_rules.py",
     "gateway/config_upstreams.py",
     "gateway/config_addresses.py",

@@ -145,11 +145,45 @@ async def test_serve_refuses_features_not_supported_yet(tmp_path, pg_url):
     cfg = write_config(tmp_path, pg_url, "http://127.0.0.1:9", free_port(), "telemetry:\n  forward_to:\n    - url: https://otel.example.com\n")
     out = subprocess.run([*GATEHOUSE, "serve", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
-    assert "not supported yet: telemetry" in out.stderr
+    assert "telemetry.forward_to (the OTLP relay) is not supported yet" in out.stderr
+    # check-config refuses the same file, the same way, after printing it.
     check = subprocess.run([*GATEHOUSE, "check-config", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0
-    assert "telemetry" in check.stdout.split("not supported by Gatehouse yet", 1)[1]
+    assert check.returncode == 2
+    assert "gatehouse: telemetry.forward_to (the OTLP relay) is not supported yet" in check.stderr
+    assert "telemetry.forward_to (the OTLP relay)" in check.stdout.split("not supported by Gatehouse yet", 1)[1]
     assert "sk-ant-upstream-secret-value" not in check.stdout and JWT_SECRET not in check.stdout
+
+
+def test_check_config_names_each_unsupported_upstream_and_exits_like_serve(tmp_path):
+    extra = "  - provider: bedrock\n    region: us-east-1\n    auth: {}\n"
+    cfg = write_config(tmp_path, "postgres://gw@127.0.0.1:9/gw", "http://127.0.0.1:9", free_port(), extra)
+    check = subprocess.run([*GATEHOUSE, "check-config", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 2, check.stderr
+    assert check.stderr == "gatehouse: upstreams[1] (provider: bedrock) is not supported yet\n"
+    ok = write_config(tmp_path, "postgres://gw@127.0.0.1:9/gw", "http://127.0.0.1:9", free_port())
+    fine = subprocess.run([*GATEHOUSE, "check-config", "--config", str(ok)], env=ENV, capture_output=True, text=True, timeout=30)
+    assert fine.returncode == 0 and fine.stdout.rstrip().endswith("# every feature switched on here is supported")
+
+
+def test_check_config_no_env_checks_a_template_without_its_secrets(tmp_path):
+    cfg = write_config(tmp_path, "${PG_URL}", "http://127.0.0.1:9", free_port(), "admin:\n  blocked_message: ask in #dev-tools\n")
+    bare = {k: v for k, v in ENV.items() if k not in ("OIDC_SECRET", "JWT", "UPSTREAM_KEY")}
+    without = subprocess.run([*GATEHOUSE, "check-config", "--config", str(cfg)], env=bare, capture_output=True, text=True, timeout=30)
+    assert without.returncode == 2 and "environment variable PG_URL is not set" in without.stderr
+    check = subprocess.run(
+        [*GATEHOUSE, "check-config", "--no-env", "--config", str(cfg)], env=bare, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stderr
+    assert "postgres_url: ${PG_URL}" in check.stdout
+    # The value cut short by an unquoted " #" is a boot warning, printed here too.
+    assert "# warning: admin.blocked_message (line " in check.stdout
+    # Everything but the references is still checked.
+    broken = cfg.read_text().replace("client_id: gatehouse-tests", "client_id: gatehouse-tests\n  bogus: 1")
+    cfg.write_text(broken)
+    bad = subprocess.run(
+        [*GATEHOUSE, "check-config", "--no-env", "--config", str(cfg)], env=bare, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 2 and "oidc.bogus" in bad.stderr and "PG_URL" not in bad.stderr
 
 
 async def test_serve_token_and_drain(tmp_path, pg_url, fake_upstream):

@@ -619,3 +619,142 @@ def test_expanded_values_in_open_documents_are_plain_strings() -> None:
     value = cfg.managed.policies[0].cli["env"]["T"]  # type: ignore[index]
     assert value == SECRETS["API_KEY"] and type(value) is str
     assert redacted(cfg)["managed"]["policies"][0]["cli"]["env"] == {"T": "***"}
+
+
+# ---------------------------------------------------------------- a template without its environment (--no-env)
+
+
+def test_no_env_leaves_references_unresolved_and_checks_everything_else(tmp_path: Any) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["listen"].update(port="${PORT}", public_url="https://${HOST}:8443")
+        d["session"]["jwt_secret"] = "${SHORT}"  # a stand-in fits min_length; the real length is unknown
+        d["oidc"]["use_proxy"] = "${USE_PROXY}"
+        d["store"]["password"] = f"${{file:{tmp_path / 'never-read'}}}"
+
+    switches = {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}  # a process switch, still read; no variable is
+    cfg = loads(doc(change), switches, expand=False)
+    assert dict(cfg.unresolved) == {
+        "listen.port": "${PORT}",
+        "listen.public_url": "https://${HOST}:8443",
+        "session.jwt_secret": "${SHORT}",
+        "oidc.client_secret": "${OIDC_SECRET}",
+        "oidc.use_proxy": "${USE_PROXY}",
+        "store.postgres_url": "${PG_URL}",
+        "store.password": f"${{file:{tmp_path / 'never-read'}}}",
+        "upstreams[0].auth.api_key": "${API_KEY}",
+    }
+    shown = redacted(cfg)
+    assert shown["listen"]["port"] == "${PORT}" and shown["listen"]["public_url"] == "https://${HOST}:8443"
+    assert shown["store"]["postgres_url"] == "${PG_URL}" and shown["session"]["jwt_secret"] == "***"
+    assert "unresolved" not in shown and "load_warnings" not in shown
+    # With the environment, the same file still needs every variable.
+    assert {p for p, _ in issues_of(doc(change), switches)} >= {"listen.port", "session.jwt_secret"}
+
+
+def test_no_env_still_reports_what_does_not_depend_on_a_secret() -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["listen"].update(port="${PORT}", bogus=1)
+        d["oidc"].update(issuer="ftp://idp.example.com", client_secret="${not a name}")
+        d["session"]["ttl_hours"] = -1
+        up()(d).update(base_url="${UPSTREAM}", region="${REGION}")
+        d["store"]["password"] = "${file:relative.txt}"
+
+    with pytest.raises(ConfigError) as err:
+        loads(doc(change), {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}, expand=False)
+    assert sorted(p for p, _ in err.value.issues) == [
+        "listen.bogus",
+        "oidc.client_secret",
+        "oidc.issuer",
+        "session.ttl_hours",
+        "store.password",
+        "upstreams[0].region",  # an anthropic upstream takes no region, whatever its value
+    ]
+
+
+def test_no_env_loopback_still_needs_its_switch() -> None:
+    assert loads(doc(), {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}, expand=False).unresolved
+    with pytest.raises(ConfigError) as err:
+        loads(doc(), {}, expand=False)
+    assert "oidc.issuer" in [p for p, _ in err.value.issues]
+
+
+def test_no_env_stand_ins_fit_bounded_fields() -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["session"]["ttl_hours"] = "${TTL}"
+        put(d, rate_limits={"device_verify": {"max": "${MAX}", "window_seconds": "${WINDOW}"}})
+        put(d, gatehouse={"signin": {"login_notice": "${NOTICE}"}})
+
+    cfg = loads(doc(change), {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}, expand=False)
+    assert cfg.session.ttl_hours > 0 and cfg.rate_limits.device_verify.max > 0
+    assert redacted(cfg)["rate_limits"]["device_verify"] == {"max": "${MAX}", "window_seconds": "${WINDOW}"}
+
+
+def test_string_longer_than_its_bound_is_an_issue_not_a_crash() -> None:
+    text = doc(lambda d: put(d, gatehouse={"signin": {"login_notice": "n" * 501}}))
+    assert paths_of(text) == ["gatehouse.signin.login_notice"]
+
+
+# ---------------------------------------------------------------- values cut short by an unquoted " #"
+
+CUT_TEXT = """
+admin:
+  write_keys: [{id: a, key: "${ADMIN_W}"}]
+  blocked_message: ask in #dev-tools for more
+gatehouse:
+  signin:
+    login_notice: Welcome to the team # and its wiki
+managed:
+  policies:
+    - match: {}
+      cli:
+        env: {A: "quoted #kept", B: plain}
+        permissions:
+          deny:
+            - Bash(curl:*) #no-curl
+            - WebFetch  # a deliberate comment
+        companyAnnouncements:
+          - Ask in #help
+          - "Quoted: #help"
+          - |
+            block text #kept
+        cleanupPeriodDays: 30 #days
+        includeCoAuthoredBy: true #yes
+        model: claude-sonnet-4-6 # one word, written like a comment
+"""
+
+
+def test_values_cut_by_an_unquoted_comment_are_warned_about() -> None:
+    cfg = loads(doc() + CUT_TEXT, ENV)
+    flagged = [w.split(" (line", 1)[0] for w in cfg.load_warnings]
+    assert flagged == [
+        "admin.blocked_message",
+        "gatehouse.signin.login_notice",
+        "managed.policies[0].cli.permissions.deny[0]",
+        "managed.policies[0].cli.companyAnnouncements[0]",
+    ]
+    assert cfg.admin is not None and cfg.admin.blocked_message == "ask in"  # what YAML kept
+    assert all("quote the whole value" in w for w in cfg.load_warnings)
+
+
+def test_cut_warnings_name_the_line_never_the_value() -> None:
+    text = doc(lambda d: up()(d)["auth"].update(api_key="sk-ant-secret-part")) + "admin:\n  blocked_message: x\n"
+    text = text.replace("api_key: sk-ant-secret-part", "api_key: sk-ant-secret-part #rest-of-key")
+    cfg = loads(text, ENV)
+    (warning,) = cfg.load_warnings
+    assert warning.startswith("upstreams[0].auth.api_key (line ")
+    assert "sk-ant" not in warning and "rest-of-key" not in warning
+
+
+def test_an_empty_value_followed_by_a_hashtag_is_warned_about() -> None:
+    cfg = loads(doc() + "admin:\n  write_keys: [{id: a, key: \"${ADMIN_W}\"}]\n  blocked_message: #dev-tools\n", ENV)
+    assert [w.split(" (line", 1)[0] for w in cfg.load_warnings] == ["admin.blocked_message"]
+    assert cfg.admin is not None and cfg.admin.blocked_message is None
+    assert loads(doc() + "admin:  # spend limits\n  write_keys: [{id: a, key: \"${ADMIN_W}\"}]\n", ENV).load_warnings == ()
+
+
+def test_unsupported_features_name_the_feature() -> None:
+    cfg = loads(doc(lambda d: (d["upstreams"].append(BEDROCK), put(d, telemetry={"forward_to": [{"url": "https://o.example.com"}]}))), ENV)
+    assert config.unsupported_features(cfg) == [
+        "upstreams[1] (provider: bedrock) is not supported yet",
+        "telemetry.forward_to (the OTLP relay) is not supported yet",
+    ]
