@@ -214,7 +214,7 @@ class Runner:
 
     # ------------------------------------------------------------ scenarios
 
-    def start_targets(self) -> list[Target]:
+    def start_targets(self, *, idle_rss: bool = True) -> list[Target]:
         lab = self.lab
         wanted = [Target("direct", "direct"), Target("gatehouse", "gatehouse"),
                   Target("gatehouse-policy", "gatehouse", policy=True)]
@@ -233,7 +233,9 @@ class Runner:
             except Exception as exc:  # a peer that cannot start is reported, not fatal
                 self.log(f"could not start {t.name}: {exc}")
                 self.emit({"scenario": "setup", "target": t.name, "error": str(exc)})
-        time.sleep(2)
+        if not idle_rss:
+            return started
+        time.sleep(2)  # settle before reading the idle RSS
         for t in started:
             if t.proc is not None:
                 self.emit({"scenario": "idle", "target": t.name, "idle_rss_mb": procs.rss_bytes(t.proc.pids()) / 2**20,
@@ -381,7 +383,7 @@ class Runner:
         """Start the lab and the targets, say where they are, and wait for a signal."""
         try:
             self.lab.start()
-            for t in self.start_targets():
+            for t in self.start_targets(idle_rss=False):
                 self.log(f"{t.name}: http://127.0.0.1:{t.port}" + (f"  token {t.token}" if t.token else ""))
             self.log("holding: " + ", ".join(f"{name} pid {pid}" for name, pid in self.lab.pids().items()))
             self.log("Ctrl-C stops everything")
