@@ -119,7 +119,8 @@ def die_with_parent() -> None:
 
 
 def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, preexec_fn=_own_group, **kwargs)
+    # No terminal input: a process outside the foreground group that reads it is stopped (SIGTTIN).
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_own_group, **kwargs)
 
 
 def set_example_cap(url: str, admin_key: str) -> None:
