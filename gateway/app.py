@@ -296,18 +296,19 @@ def _check_request_line_and_headers(request: web.Request, rt: Runtime) -> None:
             )
 
 
-# aiohttp's parser rejects oversized lines with its own plain-text 400. Its
-# limits sit far above ours so that, within them, our 414/431 (in our envelope)
-# always answer first; they stay bounded so one connection can't make us buffer
-# without end.
-PARSER_LIMIT_WHEN_CONFIGURED = 1 << 20
-PARSER_LIMIT_DEFAULT = 64 * 1024
+# aiohttp's parser refuses a request line or header line over its limits before
+# any handler runs; gateway.bad_requests answers that refusal with our 414 or 431
+# in the envelope. So the parser's limits are simply ours: the configured ones,
+# else bounded defaults that stop one connection from making us buffer without
+# end. Both 414 and 431 come from one exception carrying the limit it crossed,
+# so the header limit is kept above the request-line limit to tell them apart
+# (a header limit at or below the URL limit is raised to one byte above it;
+# the configured total is still enforced, on the whole header section).
+PARSER_LINE_DEFAULT = 64 * 1024
+PARSER_FIELD_DEFAULT = 64 * 1024
 
 
 def parser_limits(cfg: Any) -> dict[str, int]:
-    url, headers = cfg.limits.max_url_length, cfg.limits.max_request_header_bytes
-    return {
-        "max_line_size": PARSER_LIMIT_WHEN_CONFIGURED if url else PARSER_LIMIT_DEFAULT,
-        "max_field_size": PARSER_LIMIT_WHEN_CONFIGURED if headers else PARSER_LIMIT_DEFAULT,
-        "max_headers": 1000,
-    }
+    line = cfg.limits.max_url_length or PARSER_LINE_DEFAULT
+    field = cfg.limits.max_request_header_bytes or PARSER_FIELD_DEFAULT
+    return {"max_line_size": line, "max_field_size": max(field, line + 1), "max_headers": 1000}

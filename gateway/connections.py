@@ -39,6 +39,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from gateway import audit
+from gateway.bad_requests import EnvelopedParseErrors
 from gateway.errors import GatewayError, Kind
 
 # Closed connections are counted and logged at most this often, not one line each:
@@ -70,8 +71,11 @@ class Deadlines:
             audit.log("info", f"closed slow client connections: {summary}")
 
 
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with head and body read deadlines."""
+class GuardedRequestHandler(EnvelopedParseErrors):
+    """aiohttp's connection protocol with head and body read deadlines.
+
+    Its base answers what the parser refuses in our envelope (gateway.bad_requests).
+    """
 
     __slots__ = ("_deadlines", "_head_timer", "_body_timer", "_body")
 

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.app import build, parser_limits
 from gateway.config import loads
+from gateway.connections import Deadlines, GuardedAppRunner
 from gateway.relay import RUNTIME
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -102,8 +103,16 @@ class RunningGateway:
 async def start_gateway(cfg: Any, *, bind_port: int | None = None, **build_kwargs: Any) -> RunningGateway:
     """Serve ``cfg``. ``bind_port`` puts a second replica of the same config on another port."""
     app = build(cfg, **build_kwargs)
-    runner = web.AppRunner(
-        app, handler_cancellation=True, shutdown_timeout=5, access_log=None, auto_decompress=False, **parser_limits(cfg)
+    # The runner `gatehouse serve` uses, so its connection protocol (parse errors in
+    # our envelope, read deadlines) is what tests talk to.
+    runner = GuardedAppRunner(
+        app,
+        deadlines=Deadlines.from_config(cfg),
+        handler_cancellation=True,
+        shutdown_timeout=5,
+        access_log=None,
+        auto_decompress=False,
+        **parser_limits(cfg),
     )
     await runner.setup()
     # The port was chosen before the config was made, so that public_url (the
