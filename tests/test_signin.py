@@ -416,3 +416,30 @@ async def test_device_verify_rate_limit(signin_gateways, idp):
         assert limited.status == 429 and "Too many attempts" in limited.text
     finally:
         await browser.close()
+
+
+async def test_sign_in_rate_limit_is_a_sliding_window(signin_gateways, idp):
+    import time
+
+    from tests.harness import Clock
+
+    clock = Clock()
+    # Five seconds before a clock-aligned boundary: a fixed window would admit two
+    # more attempts ten seconds later, four in ten seconds with max 2.
+    clock.now = float((int(time.time()) // 600 + 1) * 600 - 5)
+    limits = "rate_limits:\n  device_authorization:\n    max: 2\n    window_seconds: 600\n"
+    gw = await gateway_with_idp(signin_gateways, limits, clock=clock)
+    await start_device(gw)
+    clock.advance(1)
+    await start_device(gw)
+    clock.advance(10)
+    status, headers, doc = await cli_post(gw.url + "/oauth/device_authorization", {"surface": "claude_code"})
+    assert (status, doc["error"]) == (429, "slow_down")
+    # Room again when the first attempt leaves the window: 600 s after it, 589 s from now.
+    assert int(headers["Retry-After"]) == 589
+    clock.advance(589)
+    await start_device(gw)
+    status, _, _ = await cli_post(gw.url + "/oauth/device_authorization", {"surface": "claude_code"})
+    assert status == 429  # the second attempt is still inside the window
+    clock.advance(1)
+    await start_device(gw)
