@@ -36,6 +36,9 @@ PURE = [
     "gateway/admin_docs.py",
     "gateway/id_tokens.py",
     "gateway/sessions_cli.py",
+    "gateway/client_text.py",
+    "gateway/forms.py",
+    "gateway/rate_window.py",
 ]
 IO_MODULES = ("asyncio", "aiohttp", "asyncpg", "opentelemetry", "aiobotocore", "google", "socket")
 
