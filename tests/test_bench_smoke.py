@@ -21,7 +21,7 @@ from bench.run import Budget, Runner, body
 from bench.targets import REPO
 from gateway.devenv.postgres import _alive
 from protocol_spec.fakes import FakeUpstream, Reply
-from tests.test_devenv import ignore_sigint, read_until
+from tests.test_devenv import ignore_sigint, kill_leftovers, read_until
 
 
 async def test_driver_modes_against_the_fake():
@@ -90,27 +90,29 @@ def test_a_stopped_run_leaves_nothing_running(tmp_path, sig):
         env=env, cwd=str(REPO), start_new_session=True, preexec_fn=ignore_sigint if sig == signal.SIGINT else None,
     )  # fmt: skip
     proc.stdout = proc.stderr  # read_until reads .stdout
+    trees: list[int] = []
     try:
         out = read_until(proc, "Ctrl-C stops everything", 28)
         held = dict((name, int(pid)) for name, pid in re.findall(r"([\w-]+) pid (\d+)", out.split("holding: ")[1]))
         assert {"idp", "upstream", "gatehouse", "gatehouse-policy", "postgres"} <= set(held), out
         started = [pid for name, pid in held.items() if name != "postgres"]
-        trees = [p for pid in started for p in procs.tree(pid)]  # with each gateway's children, if any
+        trees += [p for pid in started for p in procs.tree(pid)] + [held["postgres"]]  # with children, if any
         if sig == signal.SIGINT:
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)
         assert proc.wait(timeout=25) == -sig
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in [held["postgres"], *trees]):
+        while time.monotonic() < deadline and any(_alive(p) for p in trees):
             time.sleep(0.05)
-        assert [p for p in [held["postgres"], *trees] if _alive(p)] == []
+        assert [p for p in trees if _alive(p)] == []
         # Nothing anywhere still runs with a config from this run's folder.
         assert [pid for pid in procs.tree(1) if str(tmp_path) in _cmdline(pid)] == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        kill_leftovers(trees)
 
 
 def _cmdline(pid: int) -> str:

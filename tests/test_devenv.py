@@ -72,10 +72,12 @@ def test_an_asked_stop_ends_everything_and_exits_0(tmp_path, how):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
         preexec_fn=ignore_sigint if "ignored" in how else None,
     )  # fmt: skip
+    started: list[int] = []
     try:
         out = read_until(proc, "Press Ctrl-C", READY_S)
         postgres = int(re.search(r"throwaway cluster at \S+ \(pid (\d+)\)", out).group(1))
         children = child_pids(proc.pid)  # the IdP, the simulated upstream and the gateway
+        started += [*children, postgres]
         assert len(children) == 3, out
         assert (tmp_path / "env").exists()
         if how.startswith("SIGINT"):
@@ -91,3 +93,14 @@ def test_an_asked_stop_ends_everything_and_exits_0(tmp_path, how):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        kill_leftovers(started)
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    """A failed run must not leave its processes to the next test (or the machine)."""
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
