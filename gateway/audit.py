@@ -107,8 +107,9 @@ def _json_line(record: dict[str, Any]) -> bytes:
     return data + b"\n"
 
 
-# An operational line quotes errors and paths; it never needs more than this.
-MESSAGE_CHARS = 4 * LOG_CHARS
+# An operational line quotes errors, paths and at most a traceback (library
+# errors arrive with theirs); it never needs more than this.
+MESSAGE_CHARS = 16 * 1024
 
 
 def log(level: str, message: str) -> None:
