@@ -4,7 +4,14 @@ Glue between the relay and the spend engine (``spend``, ``pricing``,
 ``spend_store``); kept beside the relay so ``relay.py`` stays a readable list
 of steps. One database round trip to admit a capped request, none per SSE
 chunk (top-ups are requested once per step, in the background), and one to
-settle, in a tracked task that a client hang-up cannot cancel.
+settle, queued where a client hang-up cannot cancel it.
+
+Every request served is charged: one the store could not judge (it did not
+answer, and ``enforcement.fail_closed_on_error`` is off) still gets a
+:class:`Ticket`, so the relay settles it with what it cost like any other,
+and the charge is owed until the store takes it. A request the store cannot
+meter at all gets a clear refusal of its own: 429 while the owed queue is
+full, 400 when the database refuses a value in it.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import audit, spend
-from gateway.errors import sse_error
+from gateway.errors import GatewayError, Kind, sse_error
 from gateway.output_budget import StreamBudget
 from gateway.pricing import Rates
+from gateway.spend_settlements import Owed
 from gateway.sse import BYTES_PER_TOKEN_ESTIMATE, UsageTotals
-from gateway.store import StoreUnavailable
+from gateway.store import StoreRefused, StoreUnavailable
 from protocol_spec.wire import ErrorDetail, ErrorEvent, encoder
 
 BILLING_ERROR = "billing_error"
@@ -53,21 +61,34 @@ def _now(rt: Any) -> datetime:
     return datetime.fromtimestamp(rt.clock(), UTC)
 
 
-async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: str, upstream_model: str, body_len: int, max_tokens: int | None) -> Ticket | None:
-    """Reserve the request's estimate; None when spend is not enforced for it (fail open)."""
+async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: str, upstream_model: str, body_len: int, max_tokens: int | None) -> Ticket:
+    """Reserve the request's estimate; the ticket the relay settles with, once, whatever it cost.
+
+    SpendRefused (429) over a cap, when the store cannot answer and
+    enforcement fails closed, or while the store owes too many settlements;
+    GatewayError (400) when the database refuses a value of the request.
+    """
     gh = rt.config.gatehouse.spend
     allowance = rt.allowances.allowance(principal.sub, model, max_tokens, gh.output_allowance_tokens)
     rates = rt.pricing.rates(upstream, model, upstream_model)
     estimate = rt.pricing.estimate_micro(rates, body_len // BYTES_PER_TOKEN_ESTIMATE, allowance)
+    budget = StreamBudget(allowance, gh.topup_tokens, max_tokens, ahead=gh.cut_streams_at_cap)
     try:
         admission = await rt.spend.reserve(request_id=request_id, principal=principal, model=model, amount_micro=estimate, now=_now(rt))
+    except Owed:
+        # Nothing was reserved and nothing is owed for it: serving it would be serving uncharged.
+        raise SpendRefused(spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
+    except StoreRefused as exc:
+        raise GatewayError(Kind.INVALID_REQUEST, str(exc)) from None
     except (StoreUnavailable, TimeoutError) as exc:
-        # A reservation may have been stored just before the failure: settle it either way.
-        rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
         if rt.config.enforcement is not None and rt.config.enforcement.fail_closed_on_error:
+            # A reservation may have been stored just before the failure: release it.
+            rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
             raise SpendRefused(spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
         audit.log("warn", f"spend check failed, letting the request through (request {request_id}): {exc}")
-        return None
+        # Served unjudged, still charged: the relay settles it with its cost (which also releases
+        # a reservation stored just before the failure), owed until the store takes it.
+        return Ticket(request_id, rates, {}, budget, False)
     except asyncio.CancelledError:
         # The client left while its admission was queued or in flight: whatever gets reserved is released.
         rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
@@ -76,7 +97,6 @@ async def admit(rt: Any, request_id: str, principal: Any, model: str, upstream: 
         assert admission.blocked is not None
         rt.tasks.spawn(rt.spend.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
         raise SpendRefused(admission.blocked.message, dict(admission.blocked.headers))
-    budget = StreamBudget(allowance, gh.topup_tokens, max_tokens, ahead=gh.cut_streams_at_cap)
     return Ticket(request_id, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0)
 
 
@@ -108,7 +128,9 @@ def after_chunk(rt: Any, ticket: Ticket, delta_bytes: int) -> int:
 async def _top_up(rt: Any, ticket: Ticket, tokens: int) -> None:
     try:
         granted = await rt.spend.top_up(ticket.request_id, rt.pricing.output_micro(ticket.rates, tokens), _now(rt))
-    except (StoreUnavailable, TimeoutError):
+    except Exception as exc:  # the store could not judge the step: as for any spend check
+        if not isinstance(exc, (StoreUnavailable, TimeoutError)):
+            audit.log("error", f"spend top-up failed (request {ticket.request_id}): {exc!r}")
         fail_closed = rt.config.enforcement is not None and rt.config.enforcement.fail_closed_on_error
         granted = not fail_closed
     ticket.budget.answer(tokens, granted)

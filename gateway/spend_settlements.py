@@ -8,31 +8,66 @@ and one commit per batch instead of per request. The delay only keeps
 reservations standing a few tens of milliseconds longer, so admission
 meanwhile sees a little *more* committed spend than is real, never less.
 
-Nothing is dropped in silence. A batch that cannot reach the database goes to
-a bounded retry queue that the spend store's background task drains
-(settling is idempotent per request id). A batch the database rejects for its
-content is stored one settlement at a time, so one bad settlement does not
-hold back the others. What is still unstored when the queue closes, or cannot
-be kept, is written out as a ``spend.unsettled`` audit line.
+Every request served is charged exactly once, whatever the database did:
+
+* Storing is idempotent per request id (the database keeps one row per id and
+  reports a repeat as "duplicate"), so a settlement may always be sent again:
+  after a lost reply, a killed connection, a timeout.
+* A batch that cannot reach the database (any connection-level failure:
+  ``gateway.store.is_unavailable``) waits in the owed queue, which the spend
+  store's background task retries every second, in order, a batch per round
+  trip, until it lands.
+* A batch the database refuses for something else is stored in halves until
+  the refusal is pinned on single settlements; the others land. A settlement
+  refused for its values (``gateway.store.is_data_error``) is tried once more
+  without its model (only a label: the charge matters more); one refused even
+  so can never be stored and is written out as a ``spend.unsettled`` audit
+  line with its cost. One refused for any other reason is kept in the owed
+  queue and retried.
+* The owed queue is bounded by ``max_owed`` (``MAX_OWED``), but never by
+  dropping: once it is full the spend store admits no request until the
+  database takes some of it (:attr:`Settlements.full`), so what is owed can
+  exceed the bound only by the requests already running at that moment.
+* What is still owed when the queue closes (shutdown, after storing for up to
+  ``timeout_s``) is counted in the log and written out, one ``spend.unsettled``
+  line each. A process killed outright loses its owed queue: the unflushed
+  window is what ``MAX_OWED`` bounds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import asyncpg
-
-from gateway.store import StoreUnavailable
+from gateway.store import StoreUnavailable, describe, is_data_error, is_unavailable
 from gateway.tasks import cancel_and_wait
 
 SETTLE_BATCH = 100  # settlements per round trip
 SETTLE_INTERVAL_S = 0.05  # how long a lone settlement waits for company
-MAX_RETRY_QUEUE = 50_000
+# Settlements one process may owe a database that does not answer (a few hundred
+# bytes each: about 40 MB at the bound). Past it, requests are refused until the
+# database takes some: the bound is also what a process killed during an outage
+# can lose.
+MAX_OWED = 100_000
+LABEL_CHARS = 200  # of a client-supplied label (the model) in a log line
+
+
+class Owed(StoreUnavailable):
+    """The owed queue is full (the database has not answered for a while): admit nothing."""
+
+
+class _Again:
+    """The outcome of a settlement that could not be stored now and must be tried again."""
+
+    def __repr__(self) -> str:
+        return "AGAIN"
+
+
+AGAIN = _Again()
+Outcome = str | BaseException | _Again
 
 Log = Callable[[str, str], None]
 Emit = Callable[..., None]
@@ -56,11 +91,17 @@ class Settlements:
     """The queue between ``settle`` calls and the database. ``await close()`` when done."""
 
     def __init__(
-        self, store_batch: Callable[[Sequence[Settle]], Awaitable[list[str]]], *, log: Log, emit: Emit
+        self,
+        store_batch: Callable[[Sequence[Settle]], Awaitable[list[str]]],
+        *,
+        log: Log,
+        emit: Emit,
+        max_owed: int = MAX_OWED,
     ) -> None:
         self._store_batch = store_batch
         self._log = log
         self._emit = emit
+        self.max_owed = max_owed
         # Settlements waiting for the flusher, each with who hears its outcome.
         self._pending: deque[tuple[Settle, Sink]] = deque()
         self._late: set[asyncio.Task[str]] = set()  # enqueue()d after close: one last attempt each
@@ -68,8 +109,24 @@ class Settlements:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
-        # Settlements a batch could not store; retry() stores them in order.
+        # Settlements owed to the database: a batch could not store them; retry() does, in order.
         self._retry: deque[Settle] = deque()
+        self._kept_warned = False  # a settlement kept for a reason other than an outage was logged
+
+    @property
+    def owed(self) -> int:
+        """Settlements not stored yet: waiting for their batch or for the database to answer."""
+        return len(self._pending) + len(self._retry)
+
+    @property
+    def full(self) -> bool:
+        """As many settlements as the bound are unstored: admit nothing until the database takes some.
+
+        Counted with those still waiting for their batch: in normal running
+        that is a few tens of milliseconds' worth, far below the bound, and
+        it makes the bound exact for requests served one after another.
+        """
+        return self.owed >= self.max_owed
 
     async def submit(self, item: Settle) -> str:
         """Queue ``item`` and return its outcome once its batch is stored (see ``SpendStore.settle``)."""
@@ -105,24 +162,40 @@ class Settlements:
             self._batch_full.set()
 
     async def retry(self) -> int:
-        """Retry queued settlements in order, a batch per round trip; returns how many were stored."""
+        """Store the owed settlements, a batch per round trip, in order; returns how many were stored.
+
+        StoreUnavailable when the database still cannot be reached (the rest
+        stays owed, in order). Settlements put back for another reason wait
+        for the next call.
+        """
         done = 0
-        while self._retry:
-            batch = list(itertools.islice(self._retry, SETTLE_BATCH))
-            await self._store(batch)
-            for item in batch:
-                # A full queue may have dropped (and reported) the oldest meanwhile.
-                if self._retry and self._retry[0] is item:
-                    self._retry.popleft()
-            done += len(batch)
+        kept: list[Settle] = []
+        budget = len(self._retry)
+        try:
+            while self._retry and budget > 0:
+                batch = [self._retry.popleft() for _ in range(min(SETTLE_BATCH, len(self._retry), budget))]
+                budget -= len(batch)
+                try:
+                    outcomes = await self._store(batch)
+                except BaseException:  # unreachable again, or cancelled: still owed, still first
+                    self._retry.extendleft(reversed(batch))
+                    raise
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    if outcome is AGAIN:
+                        kept.append(item)
+                    elif not isinstance(outcome, BaseException):
+                        done += 1
+        finally:
+            self._retry.extend(kept)
         if done:
-            self._log("info", f"spend: {done} queued settlements stored")
+            self._log("info", f"spend: {done} owed settlements stored ({len(self._retry)} still owed)")
         return done
 
     async def close(self, timeout_s: float) -> None:
         """Store what is queued, within ``timeout_s``; report the rest as ``spend.unsettled``."""
         self._closing = True
         self._batch_full.set()  # a waiting flusher stores its batch now
+        owed = self.owed
         problem = ""
         try:
             async with asyncio.timeout(timeout_s):
@@ -142,7 +215,13 @@ class Settlements:
         self._retry.clear()
         problem = problem or "still queued when the store closed"
         if left:
-            self._log("warn", f"spend: {len(left)} settlements not stored at shutdown ({problem})")
+            self._log(
+                "warn",
+                f"spend: {len(left)} of {owed} queued settlements not stored at shutdown ({problem}); "
+                "each is in a spend.unsettled audit line",
+            )
+        else:
+            self._log("info", f"spend: 0 settlements unstored at shutdown ({owed} were queued)")
         for item in left:
             self._unsettled(item, f"not stored at shutdown: {problem}")
 
@@ -160,46 +239,75 @@ class Settlements:
                 try:
                     outcomes = await self._store([item for item, _ in batch])
                 except StoreUnavailable as exc:
-                    # What queued up meanwhile would meet the same outage: it joins the
-                    # (bounded) retry queue too rather than wait here a timeout per batch.
+                    # What queued up meanwhile would meet the same outage: it is owed too
+                    # rather than wait here a timeout per batch.
                     batch += self._pending
                     self._pending.clear()
                     for item, _ in batch:
-                        self._queue_retry(item, exc)
+                        self._owe(item, exc)
                     outcomes = ["queued"] * len(batch)
-                except Exception as exc:  # neither an outage nor a refusal: a bug; say so, per request
-                    self._log("error", f"spend: storing {len(batch)} settlements failed: {exc!r}")
-                    for item, _ in batch:
-                        self._unsettled(item, f"failed: {exc!r}")
-                    outcomes = [exc] * len(batch)
                 except BaseException:
                     # Cancelled mid-call (close() ran out of time): the batch is still owed.
                     self._pending.extendleft(reversed(batch))
                     raise
-                for (_, sink), outcome in zip(batch, outcomes, strict=True):
+                for (item, sink), outcome in zip(batch, outcomes, strict=True):
+                    if outcome is AGAIN:
+                        self._owe(item, None)
+                        outcome = "queued"
                     _deliver(sink, outcome)
         finally:
             self._flusher = None
 
-    async def _store(self, items: Sequence[Settle]) -> list[str | BaseException]:
-        """Store ``items`` in one round trip; StoreUnavailable when the batch can only be retried.
+    async def _store(self, items: Sequence[Settle], *, whole: bool = True) -> list[Outcome]:
+        """Store ``items`` in one round trip; the outcome of each (see the module's docstring).
 
-        A batch the database rejects for its content (a bug, not an outage) is
-        stored one settlement at a time; each one rejected on its own is
-        reported as a ``spend.unsettled`` audit line and comes back as its
-        exception.
+        StoreUnavailable when the database cannot be reached for the whole
+        batch (``whole``); for a part of a batch being halved, its items come
+        back AGAIN instead, so the parts already stored are not sent again.
         """
         try:
             return list(await self._store_batch(items))
-        except asyncpg.PostgresError as exc:  # transient refusals arrive as StoreUnavailable
+        except Exception as exc:
+            if is_unavailable(exc):
+                if whole:
+                    raise (
+                        exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(describe(exc))
+                    ) from exc
+                return [AGAIN] * len(items)
             if len(items) == 1:
-                self._unsettled(items[0], f"rejected by the database: {exc}")
-                return [exc]
-            self._log("error", f"spend: a settlement batch was rejected ({exc}); storing it one by one")
-        out: list[str | BaseException] = []
-        for item in items:
-            out += await self._store([item])
-        return out
+                return [await self._alone(items[0], exc)]
+            if whole:
+                self._log(
+                    "error",
+                    f"spend: a batch of {len(items)} settlements was refused ({_short(exc)}); storing it in parts",
+                )
+        half = len(items) // 2
+        return await self._store(items[:half], whole=False) + await self._store(items[half:], whole=False)
+
+    async def _alone(self, item: Settle, exc: Exception) -> Outcome:
+        """The outcome of one settlement the database refused on its own."""
+        if is_data_error(exc) and item.model is not None:
+            # The model is only a label on the stored row; the charge matters more.
+            try:
+                outcome = (await self._store_batch([item._replace(model=None)]))[0]
+            except Exception as again:
+                if is_unavailable(again):
+                    return AGAIN
+                exc = again
+            else:
+                self._log(
+                    "warn",
+                    f"spend: request {item.request_id} settled without its model, which the database refused ({_short(exc)})",
+                )
+                return outcome
+        if is_data_error(exc):  # its values can never be stored: say so, with the cost
+            self._unsettled(item, f"rejected by the database: {_short(exc)}")
+            return exc
+        # Neither an outage nor its values: a fault of ours or of the database. Owed, and retried.
+        if not self._kept_warned:
+            self._log("error", f"spend: storing a settlement failed ({exc!r}); it stays owed and is retried")
+            self._kept_warned = True
+        return AGAIN
 
     async def _after_close(self, item: Settle) -> str:
         """A settlement that arrives after close(): one attempt, reported loudly if it fails."""
@@ -208,18 +316,20 @@ class Settlements:
         except StoreUnavailable as exc:
             self._unsettled(item, f"arrived after shutdown: {exc}")
             return "unsettled"
+        if result is AGAIN:
+            self._unsettled(item, "arrived after shutdown and could not be stored")
+            return "unsettled"
         if isinstance(result, BaseException):
             raise result
+        assert isinstance(result, str)
         return result
 
-    def _queue_retry(self, item: Settle, exc: StoreUnavailable) -> None:
+    def _owe(self, item: Settle, exc: StoreUnavailable | None) -> None:
         if self._closed:  # nobody would retry it any more
-            self._unsettled(item, f"not stored at shutdown: {exc}")
+            self._unsettled(item, f"not stored at shutdown: {exc or 'refused'}")
             return
-        if len(self._retry) >= MAX_RETRY_QUEUE:
-            self._unsettled(self._retry.popleft(), "retry queue full (database unreachable?)")
-        if not self._retry:
-            self._log("warn", f"spend: settling failed ({exc}); retrying in the background")
+        if not self._retry and exc is not None:
+            self._log("warn", f"spend: settling failed ({exc}); owed, retried every second until stored")
         self._retry.append(item)
 
     def _unsettled(self, item: Settle, reason: str) -> None:
@@ -227,10 +337,22 @@ class Settlements:
             "spend.unsettled",
             request_id=item.request_id,
             sub=item.sub,
-            model=item.model,
+            model=label(item.model),
             cost_micro=item.actual_micro,
             reason=reason,
         )
+
+
+def label(text: str | None) -> str | None:
+    """A client-supplied string as it may go in a log line: bounded, and always encodable."""
+    if text is None:
+        return None
+    return text[:LABEL_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _short(exc: BaseException) -> str:
+    # Driver messages can quote the offending value whole.
+    return label(f"{type(exc).__name__}: {describe(exc)}") or ""
 
 
 def _deliver(sink: Sink, outcome: str | BaseException) -> None:

@@ -54,7 +54,18 @@ Theory of operation:
   the expired charge is replaced by the actual cost.
 * **Timeouts.** Every call on the request path is bounded by ``timeout_s``;
   a timeout or an unreachable database raises StoreUnavailable and the relay
-  applies ``enforcement.fail_closed_on_error``.
+  applies ``enforcement.fail_closed_on_error``. A request let through then is
+  settled like any other: its charge is owed (``spend_settlements``) and lands
+  once the database answers, exactly once. While the owed queue is full,
+  ``reserve`` raises :class:`gateway.spend_settlements.Owed` at once, for
+  everyone (leased and uncapped people too): what cannot be charged is not
+  served.
+* **One request's values never fail another's.** A batch of admissions or
+  top-ups the database refuses for anything but an outage is sent again in
+  halves (:class:`gateway.coalescing.Coalescer`) until the refusal is pinned
+  on single requests; a request whose values the database refuses (a NUL byte
+  in its model, say) gets :class:`gateway.store.StoreRefused`, and nothing of
+  it was reserved.
 * **principals** (last-seen email, name, groups) are written in batches from
   the background task; :mod:`gateway.spend_identities` decides who is due.
 """
@@ -84,8 +95,19 @@ from gateway.spend_leases import Lease, LeaseBook
 from gateway.spend_plans import Key, Plan, Plans, limit_row
 from gateway.spend_rows import headroom, keys_laid_out, laid_end_to_end, per_item, room
 from gateway.spend_rows import snapshots as rows_to_snapshots
-from gateway.spend_settlements import Settle, Settlements
-from gateway.store import Store, StoreUnavailable, connect_params, queries, unavailable_as
+from gateway.spend_settlements import MAX_OWED, Owed, Settle, Settlements, label
+from gateway.store import (
+    Store,
+    StoreRefused,
+    StoreUnavailable,
+    connect_params,
+    connection,
+    describe,
+    is_data_error,
+    is_unavailable,
+    queries,
+    unavailable_as,
+)
 from gateway.tasks import cancel_and_wait
 
 CHANNEL = "gatehouse_spend_limits"
@@ -170,6 +192,7 @@ class SpendStore:
         background: bool = True,
         leases: bool = False,
         lease_ttl_s: float = LEASE_TTL_S,
+        max_owed: int = MAX_OWED,
     ) -> None:
         self._store = store
         self._pool = store.pool
@@ -182,12 +205,16 @@ class SpendStore:
         self._background = background
         self._limits = Plans(mode)
         self._flights: dict[str, _Flight] = {}
-        self._settlements = Settlements(self._settle_many, log=self._log, emit=self._emit)
-        # Admissions and top-ups share round trips (see the theory of operation).
+        self._settlements = Settlements(self._settle_many, log=self._log, emit=self._emit, max_owed=max_owed)
+        self._owed_refusals = 0  # requests refused while the owed queue was full (0: it is not)
+        # Admissions and top-ups share round trips (see the theory of operation); a batch the
+        # database refuses for anything but an outage is halved until the refusal is pinned.
         self._reserves: Coalescer[_Reserve, list[Any]] = Coalescer(
-            self._reserve_many, RESERVE_BATCH, "spend-reserve"
+            self._reserve_many, RESERVE_BATCH, "spend-reserve", split=_maybe_one_items
         )
-        self._top_ups: Coalescer[_TopUp, str] = Coalescer(self._top_up_many, TOP_UP_BATCH, "spend-top-up")
+        self._top_ups: Coalescer[_TopUp, str] = Coalescer(
+            self._top_up_many, TOP_UP_BATCH, "spend-top-up", split=_maybe_one_items
+        )
         self._leases = LeaseBook(uuid.uuid4().hex[:12], lease_ttl_s) if leases else None
         self._keeper = (
             LeaseKeeper(self._leases, self._lease_grant, self._fetch, self._limits, self._clock, timeout_s)
@@ -239,6 +266,19 @@ class SpendStore:
             except Exception:
                 conn.terminate()
 
+    @property
+    def owed(self) -> int:
+        """Settlements not yet stored (queued for their batch, or waiting for the database)."""
+        return self._settlements.owed
+
+    @property
+    def max_owed(self) -> int:
+        return self._settlements.max_owed
+
+    @max_owed.setter
+    def max_owed(self, value: int) -> None:
+        self._settlements.max_owed = value
+
     # -- limits cache ----------------------------------------------------------------
     def limits(self) -> list[sp.LimitRow]:
         return list(self._limits.index.rows)
@@ -267,10 +307,27 @@ class SpendStore:
         """Admit or refuse a request, reserving ``amount_micro`` against every cap that applies.
 
         Every call must be followed by exactly one :meth:`settle` for the same
-        request id (with 0 when the request never reached an upstream), also
-        when this raised StoreUnavailable: a reservation may have been stored
-        just before the timeout.
+        request id (with 0 when the request never reached an upstream; with
+        what it cost when it was served), also when this raised
+        StoreUnavailable: a reservation may have been stored just before the
+        timeout. Not after :class:`Owed` (raised at once while the owed queue
+        is full) or StoreRefused (the database refused the request's values):
+        nothing was reserved, and no settlement is owed.
         """
+        if self._settlements.full:
+            if not self._owed_refusals:
+                self._log(
+                    "error",
+                    f"spend: {self.owed} settlements owed to a database that does not answer; "
+                    "refusing every request until it takes some",
+                )
+            self._owed_refusals += 1
+            raise Owed(f"{self.owed} settlements owed to the database")
+        if self._owed_refusals:
+            self._log(
+                "info", f"spend: admitting again ({self._owed_refusals} requests refused while owed was full)"
+            )
+            self._owed_refusals = 0
         self.note_principal(principal)
         sub, groups = principal.sub, tuple(principal.groups)
         plan = self._limits.plan(sub, groups, now)
@@ -292,11 +349,21 @@ class SpendStore:
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
         # Giving up here does not withdraw the request from its batch: the
         # settle() that must follow releases whatever gets reserved.
-        with unavailable_as("reserving spend"):
-            async with asyncio.timeout(self.timeout_s):
-                rows = await self._reserves.submit(
-                    _Reserve(request_id, sub, model, plan, amount, now, now + self.reservation_ttl)
-                )
+        try:
+            with unavailable_as("reserving spend"):
+                async with asyncio.timeout(self.timeout_s):
+                    rows = await self._reserves.submit(
+                        _Reserve(request_id, sub, model, plan, amount, now, now + self.reservation_ttl)
+                    )
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            # Its batch was halved down to this request alone and refused: nothing was reserved.
+            self._flights.pop(request_id, None)
+            if not is_data_error(exc):
+                raise
+            self._log("warn", f"spend: the database refused request {request_id} ({label(describe(exc))})")
+            raise StoreRefused("the request could not be metered: a value in it cannot be stored") from exc
         admitted = bool(rows[0][0]) if rows else True
         snapshots = rows_to_snapshots(rows, plan, amount if not admitted else None)
         if admitted:
@@ -494,6 +561,14 @@ class SpendStore:
         due = self._last_seen.take()
         if not due:
             return
+        try:
+            await self._store_principals(due)
+        except StoreUnavailable:
+            self._last_seen.give_back(due)
+            raise
+
+    async def _store_principals(self, due: dict[str, Any]) -> None:
+        """Upsert ``due`` in one statement; halved when refused, so one person's values fail only them."""
         subs = list(due)
         try:
             await self._execute(
@@ -506,8 +581,17 @@ class SpendStore:
                 self._clock(),
             )
         except StoreUnavailable:
-            self._last_seen.give_back(due)
             raise
+        except Exception as exc:
+            if len(subs) == 1:  # a name the database cannot hold: their spend is kept, their label not
+                self._log(
+                    "warn",
+                    f"spend: last-seen identity of {label(subs[0])!r} not stored ({label(describe(exc))})",
+                )
+                return
+            half = len(subs) // 2
+            await self._store_principals({s: due[s] for s in subs[:half]})
+            await self._store_principals({s: due[s] for s in subs[half:]})
 
     # -- allowances --------------------------------------------------------------------
     async def seed_allowances(self, tracker: AllowanceTracker, *, now: datetime | None = None) -> int:
@@ -627,18 +711,23 @@ class SpendStore:
     # -- database calls ----------------------------------------------------------------
     async def _fetch(self, what: str, query: str, *args: Any) -> list[Any]:
         with _unavailable(what):
-            async with asyncio.timeout(self.timeout_s):
-                return list(await self._pool.fetch(queries()[query], *args))
+            async with asyncio.timeout(self.timeout_s), connection(self._pool, self.timeout_s) as conn:
+                return list(await conn.fetch(queries()[query], *args))
 
     async def _fetchval(self, what: str, query: str, *args: Any) -> Any:
         with _unavailable(what):
-            async with asyncio.timeout(self.timeout_s):
-                return await self._pool.fetchval(queries()[query], *args)
+            async with asyncio.timeout(self.timeout_s), connection(self._pool, self.timeout_s) as conn:
+                return await conn.fetchval(queries()[query], *args)
 
     async def _execute(self, what: str, query: str, *args: Any) -> None:
         with _unavailable(what):
-            async with asyncio.timeout(self.timeout_s):
-                await self._pool.execute(queries()[query], *args)
+            async with asyncio.timeout(self.timeout_s), connection(self._pool, self.timeout_s) as conn:
+                await conn.execute(queries()[query], *args)
+
+
+def _maybe_one_items(exc: Exception) -> bool:
+    """Whether a batch's failure may be one item's doing (anything but an outage): halve it."""
+    return not is_unavailable(exc)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,15 @@ Theory of operation:
   and its record commit in one transaction (so a migration cannot use
   statements that refuse transactions, like CREATE INDEX CONCURRENTLY).
 * Failures to reach the database surface as :class:`StoreUnavailable`, whatever
-  layer (socket, driver, server shutting down) produced them. Errors that mean
-  our SQL or data is wrong are not translated: they are bugs, not outages.
+  layer (socket, driver, server shutting down or killed) produced them: the
+  work can be tried again later. Errors that mean our SQL or data is wrong are
+  not translated: they are bugs or bad input, not outages, and retrying cannot
+  help. :func:`is_data_error` tells the errors one row's values cause (a NUL
+  byte, a string the driver cannot encode, a number out of range), so a batch
+  can single out the row instead of failing as a whole.
+* A connection the driver has lost track of (``InternalClientError``: seen when
+  PostgreSQL is killed mid-statement) is closed rather than given back to the
+  pool, where every later statement on it would fail the same way.
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -51,6 +58,14 @@ MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 class StoreUnavailable(Exception):
     """The database could not be reached or did not answer in time."""
+
+
+class StoreRefused(Exception):
+    """The database refused one request's values (see :func:`is_data_error`); retrying cannot help.
+
+    The message is ours, safe to show the client: the driver's own message may
+    quote the offending value, so it goes to the log only.
+    """
 
 
 class StoreConfig(Protocol):
@@ -192,15 +207,33 @@ def ignored_url_options(url: str) -> list[str]:
 
 # Errors that mean "the database is not there right now", as opposed to "our
 # statement is wrong". Class 08 is connection exceptions, 57 operator
-# intervention (shutdown, starting up), 53 insufficient resources (too many
-# connections); InterfaceError covers a connection that died under us.
+# intervention (shutdown, starting up, crashed, statement cancelled), 53
+# insufficient resources (too many connections); InterfaceError covers a
+# connection that died under us, InternalClientError one whose protocol state
+# the driver lost when the server went away mid-statement ("cannot switch to
+# state 12"). The driver's own DataError is an InterfaceError too, yet it
+# means a value could not be encoded: see _CLIENT_DATA.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+)
+# Raised by the driver before anything is sent: a value it cannot encode (a lone
+# surrogate in a str, an int out of the column's range), or a bad client setting.
+# Both are ValueErrors; neither is an outage.
+_CLIENT_DATA: tuple[type[BaseException], ...] = (ValueError,)
+# Errors one row's values can cause: class 22 (data exception: a NUL byte in
+# text, a string too long, a number out of range), 23 (a constraint the row
+# breaks), 54 (a value too large to index), and the driver's own DataError.
+_DATA: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    asyncpg.exceptions._base.DataError,  # the driver's; asyncpg.DataError is class 22's
 )
 # Retrying these at boot cannot help: the database or the credentials are wrong.
 _BOOT_FATAL: tuple[type[BaseException], ...] = (
@@ -230,12 +263,44 @@ async def _reset_on_release(conn: asyncpg.Connection) -> None:
         await conn.execute(queries()["rollback"])
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (so trying again later may work)."""
+    return isinstance(exc, StoreUnavailable) or (
+        isinstance(exc, _UNREACHABLE) and not isinstance(exc, _CLIENT_DATA)
+    )
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database (or the driver) refusing the values sent, not the statement."""
+    return isinstance(exc, _DATA)
+
+
 @contextmanager
 def unavailable_as(what: str) -> Iterator[None]:
     try:
         yield
     except _UNREACHABLE as exc:
+        if isinstance(exc, _CLIENT_DATA):
+            raise
         raise StoreUnavailable(f"{what}: {describe(exc)}") from exc
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, closed instead of given back when the driver lost track of it.
+
+    ``timeout`` also bounds giving it back: after a statement was cancelled (a
+    caller's deadline), the driver waits for the server to acknowledge the
+    cancellation before the connection can be reused, and a server that has
+    gone silent (a dead network path) would otherwise hold the caller forever.
+    Past ``timeout`` the connection is closed instead.
+    """
+    async with pool.acquire(timeout=timeout) as conn:
+        try:
+            yield conn
+        except asyncpg.exceptions.InternalClientError:
+            conn.terminate()  # the pool opens a fresh one when it needs it
+            raise
 
 
 class Store:
@@ -310,7 +375,7 @@ class Store:
         """True when the database answers a trivial query within ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
-                async with self._pool.acquire() as conn:
+                async with connection(self._pool, timeout) as conn:
                     await conn.fetchval(queries()["ping"])
         except _UNREACHABLE:
             return False
@@ -342,7 +407,8 @@ class Store:
         ]
         with unavailable_as("writing usage records"):
             async with asyncio.timeout(timeout):
-                await self._pool.execute(queries()["insert_usage"], *columns)
+                async with connection(self._pool, timeout) as conn:
+                    await conn.execute(queries()["insert_usage"], *columns)
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations in order; returns the versions applied by this call."""

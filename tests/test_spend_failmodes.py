@@ -1,5 +1,6 @@
-"""When PostgreSQL stops answering: fail open by default, fail closed when configured; and what
-is refused before the spend gate runs at all."""
+"""When PostgreSQL stops answering: fail open by default, fail closed when configured; every
+request served meanwhile is charged once the store is back; one request's values never fail
+another's; and what is refused before the spend gate runs at all."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from gateway.relay import RUNTIME
 from tests.harness import make_config, start_gateway, upstream_block
 from tests.netfaults import TcpProxy
 
@@ -26,13 +28,15 @@ gatehouse:
 
 async def capped_then_store_down(pg_cluster, fake_upstream, name: str, extra: str):
     """A gateway behind a TCP proxy to PostgreSQL, a cap in force (seen by one admitted request),
-    then the proxy stopped. Returns the gateway, the proxy and the client session."""
+    then the proxy stopped. Returns the gateway, the proxy and the client session; the database's
+    URL (direct, not through the proxy) is ``gw.db``."""
     db = pg_cluster.create_database(name)
     url = urlsplit(db)
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     await proxy.start()
     proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
     gw = await start_gateway(make_config(proxied, [upstream_block(fake_upstream.url)], ADMIN + extra))
+    gw.db = db
     s = aiohttp.ClientSession()
     limit = {"scope": {"type": "organization"}, "amount": "100000", "period": "monthly"}
     async with s.post(gw.url + "/v1/organizations/spend_limits", json=limit, headers={"x-api-key": "admin-write-key-0123456789abcdef0123456789"}) as r:
@@ -95,6 +99,120 @@ async def test_store_down_a_lease_admits_until_it_is_stale_then_enforcement_fail
                 assert r.status == 429
                 assert json.loads(await r.read())["error"]["message"] == "spend limit unavailable"
         await proxy.start()
+    finally:
+        await gw.close()
+
+
+async def settled(db: str) -> tuple[dict[str, int], int]:
+    """Every stored settlement (request id → µUSD charged), and user-dev's (gw.auth()'s) monthly spend."""
+    conn = await asyncpg.connect(db)
+    try:
+        rows = await conn.fetch("SELECT request_id, settled_micro FROM spend_reservations WHERE state = 'settled'")
+        spent = await conn.fetchval(
+            "SELECT spent_micro FROM spend_counters WHERE scope_type = 'user' AND scope_id = 'user-dev' AND period = 'monthly'"
+        )
+    finally:
+        await conn.close()
+    return {r["request_id"]: r["settled_micro"] for r in rows}, spent
+
+
+async def test_requests_served_through_an_outage_are_each_charged_once_when_the_store_is_back(
+    pg_cluster, fake_upstream
+):
+    # Issue 12: fail-open requests were settled at 0. Now each is charged what it cost, once.
+    gw, proxy, s = await capped_then_store_down(pg_cluster, fake_upstream, "failmode_charged", "    leases: false\n")
+    try:
+        async with s:
+            before, spent_before = await settled(gw.db)
+            costs = set(before.values())
+            assert len(costs) == 1 and (cost := costs.pop()) > 0  # the same body costs the same
+            assert spent_before == cost * len(before)
+
+            async def one() -> str:
+                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                    assert r.status == 200
+                    await r.read()
+                    return r.headers["request-id"]
+
+            served = await asyncio.gather(*(one() for _ in range(12)))  # together: one failed batch
+            served += [await one() for _ in range(3)]  # one by one: a timeout each
+            assert gw.app[RUNTIME].spend.owed == 15
+            await proxy.start()  # the store is back: the owed charges land within a second or two
+            for _ in range(150):
+                after, spent = await settled(gw.db)
+                if len(after) == len(before) + len(served):
+                    break
+                await asyncio.sleep(0.1)
+            assert {r: after.get(r) for r in served} == {r: cost for r in served}
+            assert spent == cost * (len(before) + len(served))  # served × cost = recorded
+            assert gw.app[RUNTIME].spend.owed == 0
+    finally:
+        await gw.close()
+    assert await settled(gw.db) == (after, spent)  # shutdown stored nothing twice
+
+
+async def test_at_the_owed_bound_requests_are_refused_not_served_uncharged(pg_cluster, fake_upstream):
+    gw, proxy, s = await capped_then_store_down(pg_cluster, fake_upstream, "failmode_bound", "    leases: false\n")
+    rt = gw.app[RUNTIME]
+    rt.spend.max_owed = 3  # what MAX_OWED (100 000) is in production
+    try:
+        async with s:
+            served = []
+            for _ in range(3):
+                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                    assert r.status == 200
+                    served.append(r.headers["request-id"])
+            async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                assert r.status == 429
+                assert json.loads(await r.read())["error"] == {"type": "billing_error", "message": "spend limit unavailable"}
+                assert r.headers["x-should-retry"] == "false"
+                refused = r.headers.get("request-id")
+            assert rt.spend.owed == 3  # the refusal owes nothing
+            await proxy.start()
+            for _ in range(150):  # admitting again once the store has taken the owed charges
+                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("never admitted again")
+            after, _ = await settled(gw.db)
+            assert all(after.get(r, 0) > 0 for r in served)
+            assert refused is None or refused not in after
+    finally:
+        await gw.close()
+
+
+async def test_a_request_whose_values_the_store_refuses_is_refused_alone(pg_cluster, fake_upstream):
+    # The body view keeps control characters out of `model`; a subject from the identity provider
+    # still reaches the store. PostgreSQL cannot hold NUL: that request alone gets a clear 400,
+    # the requests batched with it (other people's) are admitted and served.
+    db = pg_cluster.create_database("failmode_poison")
+    gw = await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], ADMIN + "    leases: false\n"))
+    try:
+        async with aiohttp.ClientSession() as s:
+            limit = {"scope": {"type": "organization"}, "amount": "100000", "period": "monthly"}
+            async with s.post(gw.url + "/v1/organizations/spend_limits", json=limit, headers={"x-api-key": "admin-write-key-0123456789abcdef0123456789"}) as r:
+                assert r.status == 200
+            for _ in range(50):  # the cap reaches the limits cache by NOTIFY
+                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth()) as r:
+                    if "anthropic-ratelimit-unified-status" in r.headers:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the cap never applied")
+
+            async def one(sub: str) -> tuple[int, dict]:
+                async with s.post(gw.url + "/v1/messages", data=BODY, headers=gw.auth(sub=sub)) as r:
+                    return r.status, json.loads(await r.read())
+
+            subs = [f"user-{n}" for n in range(40)]
+            subs.insert(20, "user-\x00-poisoned")
+            results = await asyncio.gather(*(one(sub) for sub in subs))
+            poisoned = results.pop(20)
+            assert poisoned[0] == 400 and poisoned[1]["error"]["type"] == "invalid_request_error"
+            assert "cannot be stored" in poisoned[1]["error"]["message"]
+            assert [status for status, _ in results] == [200] * 40
     finally:
         await gw.close()
 

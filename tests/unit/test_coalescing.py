@@ -61,3 +61,43 @@ async def test_a_caller_that_gives_up_does_not_withdraw_its_item():
     send.gate.set()
     assert await c.submit(2) == 20
     assert send.batches == [[1], [2]]
+
+
+class Poisoned(Exception):
+    """What a database says about one item's value."""
+
+
+async def refuse_poison(items: list[int]) -> list[int]:
+    if any(i < 0 for i in items):
+        raise Poisoned(f"refused {items}")
+    return [i * 10 for i in items]
+
+
+async def test_one_poisoned_item_fails_alone_and_its_batch_mates_get_their_results():
+    calls: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        calls.append(items)
+        return await refuse_poison(items)
+
+    c: Coalescer[int, int] = Coalescer(send, size=64, name="t", split=lambda exc: isinstance(exc, Poisoned))
+    items = [*range(1, 40), -1, *range(40, 64)]  # 64 items, queued before the first call
+    results = await asyncio.gather(*(c.submit(i) for i in items), return_exceptions=True)
+    assert [r for r in results if isinstance(r, Exception)] == [results[39]]
+    assert isinstance(results[39], Poisoned)
+    assert [r for i, r in zip(items, results, strict=True) if i >= 0] == [i * 10 for i in items if i >= 0]
+    # Halving pins the item: a handful of calls more, not one per item.
+    assert len(calls) <= 1 + 2 * 6
+
+
+async def test_an_error_no_item_can_be_blamed_for_fails_the_batch_without_splitting():
+    calls: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        calls.append(items)
+        raise ConnectionError("database unreachable")
+
+    c: Coalescer[int, int] = Coalescer(send, size=64, name="t", split=lambda exc: isinstance(exc, Poisoned))
+    results = await asyncio.gather(*(c.submit(i) for i in range(10)), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert calls == [list(range(10))]  # one call, shared by all
