@@ -24,13 +24,15 @@ def _load(path: str, *, expand: bool = True) -> Any:
     from gateway.config import ConfigError, load
 
     try:
-        return load(path, os.environ, expand=expand)
+        cfg = load(path, os.environ, expand=expand)
     except ConfigError as err:
         sys.stderr.write(f"gatehouse: invalid configuration in {path}:\n{err}\n")
         raise SystemExit(2) from None
     except OSError as err:
         sys.stderr.write(f"gatehouse: cannot read {path}: {err.strerror}\n")
         raise SystemExit(2) from None
+    audit.use_config_format(cfg.gatehouse.log_format)
+    return cfg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ Audit events are single-line JSON objects with ``ts`` and ``evt`` (the event
 names and fields follow Anthropic's gateway, so existing log pipelines keep
 working). Operational lines are human text: ``[gatehouse] <ts> <level> <msg>``.
 
-With ``CLAUDE_GATEWAY_LOG_FORMAT=json`` operational lines are JSON too
+With ``CLAUDE_GATEWAY_LOG_FORMAT=json`` (or ``gatehouse.log_format: json``
+in the config, which the variable overrides) operational lines are JSON too
 (``{"ts", "level", "msg"}``) and audit events gain ``"level": "info"``, so one
 parser reads the whole stream: a line with ``evt`` is an audit event, a line
 with ``msg`` an operational one. Default ``text``: the output is as before.
@@ -52,6 +53,12 @@ def set_format(name: str) -> None:
     if name not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {name!r}")
     _format_text, _json = name, name == "json"
+
+
+def use_config_format(name: str | None) -> None:
+    """Apply the config's ``gatehouse.log_format``, unless the environment already chose."""
+    if name and not os.environ.get(FORMAT_ENV):
+        set_format(name)
 
 
 def format_error() -> str | None:

@@ -361,6 +361,9 @@ class GatehouseConnections(_Section, frozen=True):
 
 
 class Gatehouse(_Section, frozen=True):
+    # Operational log lines as text or JSON (gateway/audit.py). The environment's
+    # CLAUDE_GATEWAY_LOG_FORMAT, when set, wins; neither set means text.
+    log_format: Literal["text", "json"] | None = None
     upstream: GatehouseUpstream = field(default_factory=GatehouseUpstream)
     connections: GatehouseConnections = field(default_factory=GatehouseConnections)
     spend: GatehouseSpend = field(default_factory=GatehouseSpend)

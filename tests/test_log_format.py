@@ -118,3 +118,28 @@ async def test_a_served_request_writes_only_json(tmp_path, pg_url, fake_upstream
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def migrate(tmp_path, pg_url, extra: str, **env: str) -> subprocess.CompletedProcess[str]:
+    cfg = write_config(tmp_path, pg_url, "http://127.0.0.1:9", free_port(), extra)
+    return subprocess.run([*GATEHOUSE, "migrate", "--config", str(cfg)], env={**ENV, **env},
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_the_config_key_chooses_json_and_the_environment_overrides_it(tmp_path, pg_url):
+    env = {"CLAUDE_GATEWAY_LOG_FORMAT": ""}  # not set: the file decides
+    out = migrate(tmp_path, pg_url, "gatehouse:\n  log_format: json\n", **env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stderr.splitlines()[-1])["msg"] == "migrations are up to date"
+    out = migrate(tmp_path, pg_url, "gatehouse:\n  log_format: json\n", CLAUDE_GATEWAY_LOG_FORMAT="text")
+    assert out.stderr.splitlines()[-1].startswith("[gatehouse] ")
+    out = migrate(tmp_path, pg_url, "gatehouse:\n  log_format: text\n", CLAUDE_GATEWAY_LOG_FORMAT="json")
+    assert json.loads(out.stderr.splitlines()[-1])["level"] == "info"
+
+
+def test_an_unknown_config_format_is_a_config_error(tmp_path):
+    cfg = write_config(tmp_path, "postgres://gw@127.0.0.1:9/gw", "http://127.0.0.1:9", free_port(),
+                       "gatehouse:\n  log_format: yaml\n")  # fmt: skip
+    out = subprocess.run([*GATEHOUSE, "check-config", "--config", str(cfg)], env=ENV, capture_output=True, text=True,
+                         timeout=30)  # fmt: skip
+    assert out.returncode == 2 and "gatehouse.log_format" in out.stderr, out.stderr
