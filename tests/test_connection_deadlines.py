@@ -19,7 +19,16 @@ import aiohttp
 import pytest
 
 from protocol_spec.fakes import Reply
-from tests.test_process import ENV, GATEHOUSE, _LogReader, free_port, token, wait_exit, wait_ready, write_config
+from tests.test_process import (
+    ENV,
+    GATEHOUSE,
+    _LogReader,
+    free_port,
+    token,
+    wait_exit,
+    wait_ready,
+    write_config,
+)
 
 SOFT, HARD = 200, 256
 DRIBBLERS = 300  # more than the gateway can hold open at once
@@ -172,7 +181,7 @@ async def test_an_idle_keep_alive_connection_is_closed(gateway):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 200 ")
-        length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")).split(b":")[1])
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
         await reader.readexactly(length)
         assert await _closed(reader, within=10) == b""  # idle past keepalive_idle_timeout_seconds
     finally:
@@ -193,3 +202,18 @@ async def test_a_slow_stream_outlives_every_deadline(gateway, upstream):
             text = (await r.read()).decode()
     assert time.monotonic() - started >= 1.5  # the stall really happened
     assert text.rstrip().endswith('{"type":"message_stop"}') and "event: error" not in text
+
+
+def test_deadline_keys_are_checked_at_their_dotted_paths():
+    from gateway.config import ConfigError
+    from tests.harness import make_config, upstream_block
+
+    bad = "gatehouse:\n  connections:\n    header_read_timeout_seconds: 0\n    body_read_timeout_seconds: x\n    idle: 5\n"
+    with pytest.raises(ConfigError) as err:
+        make_config("postgres://u@127.0.0.1/db", [upstream_block("http://127.0.0.1:9")], bad)
+    text = str(err.value)
+    for path in ("header_read_timeout_seconds", "body_read_timeout_seconds", "idle"):
+        assert f"gatehouse.connections.{path}" in text
+    cfg = make_config("postgres://u@127.0.0.1/db", [upstream_block("http://127.0.0.1:9")])
+    c = cfg.gatehouse.connections
+    assert (c.header_read_timeout_seconds, c.body_read_timeout_seconds, c.keepalive_idle_timeout_seconds) == (20, 300, 75)
