@@ -62,7 +62,11 @@ async def run_check(suite: Suite, item: Check, counted: tuple[str, ...] | None =
     except Skip as skip:
         verdicts.skip(skip.reason)
     except TimeoutError:
-        verdicts.crashed(f"no result within {item.timeout_s} s")
+        # Either the check's own deadline, or a timeout inside it (a client's) that it let escape.
+        elapsed = time.monotonic() - started
+        verdicts.crashed(
+            f"no result within {item.timeout_s} s" if elapsed >= item.timeout_s else f"a timeout inside the check after {elapsed:.1f} s"
+        )
     except Exception as err:  # a check that breaks fails what it had not judged
         verdicts.crashed(f"{type(err).__name__}: {err}")
     verdicts.finish()

@@ -1,12 +1,21 @@
 """Profiles of the conformance suite: which checks run, which verdicts count, and how the report says so.
 
-No gateway here: results are built by hand from the real registry and SPEC.md,
-so the selection and the summaries are checked without a full run.
+Mostly no gateway here: results are built by hand from the real registry and
+SPEC.md, so the selection and the summaries are checked without a full run. The
+last test runs real checks against a small gateway on loopback that misses one
+of Gatehouse's decisions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import time
+
+import aiohttp
 import pytest
+from aiohttp import web
 
 from protocol_spec import requirements
 from protocol_spec.conformance import (
@@ -16,7 +25,11 @@ from protocol_spec.conformance import (
     runner,
 )
 from protocol_spec.conformance.__main__ import _parser
+from protocol_spec.conformance.context import Suite
+from protocol_spec.conformance.fixtures import USERS, FixtureState
+from protocol_spec.conformance.target import Target
 from protocol_spec.conformance.verdicts import REGISTRY, Check, Outcome, Verdicts
+from protocol_spec.fakes import FakeUpstream
 
 SOURCE = {r.id: r.source for r in requirements.load()}
 
@@ -198,3 +211,111 @@ def test_fixtures_can_leave_gatehouses_own_section_out(tmp_path) -> None:
     write_files(bare, **urls, values=new_secrets(), gatehouse_section=False)
     assert "gatehouse" in yaml.safe_load(full.read_text())
     assert yaml.safe_load(bare.read_text()).keys() == yaml.safe_load(full.read_text()).keys() - {"gatehouse"}
+
+
+# -- A check judging both kinds must still judge the protocol's requirements --------------------
+#
+# A gateway built from the published protocol may miss Gatehouse's decisions in ways that
+# make a scenario hang or break. Such a scenario must not keep the same check from judging
+# the protocol's requirements (they would be reported as failed or skipped without having
+# been looked at). Driven for real: the fake upstream and a small gateway on loopback.
+
+INTERRUPTED_EVENT = (
+    b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"upstream stream interrupted"}}\n\n'
+)
+HOLD_S = 30.0
+
+
+class HoldingGateway:
+    """A loopback gateway that relays ``POST /v1/messages`` streams from the fake upstream.
+
+    It commits each stream as soon as the request arrives. When the upstream breaks before
+    the first body byte it does not fail over (Gatehouse's MSG-32 and SSE-5) but holds the
+    committed stream open; a break after the first byte gets the SSE ``error`` event the
+    protocol asks for (ERR-5).
+    """
+
+    def __init__(self, upstream_url: str) -> None:
+        self.upstream_url = upstream_url
+        self.release = asyncio.Event()
+        self.url = ""
+        # Streams held open because the upstream broke before their first byte.
+        self.held = 0
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        relayed = 0
+        try:
+            async with self.session.post(
+                self.upstream_url + "/v1/messages", data=body, headers={"Content-Type": "application/json", "x-api-key": "k"}
+            ) as upstream:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    relayed += len(chunk)
+        except aiohttp.ClientError:
+            if not relayed:
+                self.held += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), HOLD_S)
+                return response
+            await response.write(INTERRUPTED_EVENT)
+        await response.write_eof()
+        return response
+
+    async def __aenter__(self) -> HoldingGateway:
+        self.session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_post("/v1/messages", self.messages)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self.runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        await web.SockSite(self.runner, sock).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        await self.runner.cleanup()
+        await self.session.close()
+
+
+async def test_a_scenario_of_gatehouses_that_hangs_leaves_the_protocols_requirements_of_its_check_judged() -> None:
+    async with FakeUpstream() as fake, HoldingGateway(fake.url) as gateway, aiohttp.ClientSession() as session:
+        state = FixtureState(
+            pid=0, config_path="", env_path="", public_url=gateway.url, gateway_port=0, fake_url=fake.url,
+            idp_url="http://127.0.0.1:9", users=USERS, env={}, jwt_secret="unused", primary_key="k",
+            secondary_key="k2", admin_write_key="", admin_read_key="",
+        )
+        suite = Suite(Target(gateway.url, session), state, session, signin="token", token="conformance-token", admin_key=None)
+        chosen = profiles.select(REGISTRY.checks, requirements.load(), profiles.get("protocol"), ["ERR-5"])
+        started = time.monotonic()
+        results = [await runner.run_check(suite, item, chosen.counted(item)) for item in chosen.run]
+        took = time.monotonic() - started
+
+    folded = {item.requirement.id: item for item in report.fold(requirements.load(), results, profiles.get("protocol"))}
+    err5 = folded["ERR-5"]
+    findings = [finding for _, finding in err5.findings]
+    assert err5.outcome is Outcome.PASS, report.lines([err5])
+    assert all(f.what not in ("the check could not complete", "the check did not reach this requirement") for f in findings)
+    # The hanging scenario judges only Gatehouse's requirements: under the protocol profile it is not even run.
+    assert gateway.held == 0, "a scenario out of profile was run"
+    assert took < HOLD_S / 2
+
+
+async def test_a_timeout_inside_a_check_is_not_reported_as_the_checks_deadline() -> None:
+    async def times_out(_ctx: object) -> None:
+        raise TimeoutError
+
+    async with aiohttp.ClientSession() as session:
+        state = FixtureState(
+            pid=0, config_path="", env_path="", public_url="http://127.0.0.1:9", gateway_port=9, fake_url="http://127.0.0.1:9",
+            idp_url="http://127.0.0.1:9", users=USERS, env={}, jwt_secret="unused", primary_key="k",
+            secondary_key="k2", admin_write_key="", admin_read_key="",
+        )
+        suite = Suite(Target(state.public_url, session), state, session, signin="token", token="t", admin_key=None)
+        result = await runner.run_check(suite, Check("times out", ("ERR-5",), times_out, timeout_s=20.0))
+    finding = result.verdicts.reasons("ERR-5")[0]
+    assert finding.what == "the check could not complete"
+    assert finding.observed is not None and finding.observed.startswith("a timeout inside the check after ")
