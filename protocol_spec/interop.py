@@ -3,15 +3,19 @@
 What it does, all on loopback, with every file under ``./interop/`` (ignored by git):
 
 1. Finds the ``claude`` binary: ``$INTEROP_CLAUDE`` or ``--claude`` when set, else
-   installs ``@anthropic-ai/claude-code`` and its native ``-linux-x64`` package
-   with npm into ``interop/npm`` (about 400 MB; the native binary is needed,
-   since the JavaScript entry point refuses to run the gateway under Node).
+   installs ``@anthropic-ai/claude-code@latest`` and its native ``-linux-x64``
+   package with npm into ``interop/npm`` (about 400 MB; the native binary is
+   needed, since the JavaScript entry point refuses to run the gateway under
+   Node). An existing ``interop/npm`` is reused: delete it to update.
 2. Starts a throwaway PostgreSQL (``python -m gateway.devenv.postgres``: a
    subprocess, so this package still never imports ``gateway``) with one
    database per gateway, and the suite's fixtures (fake upstream, test IdP).
 3. Boots ``claude gateway`` with the fixtures' ``gateway.yaml`` minus its
    ``gatehouse:`` section, runs the suite against it; then the same for
-   ``gatehouse serve`` with the whole file.
+   ``gatehouse serve`` with the whole file. Each gateway is run twice (:data:`RUNS`),
+   with the default profile (all of SPEC.md) and with ``--profile protocol``,
+   each time freshly started on its own database; the two runs are compared
+   requirement by requirement (:func:`profile_drift`).
 4. Runs the real ``claude -p`` through Gatehouse with ``ANTHROPIC_BASE_URL``
    and checks the reply.
 5. Measures Anthropic's gateway's prices: for each row of Gatehouse's built-in
@@ -55,6 +59,7 @@ WORK = ROOT / "interop"
 PRICING_TABLE = ROOT / "gateway" / "data" / "pricing.json"
 DEFAULT_OUT = Path(__file__).resolve().with_name("INTEROP.md")
 NPM_PACKAGES = ("@anthropic-ai/claude-code", "@anthropic-ai/claude-code-linux-x64")
+NPM_TAG = "latest"
 BOOT_TIMEOUT_S = 60.0
 SUITE_TIMEOUT_S = 300.0
 CLAUDE_P_TIMEOUT_S = 120.0
@@ -118,6 +123,18 @@ NOTES: dict[str, tuple[str, str]] = {
     "MANAGED-6": (_OURS, "an `If-None-Match` list is not searched; only a single exact value gets 304"),
     "MANAGED-11": (_OURS, "the 401 of `/managed/settings` has no `x-cc-gateway-version`"),
 }
+# The suite runs, each on a fresh gateway and database: run key -> (gateway, profile).
+# Each gateway is judged on the whole spec (``gatehouse``, the default) and under
+# ``--profile protocol``, what a gateway built from the published protocol owes.
+RUNS: dict[str, tuple[str, str]] = {
+    "anthropic": ("anthropic", "gatehouse"),
+    "anthropic_protocol": ("anthropic", "protocol"),
+    "gatehouse": ("gatehouse", "gatehouse"),
+    "gatehouse_protocol": ("gatehouse", "protocol"),
+}
+GATEWAY_NAMES = {"anthropic": "Anthropic's gateway", "gatehouse": "Gatehouse"}
+PROTOCOL_SOURCES = ("protocol", "observed")
+
 # Requirements Gatehouse itself fails in this run, and what to fix (reported to the lead).
 GATEHOUSE_GAPS: dict[str, str] = {}
 # Prices that differ between Gatehouse's table and Anthropic's gateway, and why (as far as known).
@@ -168,8 +185,11 @@ def find_claude(explicit: str | None) -> Path:
     binary = prefix / "node_modules" / "@anthropic-ai" / "claude-code" / "bin" / "claude.exe"
     if not binary.exists():
         prefix.mkdir(parents=True, exist_ok=True)
-        print(f"installing {NPM_PACKAGES[0]} into {prefix} (about 400 MB)", flush=True)
-        subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-fund", "--no-audit", NPM_PACKAGES[0]], check=True)
+        print(f"installing {NPM_PACKAGES[0]}@{NPM_TAG} into {prefix} (about 400 MB)", flush=True)
+        # Named by its dist-tag: with a bare name npm picks the newest release whose
+        # `engines.node` this Node satisfies, which on an older Node is months old,
+        # although the native binary that runs the gateway needs no Node at all.
+        subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-fund", "--no-audit", f"{NPM_PACKAGES[0]}@{NPM_TAG}"], check=True)
         version = json.loads((prefix / "node_modules" / "@anthropic-ai" / "claude-code" / "package.json").read_text())["version"]
         subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-fund", "--no-audit", f"{NPM_PACKAGES[1]}@{version}"], check=True)
     shim = prefix / "node_modules" / ".bin" / "claude"
@@ -287,10 +307,10 @@ def start_gatehouse(config: Path, env: dict[str, str], run_dir: Path, name: str)
     return spawn(name, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], {**os.environ, **env}, run_dir)
 
 
-def run_suite(state_file: Path, admin_key: str, out: Path, run_dir: Path, name: str) -> dict[str, Any]:
+def run_suite(state_file: Path, admin_key: str, out: Path, run_dir: Path, name: str, profile: str = "gatehouse") -> dict[str, Any]:
     argv = [
         sys.executable, "-m", "protocol_spec.conformance", "run", "--fixtures", str(state_file),
-        "--signin", "device", "--admin-key", admin_key, "--json", str(out), "--quiet",
+        "--signin", "device", "--admin-key", admin_key, "--profile", profile, "--json", str(out), "--quiet",
     ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, cwd=run_dir)
     (run_dir / f"{name}-suite.txt").write_text(result.stdout + "\n" + result.stderr)
@@ -449,11 +469,100 @@ def _usd(value: Decimal | None) -> str:
     return "?" if value is None else format(value.normalize(), "f")
 
 
+MARKS = {"NOT_CHECKED": "----", "OUT_OF_PROFILE": "OUT"}
+
+
+def _mark(outcomes: dict[str, str], rid: str) -> str:
+    value = outcomes.get(rid, "-")
+    return MARKS.get(value, value)
+
+
+def must_failures_by_source(report: dict[str, Any]) -> dict[str, int]:
+    """MUST failures per requirement source, from the report's ``summary_by_source``."""
+    return {source: counts["MUST"]["FAIL"] for source, counts in report["summary_by_source"].items()}
+
+
+def profile_drift(full: dict[str, Any] | None, protocol: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """Requirements of the protocol profile whose outcome differs from the full run's, and why.
+
+    Both runs judge these requirements with the same checks, so the outcomes
+    should agree; a difference means a check behaved differently when it ran
+    under the profile (for example it stopped early, or relied on a check the
+    profile leaves out). Also lists a FAIL whose source is outside the profile,
+    which the report must never produce. (ID, full outcome, protocol outcome, finding).
+    """
+    if not full or not protocol:
+        return []
+    before = _outcomes(full)
+    drift = []
+    for item in protocol["requirements"]:
+        rid, outcome = item["id"], item["outcome"]
+        stray = outcome == "FAIL" and item["source"] not in PROTOCOL_SOURCES
+        if stray or (outcome != "OUT_OF_PROFILE" and outcome != before.get(rid)):
+            drift.append((rid, before.get(rid, "-"), outcome, _first_finding(protocol, rid)))
+    return drift
+
+
+def _summary_rows(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| gateway | profile | MUST pass | MUST fail | MUST skip | SHOULD pass | SHOULD fail | not checked | out of profile |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_source = ["| gateway | profile | " + " | ".join(f"MUST fail, source {s}" for s in ("protocol", "observed", "gatehouse")) + " |", "|---|---|---|---|---|"]
+    for run, (gateway, profile) in RUNS.items():
+        report = results.get(run)
+        if report is None:
+            lines.append(f"| {GATEWAY_NAMES[gateway]} | {profile} | did not run: {results.get(run + ' error', 'skipped')} | | | | | | |")
+            continue
+        s = report["summary"]
+        not_checked = sum(s[level]["NOT_CHECKED"] for level in s)
+        out = sum(s[level]["OUT_OF_PROFILE"] for level in s)
+        lines.append(
+            f"| {GATEWAY_NAMES[gateway]} | {profile} | {s['MUST']['PASS']} | {s['MUST']['FAIL']} | {s['MUST']['SKIP']} "
+            f"| {s['SHOULD']['PASS']} | {s['SHOULD']['FAIL']} | {not_checked} | {out} |"
+        )
+        fails = must_failures_by_source(report)
+        judged = set(report["profile"]["sources"])
+        cells = [str(fails[src]) if src in judged else "out of profile" for src in ("protocol", "observed", "gatehouse")]
+        by_source.append(f"| {GATEWAY_NAMES[gateway]} | {profile} | " + " | ".join(cells) + " |")
+    return [*lines, "", *by_source]
+
+
+def _profile_section(results: dict[str, Any], gateway: str) -> list[str]:
+    full, protocol = results.get(gateway), results.get(gateway + "_protocol")
+    name = GATEWAY_NAMES[gateway]
+    if protocol is None:
+        return [f"{name} under `--profile protocol`: did not run ({results.get(gateway + '_protocol error', 'skipped')})."]
+    failed = [r for r in protocol["requirements"] if r["outcome"] == "FAIL" and r["level"] == "MUST"]
+    per_source = {src: [r["id"] for r in failed if r["source"] == src] for src in sorted({r["source"] for r in failed})}
+    outside = sum(r["outcome"] == "OUT_OF_PROFILE" for r in protocol["requirements"])
+    lines = [
+        f"**{name}**: {len(failed)} MUST requirements fail under `--profile protocol`"
+        + ("".join(f"; source `{src}`: {', '.join(ids)}" for src, ids in per_source.items()) if failed else "")
+        + f". {outside} requirements are out of profile and {len(protocol['checks_out_of_profile'])} checks not run "
+        "(they judge only Gatehouse's requirements).",
+        "",
+    ]
+    drift = profile_drift(full, protocol)
+    if not drift:
+        lines.append("Every requirement of the profile has the same outcome as in the full run.")
+    else:
+        lines += [
+            "Requirements whose outcome under the profile differs from the full run's:",
+            "",
+            "| ID | full run | protocol profile | what the protocol run saw |",
+            "|---|---|---|---|",
+            *(f"| {rid} | {a} | {b} | {seen} |" for rid, a, b, seen in drift),
+        ]
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     from protocol_spec import requirements
 
     anthropic, gatehouse = results.get("anthropic"), results.get("gatehouse")
     a, g = _outcomes(anthropic), _outcomes(gatehouse)
+    ap, gp = _outcomes(results.get("anthropic_protocol")), _outcomes(results.get("gatehouse_protocol"))
     lines = [
         "# Interoperability: the conformance suite on Anthropic's gateway and on Gatehouse",
         "",
@@ -466,25 +575,28 @@ def render(results: dict[str, Any]) -> str:
         f"| Python | {platform.python_version()} |",
         "| Fixtures | `python -m protocol_spec.conformance fixtures` (fake upstream, oidc-provider-mock 0.3.4) |",
         "",
-        "Both gateways ran the same `gateway.yaml` (Anthropic's without the `gatehouse:` section), "
-        "each on its own fresh PostgreSQL database, and the same suite with `--signin device --admin-key`. "
-        "The suite judges SPEC.md as written, so a requirement whose source is `gatehouse` (a Gatehouse decision "
-        "or extension) is expected to fail on Anthropic's gateway; every other failure there is classified below. "
-        "Regenerate this file with `make interop` (`INTEROP_CLAUDE=/path/to/claude` skips the npm download).",
+        "Both gateways ran the same `gateway.yaml` (Anthropic's without the `gatehouse:` section) and the same "
+        "suite with `--signin device --admin-key`, twice each: with the default profile, which judges all of "
+        "SPEC.md, and with `--profile protocol`, which judges only requirements whose source is the published "
+        "protocol or the observed wire (protocol_spec/README.md, Profiles). Every run had a freshly started gateway "
+        "and its own fresh PostgreSQL database. Under the full profile a requirement whose source is `gatehouse` "
+        "(a Gatehouse decision or extension) is expected to fail on Anthropic's gateway; every failure there is "
+        "classified below. Regenerate this file with `make interop` (`INTEROP_CLAUDE=/path/to/claude` skips the "
+        "npm download).",
         "",
         "## Summary",
         "",
-        "| gateway | MUST pass | MUST fail | MUST skip | SHOULD pass | SHOULD fail | not checked |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, report in (("Anthropic's gateway", anthropic), ("Gatehouse", gatehouse)):
-        if report is None:
-            lines.append(f"| {name} | did not run: {results.get(name + ' error', '')} | | | | | |")
-            continue
-        s = report["summary"]
-        not_checked = sum(s[level]["NOT_CHECKED"] for level in s)
-        lines.append(f"| {name} | {s['MUST']['PASS']} | {s['MUST']['FAIL']} | {s['MUST']['SKIP']} | {s['SHOULD']['PASS']} | {s['SHOULD']['FAIL']} | {not_checked} |")
-    lines += [
+        *_summary_rows(results),
+        "",
+        "## The protocol profile",
+        "",
+        "What a third party sees running the suite against its own gateway. Each profile run is compared with the "
+        "full run of the same gateway: a requirement of the profile should get the same outcome in both, since the "
+        "same checks judge it.",
+        "",
+        *_profile_section(results, "anthropic"),
+        "",
+        *_profile_section(results, "gatehouse"),
         "",
         "## The real client through Gatehouse",
         "",
@@ -503,32 +615,44 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Where Anthropic's gateway does not pass",
         "",
-        "Kinds: *difference*, documented in SPEC §27; *departure*, Anthropic's gateway departs from its own "
-        "protocol text; *gatehouse*, a Gatehouse requirement (source `gatehouse`) that Anthropic's gateway has no "
-        "reason to meet; *misreading*, our spec was wrong.",
+        "Failures and skips of the full run, with the outcome of the same requirement under `--profile protocol` "
+        "(`OUT`: out of profile). Kinds: *difference*, documented in SPEC §27; *departure*, Anthropic's gateway "
+        "departs from its own protocol text; *gatehouse*, a Gatehouse requirement (source `gatehouse`) that "
+        "Anthropic's gateway has no reason to meet; *misreading*, our spec was wrong.",
         "",
-        "| ID | level | source | Anthropic's | Gatehouse | kind | why / what was seen |",
-        "|---|---|---|---|---|---|---|",
+        "| ID | level | source | Anthropic's | protocol profile | Gatehouse | kind | why / what was seen |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     reqs = requirements.load()
     for req in reqs:
-        if a.get(req.id) in ("FAIL", "SKIP"):
+        if a.get(req.id) in ("FAIL", "SKIP") or ap.get(req.id) in ("FAIL", "SKIP"):
             kind, why = NOTES.get(req.id, ("unexplained", ""))
-            seen = why or _first_finding(anthropic, req.id)
-            lines.append(f"| {req.id} | {req.level} | {req.source} | {a.get(req.id)} | {g.get(req.id, '-')} | {kind} | {seen} |")
+            seen = why or _first_finding(anthropic, req.id) or _first_finding(results.get("anthropic_protocol"), req.id)
+            lines.append(
+                f"| {req.id} | {req.level} | {req.source} | {_mark(a, req.id)} | {_mark(ap, req.id)} | {_mark(g, req.id)} | {kind} | {seen} |"
+            )
     lines += ["", "## Where Gatehouse does not pass", ""]
-    gaps = [req for req in reqs if g.get(req.id) in ("FAIL", "SKIP")]
+    gaps = [req for req in reqs if g.get(req.id) in ("FAIL", "SKIP") or gp.get(req.id) in ("FAIL", "SKIP")]
     if gaps:
-        lines += ["| ID | level | Gatehouse | what to fix |", "|---|---|---|---|"]
+        lines += ["| ID | level | Gatehouse | protocol profile | what to fix |", "|---|---|---|---|---|"]
     else:
-        lines.append("Nowhere: every requirement checked from outside passes.")
+        lines.append("Nowhere: every requirement checked from outside passes, under both profiles.")
     for req in gaps:
-        lines.append(f"| {req.id} | {req.level} | {g[req.id]} | {GATEHOUSE_GAPS.get(req.id) or _first_finding(gatehouse, req.id)} |")
-    lines += ["", "## Every requirement", "", "`----`: not checked from outside (or describes the client).", "",
-              "| ID | level | source | Anthropic's | Gatehouse |", "|---|---|---|---|---|"]
-    marks = {"NOT_CHECKED": "----"}
+        fix = GATEHOUSE_GAPS.get(req.id) or _first_finding(gatehouse, req.id) or _first_finding(results.get("gatehouse_protocol"), req.id)
+        lines.append(f"| {req.id} | {req.level} | {_mark(g, req.id)} | {_mark(gp, req.id)} | {fix} |")
+    lines += [
+        "",
+        "## Every requirement",
+        "",
+        "`----`: not checked from outside (or describes the client); `OUT`: out of the protocol profile.",
+        "",
+        "| ID | level | source | Anthropic's | Anthropic's, protocol profile | Gatehouse | Gatehouse, protocol profile |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for req in reqs:
-        lines.append(f"| {req.id} | {req.level} | {req.source} | {marks.get(a.get(req.id, '-'), a.get(req.id, '-'))} | {marks.get(g.get(req.id, '-'), g.get(req.id, '-'))} |")
+        lines.append(
+            f"| {req.id} | {req.level} | {req.source} | {_mark(a, req.id)} | {_mark(ap, req.id)} | {_mark(g, req.id)} | {_mark(gp, req.id)} |"
+        )
     lines += ["", "## Prices", ""]
     prices: list[PriceRow] | None = results.get("prices")
     if not prices:
@@ -581,10 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg, pg_url = start_postgres(run_dir)
         procs.append(pg)
-        db_anthropic = create_database(pg_url, "interop_anthropic")
-        db_gatehouse = create_database(pg_url, "interop_gatehouse")
+        # One fresh database per gateway and profile: no run sees another's sign-ins or caps.
+        dbs = {run: create_database(pg_url, f"interop_{run}") for run in RUNS}
         db_prices = create_database(pg_url, "interop_prices")
-        fixtures_proc, state_file = start_fixtures(run_dir, db_gatehouse)
+        fixtures_proc, state_file = start_fixtures(run_dir, dbs["gatehouse"])
         procs.append(fixtures_proc)
         from protocol_spec.conformance.fixtures import load_state
 
@@ -592,16 +716,20 @@ def main(argv: list[str] | None = None) -> int:
         env = env_file(state.env_path)
         full = Path(state.config_path)
         without_ours = write_config(full, run_dir / "anthropic.yaml", drop=("gatehouse",))
-        results["anthropic"] = _one_gateway(
-            "anthropic", lambda: start_anthropic(claude, without_ours, {**env, "CONFORMANCE_POSTGRES_URL": db_anthropic}, run_dir, "anthropic"),
-            state, state_file, run_dir, results,
-        )
-        results["gatehouse"] = _one_gateway(
-            "gatehouse", lambda: start_gatehouse(full, env, run_dir, "gatehouse"), state, state_file, run_dir, results,
-            after=lambda: results.__setitem__(
-                "clients", [(claude_version(b), *claude_p(b, state.public_url, full, env)) for b in [claude, *map(Path, args.extra_client)]]
-            ),
-        )
+
+        def starter(run: str, gateway: str) -> Any:
+            own = {**env, "CONFORMANCE_POSTGRES_URL": dbs[run]}
+            if gateway == "anthropic":
+                return lambda: start_anthropic(claude, without_ours, own, run_dir, run)
+            return lambda: start_gatehouse(full, own, run_dir, run)
+
+        for run, (gateway, profile) in RUNS.items():
+            after = None
+            if run == "gatehouse":
+                after = lambda: results.__setitem__(  # noqa: E731
+                    "clients", [(claude_version(b), *claude_p(b, state.public_url, full, env)) for b in [claude, *map(Path, args.extra_client)]]
+                )
+            results[run] = _one_gateway(run, starter(run, gateway), state, state_file, run_dir, results, profile=profile, after=after)
         if not args.skip_prices:
             _prices(claude, full, state, env, db_prices, run_dir, results)
     finally:
@@ -612,17 +740,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one_gateway(name: str, start: Any, state: Any, state_file: Path, run_dir: Path, results: dict[str, Any], after: Any = None) -> dict[str, Any] | None:
+def _one_gateway(
+    name: str, start: Any, state: Any, state_file: Path, run_dir: Path, results: dict[str, Any], *, profile: str, after: Any = None
+) -> dict[str, Any] | None:
     wait_port_free(state.gateway_port)
     proc = start()
     try:
         wait_ready(state.public_url, proc)
-        report = run_suite(state_file, state.admin_write_key, run_dir / f"{name}.json", run_dir, name)
+        report = run_suite(state_file, state.admin_write_key, run_dir / f"{name}.json", run_dir, name, profile)
         if after is not None:
             after()
         return report
     except (RuntimeError, subprocess.SubprocessError) as err:
-        results[("Anthropic's gateway" if name == "anthropic" else "Gatehouse") + " error"] = str(err)[:300]
+        results[name + " error"] = str(err)[:300]
         print(f"{name}: {err}", file=sys.stderr)
         return None
     finally:

@@ -37,8 +37,9 @@ Two commands
    (:mod:`protocol_spec.conformance.profiles`): ``--profile protocol`` judges
    only requirements whose source is the published protocol or the observed
    wire, which is what a gateway other than Gatehouse should be run with;
-   ``--profile gatehouse`` (the default, used by ``make test`` and ``make
-   interop``) judges every requirement, Gatehouse's own decisions included.
+   ``--profile gatehouse`` (the default, used by ``make test``) judges every
+   requirement, Gatehouse's own decisions included. ``make interop`` runs
+   both on Anthropic's gateway and on Gatehouse.
    ``--signin
    device`` (the default) signs people in through the device flow, driving the
    verification page like a browser (:mod:`protocol_spec.browser`); ``--token``

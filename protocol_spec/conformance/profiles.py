@@ -9,7 +9,8 @@ choices. A profile names the sources a run judges:
 * ``protocol``: the published protocol and the observed wire; what any
   gateway that Claude Code talks to is expected to do;
 * ``gatehouse``: everything, Gatehouse's own decisions included (the default,
-  so ``make test`` and ``make interop`` judge Gatehouse on its whole spec).
+  so ``make test`` judges Gatehouse on its whole spec; ``make interop`` runs
+  both profiles).
 
 A check runs when at least one requirement it covers is in the profile; its
 verdicts on the others are set aside. A requirement outside the profile is

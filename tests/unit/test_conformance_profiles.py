@@ -319,3 +319,25 @@ async def test_a_timeout_inside_a_check_is_not_reported_as_the_checks_deadline()
     finding = result.verdicts.reasons("ERR-5")[0]
     assert finding.what == "the check could not complete"
     assert finding.observed is not None and finding.observed.startswith("a timeout inside the check after ")
+
+
+def test_interop_compares_each_profile_run_with_the_full_run_requirement_by_requirement() -> None:
+    from protocol_spec.interop import must_failures_by_source, profile_drift
+
+    def run(profile: str, outcomes: dict[str, tuple[str, str]]) -> dict[str, object]:
+        chosen = profiles.select(REGISTRY.checks, requirements.load(), profiles.get(profile))
+        _, document = runner.outcome(_options(profile), _results(chosen, failing_source="gatehouse"), _meta(chosen, profile))
+        for item in document["requirements"]:
+            if item["id"] in outcomes:
+                item["source"], item["outcome"] = outcomes[item["id"]]
+        return document
+
+    full, protocol = run("gatehouse", {}), run("protocol", {})
+    assert profile_drift(full, protocol) == []
+    assert must_failures_by_source(protocol)["gatehouse"] == 0 < must_failures_by_source(full)["gatehouse"]
+    # A requirement the profile run left unjudged, and a failure it should never report, are both named.
+    skipped = run("protocol", {"ERR-5": ("protocol", "SKIP"), "ROLE-4": ("gatehouse", "FAIL")})
+    assert [(rid, before, after) for rid, before, after, _ in profile_drift(full, skipped)] == [
+        ("ROLE-4", "FAIL", "FAIL"),
+        ("ERR-5", "PASS", "SKIP"),
+    ]
