@@ -94,8 +94,9 @@ class GuardedRequestHandler(EnvelopedParseErrors):
         self._start_head_clock()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and data and self._awaiting_request():
-            self._start_head_clock()
+        # The first bytes of a head on a kept-alive connection start its clock (unless
+        # they hold the whole head, as they nearly always do: then no timer at all).
+        starts_head = self._head_timer is None and bool(data) and self._awaiting_request()
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) > queued:  # a request head arrived in full
@@ -103,6 +104,8 @@ class GuardedRequestHandler(EnvelopedParseErrors):
             payload = self._messages[-1][1]
             if not payload.is_eof():
                 self._start_body_clock(payload)
+        elif starts_head and self.transport is not None:
+            self._start_head_clock()
         elif self._body is not None and self._body.is_eof():
             self._stop_body_clock()
 

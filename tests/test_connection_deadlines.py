@@ -188,6 +188,23 @@ async def test_an_idle_keep_alive_connection_is_closed(gateway):
         writer.close()
 
 
+async def test_a_later_head_sent_slowly_on_a_kept_alive_connection_is_closed(gateway):
+    port, _, _ = gateway
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sender = None
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+        await reader.readexactly(length)
+        sender = asyncio.create_task(_send_slowly(writer, b"GET /healthz HTTP/1.1\r\nHost: gatehouse\r\n\r\n", 0.2))
+        assert await _closed(reader, within=10) == b""
+    finally:
+        if sender is not None:
+            sender.cancel()
+        writer.close()
+
+
 async def test_a_slow_stream_outlives_every_deadline(gateway, upstream):
     port, tok, _ = gateway
     # Silent for 1.5 s mid-stream: longer than each of the three 1 s deadlines.
