@@ -91,7 +91,7 @@ def check_claims(claims: dict[str, Any], cfg: Any, *, issuer: str, nonce: str | 
     azp = claims.get("azp")
     authorized = {cfg.client_id, *cfg.additional_authorized_parties}
     # OIDC Core §3.1.3.7: several audiences call for an azp naming a party we trust.
-    if (azp is not None or len(audiences) > 1) and azp not in authorized:
+    if (azp is not None or len(audiences) > 1) and (not isinstance(azp, str) or azp not in authorized):
         raise IdTokenInvalid("wrong azp")
     skew = cfg.clock_skew_seconds
     exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)

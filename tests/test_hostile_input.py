@@ -119,6 +119,12 @@ BEARER_ENDPOINTS = [
     ("GET", LIMITS),
     ("POST", LIMITS),
     ("GET", LIMITS + "/effective"),
+    ("GET", LIMITS + "/audit"),
+    ("GET", LIMITS + "/spl_x"),
+    ("DELETE", LIMITS + "/spl_x"),
+    ("POST", "/v1/metrics"),
+    ("POST", "/v1/logs"),
+    ("POST", "/v1/traces"),
 ]
 
 
@@ -143,13 +149,16 @@ async def test_malformed_bearers_are_401_on_every_bearer_endpoint(gateway_factor
     # The forger itself is right: the same recipe with sound claims is accepted.
     ok = forge({"alg": "HS256"}, claims_for(gw))
     assert (await send(gw, "GET", "/v1/models", headers={"Authorization": f"Bearer {ok}"}))[0] == 200
-    for token in malformed_tokens(gw):
-        for method, path in BEARER_ENDPOINTS:
-            status, _, body = await send(
-                gw, method, path, headers={"Authorization": f"Bearer {token}"}, json_body=BODY if method == "POST" else None
-            )
-            assert status == 401, (token, path, status, body)
-            assert envelope(body)["type"] == "authentication_error"
+    async with aiohttp.ClientSession() as s:
+        for token in malformed_tokens(gw):
+            for method, path in BEARER_ENDPOINTS:
+                payload = BODY if method == "POST" else None
+                async with s.request(
+                    method, gw.url + path, json=payload, headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    body = await r.read()
+                    assert r.status == 401, (token, path, r.status, body)
+                    assert envelope(body)["type"] == "authentication_error"
     err = capfd.readouterr().err
     assert "Traceback" not in err
 

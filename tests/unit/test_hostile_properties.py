@@ -22,6 +22,7 @@ from gateway.bodyview import MAX_MODEL_CHARS, decode_view
 from gateway.client_text import unprintable
 from gateway.errors import GatewayError, Kind
 from gateway.forms import FormInvalid, parse_form
+from gateway.id_tokens import IdTokenInvalid, check_claims, signing_kid
 from gateway.rate_window import wait_before_next
 from gateway.sessions import Principal, TokenService, bearer_token, key_id
 
@@ -137,6 +138,33 @@ def test_tokens_we_signed_over_any_header_and_claims_are_principals_or_401(heade
 def test_tokens_we_signed_over_any_bytes_are_401_unless_they_are_claims(header, claims):
     token = signed(header, claims)
     refused_as(Kind.AUTH_INVALID, lambda: TokenService((SECRET,), ISSUER, 3600).verify(token, NOW))
+
+
+# ---------------------------------------------------------------- id_tokens from the IdP
+
+
+@FAST
+@given(st.text(max_size=200) | json_values.map(lambda h: f"{b64(json.dumps(h).encode())}.e30.sig"))
+def test_any_id_token_header_is_a_kid_or_refused(token):
+    try:
+        kid = signing_kid(token, "RS256")
+    except IdTokenInvalid:
+        return
+    assert kid is None or isinstance(kid, str)
+
+
+IDP = {"client_id": "gatehouse", "additional_authorized_parties": (), "clock_skew_seconds": 30}
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from(["iss", "aud", "azp", "exp", "iat", "nbf", "nonce"]), json_values))
+def test_any_id_token_claims_pass_or_are_refused(claims):
+    from types import SimpleNamespace
+
+    try:
+        check_claims(claims, SimpleNamespace(**IDP), issuer="https://idp", nonce="n", now=NOW)
+    except IdTokenInvalid:
+        pass
 
 
 # ---------------------------------------------------------------- admin requests
