@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from gateway import audit
 from gateway.errors import GatewayError, Kind, render
@@ -43,7 +43,9 @@ def parse_error(exc: BaseException | None, status: int, *, line_limit: int, fiel
         return GatewayError(Kind.HEADERS_TOO_LARGE, "request headers are too large")
     if isinstance(exc, BadHttpMessage) and "too many headers" in exc.message.lower():
         return GatewayError(Kind.HEADERS_TOO_LARGE, "too many request headers")
-    if status >= 500:
+    # The same parser errors can surface from a handler reading a broken body
+    # (aiohttp then passes status 500): still the request's fault.
+    if status >= 500 and not isinstance(exc, BadHttpMessage | RequestPayloadError):
         return GatewayError(Kind.INTERNAL, "internal error")
     return GatewayError(Kind.INVALID_REQUEST, "malformed HTTP request")
 
