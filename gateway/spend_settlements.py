@@ -47,8 +47,8 @@ from gateway.tasks import cancel_and_wait
 
 SETTLE_BATCH = 100  # settlements per round trip
 SETTLE_INTERVAL_S = 0.05  # how long a lone settlement waits for company
-# Settlements one process may owe a database that does not answer (a few hundred
-# bytes each: about 40 MB at the bound). Past it, requests are refused until the
+# Settlements one process may owe a database that does not answer (about 250
+# bytes each: some 25 MB at the bound). Past it, requests are refused until the
 # database takes some: the bound is also what a process killed during an outage
 # can lose.
 MAX_OWED = 100_000
@@ -251,7 +251,7 @@ class Settlements:
                     self._pending.extendleft(reversed(batch))
                     raise
                 for (item, sink), outcome in zip(batch, outcomes, strict=True):
-                    if outcome is AGAIN:
+                    if isinstance(outcome, _Again):
                         self._owe(item, None)
                         outcome = "queued"
                     _deliver(sink, outcome)
