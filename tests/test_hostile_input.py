@@ -163,6 +163,14 @@ async def test_malformed_bearers_are_401_on_every_bearer_endpoint(gateway_factor
     assert "Traceback" not in err
 
 
+async def test_undecodable_bearer_bytes_are_401(gateway_factory, fake_upstream):
+    gw = await gateway_factory([fake_upstream.url])
+    for token in (b"\xff\xfe.\x80.\xc3", gw.token().encode() + b"\xff"):
+        request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n"
+        reply = await raw_exchange(gw, request)
+        assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+
+
 async def test_malformed_bearer_given_to_revoke_is_a_quiet_200(gateway_factory, fake_upstream, capfd):
     gw = await gateway_factory([fake_upstream.url])
     for token in malformed_tokens(gw):
