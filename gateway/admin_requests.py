@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from gateway import spend
-from gateway.client_text import unprintable
+from gateway.client_text import capped, unprintable
 from gateway.errors import GatewayError, Kind
 
 PERIODS = spend.PERIODS
@@ -41,6 +41,8 @@ MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 1000
 LIST_DEFAULT, EFFECTIVE_DEFAULT, AUDIT_DEFAULT, PAGE_MAX = 20, 20, 100, 1000
 CURSOR_MISMATCH = "cursor does not match current query parameters"
+# How much of a wrong value a refusal quotes back.
+ECHO_CHARS = 40
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -146,7 +148,7 @@ def parse_limit_request(body: bytes) -> LimitRequest:
         raise invalid("period: required")
     if period not in PERIODS:
         shown = period if isinstance(period, str) else _type_name(period)
-        raise invalid(f"period: must be one of 'daily', 'weekly', 'monthly', not '{shown}'")
+        raise invalid(f"period: must be one of 'daily', 'weekly', 'monthly', not '{capped(shown, ECHO_CHARS)}'")
     currency = doc.get("currency", CURRENCY)
     if currency != CURRENCY:
         raise invalid(f'currency: only "{CURRENCY}" is supported')
@@ -274,7 +276,7 @@ def parse_effective_query(query: Any) -> EffectiveQuery:
     asked = _multi(query, "period")
     for p in asked:
         if p not in PERIODS:
-            raise invalid(f"period[]: must be one of 'daily', 'weekly', 'monthly', not '{p}'")
+            raise invalid(f"period[]: must be one of 'daily', 'weekly', 'monthly', not '{capped(p, ECHO_CHARS)}'")
     periods = tuple(p for p in PERIODS if p in asked) or PERIODS
     sort = query.get("sort")
     if sort is not None and sort != "spend_desc":
