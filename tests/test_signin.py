@@ -289,6 +289,17 @@ async def test_missing_or_wrong_state_is_refused(signin_gateways, idp):
     assert (await poll(gw, dev["device_code"]))[2] == {"error": "authorization_pending"}
 
 
+async def test_a_non_ascii_state_is_refused_not_a_500(signin_gateways, idp):
+    gw = await gateway_with_idp(signin_gateways)
+    browser = ScriptedBrowser()
+    try:
+        await _to_idp(gw, browser)
+        page = await browser.get(gw.url + "/oauth/callback?state=%C3%A9%00&code=x")
+        assert page.status == 400 and "did not match" in page.text
+    finally:
+        await browser.close()
+
+
 async def test_replayed_callback_is_refused(signin_gateways, idp):
     gw = await gateway_with_idp(signin_gateways)
     browser = ScriptedBrowser()
