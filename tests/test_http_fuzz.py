@@ -58,6 +58,8 @@ class Target:
     public_url: str
     tokens: TokenService
     proc: object
+    device_code: str = ""
+    user_code: str = ""
 
     def token(self, sub: str, groups: list[str] | None = None) -> str:
         return self.tokens.mint(sub=sub, email=f"{sub}@example.com", groups=groups or ["eng"], now=int(time.time()))
@@ -85,7 +87,14 @@ async def target(tmp_path_factory, pg_cluster, upstream, idp):
     cfg = tmp_path_factory.mktemp("fuzz") / "gateway.yaml"
     cfg.write_text(
         f"""
-listen: {{host: 127.0.0.1, port: {port}, public_url: "{public}"}}
+listen: {{host: 127.0.0.1, port: {port}, public_url: "{public}", trusted_proxies: ["127.0.0.1/32"]}}
+access_control: {{deny_cidrs: ["203.0.113.0/24"]}}
+managed:
+  policies:
+    - match: {{groups: [contractors]}}
+      cli: {{availableModels: [claude-haiku-4-5], model: claude-haiku-4-5}}
+    - match: {{}}
+      cli: {{permissions: {{allow: [Read]}}}}
 oidc: {{issuer: "{idp.issuer}", client_id: gatehouse, client_secret: fuzz-secret}}
 session: {{jwt_secret: "${{JWT}}"}}
 store: {{postgres_url: "{db}"}}
@@ -106,6 +115,7 @@ gatehouse:
         await wait_ready(port, proc)
         tgt = Target(port, public, TokenService((JWT_SECRET,), public, 3600), proc)
         await _set_caps(tgt)
+        tgt.device_code, tgt.user_code = await _start_device_sign_in(tgt)
         yield tgt
     finally:
         if proc.poll() is None:
@@ -125,6 +135,15 @@ async def _set_caps(tgt: Target) -> None:
                 f"{tgt.public_url}/v1/organizations/spend_limits", json=cap, headers={"x-api-key": WRITE_KEY}
             ) as r:
                 assert r.status == 200, await r.text()
+
+
+async def _start_device_sign_in(tgt: Target) -> tuple[str, str]:
+    """A live device code and user code, so the mutated sign-in forms reach past the lookup."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{tgt.public_url}/oauth/device_authorization", data={"surface": "cli"}) as r:
+            assert r.status == 200, await r.text()
+            doc = await r.json()
+    return doc["device_code"], doc["user_code"]
 
 
 # ------------------------------------------------------------------ one raw exchange
@@ -165,17 +184,13 @@ async def send_raw(port: int, raw: bytes) -> Exchange:
         writer.close()
 
 
+STATUS_LINE = re.compile(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ")
+
+
 def _status(answer: bytes) -> int | None:
-    """The final status of ``answer`` (after any 1xx interim answers)."""
-    while True:
-        parts = answer.split(b" ", 2)
-        if not (len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit()):
-            return None
-        status = int(parts[1])
-        rest = answer.partition(b"\r\n\r\n")[2]
-        if status >= 200 or not rest.startswith(b"HTTP/"):
-            return status
-        answer = rest
+    """The worst final status in ``answer`` (two with a pipelined pair; 1xx interim ones skipped)."""
+    statuses = [int(m[1]) for m in STATUS_LINE.finditer(answer) if int(m[1]) >= 200]
+    return max(statuses) if statuses else None
 
 
 # ------------------------------------------------------------------ the mutator
@@ -187,12 +202,22 @@ class Mutator:
     def __init__(self, tgt: Target, seed: int) -> None:
         self.tgt = tgt
         self.seed = seed
-        self.tokens = {sub: tgt.token(sub) for sub in USERS}
+        # fuzz-bob is a contractor: the managed policy allows him one model only.
+        self.tokens = {sub: tgt.token(sub, ["contractors"] if sub == "fuzz-bob" else None) for sub in USERS}
         self.admin_token = tgt.token("fuzz-admin", ["gatehouse-admins"])
 
     def request(self, index: int) -> tuple[str, bytes]:
-        """(a short label for reports, the raw request bytes)."""
+        """(a short label for reports, the raw bytes: one request, or now and then two pipelined)."""
         rnd = random.Random(self.seed * 1_000_003 + index)
+        label, raw = self.one(rnd, index, last=True)
+        if rnd.random() < 0.1:
+            # A kept-alive request first: what it leaves behind (a short or long body,
+            # a broken head) is where the next one starts parsing.
+            first_label, first = self.one(rnd, index, last=False)
+            label, raw = f"{first_label} then {label}", first + raw
+        return label, raw
+
+    def one(self, rnd: random.Random, index: int, *, last: bool) -> tuple[str, bytes]:
         family = rnd.choice(FAMILIES)
         method, path, headers, body = family(self, rnd)
         if rnd.random() < 0.15:
@@ -201,19 +226,22 @@ class Mutator:
             path = self.path(rnd, path)
         if rnd.random() < 0.3:
             headers = self.headers(rnd, headers)
-        raw = self.assemble(rnd, method, path, headers, body)
+        raw = self.assemble(rnd, method, path, headers, body, close=last)
         if rnd.random() < 0.05:
             raw = flip_bytes(rnd, raw)
         return f"#{index} {family.__name__} {method[:12]!r} {path[:40]!r}", raw
 
     # -------------------------------------------------------------- parts
 
-    def assemble(self, rnd: random.Random, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    def assemble(
+        self, rnd: random.Random, method: str, path: str, headers: list[tuple[str, str]], body: bytes, *, close: bool
+    ) -> bytes:
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.tgt.port}"]
         lines += [f"{k}: {v}" for k, v in headers]
         if not any(k.lower() == "content-length" for k, _ in headers) and (body or rnd.random() < 0.5):
             lines.append(f"Content-Length: {len(body)}")
-        lines.append("Connection: close")
+        if close:
+            lines.append("Connection: close")
         head = "\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\n\r\n"
         return head + body
 
@@ -304,13 +332,16 @@ def signin_form(m: Mutator, rnd: random.Random):
     fields = {
         "/oauth/token": {
             "grant_type": rnd.choice(["urn:ietf:params:oauth:grant-type:device_code", "refresh_token", "authorization_code", "password", ""]),
-            "device_code": rnd_text(rnd, 40),
+            "device_code": rnd.choice([m.tgt.device_code, m.tgt.device_code[:-1] + "x", rnd_text(rnd, 40)]),
             "refresh_token": rnd.choice([m.bearer(rnd), rnd_text(rnd, 60)]),
             "client_id": rnd.choice(["claude-code", "gatehouse", ""]),
         },
         "/oauth/device_authorization": {"client_id": rnd.choice(["claude-code", "x"]), "scope": rnd_text(rnd, 20)},
         "/oauth/revoke": {"token": m.bearer(rnd), "token_type_hint": rnd.choice(["refresh_token", "access_token", "x"])},
-        "/device": {"user_code": rnd.choice(["ABCD-EFGH", rnd_text(rnd, 12)]), "csrf": rnd_text(rnd, 20)},
+        "/device": {
+            "user_code": rnd.choice([m.tgt.user_code, m.tgt.user_code.lower(), "ABCD-EFGH", rnd_text(rnd, 12)]),
+            "csrf": rnd_text(rnd, 20),
+        },
     }[path]
     pairs = [(k, v) for k, v in fields.items() if rnd.random() < 0.8]
     body = encode_form(rnd, pairs)
@@ -355,6 +386,8 @@ def other(m: Mutator, rnd: random.Random):
     if method == "POST":
         body = rnd.choice([b"{}", rnd.randbytes(rnd.randint(0, 300)), dumps(mutate_json(rnd, {"resourceMetrics": []}, 0))])
         headers.append(("Content-Type", rnd.choice(["application/json", "application/x-protobuf", "text/plain"])))
+    if path == "/device":
+        path += "?user_code=" + quote(rnd.choice([m.tgt.user_code, rnd_text(rnd, 12)]))
     if path == "/oauth/callback":
         path += "?" + rnd.choice(["", "code=x&state=y", "error=access_denied", "state=" + quote(rnd_text(rnd, 30)), "code=%00"])
     return method, path, headers, body
@@ -371,12 +404,14 @@ PATHS = [
 HEADER_NAMES = [
     "Content-Type", "Accept", "Accept-Encoding", "Content-Encoding", "Transfer-Encoding", "Expect", "Cookie",
     "Origin", "Sec-Fetch-Site", "X-Forwarded-For", "anthropic-beta", "anthropic-version", "User-Agent",
-    "x-api-key", "Authorization", "Range", "If-None-Match", "Upgrade", "Host",
+    "x-api-key", "Authorization", "Range", "If-None-Match", "Upgrade", "Host", "X-Real-IP",
+    "x-claude-code-managed-settings-checksum", "x-claude-code-session-id", "Forwarded",
 ]
 HEADER_VALUES = [
     "application/json", "text/event-stream", "gzip", "br, gzip", "chunked", "identity", "100-continue",
     "session=abc; other=\"x\"", "null", "http://evil.example", "same-origin", "1.2.3.4, ::1, 999.1.1.1",
-    "not-an-ip", "prompt-caching-2024-07-31," * 20, "2023-06-01", "claude-cli/2.0", "", " ", "websocket",
+    "not-an-ip", "203.0.113.9", "127.0.0.1, 203.0.113.9", "::ffff:203.0.113.9", '"sha256:abc", W/"x"',
+    "sha256:" + "0" * 64, "prompt-caching-2024-07-31," * 20, "2023-06-01", "claude-cli/2.0", "", " ", "websocket",
     "bytes=0-10", "*", "x" * 9000,
 ]
 
