@@ -18,6 +18,7 @@ It is a base of the connection protocol the server runs
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -50,6 +51,29 @@ def parse_error(exc: BaseException | None, status: int, *, line_limit: int, fiel
     return GatewayError(Kind.INVALID_REQUEST, "malformed HTTP request")
 
 
+class _Tally:
+    """Refusals counted and logged at most every ``every_s``: a flood of bad requests
+    (every one closes its connection, so each costs the sender a new one) must not
+    become a flood of log lines. Each refusal also has a ``debug`` line of its own."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.counts: dict[str, int] = {}
+        self.logged_at = float("-inf")
+
+    def note(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self.logged_at >= self.every_s:
+            self.logged_at = now
+            summary = ", ".join(f"{n} {why}" for why, n in sorted(self.counts.items()))
+            self.counts.clear()
+            audit.log("info", f"refused requests the HTTP parser could not accept: {summary}")
+
+
+REFUSALS = _Tally()
+
+
 class EnvelopedParseErrors(RequestHandler):
     """aiohttp's connection protocol, answering its own errors in our envelope."""
 
@@ -72,7 +96,8 @@ class EnvelopedParseErrors(RequestHandler):
         else:
             # The class of the parser's error and who sent it; never its text.
             name = type(exc).__name__ if exc is not None else "error"
-            audit.log("info", f"refused a request aiohttp could not parse from {request.remote}: {name} ({err.message})")
+            audit.log("debug", f"refused a request aiohttp could not parse from {request.remote}: {name} ({err.message})")
+            REFUSALS.note(err.message)
         request_id = new_request_id()
         code, headers, body = render(err, request_id)
         headers["request-id"] = request_id
