@@ -54,6 +54,7 @@ from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthori
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 COOKIE = "gatehouse_signin"
 FORM_LIMIT_BYTES = 64 * 1024
+MAX_SURFACE_CHARS = 64
 JSON_NO_STORE = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -152,7 +153,8 @@ async def device_authorization(request: web.Request) -> web.Response:
     si = request.app[SIGNIN]
     ip = request.get(CLIENT_IP)
     form = await _form(request)
-    surface = (form.get("surface") or None) if form else None
+    # Stored with the grant: real clients name a short surface ("claude_code").
+    surface = (form or {}).get("surface", "")[:MAX_SURFACE_CHARS] or None
     now = si.now()
     try:
         limit = si.limits.device_authorization

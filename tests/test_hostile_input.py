@@ -288,6 +288,18 @@ async def test_long_client_strings_are_capped_in_logs_and_usage_rows(gateway_fac
     assert row is not None and row["email"].startswith("eeee") and len(row["email"]) < 2 * LOG_CHARS
 
 
+async def test_a_long_surface_is_stored_cut(gateway_factory, fake_upstream, pg_url):
+    gw = await gateway_factory([fake_upstream.url])
+    status, _, reply = await send(gw, "POST", "/oauth/device_authorization", data={"surface": "s" * 20_000})
+    assert status == 200, reply
+    conn = await asyncpg.connect(pg_url)
+    try:
+        longest = await conn.fetchval("SELECT max(length(surface)) FROM device_grants")
+    finally:
+        await conn.close()
+    assert longest == 64
+
+
 # ---------------------------------------------------------------- 6 and 9: what aiohttp's parser refuses
 
 
