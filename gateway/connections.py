@@ -30,7 +30,6 @@ fails there rather than silently dropping a deadline.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +51,10 @@ class Deadlines:
     header_s: float
     body_s: float
     idle_s: float
-    # Closures since the last log line, by reason; and when that line was written.
+    # Closures not logged yet, by reason; when the last line went out; the pending flush.
     closed: dict[str, int] = field(default_factory=dict)
-    logged_at: float = 0.0
+    logged_at: float = float("-inf")
+    flush_handle: asyncio.TimerHandle | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> Deadlines:
@@ -62,10 +62,24 @@ class Deadlines:
         return cls(c.header_read_timeout_seconds, c.body_read_timeout_seconds, c.keepalive_idle_timeout_seconds)
 
     def count(self, reason: str) -> None:
+        """Count one closure: logged at once after a quiet spell, else in the next line."""
         self.closed[reason] = self.closed.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self.logged_at >= LOG_EVERY_S:
-            self.logged_at = now
+        if self.flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self.logged_at + LOG_EVERY_S - loop.time()
+        if wait <= 0:
+            self.flush()
+        else:
+            self.flush_handle = loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Log what is counted (also called at shutdown, so no count is left unsaid)."""
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        if self.closed:
+            self.logged_at = asyncio.get_running_loop().time()
             summary = ", ".join(f"{n} {why}" for why, n in sorted(self.closed.items()))
             self.closed.clear()
             audit.log("info", f"closed slow client connections: {summary}")

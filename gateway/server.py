@@ -52,9 +52,10 @@ def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
 async def serve(cfg: Any, *, reuse_port: bool = False, ready_line: bool = True) -> None:
     drain_s = drain_timeout_s()
     app = build(cfg)
+    deadlines = Deadlines.from_config(cfg)
     runner = GuardedAppRunner(
         app,
-        deadlines=Deadlines.from_config(cfg),
+        deadlines=deadlines,
         handler_cancellation=True,
         shutdown_timeout=drain_s,
         access_log=None,
@@ -94,6 +95,7 @@ async def serve(cfg: Any, *, reuse_port: bool = False, ready_line: bool = True) 
     )
     started = time.monotonic()
     await runner.cleanup()
+    deadlines.flush()
     took = time.monotonic() - started
     if took >= drain_s and open_now:
         audit.log("warn", f"drain window over after {drain_s:g}s; requests still open were cut")

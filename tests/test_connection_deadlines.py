@@ -234,3 +234,16 @@ def test_deadline_keys_are_checked_at_their_dotted_paths():
     cfg = make_config("postgres://u@127.0.0.1/db", [upstream_block("http://127.0.0.1:9")])
     c = cfg.gatehouse.connections
     assert (c.header_read_timeout_seconds, c.body_read_timeout_seconds, c.keepalive_idle_timeout_seconds) == (20, 300, 75)
+
+
+async def test_closures_are_logged_in_few_lines_and_none_left_unsaid(capfd):
+    from gateway.connections import Deadlines
+
+    d = Deadlines(1, 1, 1)
+    for _ in range(5):
+        d.count("slow head")
+    d.count("slow body")
+    d.flush()  # as at shutdown, before the 10 s are up
+    lines = [line for line in capfd.readouterr().err.splitlines() if "closed slow client connections" in line]
+    assert len(lines) == 2
+    assert lines[0].endswith("1 slow head") and lines[1].endswith("1 slow body, 4 slow head")
