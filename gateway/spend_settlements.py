@@ -180,13 +180,15 @@ class Settlements:
                 except BaseException:  # unreachable again, or cancelled: still owed, still first
                     self._retry.extendleft(reversed(batch))
                     raise
-                for item, outcome in zip(batch, outcomes, strict=True):
-                    if outcome is AGAIN:
-                        kept.append(item)
-                    elif not isinstance(outcome, BaseException):
-                        done += 1
+                again = [item for item, outcome in zip(batch, outcomes, strict=True) if outcome is AGAIN]
+                done += sum(1 for outcome in outcomes if isinstance(outcome, str))
+                kept += again
+                if len(again) == len(batch):
+                    break  # the database refuses them all (not an outage): the rest waits a tick too
         finally:
             self._retry.extend(kept)
+        if not kept:
+            self._kept_warned = False
         if done:
             self._log("info", f"spend: {done} owed settlements stored ({len(self._retry)} still owed)")
         return done
@@ -270,9 +272,9 @@ class Settlements:
         except Exception as exc:
             if is_unavailable(exc):
                 if whole:
-                    raise (
-                        exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(describe(exc))
-                    ) from exc
+                    if isinstance(exc, StoreUnavailable):
+                        raise
+                    raise StoreUnavailable(describe(exc)) from exc
                 return [AGAIN] * len(items)
             if len(items) == 1:
                 return [await self._alone(items[0], exc)]

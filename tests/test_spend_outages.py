@@ -242,6 +242,36 @@ async def test_an_internal_client_error_while_settling_is_retried_not_dropped(st
     assert not events.named("spend.unsettled")
 
 
+async def test_a_settlement_batch_refused_for_no_fault_of_its_values_stays_owed(stores, db):
+    # Say a replica runs before the migration its SQL needs: neither an outage nor bad values.
+    # Nothing is reported unsettled or dropped; the batch is retried and lands later.
+    who = user()
+    events, log = Events(), Log()
+    s = await spend_store(stores, emit=events)
+    calls = 0
+
+    async def not_yet(items):
+        nonlocal calls
+        calls += 1
+        if calls <= 3:  # the batch, then both halves
+            raise asyncpg.exceptions.UndefinedFunctionError("function spend_settle_many(...) does not exist")
+        return await s._settle_many(items)
+
+    settlements = Settlements(not_yet, log=log, emit=events)
+    requests = [rid() for _ in range(2)]
+    outcomes = []
+    for r in requests:
+        await s.reserve(request_id=r, principal=who, model="m", amount_micro=1, now=NOW)
+        item, _ = s._settlement(r, 400, NOW, None, None)
+        outcomes.append(asyncio.ensure_future(settlements.submit(item)))
+    assert await asyncio.gather(*outcomes) == ["queued", "queued"]
+    assert len(settlements._retry) == 2 and not events.named("spend.unsettled")
+    assert log.has("it stays owed and is retried")
+    assert await settlements.retry() == 2
+    assert await counter(db, "user", who.sub) == (800, 0, None)
+    await settlements.close(1.0)
+
+
 async def test_a_settlement_whose_reply_is_lost_is_retried_and_counted_once(proxied, db):
     who = user()
     await set_limit(db, "user", who.sub, "daily", 100)
