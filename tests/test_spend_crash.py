@@ -116,7 +116,15 @@ async def test_a_postgresql_crash_under_load_loses_no_charge(own_cluster, fake_u
                         if r.status == 200:
                             served.append(r.headers["request-id"])
 
-            load = [asyncio.create_task(person(sub)) for sub in PEOPLE]
+            ready: list[int] = []
+
+            async def probe() -> None:  # /readyz through the crash: ready or not, never a 500
+                while not stop.is_set():
+                    async with s.get(gw.url + "/readyz") as r:
+                        ready.append(r.status)
+                    await asyncio.sleep(0.02)
+
+            load = [asyncio.create_task(person(sub)) for sub in PEOPLE] + [asyncio.create_task(probe())]
             await asyncio.sleep(0.3)
             before_crash = len(served)
             await kill_a_backend(db)
@@ -125,6 +133,7 @@ async def test_a_postgresql_crash_under_load_loses_no_charge(own_cluster, fake_u
             await asyncio.gather(*load)
             assert len(served) > before_crash  # requests were served through it
             assert set(statuses) == {200}  # fail-open: nobody refused, nothing failed
+            assert set(ready) <= {200, 503}
 
             spend = gw.app[RUNTIME].spend
             for _ in range(150):  # the owed charges land within a second or two
