@@ -85,3 +85,51 @@ def test_bearer_header_parsing():
     for bad in (None, "", "Basic abc", "Bearer ", "abc"):
         with pytest.raises(GatewayError):
             bearer_token(bad)
+
+
+def forged(header: dict, claims: dict, secret: str = A) -> str:
+    """HS256 over any header and claims, signed with a real key (joserfc refuses odd headers)."""
+    import hmac
+
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    signing = f"{enc(header)}.{enc(claims)}"
+    sig = base64.urlsafe_b64encode(hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest())
+    return f"{signing}.{sig.rstrip(b'=').decode()}"
+
+
+GOOD = {"sub": "u", "iss": ISS, "aud": "claude-gateway", "iat": NOW, "exp": NOW + 3600}
+
+
+@pytest.mark.parametrize(
+    "header, claims",
+    [
+        ({"alg": "HS256", "kid": ["x"]}, GOOD),
+        ({"alg": "HS256", "kid": {"k": key_id(A)}}, GOOD),
+        ({"alg": "HS256", "kid": 1}, GOOD),
+        ({"alg": "HS256"}, {**GOOD, "sub": ""}),
+        ({"alg": "HS256"}, {**GOOD, "sub": "  "}),
+        ({"alg": "HS256"}, {**GOOD, "iat": NOW + EXP_LEEWAY_S + 1}),
+        ({"alg": "HS256"}, {**GOOD, "nbf": NOW + EXP_LEEWAY_S + 1}),
+        ({"alg": "HS256"}, {**GOOD, "nbf": "now"}),
+        ({"alg": "HS256"}, {**GOOD, "exp": True}),
+    ],
+)
+def test_malformed_or_not_yet_valid_tokens_are_401(header, claims):
+    with pytest.raises(GatewayError) as info:
+        TokenService((A,), ISS, 3600).verify(forged(header, claims), NOW)
+    assert info.value.rule.status == 401
+
+
+def test_iat_and_nbf_within_the_leeway_are_accepted():
+    claims = {**GOOD, "iat": NOW + EXP_LEEWAY_S, "nbf": NOW + EXP_LEEWAY_S}
+    assert TokenService((A,), ISS, 3600).verify(forged({"alg": "HS256", "kid": key_id(A)}, claims), NOW).sub == "u"
+
+
+def test_revocation_reads_an_expired_token_without_time_checks():
+    token = TokenService((A,), ISS, 60).mint(sub="u", sid="fam", now=NOW)
+    svc = TokenService((A,), ISS, 60)
+    with pytest.raises(GatewayError):
+        svc.verify(token, NOW + 3600)
+    assert svc.verify_ignoring_time(token).sid == "fam"
+    with pytest.raises(GatewayError):
+        TokenService((B,), ISS, 60).verify_ignoring_time(token)
