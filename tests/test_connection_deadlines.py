@@ -134,15 +134,22 @@ async def test_more_dribblers_than_file_descriptors_do_not_lock_out_normal_reque
     assert "closed slow client connections" in log and "Traceback" not in log
 
 
-async def test_a_body_dribbled_slowly_gets_408_in_the_envelope_then_close(gateway):
+FORM = b"grant_type=refresh_token&refresh_token=" + b"r" * 40
+
+
+@pytest.mark.parametrize(
+    ("path", "ctype", "body"),
+    [("/v1/messages", "application/json", BODY), ("/oauth/token", "application/x-www-form-urlencoded", FORM)],
+)
+async def test_a_body_dribbled_slowly_gets_408_in_the_envelope_then_close(gateway, path, ctype, body):
     port, tok, proc = gateway
     head = (
-        f"POST /v1/messages HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {tok}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {tok}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head)
-    sender = asyncio.create_task(_send_slowly(writer, BODY, 0.2))
+    sender = asyncio.create_task(_send_slowly(writer, body, 0.2))
     try:
         answer = await _closed(reader, within=10)  # the gateway answers, then closes
     finally:
