@@ -2,7 +2,9 @@
 
 Each worker binds the same address with SO_REUSEPORT, so the kernel spreads
 connections across them and no process is a single point of failure. The
-parent only forwards signals and waits.
+parent only forwards signals and waits. Before forking, the soft open-file limit
+is raised to the hard one (each connection holds a descriptor); every connection
+keeps the read deadlines of :mod:`gateway.connections`.
 
 Shutdown (SIGTERM or SIGINT): stop accepting, let in-flight requests and
 streams finish for up to ``CLAUDE_GATEWAY_DRAIN_TIMEOUT_MS`` (default 25 s),
