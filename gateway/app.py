@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import audit, managed, meta, relay, signin
+from gateway.client_text import capped
 from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
 from gateway.netaccess import AccessPolicy
 from gateway.policy import Policies
@@ -22,6 +23,7 @@ from gateway.relay import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_
 from gateway.routing import Routes
 from gateway.runtime import Limits, Runtime, UpstreamPlan
 from gateway.sessions import TokenService
+from gateway.store import is_data_error
 from gateway.tasks import TaskSet
 from gateway.upstreams import anthropic
 
@@ -272,6 +274,22 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
         message = "not found" if exc.status == 404 else (exc.reason or "bad request").lower()
         headers = {"Content-Type": "application/json", "request-id": request_id, **SECURITY_HEADERS}
         return web.Response(status=exc.status, body=error_body(_type_for(kind), message, request_id), headers=headers)
+    except Exception as exc:
+        # The database (or its driver) refusing one request's values — a NUL byte
+        # in text, a number out of range — is that request's fault, not the
+        # gateway's: a 400 for it alone, never an internal error. Handlers that
+        # can say more refuse such values earlier; this is the net under them.
+        # The message can quote the value, so the log names only its class.
+        if not is_data_error(exc):
+            raise
+        audit.log(
+            "warn",
+            f"{request.method} {capped(request.path, 200)}: the database refused a value of this request "
+            f"({type(exc).__name__}); answered 400",
+        )
+        status, headers, body = render(GatewayError(Kind.INVALID_REQUEST, "a value in this request cannot be stored"), request_id)
+        headers["request-id"] = request_id
+        return web.Response(status=status, body=body, headers={**headers, **SECURITY_HEADERS})
     if not response.prepared:
         response.headers["request-id"] = request_id
         response.headers.update(SECURITY_HEADERS)

@@ -36,6 +36,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from gateway.client_text import unprintable
+
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A groups claim larger than this is not a group list we should be trusting as-is;
 # it also bounds what a session token can end up carrying.
@@ -205,17 +207,35 @@ def identity_from_claims(
     warnings = _group_hints(claims, oidc_cfg, groups)
     if email is None:
         warnings += _email_hint(claims, oidc_cfg)
+    if isinstance(name, str) and unprintable(name):
+        warnings.append("the IdP sent a display name with control characters; it is left out of the session")
+        name = None
     identity = Identity(
         sub=sub,
         email=email,
         name=name if isinstance(name, str) and name and len(name) <= MAX_CLAIM_CHARS else None,
         groups=groups or (),
     )
+    _refuse_unstorable(identity, warnings)
     _admit(identity, oidc_cfg, verified_sources=(claims, email_source), warnings=warnings)
     return identity, warnings
 
 
 _GENERIC = "Your identity provider did not send the details this gateway needs. Ask your administrator."
+
+
+def _refuse_unstorable(identity: Identity, warnings: list[str]) -> None:
+    """Refuse a subject, email or group holding control characters or lone surrogates.
+
+    PostgreSQL refuses a NUL byte in text, so such a value would fail the
+    session's insert as an internal error; and a group silently dropped would
+    hand the person a session without a policy or cap they are meant to have.
+    The claim is named for the operator, never its value.
+    """
+    fields = (("sub", (identity.sub,)), ("email", (identity.email or "",)), ("groups", identity.groups))
+    for claim, values in fields:
+        if any(unprintable(v) for v in values):
+            raise IdentityRejected(f"id_token {claim} holds control characters", _GENERIC, warnings)
 
 
 def _admit(

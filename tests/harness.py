@@ -13,6 +13,7 @@ import os
 import socket
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,9 +101,18 @@ class RunningGateway:
         await self.runner.cleanup()
 
 
-async def start_gateway(cfg: Any, *, bind_port: int | None = None, **build_kwargs: Any) -> RunningGateway:
-    """Serve ``cfg``. ``bind_port`` puts a second replica of the same config on another port."""
+async def start_gateway(
+    cfg: Any,
+    *,
+    bind_port: int | None = None,
+    before_start: Callable[[web.Application], None] | None = None,
+    **build_kwargs: Any,
+) -> RunningGateway:
+    """Serve ``cfg``. ``bind_port`` puts a second replica of the same config on another port;
+    ``before_start`` may add a route of the test's own before the app is frozen."""
     app = build(cfg, **build_kwargs)
+    if before_start is not None:
+        before_start(app)
     # The runner `gatehouse serve` uses, so its connection protocol (parse errors in
     # our envelope, read deadlines) is what tests talk to.
     runner = GuardedAppRunner(

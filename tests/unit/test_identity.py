@@ -286,3 +286,26 @@ def test_lookup_rejects_leading_zero_indexes_and_walks_dicts_only():
     assert lookup(doc, "/a/1") == 11
     assert lookup(doc, "/a/01") is lookup(doc, "/missing")
     assert lookup(doc, "/b/0") is lookup(doc, "/missing")
+
+
+@pytest.mark.parametrize(
+    "changes, claim",
+    [
+        ({"sub": "ali\x00ce"}, "sub"),
+        ({"email": "alice\x00@example.com"}, "email"),
+        ({"groups": ["eng", "ad\x00mins"]}, "groups"),
+        ({"groups": ["eng\ud800"]}, "groups"),
+        ({"groups": ["eng\u2028x"]}, "groups"),
+    ],
+)
+def test_a_subject_email_or_group_with_control_characters_is_refused_naming_the_claim_only(changes, claim):
+    with pytest.raises(IdentityRejected) as err:
+        identity_from_claims(claims(**changes), cfg())
+    assert err.value.reason == f"id_token {claim} holds control characters"
+    assert "\x00" not in err.value.reason and "\x00" not in err.value.user_message
+
+
+def test_a_display_name_with_control_characters_is_dropped_with_a_warning():
+    identity, warnings = identity_from_claims(claims(name="Al\x00ice"), cfg())
+    assert identity.name is None
+    assert any("display name" in w for w in warnings)
