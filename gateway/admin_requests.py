@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from gateway import spend
-from gateway.client_text import capped, unprintable
+from gateway.client_text import quoted, unprintable
 from gateway.errors import GatewayError, Kind
 
 PERIODS = spend.PERIODS
@@ -148,7 +148,7 @@ def parse_limit_request(body: bytes) -> LimitRequest:
         raise invalid("period: required")
     if period not in PERIODS:
         shown = period if isinstance(period, str) else _type_name(period)
-        raise invalid(f"period: must be one of 'daily', 'weekly', 'monthly', not '{capped(shown, ECHO_CHARS)}'")
+        raise invalid(f"period: must be one of 'daily', 'weekly', 'monthly', not '{quoted(shown, ECHO_CHARS)}'")
     currency = doc.get("currency", CURRENCY)
     if currency != CURRENCY:
         raise invalid(f'currency: only "{CURRENCY}" is supported')
@@ -276,7 +276,7 @@ def parse_effective_query(query: Any) -> EffectiveQuery:
     asked = _multi(query, "period")
     for p in asked:
         if p not in PERIODS:
-            raise invalid(f"period[]: must be one of 'daily', 'weekly', 'monthly', not '{capped(p, ECHO_CHARS)}'")
+            raise invalid(f"period[]: must be one of 'daily', 'weekly', 'monthly', not '{quoted(p, ECHO_CHARS)}'")
     periods = tuple(p for p in PERIODS if p in asked) or PERIODS
     sort = query.get("sort")
     if sort is not None and sort != "spend_desc":

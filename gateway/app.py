@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import audit, managed, meta, relay, signin
-from gateway.client_text import capped
+from gateway.client_text import quoted
 from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
 from gateway.netaccess import AccessPolicy
 from gateway.policy import Policies
@@ -284,7 +284,7 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
             raise
         audit.log(
             "warn",
-            f"{request.method} {capped(request.path, 200)}: the database refused a value of this request "
+            f"{request.method} {quoted(request.path, 200)}: the database refused a value of this request "
             f"({type(exc).__name__}); answered 400",
         )
         status, headers, body = render(GatewayError(Kind.INVALID_REQUEST, "a value in this request cannot be stored"), request_id)

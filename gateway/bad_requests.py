@@ -14,14 +14,20 @@ aiohttp does: after a parse error nothing later on it can be trusted.
 
 It is a base of the connection protocol the server runs
 (:class:`gateway.connections.GuardedRequestHandler`).
+
+:func:`guard_expect` does the same for an ``Expect`` header other than
+``100-continue``. aiohttp answers that before any middleware runs, with a 417
+whose text quotes the header; a value holding a byte that is not UTF-8 cannot
+even be encoded there, so the client got a 500 and the log a traceback.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
@@ -104,3 +110,27 @@ class EnvelopedParseErrors(RequestHandler):
         response = web.Response(status=code, body=body, headers={**headers, **SECURITY_HEADERS})
         response.force_close()
         return response
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def guard_expect(handler: Handler) -> Handler:
+    """``handler``, with an unsupported ``Expect`` refused in our envelope before aiohttp reads it.
+
+    ``100-continue`` (the only expectation HTTP defines) goes on to aiohttp,
+    which sends the interim 100 as before.
+    """
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect and expect.lower() != "100-continue":
+            REFUSALS.note("unsupported Expect header")
+            err = GatewayError(Kind.EXPECTATION_FAILED, "unsupported Expect header: only 100-continue is understood")
+            request_id = new_request_id()
+            code, headers, body = render(err, request_id)
+            headers["request-id"] = request_id
+            return web.Response(status=code, body=body, headers={**headers, **SECURITY_HEADERS})
+        return await handler(request)
+
+    return handle

@@ -30,3 +30,14 @@ def capped(value: str, limit: int = LOG_CHARS) -> str:
     if len(value) <= limit:
         return value
     return f"{value[:limit]}…[{len(value) - limit} more characters]"
+
+
+def quoted(value: str, limit: int = LOG_CHARS) -> str:
+    """``value`` as an answer or log line may quote it: capped, each unprintable character escaped.
+
+    A lone surrogate cannot be encoded as UTF-8 at all (the JSON encoder raises),
+    and a control character in an echo forges or breaks the text around it; so
+    they are written as their Python escapes (``\\x00``, ``\\ud800``).
+    """
+    return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), capped(value, limit))
+

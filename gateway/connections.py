@@ -38,7 +38,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from gateway import audit
-from gateway.bad_requests import EnvelopedParseErrors
+from gateway.bad_requests import EnvelopedParseErrors, guard_expect
 from gateway.errors import GatewayError, Kind
 
 # Closed connections are counted and logged at most this often, not one line each:
@@ -205,7 +205,7 @@ class GuardedServer(Server):
 
     def __init__(self, plain: Server, deadlines: Deadlines) -> None:
         super().__init__(
-            plain.request_handler,
+            guard_expect(plain.request_handler),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,

@@ -10,6 +10,7 @@ Faults, grouped::
 
     client   AUTH_INVALID FORBIDDEN INVALID_REQUEST NOT_FOUND NOT_CONFIGURED
              LENGTH_REQUIRED TOO_LARGE URL_TOO_LONG HEADERS_TOO_LARGE REQUEST_TIMEOUT
+             EXPECTATION_FAILED
     upstream UPSTREAM_CONNECT UPSTREAM_TIMEOUT UPSTREAM_STATUS ALL_UPSTREAMS_FAILED
              STREAM_INTERRUPTED UNSAFE_UPSTREAM_ADDRESS
     store    STORE_UNAVAILABLE
@@ -35,6 +36,7 @@ class Kind(enum.Enum):
     URL_TOO_LONG = "url_too_long"
     HEADERS_TOO_LARGE = "headers_too_large"
     REQUEST_TIMEOUT = "request_timeout"
+    EXPECTATION_FAILED = "expectation_failed"
     UPSTREAM_CONNECT = "upstream_connect"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_STATUS = "upstream_status"
@@ -71,6 +73,8 @@ TABLE: dict[Kind, Rule] = {
     Kind.HEADERS_TOO_LARGE:       Rule(431, "invalid_request_error", "false", False),
     # A body that arrived too slowly (gateway/connections.py); sending it again may succeed.
     Kind.REQUEST_TIMEOUT:         Rule(408, "invalid_request_error", None,    False),
+    # An Expect header other than 100-continue (RFC 9110 §10.1.1); never quoted back.
+    Kind.EXPECTATION_FAILED:      Rule(417, "invalid_request_error", "false", False),
     Kind.UPSTREAM_CONNECT:        Rule(502, "api_error",             None,    True),
     Kind.UPSTREAM_TIMEOUT:        Rule(504, "api_error",             None,    True),
     Kind.UPSTREAM_STATUS:         Rule(502, "api_error",             None,    True),
@@ -128,7 +132,13 @@ class GatewayError(Exception):
 
 
 def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
-    return encoder.encode(ErrorEnvelope(ErrorDetail(error_type, message), request_id))
+    try:
+        return encoder.encode(ErrorEnvelope(ErrorDetail(error_type, message), request_id))
+    except UnicodeEncodeError:
+        # A message quoting a client's lone surrogate cannot be UTF-8: callers
+        # quote with client_text.quoted, and this keeps a miss from becoming a 500.
+        safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return encoder.encode(ErrorEnvelope(ErrorDetail(error_type, safe), request_id))
 
 
 def render(err: GatewayError, request_id: str | None) -> tuple[int, dict[str, str], bytes]:

@@ -212,6 +212,9 @@ ADMIN_BAD_BODIES = [
     b'{"scope":{"type":"organization"},"amount":"100","period":"daily","reason":"\\udfff"}',
     b'{"scope":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
     b'{"scope":{"type":"user","user_id":"\xff\xfe"},"amount":"100","period":"daily"}',
+    # A wrong value the refusal quotes: a lone surrogate cannot be written as UTF-8 (fuzz finding).
+    b'{"scope":{"type":"organization"},"amount":"100","period":"dai\\ud800ly"}',
+    b'{"scope":{"type":"organization"},"amount":"100","period":"x\\u0000\\n"}',
 ]
 
 
@@ -343,3 +346,35 @@ async def test_oversize_url_and_headers_are_414_and_431_in_the_envelope_by_defau
         assert head.split(b" ")[1] == b"431", reply[:300]
         assert envelope(body)["type"] == "invalid_request_error"
     assert b"aaaa" not in reply and "bbbbbbbb" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "expect", [b"\xff\xfe-continue", b"100-continue\xc3", b"something-else", b"\x80" * 100]
+)
+async def test_an_unsupported_expect_header_is_417_in_the_envelope_never_quoted(
+    gateway_factory, fake_upstream, capfd, caplog, expect
+):
+    """aiohttp answers Expect before any middleware, quoting the value; a byte that is
+    not UTF-8 there was a 500 with a traceback (fuzz finding)."""
+    caplog.set_level(logging.DEBUG)
+    gw = await gateway_factory([fake_upstream.url])
+    capfd.readouterr()
+    for path in (b"/v1/messages", b"/no/such/route"):
+        reply = await raw_exchange(
+            gw, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nExpect: " + expect + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"417", reply[:300]
+        assert envelope(body) == {"type": "invalid_request_error", "message": "unsupported Expect header: only 100-continue is understood"}
+        assert expect not in reply
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out + caplog.text
+
+
+async def test_expect_100_continue_still_gets_its_interim_answer(gateway_factory, fake_upstream):
+    gw = await gateway_factory([fake_upstream.url])
+    reply = await raw_exchange(
+        gw, b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), reply[:200]
+
