@@ -12,7 +12,7 @@ RUNTIME_LOCK := conf/deploy/runtime.lock
 UV := $(VENV)/bin/uv
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 
-.PHONY: install test dev lint lock bench interop clean
+.PHONY: install test dev lint lock fuzz bench interop clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ lock: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Not part of `make test` (which sends 3,000): the HTTP fuzz run at scale, 100,000 seeded
+# mutated requests by default (about 2 min here). FUZZ_REQUESTS and FUZZ_SEED change it.
+fuzz: install
+	GATEHOUSE_FUZZ_REQUESTS=$(or $(FUZZ_REQUESTS),100000) GATEHOUSE_FUZZ_SEED=$(or $(FUZZ_SEED),12) \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/test_http_fuzz.py
 
 dev: install
 	$(PY) -m gateway.devenv.run $(DEV_ARGS)
