@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 
 import aiohttp
 import pytest
@@ -290,9 +289,7 @@ async def test_a_scenario_of_gatehouses_that_hangs_leaves_the_protocols_requirem
         )
         suite = Suite(Target(gateway.url, session), state, session, signin="token", token="conformance-token", admin_key=None)
         chosen = profiles.select(REGISTRY.checks, requirements.load(), profiles.get("protocol"), ["ERR-5"])
-        started = time.monotonic()
         results = [await runner.run_check(suite, item, chosen.counted(item)) for item in chosen.run]
-        took = time.monotonic() - started
 
     folded = {item.requirement.id: item for item in report.fold(requirements.load(), results, profiles.get("protocol"))}
     err5 = folded["ERR-5"]
@@ -301,7 +298,6 @@ async def test_a_scenario_of_gatehouses_that_hangs_leaves_the_protocols_requirem
     assert all(f.what not in ("the check could not complete", "the check did not reach this requirement") for f in findings)
     # The hanging scenario judges only Gatehouse's requirements: under the protocol profile it is not even run.
     assert gateway.held == 0, "a scenario out of profile was run"
-    assert took < HOLD_S / 2
 
 
 async def test_a_timeout_inside_a_check_is_not_reported_as_the_checks_deadline() -> None:
