@@ -347,12 +347,14 @@ def _frames(folded: Path) -> tuple[Counter, Counter, int]:
 
 def _short(frame: str) -> str:
     # py-spy raw frames look like "function (path/to/file.py:123)"; keep the
-    # function and the last two path parts without the line number.
+    # function and, without the line number, the path from the gateway package
+    # down (its modules sit in subpackages) or else the last two path parts.
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path = where.rsplit(":", 1)[0]
     parts = path.split("/")
-    return f"{name} ({'/'.join(parts[-2:])})" if where else name
+    start = len(parts) - 1 - parts[::-1].index("gateway") if "gateway" in parts[:-1] else len(parts) - 2
+    return f"{name} ({'/'.join(parts[max(start, 0):])})" if where else name
 
 
 def top_frames(folded: Path, n: int) -> dict[str, list[tuple[str, float]]]:

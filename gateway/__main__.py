@@ -21,7 +21,7 @@ from gateway import audit
 
 
 def _load(path: str, *, expand: bool = True) -> Any:
-    from gateway.config import ConfigError, load
+    from gateway.config.load import ConfigError, load
 
     try:
         cfg = load(path, os.environ, expand=expand)
@@ -40,7 +40,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     features not supported yet), after printing the effective config."""
     import yaml
 
-    from gateway.config import redacted, unsupported_features
+    from gateway.config.load import redacted, unsupported_features
 
     cfg = _load(args.config, expand=not args.no_env)
     if args.no_env:
@@ -60,7 +60,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _refuse_unsupported(cfg: Any) -> None:
-    from gateway.config import unsupported_features
+    from gateway.config.load import unsupported_features
 
     missing = unsupported_features(cfg)
     if missing:
@@ -74,8 +74,8 @@ def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
 
     ``in_container`` is what :func:`running_in_container` finds unless given.
     """
-    from gateway.policy import Policies
-    from gateway.routing import Routes
+    from gateway.policy.policies import Policies
+    from gateway.upstreams.routing import Routes
 
     catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
     warnings = [*cfg.load_warnings, *Policies(cfg, catalog, None).warnings]
@@ -113,7 +113,7 @@ def running_in_container(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway import server
+    from gateway.app import server
 
     cfg = _load(args.config)
     _refuse_unsupported(cfg)
@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(cfg: Any) -> None:
-    from gateway.store import Store, StoreUnavailable
+    from gateway.db.store import Store, StoreUnavailable
 
     async def go() -> None:
         store = await Store.open(cfg.store, log=audit.log)
@@ -152,7 +152,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.app import build_runtime
+    from gateway.app.build import build_runtime
 
     cfg = _load(args.config)
     tokens = build_runtime(cfg).tokens
@@ -173,10 +173,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List or revoke a person's sign-in families, by email (same mechanism as /oauth/revoke)."""
-    from gateway import sessions_cli
-    from gateway.app import build_runtime
-    from gateway.session_store import SessionService
-    from gateway.store import Store, StoreUnavailable
+    from gateway.app import sessions_cli
+    from gateway.app.build import build_runtime
+    from gateway.auth.session_store import SessionService
+    from gateway.db.store import Store, StoreUnavailable
 
     cfg = _load(args.config)
     tokens = build_runtime(cfg).tokens
@@ -242,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ss.set_defaults(func=cmd_sessions)
 
-    from gateway import limits_cli  # stdlib only at import time
+    from gateway.app import limits_cli  # stdlib only at import time
 
     lm = sub.add_parser("limits", help="list, set and delete spend limits through a running gateway's admin API")
     limits_cli.add_arguments(lm)

@@ -71,7 +71,7 @@ TABLE: dict[Kind, Rule] = {
     Kind.TOO_LARGE:               Rule(413, "request_too_large",     "false", False),
     Kind.URL_TOO_LONG:            Rule(414, "invalid_request_error", "false", False),
     Kind.HEADERS_TOO_LARGE:       Rule(431, "invalid_request_error", "false", False),
-    # A body that arrived too slowly (gateway/connections.py); sending it again may succeed.
+    # A body that arrived too slowly (gateway/app/connections.py); sending it again may succeed.
     Kind.REQUEST_TIMEOUT:         Rule(408, "invalid_request_error", None,    False),
     # An Expect header other than 100-continue (RFC 9110 §10.1.1); never quoted back.
     Kind.EXPECTATION_FAILED:      Rule(417, "invalid_request_error", "false", False),

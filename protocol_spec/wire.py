@@ -203,7 +203,7 @@ class ProtocolDocument(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------
 # GET /managed/settings (SPEC §17).
 #
-# ``settings`` is carried as the exact canonical JSON bytes (gateway/canonical_json.py)
+# ``settings`` is carried as the exact canonical JSON bytes (gateway/policy/canonical_json.py)
 # the checksum was computed over, so re-encoding can never change them; the body is
 # encoded once per policy at boot.
 

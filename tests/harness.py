@@ -19,10 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import build, parser_limits
-from gateway.config import loads
-from gateway.connections import Deadlines, GuardedAppRunner
-from gateway.relay import RUNTIME
+from gateway.app.build import build, parser_limits
+from gateway.app.connections import Deadlines, GuardedAppRunner
+from gateway.config.load import loads
+from gateway.http.messages import RUNTIME
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 UPSTREAM_KEY = "sk-ant-test-upstream-key"

@@ -20,12 +20,12 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway import admin_api
-from gateway.admin_api import ADMIN, AdminContext, spend_string
-from gateway.app import build, parser_limits
-from gateway.config import ConfigError
-from gateway.relay import RUNTIME
-from gateway.spend import period_bounds
+from gateway.app.build import build, parser_limits
+from gateway.config.load import ConfigError
+from gateway.http import admin as admin_api
+from gateway.http.admin import ADMIN, AdminContext, spend_string
+from gateway.http.messages import RUNTIME
+from gateway.spend.caps import period_bounds
 from tests.harness import RunningGateway, make_config, upstream_block
 
 WRITE_KEY = "gh-admin-write-0123456789abcdef0123456789"
@@ -806,7 +806,7 @@ async def test_a_change_whose_audit_row_fails_is_rolled_back(gw, db, http):
 
 
 async def test_database_outage_is_503_in_the_envelope(pg_url, http):
-    from gateway.store import Store
+    from gateway.db.store import Store
 
     cfg = make_config(pg_url, [upstream_block("http://127.0.0.1:9")])
     gone = await Store.open(cfg.store)

@@ -72,11 +72,11 @@ def test_percentiles_and_profile_summary(tmp_path):
     s = stats.summary([float(i) for i in range(1, 101)], "ms")
     assert s["p50_ms"] == 50 and s["p99_ms"] == 99 and s["max_ms"] == 100
     folded = tmp_path / "p.folded"
-    folded.write_text("run (uvloop/x.py:1);messages (gateway/relay.py:70);encode (msgspec/x.py:2) 3\n"
+    folded.write_text("run (uvloop/x.py:1);messages (gateway/http/messages.py:70);encode (msgspec/x.py:2) 3\n"
                       "run (uvloop/x.py:1);read (aiohttp/web.py:5) 1\n")
     top = report.top_frames(folded, 5)
     assert top["self"][0] == ("encode (msgspec/x.py)", 75.0)
-    assert top["inclusive"][0][0] == "messages (gateway/relay.py)"
+    assert top["inclusive"][0][0] == "messages (gateway/http/messages.py)"
 
 
 # SIGINT as a background job gets it (inherited as ignored, so Python's own

@@ -15,11 +15,11 @@ import msgspec
 import pytest
 import yaml
 
-from gateway.config import load, loads, unsupported
-from gateway.config_schema import Gatehouse
-from gateway.policy import Policies, client_defaults
-from gateway.routing import Routes
-from gateway.sessions import Principal
+from gateway.auth.tokens import Principal
+from gateway.config.load import load, loads, unsupported
+from gateway.config.schema import Gatehouse
+from gateway.policy.policies import Policies, client_defaults
+from gateway.upstreams.routing import Routes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "conf" / "examples"
 CAG = sorted((EXAMPLES / "cag").glob("*.yaml"))

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import load, unsupported_reasons
+from gateway.config.load import load, unsupported_reasons
 from protocol_spec import requirements
 from protocol_spec.conformance.fixtures import ENV_NAMES, load_state, state_path_for
 

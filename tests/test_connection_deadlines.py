@@ -229,7 +229,7 @@ async def test_a_slow_stream_outlives_every_deadline(gateway, upstream):
 
 
 def test_deadline_keys_are_checked_at_their_dotted_paths():
-    from gateway.config import ConfigError
+    from gateway.config.load import ConfigError
     from tests.harness import make_config, upstream_block
 
     bad = "gatehouse:\n  connections:\n    header_read_timeout_seconds: 0\n    body_read_timeout_seconds: x\n    idle: 5\n"
@@ -244,7 +244,7 @@ def test_deadline_keys_are_checked_at_their_dotted_paths():
 
 
 async def test_closures_are_logged_in_few_lines_and_none_left_unsaid(capfd):
-    from gateway.connections import Deadlines
+    from gateway.app.connections import Deadlines
 
     d = Deadlines(1, 1, 1)
     for _ in range(5):

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from gateway.__main__ import boot_warnings, running_in_container
-from gateway.config import load
+from gateway.config.load import load
 from tests.test_process import ENV, GATEHOUSE, write_config
 
 WARNING = "inside a container"

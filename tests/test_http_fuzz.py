@@ -31,7 +31,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from gateway.sessions import TokenService
+from gateway.auth.tokens import TokenService
 from protocol_spec.idp_process import IdpProcess
 from tests.harness import JWT_SECRET
 from tests.test_process import free_port, spawn, wait_exit, wait_ready

@@ -15,7 +15,7 @@ import time
 import asyncpg
 import pytest
 
-from gateway import limits_cli
+from gateway.app import limits_cli
 from tests.harness import BASE_CONFIG, JWT_SECRET, free_port, upstream_block
 from tests.test_admin_api import READ_KEY, WRITE_KEY, Clock, admin_yaml, start_admin_gateway
 
@@ -159,7 +159,7 @@ async def test_clear_errors(gw, tmp_path, monkeypatch):
 
 
 async def test_effective_sorted_by_spend(gw, pg_url):
-    from gateway.spend import period_bounds
+    from gateway.spend.caps import period_bounds
 
     conn = await asyncpg.connect(pg_url)
     try:

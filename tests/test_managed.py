@@ -1,7 +1,7 @@
 """GET /managed/settings and GET /user/bootstrap end to end, over real HTTP.
 
 The gateway under test runs in this process. Until the app registers these
-routes itself, the tests compose it the way ``gateway.app.build`` does (same
+routes itself, the tests compose it the way ``gateway.app.build.build`` does (same
 runtime, same envelope middleware) and add the managed routes; once the app
 wires them (``POLICIES`` present after ``build``), the real app is used as is.
 """
@@ -20,10 +20,16 @@ import pytest
 from aiohttp import web
 
 import gateway
-from gateway import app as gateway_app
-from gateway.managed import POLICIES, ChecksumSightings, if_none_match_hits, managed_settings, user_bootstrap
-from gateway.policy import Policies
-from gateway.relay import RUNTIME
+from gateway.app import build as gateway_app
+from gateway.http.managed import (
+    POLICIES,
+    ChecksumSightings,
+    if_none_match_hits,
+    managed_settings,
+    user_bootstrap,
+)
+from gateway.http.messages import RUNTIME
+from gateway.policy.policies import Policies
 from tests.harness import make_config, upstream_block
 
 EMPTY = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"

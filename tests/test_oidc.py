@@ -23,9 +23,8 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import aiohttp
 import pytest
 
-from gateway.config_schema import Oidc
-from gateway.identity import Identity, IdentityRejected
-from gateway.oidc import (
+from gateway.auth.identity import Identity, IdentityRejected
+from gateway.auth.oidc import (
     JWKS_REFETCH_COOLDOWN_S,
     IdpRejected,
     IdpUnavailable,
@@ -33,6 +32,7 @@ from gateway.oidc import (
     OidcClient,
     TokenSet,
 )
+from gateway.config.schema import Oidc
 from tests.scripted_idp import DROP, ScriptedIdp, TokenReply
 
 REDIRECT = "https://gw.example.com/oauth/callback"

@@ -1,4 +1,4 @@
-"""gateway.recorder against a real PostgreSQL: batching, drain, outages, overflow."""
+"""gateway.db.recorder against a real PostgreSQL: batching, drain, outages, overflow."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from gateway.config_schema import Store as StoreCfg  # the config section itself
+from gateway.config.schema import Store as StoreCfg  # the config section itself
+from gateway.db.recorder import Recorder
+from gateway.db.store import Store, StoreUnavailable, UsageRow
 from gateway.devenv.postgres import Cluster
-from gateway.recorder import Recorder
-from gateway.store import Store, StoreUnavailable, UsageRow
 
 
 class Lines(list):

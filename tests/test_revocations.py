@@ -1,4 +1,4 @@
-"""gateway.revocations against a real PostgreSQL: a revocation on one replica reaches another.
+"""gateway.auth.revocations against a real PostgreSQL: a revocation on one replica reaches another.
 
 Each "replica" here is its own Store (its own pool); the watcher holds its own
 LISTEN connection. Revocations are made through SessionService, exactly as
@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from gateway.config_schema import Store as StoreCfg  # the config section itself
-from gateway.identity import Identity
-from gateway.revocations import MARGIN_S, RevocationWatcher
-from gateway.session_store import SessionService
-from gateway.sessions import TokenService
-from gateway.store import Store
+from gateway.auth.identity import Identity
+from gateway.auth.revocations import MARGIN_S, RevocationWatcher
+from gateway.auth.session_store import SessionService
+from gateway.auth.tokens import TokenService
+from gateway.config.schema import Store as StoreCfg  # the config section itself
+from gateway.db.store import Store
 from tests.harness import Clock
 
 SECRETS = ("r" * 40,)

@@ -1,4 +1,4 @@
-"""gateway.session_store against a real PostgreSQL: families, rotation, reuse, concurrency, revocation.
+"""gateway.auth.session_store against a real PostgreSQL: families, rotation, reuse, concurrency, revocation.
 
 The IdP is represented by ``FakeIdp.recheck``, a plain async function standing
 where OidcClient.recheck sits in the gateway (the boundary, not our code).
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from gateway.config_schema import Store as StoreCfg  # the config section itself
+from gateway.auth.identity import Identity, IdentityRejected
+from gateway.auth.oidc import IdpRejected, IdpUnavailable
+from gateway.auth.session_store import REFRESH_PREFIX, SessionService, TokenPair, hash_token
+from gateway.auth.tokens import TokenService
+from gateway.config.schema import Store as StoreCfg  # the config section itself
+from gateway.db.store import Store
 from gateway.errors import OAuthError
-from gateway.identity import Identity, IdentityRejected
-from gateway.oidc import IdpRejected, IdpUnavailable
-from gateway.session_store import REFRESH_PREFIX, SessionService, TokenPair, hash_token
-from gateway.sessions import TokenService
-from gateway.store import Store
 from tests.harness import Clock
 from tests.netfaults import TcpProxy
 

@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.sessions import TokenService
+from gateway.auth.tokens import TokenService
 from protocol_spec.fakes import Reply, Usage
 from tests.harness import JWT_SECRET
 from tests.test_process import ENV, free_port, spawn, wait_exit, wait_ready

@@ -11,8 +11,8 @@ import asyncio
 import random
 from datetime import timedelta
 
-from gateway import spend_leases
-from gateway.spend_store import SpendStore
+from gateway.spend import leases as spend_leases
+from gateway.spend.store import SpendStore
 from tests.test_spend_store import (  # noqa: F401  (fixtures used by name)
     CENT,
     NOW,

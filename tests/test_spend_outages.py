@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from gateway.config_schema import Store as StoreCfg
-from gateway.spend_settlements import Owed, Settlements
-from gateway.spend_store import SpendStore
-from gateway.store import Store, StoreRefused, StoreUnavailable, connection, is_data_error, is_unavailable
+from gateway.config.schema import Store as StoreCfg
+from gateway.db.store import Store, StoreRefused, StoreUnavailable, connection, is_data_error, is_unavailable
+from gateway.spend.settlements import Owed, Settlements
+from gateway.spend.store import SpendStore
 from tests.netfaults import TcpProxy
 from tests.test_spend_store import (  # noqa: F401  (fixtures)
     NOW,

@@ -1,4 +1,4 @@
-"""gateway.spend_store against a real PostgreSQL: reserve, top up, settle, expire, fail.
+"""gateway.spend.store against a real PostgreSQL: reserve, top up, settle, expire, fail.
 
 Several SpendStore instances on separate pools stand in for gateway replicas
 sharing one database.
@@ -16,11 +16,11 @@ from typing import NamedTuple
 import asyncpg
 import pytest
 
-from gateway import spend as sp
-from gateway.config_schema import Store as StoreCfg  # the config section itself
-from gateway.output_budget import AllowanceTracker
-from gateway.spend_store import SpendStore
-from gateway.store import Store, StoreUnavailable
+from gateway.config.schema import Store as StoreCfg  # the config section itself
+from gateway.db.store import Store, StoreUnavailable
+from gateway.spend import caps as sp
+from gateway.spend.budget import AllowanceTracker
+from gateway.spend.store import SpendStore
 
 NOW = datetime(2026, 11, 23, 19, 0, tzinfo=UTC)
 CENT = sp.MICRO_PER_CENT

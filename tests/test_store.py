@@ -1,4 +1,4 @@
-"""gateway.store against a real PostgreSQL: boot connect, migrations, readiness, usage rows."""
+"""gateway.db.store against a real PostgreSQL: boot connect, migrations, readiness, usage rows."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from gateway import store as store_mod
-from gateway.config_schema import Store as StoreCfg  # the config section itself
+from gateway.config.schema import Store as StoreCfg  # the config section itself
+from gateway.db import store as store_mod
+from gateway.db.store import Readiness, Store, StoreUnavailable, UsageRow
 from gateway.devenv.postgres import Cluster, free_port
-from gateway.store import Readiness, Store, StoreUnavailable, UsageRow
 
 
 class Lines:
@@ -113,7 +113,7 @@ async def test_two_processes_migrating_at_once_both_succeed_and_apply_each_migra
     script = textwrap.dedent(
         f"""
         import asyncio, types
-        from gateway import store
+        from gateway.db import store
         cfg = types.SimpleNamespace(postgres_url={db_url!r}, username=None, password=None,
                                     max_connections=2, connect_timeout_seconds=5, readiness_grace_seconds=0)
         print(asyncio.run(store.migrate(cfg)))

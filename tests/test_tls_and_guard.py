@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.config import is_forbidden_address
-from gateway.upstreams.transport import GuardedResolver, Transport, UpstreamFailure
+from gateway.config.load import is_forbidden_address
 from gateway.errors import Kind
+from gateway.upstreams.transport import GuardedResolver, Transport, UpstreamFailure
 
 
 def self_signed(tmp_path):

@@ -86,7 +86,7 @@ WRITTEN = (
 # Plain data that is not a response body and is kept as a dict on purpose:
 # spend.Cap.source is a {"type", "user_id" | "rbac_group_id"} value the pure
 # spend core compares and the admin API converts to SpendLimitScope.
-NOT_BODIES = {("gateway/spend.py", "_source")}
+NOT_BODIES = {("gateway/spend/caps.py", "_source")}
 
 
 def _members(struct: type[msgspec.Struct]) -> tuple[frozenset[str], frozenset[str]]:

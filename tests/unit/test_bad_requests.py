@@ -1,9 +1,9 @@
-"""Choosing our answer to what aiohttp's parser raised (gateway.bad_requests)."""
+"""Choosing our answer to what aiohttp's parser raised (gateway.app.bad_requests)."""
 
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, InvalidHeader, LineTooLong, TransferEncodingError
 
-from gateway.bad_requests import parse_error
+from gateway.app.bad_requests import parse_error
 from gateway.errors import Kind
 
 LIMITS = {"line_limit": 65536, "field_limit": 65537}

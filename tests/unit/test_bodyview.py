@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from gateway.bodyview import decode_view, model_value_span, remove_member, splice_model
 from gateway.errors import GatewayError
+from gateway.upstreams.bodyview import decode_view, model_value_span, remove_member, splice_model
 
 
 @pytest.mark.parametrize(

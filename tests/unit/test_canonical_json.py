@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from gateway.canonical_json import checksum, dumps, format_number
+from gateway.policy.canonical_json import checksum, dumps, format_number
 
 # (document, canonical text, checksum)
 VECTORS = [

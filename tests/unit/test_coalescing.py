@@ -1,4 +1,4 @@
-"""gateway.coalescing: batches form from what queues while a call is in flight."""
+"""gateway.db.coalescing: batches form from what queues while a call is in flight."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.coalescing import Coalescer
+from gateway.db.coalescing import Coalescer
 
 
 class Recorder:

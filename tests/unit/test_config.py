@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import config
-from gateway.config import ConfigError, is_forbidden_address, load, loads, redacted, unsupported
+from gateway.config import load as config
+from gateway.config.load import ConfigError, is_forbidden_address, load, loads, redacted, unsupported
 
 SECRETS = {
     "JWT": "j" * 40,

@@ -2,7 +2,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gateway.devicecodes import (
+from gateway.auth.devicecodes import (
     USER_CODE_ALPHABET,
     GrantState,
     code_hash,

@@ -1,10 +1,10 @@
-"""Strict form parsing for the sign-in endpoints (gateway.forms)."""
+"""Strict form parsing for the sign-in endpoints (gateway.http.forms)."""
 
 import pytest
 
+from gateway.auth.rate_window import wait_before_next
 from gateway.client_text import capped
-from gateway.forms import MAX_FIELDS, FormInvalid, parse_form
-from gateway.rate_window import wait_before_next
+from gateway.http.forms import MAX_FIELDS, FormInvalid, parse_form
 
 
 def test_what_clients_send_parses():

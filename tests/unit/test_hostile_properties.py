@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from gateway.admin_requests import decode_cursor, parse_effective_query, parse_limit_request, parse_list_query
-from gateway.bodyview import MAX_MODEL_CHARS, decode_view
+from gateway.admin.requests import decode_cursor, parse_effective_query, parse_limit_request, parse_list_query
+from gateway.auth.id_tokens import IdTokenInvalid, check_claims, signing_kid
+from gateway.auth.rate_window import wait_before_next
+from gateway.auth.tokens import Principal, TokenService, bearer_token, key_id
 from gateway.client_text import unprintable
 from gateway.errors import GatewayError, Kind
-from gateway.forms import FormInvalid, parse_form
-from gateway.id_tokens import IdTokenInvalid, check_claims, signing_kid
-from gateway.rate_window import wait_before_next
-from gateway.sessions import Principal, TokenService, bearer_token, key_id
+from gateway.http.forms import FormInvalid, parse_form
+from gateway.upstreams.bodyview import MAX_MODEL_CHARS, decode_view
 
 # No example database: runs stay independent of each other and write nothing.
 FAST = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config_schema import Oidc
-from gateway.identity import Identity, IdentityRejected, identity_from_claims, lookup, needs_userinfo
+from gateway.auth.identity import Identity, IdentityRejected, identity_from_claims, lookup, needs_userinfo
+from gateway.config.schema import Oidc
 
 ENTRA_GROUP = "5a1f3c0e-8d2b-4e7a-9c61-0f2d4b8a7e13"
 

@@ -1,6 +1,6 @@
 """Managed policies: selection, merge rules, model access, boot checks and warnings.
 
-Policies are built from real configs (``gateway.config.loads``) so the tests see
+Policies are built from real configs (``gateway.config.load.loads``) so the tests see
 exactly what the gateway sees at boot.
 """
 
@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.canonical_json import checksum, dumps
-from gateway.config import ConfigError, loads, unsupported
-from gateway.policy import ALLOW_ALL, ModelAccess, Policies, client_defaults, merge_settings
-from gateway.routing import Routes
-from gateway.sessions import Principal
-from gateway.settings_keys import key_list
+from gateway.auth.tokens import Principal
+from gateway.config.load import ConfigError, loads, unsupported
+from gateway.config.settings_keys import key_list
+from gateway.policy.canonical_json import checksum, dumps
+from gateway.policy.policies import ALLOW_ALL, ModelAccess, Policies, client_defaults, merge_settings
+from gateway.upstreams.routing import Routes
 
 ENV = {"JWT": "j" * 40, "CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}
 BASE: dict[str, Any] = {

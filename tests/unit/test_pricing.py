@@ -1,4 +1,4 @@
-"""gateway.pricing: list prices, id forms, overrides, multiplier, unknown tier, integer money."""
+"""gateway.spend.pricing: list prices, id forms, overrides, multiplier, unknown tier, integer money."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import loads
-from gateway.pricing import Pricing, micro_to_cents_str, normalize
-from gateway.routing import load_builtin_models
-from gateway.sse import UsageTotals
+from gateway.config.load import loads
+from gateway.spend.pricing import Pricing, micro_to_cents_str, normalize
+from gateway.upstreams.routing import load_builtin_models
+from gateway.upstreams.sse import UsageTotals
 
 ENV = {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from gateway.auth.tokens import EXP_LEEWAY_S, TokenService, bearer_token, key_id
 from gateway.errors import GatewayError
-from gateway.sessions import EXP_LEEWAY_S, TokenService, bearer_token, key_id
 
 A = "a" * 40
 B = "b" * 40

@@ -1,4 +1,4 @@
-"""gateway.spend: periods, cap resolution, and the headers, 429 and usage JSON the client reads.
+"""gateway.spend.caps: periods, cap resolution, and the headers, 429 and usage JSON the client reads.
 
 Expected wire values are the ones recorded from Anthropic's gateway v2.1.328
 (spend thresholds, 429s and /api/oauth/usage bodies), copied here as literals.
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import spend as sp
-from gateway.output_budget import AllowanceTracker, StreamBudget
-from gateway.spend import LimitRow, Snapshot
+from gateway.spend import caps as sp
+from gateway.spend.budget import AllowanceTracker, StreamBudget
+from gateway.spend.caps import LimitRow, Snapshot
 
 CENT = sp.MICRO_PER_CENT
 DAY_END = datetime(2026, 11, 24, tzinfo=UTC)  # 1795478400, as recorded

@@ -1,10 +1,10 @@
-"""gateway.spend_identities: who is due to be written to principals (pure)."""
+"""gateway.spend.identities: who is due to be written to principals (pure)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.spend_identities import LastSeen
+from gateway.spend.identities import LastSeen
 
 
 class Who(NamedTuple):

@@ -1,8 +1,8 @@
-"""gateway.spend_leases: the local half of leases (pure)."""
+"""gateway.spend.leases: the local half of leases (pure)."""
 
 from __future__ import annotations
 
-from gateway import spend_leases as sl
+from gateway.spend import leases as sl
 
 ALICE = ("alice", ("eng",))
 KEYS = ("day", "week", "month")

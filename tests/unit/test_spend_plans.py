@@ -1,11 +1,11 @@
-"""gateway.spend_plans: the counters and caps a person's request draws on."""
+"""gateway.spend.plans: the counters and caps a person's request draws on."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway.spend import MICRO_PER_CENT
-from gateway.spend_plans import Key, Plans
+from gateway.spend.caps import MICRO_PER_CENT
+from gateway.spend.plans import Key, Plans
 from tests.unit.test_spend import row
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)

@@ -1,12 +1,12 @@
-"""gateway.spend_rows: reading the spend SQL functions' rows (pure)."""
+"""gateway.spend.rows: reading the spend SQL functions' rows (pure)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway import spend as sp
-from gateway.spend_plans import Plans
-from gateway.spend_rows import exhausted, headroom, keys_laid_out, laid_end_to_end, per_item, room, snapshots
+from gateway.spend import caps as sp
+from gateway.spend.plans import Plans
+from gateway.spend.rows import exhausted, headroom, keys_laid_out, laid_end_to_end, per_item, room, snapshots
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse import DELTA_ENVELOPE_BYTES, UsageTap, json_usage
+from gateway.upstreams.sse import DELTA_ENVELOPE_BYTES, UsageTap, json_usage
 
 
 def event(name: str, payload: dict) -> bytes:

@@ -1,0 +1,1 @@
+"""The admin package (see the README's Layout section)."""

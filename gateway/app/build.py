@@ -1,0 +1,334 @@
+"""Composition root: the route table, the middleware, and startup/cleanup.
+
+The only module that wires edges (store, transport, recorder) to handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway import audit
+from gateway.auth.tokens import TokenService
+from gateway.client_text import quoted
+from gateway.db.store import is_data_error
+from gateway.db.tasks import TaskSet
+from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
+from gateway.http import managed, meta, signin
+from gateway.http import messages as relay
+from gateway.http.messages import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_request_id
+from gateway.http.runtime import Limits, Runtime, UpstreamPlan
+from gateway.netaccess import AccessPolicy
+from gateway.policy.policies import Policies
+from gateway.upstreams import anthropic
+from gateway.upstreams.routing import Routes
+
+# Errors aiohttp raises itself (unknown route, wrong method) → our envelope.
+_HTTP_KINDS = {404: Kind.NOT_FOUND, 405: Kind.INVALID_REQUEST, 413: Kind.TOO_LARGE}
+
+
+def routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/messages", relay.messages)
+    r.add_post("/v1/messages/count_tokens", relay.messages)
+    r.add_get("/v1/models", meta.models)
+    r.add_get("/healthz", meta.healthz, allow_head=False)
+    r.add_get("/readyz", meta.readyz, allow_head=False)
+    r.add_get("/", meta.landing, allow_head=False)
+    r.add_post("/v1/metrics", meta.telemetry_ingest)
+    r.add_post("/v1/logs", meta.telemetry_ingest)
+    r.add_post("/v1/traces", meta.telemetry_ingest)
+    r.add_get("/managed/settings", managed.managed_settings, allow_head=False)
+    r.add_get("/user/bootstrap", managed.user_bootstrap, allow_head=False)
+    r.add_get("/api/oauth/usage", meta.oauth_usage, allow_head=False)
+    r.add_get("/protocol", meta.protocol_markdown, allow_head=False)
+    r.add_get("/protocol.json", meta.protocol_json, allow_head=False)
+    signin.routes(app)
+
+
+def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runtime:
+    listen = cfg.listen
+    issuer = listen.public_url or f"http://{listen.host}:{listen.port}"
+    tag = cfg.admin.billing_group_tag if cfg.admin is not None else None
+    tokens = TokenService(
+        tuple(cfg.session.secrets), issuer.rstrip("/"), int(cfg.session.ttl_hours * 3600), billing_group_tag=tag
+    )
+    plans = tuple(
+        UpstreamPlan(
+            name=u.name,
+            provider=u.provider,
+            prepared=anthropic.prepare(u),
+            # The first-byte limit applies to the Anthropic API; other providers
+            # may take up to an hour to start (they queue on their side).
+            ttfb_s=cfg.timeouts.upstream_ttfb_ms / 1000 if u.provider == "anthropic" else 3600.0,
+        )
+        for u in cfg.upstreams
+    )
+    gh = cfg.gatehouse
+    return Runtime(
+        config=cfg,
+        tokens=tokens,
+        routes=Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models),
+        billing_group_tag=tag,
+        upstreams=plans,
+        limits=Limits(cfg.limits.max_request_bytes, cfg.limits.max_request_header_bytes, cfg.limits.max_url_length),
+        idle_read_timeout_s=idle_read_timeout_s or gh.upstream.idle_read_timeout_seconds,
+        access=AccessPolicy(
+            tuple(cfg.access_control.allow_cidrs),
+            tuple(cfg.access_control.deny_cidrs),
+            tuple(cfg.listen.trusted_proxies),
+        ),
+    )
+
+
+def build(
+    cfg: Any,
+    *,
+    idle_read_timeout_s: float | None = None,
+    store: Any = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The application for ``cfg``. ``idle_read_timeout_s`` and ``clock`` exist for tests only.
+
+    ``store``: an already-open store to use (tests share one); otherwise the
+    app opens and migrates its own on startup and closes it on cleanup.
+    """
+    rt = build_runtime(cfg, idle_read_timeout_s=idle_read_timeout_s)
+    rt.clock = clock
+    # client_max_size sits above our own limit so our 413 (in our envelope,
+    # decided from Content-Length before reading) always answers first.
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=rt.limits.max_request_bytes + 1)
+    app[RUNTIME] = rt
+    if cfg.oidc is not None:
+        app[signin.SIGNIN] = signin.SignIn(cfg, clock=clock)
+    rt.tasks = TaskSet()
+    pricing_rows = None
+    if cfg.admin is not None or cfg.pricing is not None:
+        from gateway.spend.budget import AllowanceTracker
+        from gateway.spend.pricing import Pricing
+
+        rt.pricing = Pricing(cfg, warn=lambda m: audit.log("warn", m))
+        rt.allowances = AllowanceTracker()
+        if cfg.pricing is not None:
+            pricing_rows = rt.pricing.model_pricing_rows(_serving(rt))
+    rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), pricing_rows)
+    app[managed.POLICIES] = rt.policies
+    app[managed.SIGHTINGS] = rt.sightings = managed.ChecksumSightings()
+    routes(app)
+    if cfg.admin is not None:
+        from gateway.http import admin as admin_api
+
+        app[admin_api.ADMIN] = admin_api.AdminContext(cfg, clock=clock)
+        admin_api.routes(app)
+    app.cleanup_ctx.append(_lifecycle(store))
+    return app
+
+
+def _serving(rt: Runtime) -> dict[str, tuple[str, str]]:
+    """Each catalog model → (first upstream that serves it, the id it gets there)."""
+    serving = {}
+    for entry in rt.routes.catalog:
+        targets = rt.routes.plan(entry.id)
+        if targets:
+            serving[entry.id] = (rt.upstreams[targets[0].upstream].name, targets[0].model)
+    return serving
+
+
+def _lifecycle(shared_store: Any):
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        from gateway.config.load import is_forbidden_address
+        from gateway.db.recorder import Recorder
+        from gateway.db.store import Store
+        from gateway.upstreams.transport import Transport
+
+        rt = app[RUNTIME]
+        cfg = rt.config
+        allow_loopback = os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1"
+        rt.transport = Transport(
+            max_connections=cfg.gatehouse.upstream.max_connections,
+            connect_timeout_s=cfg.gatehouse.upstream.connect_timeout_ms / 1000,
+            idle_read_timeout_s=rt.idle_read_timeout_s,
+            is_forbidden=lambda ip: is_forbidden_address(ip, allow_loopback),
+        )
+        await rt.transport.start()
+        own_store = shared_store is None
+        if own_store:
+            rt.store = await Store.open(cfg.store, log=audit.log)
+            await rt.store.migrate()
+        else:
+            rt.store = shared_store
+        rt.recorder = Recorder(rt.store)
+        await rt.recorder.start()
+        background: list[asyncio.Task[Any]] = []
+        oidc = None
+        if signin.SIGNIN in app:
+            oidc, tasks = await _start_signin(app, rt, allow_loopback)
+            background += tasks
+        background.append(asyncio.create_task(rt.sightings.flush_forever()))
+        if cfg.admin is not None:
+            from gateway.db.store import StoreUnavailable
+            from gateway.http import admin as admin_api
+            from gateway.spend.store import SpendStore
+
+            rt.spend = SpendStore(
+                rt.store,
+                clock=lambda: datetime.fromtimestamp(rt.clock(), UTC),
+                timeout_s=cfg.gatehouse.spend.store_timeout_ms / 1000,
+                reservation_ttl_s=cfg.gatehouse.spend.reservation_ttl_seconds,
+                leases=cfg.gatehouse.spend.leases,
+                lease_ttl_s=cfg.gatehouse.spend.lease_ttl_seconds,
+                mode=cfg.admin.group_limit_mode,
+                blocked_message=cfg.admin.blocked_message,
+            )
+            await rt.spend.start()
+            try:
+                await rt.spend.seed_allowances(rt.allowances)
+            except StoreUnavailable as exc:
+                audit.log("warn", f"output allowances not seeded from history: {exc}")
+            background.append(asyncio.create_task(admin_api.prune_forever(app[admin_api.ADMIN], app)))
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            # Settlements and top-ups of requests that already ended must land.
+            left = await rt.tasks.drain(10.0)
+            if left:
+                audit.log("warn", f"{left} spend settlement(s) still running at shutdown; their reservations expire and settle")
+            if rt.spend is not None:
+                await rt.spend.close()
+            if rt.revocations is not None:
+                await rt.revocations.close()
+            if oidc is not None:
+                await oidc.close()
+            await rt.recorder.drain(10.0)
+            await rt.transport.close()
+            if own_store:
+                await rt.store.close()
+
+    return lifecycle
+
+
+async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool) -> tuple[Any, list[asyncio.Task[Any]]]:
+    from gateway.auth.oidc import OidcClient
+    from gateway.auth.revocations import RevocationWatcher
+    from gateway.auth.session_store import SessionService
+
+    cfg = rt.config
+    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=rt.clock)
+    await oidc.start()
+    sessions = SessionService(
+        rt.store,
+        rt.tokens,
+        secrets=tuple(cfg.session.secrets),
+        clock=rt.clock,
+        max_lifetime_s=cfg.gatehouse.signin.session_max_days * 86400,
+    )
+    rt.revocations = RevocationWatcher(rt.store, ttl_s=rt.tokens.ttl_seconds, clock=rt.clock)
+    await rt.revocations.start()
+    si = app[signin.SIGNIN]
+    si.attach(store=rt.store, oidc=oidc, sessions=sessions)
+
+    async def discover_once() -> None:
+        # Sign-in needs the IdP; inference does not. A replica whose IdP is down
+        # at boot still serves existing sessions and discovers on first use.
+        try:
+            await oidc.discover()
+        except Exception as exc:
+            audit.log("warn", f"OIDC discovery failed at startup, will retry on first sign-in: {exc}")
+
+    tasks = [asyncio.create_task(discover_once()), asyncio.create_task(signin.prune_forever(si))]
+    return oidc, tasks
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    try:
+        decision = rt.access.decide(request.remote, request.headers.get("X-Forwarded-For"), request.path)
+        request[CLIENT_IP] = decision.client_ip
+        if not decision.allowed:
+            audit.emit("access.denied", reason=decision.reason, client_ip=decision.client_ip, path=request.path)
+            raise GatewayError(Kind.FORBIDDEN, "forbidden")
+        _check_request_line_and_headers(request, rt)
+        response = await handler(request)
+    except GatewayError as err:
+        status, headers, body = render(err, request_id)
+        headers["request-id"] = request_id
+        return web.Response(status=status, body=body, headers={**headers, **SECURITY_HEADERS})
+    except OAuthError as err:
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache", "request-id": request_id}
+        if err.retry_after is not None:
+            headers["Retry-After"] = str(err.retry_after)
+        return web.Response(status=err.status, body=err.body(), headers={**headers, **SECURITY_HEADERS})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = _HTTP_KINDS.get(exc.status, Kind.INVALID_REQUEST)
+        message = "not found" if exc.status == 404 else (exc.reason or "bad request").lower()
+        headers = {"Content-Type": "application/json", "request-id": request_id, **SECURITY_HEADERS}
+        return web.Response(status=exc.status, body=error_body(_type_for(kind), message, request_id), headers=headers)
+    except Exception as exc:
+        # The database (or its driver) refusing one request's values — a NUL byte
+        # in text, a number out of range — is that request's fault, not the
+        # gateway's: a 400 for it alone, never an internal error. Handlers that
+        # can say more refuse such values earlier; this is the net under them.
+        # The message can quote the value, so the log names only its class.
+        if not is_data_error(exc):
+            raise
+        audit.log(
+            "warn",
+            f"{request.method} {quoted(request.path, 200)}: the database refused a value of this request "
+            f"({type(exc).__name__}); answered 400",
+        )
+        status, headers, body = render(GatewayError(Kind.INVALID_REQUEST, "a value in this request cannot be stored"), request_id)
+        headers["request-id"] = request_id
+        return web.Response(status=status, body=body, headers={**headers, **SECURITY_HEADERS})
+    if not response.prepared:
+        response.headers["request-id"] = request_id
+        response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _type_for(kind: Kind) -> str:
+    from gateway.errors import TABLE
+
+    return TABLE[kind].error_type
+
+
+def _check_request_line_and_headers(request: web.Request, rt: Runtime) -> None:
+    limits = rt.limits
+    if limits.max_url_length is not None and len(request.raw_path) > limits.max_url_length:
+        raise GatewayError(Kind.URL_TOO_LONG, f"request URL is longer than {limits.max_url_length} bytes")
+    if limits.max_header_bytes is not None:
+        size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if size > limits.max_header_bytes:
+            raise GatewayError(
+                Kind.HEADERS_TOO_LARGE, f"request headers are larger than {limits.max_header_bytes} bytes"
+            )
+
+
+# aiohttp's parser refuses a request line or header line over its limits before
+# any handler runs; gateway.app.bad_requests answers that refusal with our 414 or 431
+# in the envelope. So the parser's limits are simply ours: the configured ones,
+# else bounded defaults that stop one connection from making us buffer without
+# end. Both 414 and 431 come from one exception carrying the limit it crossed,
+# so the header limit is kept above the request-line limit to tell them apart
+# (a header limit at or below the URL limit is raised to one byte above it;
+# the configured total is still enforced, on the whole header section).
+PARSER_LINE_DEFAULT = 64 * 1024
+PARSER_FIELD_DEFAULT = 64 * 1024
+
+
+def parser_limits(cfg: Any) -> dict[str, int]:
+    line = cfg.limits.max_url_length or PARSER_LINE_DEFAULT
+    field = cfg.limits.max_request_header_bytes or PARSER_FIELD_DEFAULT
+    return {"max_line_size": line, "max_field_size": max(field, line + 1), "max_headers": 1000}

@@ -1,0 +1,76 @@
+"""How ``gatehouse sessions`` prints: a table for people, ``--json`` for scripts.
+
+Pure: values in, text out. Same look as ``gatehouse limits`` (aligned columns
+under an upper-case header; ``--json`` is ``{"data": [...]}``), so an operator
+reads both the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+from gateway.app.limits_cli import _print_json, _table
+
+if TYPE_CHECKING:
+    from gateway.auth.session_store import FamilyInfo
+
+HEADER = ["FAMILY", "STATE", "SUB", "EMAIL", "GROUPS", "SIGNED IN", "LAST REFRESH", "REFRESHES", "ENDS", "CLIENT IP"]
+
+
+def _when(at: datetime | None) -> str | None:
+    """RFC 3339 in UTC to the second: the same text in the table and in JSON."""
+    if at is None:
+        return None
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def family_doc(fam: FamilyInfo) -> dict[str, Any]:
+    """One family as JSON: every field, times as RFC 3339 strings, groups as a list."""
+    doc = fam._asdict()
+    for key, value in doc.items():
+        if isinstance(value, datetime):
+            doc[key] = _when(value)
+    doc["groups"] = list(fam.groups)
+    return doc
+
+
+def _state(fam: FamilyInfo) -> str:
+    return f"revoked ({fam.revoke_reason})" if fam.state == "revoked" and fam.revoke_reason else fam.state
+
+
+def _ends(fam: FamilyInfo) -> str:
+    """When an active family stops working by itself; "-" once it is over."""
+    if fam.state != "active":
+        return "-"
+    # Without a refresh token the family lasts as long as its newest access token.
+    return _when(fam.expires_at if fam.refreshable else min(fam.expires_at, fam.last_access_exp)) or ""
+
+
+def print_list(out: TextIO, email: str, families: list[FamilyInfo], *, as_json: bool) -> None:
+    if as_json:
+        _print_json(out, {"data": [family_doc(f) for f in families]})
+        return
+    rows = [
+        [
+            f.family_id,
+            _state(f),
+            f.sub,
+            f.email or "",
+            ",".join(f.groups),
+            _when(f.created_at) or "",
+            _when(f.last_refresh_at) or "-",
+            str(f.refresh_count),
+            _ends(f),
+            f.client_ip or "",
+        ]
+        for f in families
+    ]
+    _table(out, HEADER, rows, empty=f"no sign-in sessions for {email}")
+
+
+def print_revoked(out: TextIO, email: str, count: int, *, as_json: bool) -> None:
+    if as_json:
+        _print_json(out, {"email": email, "revoked": count})
+    else:
+        out.write(f"revoked {count} sign-in session(s) for {email}\n")

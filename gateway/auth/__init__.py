@@ -1,0 +1,1 @@
+"""The auth package (see the README's Layout section)."""

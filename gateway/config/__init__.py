@@ -1,0 +1,1 @@
+"""The config package (see the README's Layout section)."""

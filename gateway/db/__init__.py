@@ -1,0 +1,1 @@
+"""The db package (see the README's Layout section)."""

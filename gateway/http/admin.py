@@ -1,0 +1,493 @@
+"""Admin API: spend limits over HTTP, shaped like Anthropic's (SPEC "Admin API").
+
+Routes, all under ``/v1/organizations/spend_limits`` and registered only when
+the config has an ``admin:`` section (without it every path is a plain 404)::
+
+    GET    ""            list caps in creation order (limit, after_id | before_id, scope_type)
+    POST   ""            create or replace the cap of one (scope, period)
+    GET    /effective    resolved cap and period-to-date spend per principal and period
+    GET    /audit        mutation trail, newest first
+    GET    /{id}         one cap
+    DELETE /{id}         delete one cap
+
+``/effective`` and ``/audit`` are registered before ``/{id}`` so they are not
+taken for ids.
+
+Who may call: an ``x-api-key`` equal to a write key (everything) or a read key
+(GET only), or a gateway bearer token whose groups meet ``admin.admin_groups``
+(everything). When an ``x-api-key`` is sent it alone decides, so a wrong key is
+never rescued by a bearer sent alongside. Keys are compared as SHA-256 digests
+with ``hmac.compare_digest`` against every configured key, so neither timing
+nor length tells a caller how close a guess was. Refusals are 401 and emit the
+audit event ``admin.denied`` (client address, method, path, reason; never the
+key).
+
+Every mutation changes ``spend_limits``, writes its before/after row to
+``admin_audit`` and sends ``NOTIFY gatehouse_spend_limits`` in one transaction,
+so the trail and the replicas' limit caches can never disagree with the table.
+
+Money: amounts travel as strings of whole US cents and are stored as integer
+cents; spend is read as integer micro-dollars and shown as cents with three
+decimals. No floats anywhere.
+
+This module holds the edges: routes, authorization and the SQL transactions.
+Parsing what clients send (bodies, queries, cursors) is in the pure
+:mod:`gateway.admin.requests`, shaping rows into wire documents in the pure
+:mod:`gateway.admin.docs`, and the retention sweep in
+:mod:`gateway.admin.retention`; names other modules reach through
+``admin_api`` (``spend_string``, ``prune``, ``prune_forever``,
+``months_before``) are re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from gateway import audit
+from gateway.admin.docs import audit_doc, cents_string, effective_row, groups_of, limit_doc, snapshot
+from gateway.admin.docs import spend_string as spend_string  # re-exported: callers import it from here
+from gateway.admin.requests import (
+    LimitRequest,
+    encode_cursor,
+    filters_fingerprint,
+    invalid,
+    parse_audit_query,
+    parse_delete_reason,
+    parse_effective_query,
+    parse_limit_id,
+    parse_limit_request,
+    parse_list_query,
+)
+from gateway.admin.retention import PRUNE_EVERY_S as PRUNE_EVERY_S
+from gateway.admin.retention import months_before as months_before
+from gateway.admin.retention import prune as prune
+from gateway.admin.retention import prune_forever as prune_forever
+from gateway.db.store import StoreUnavailable, queries, unavailable_as
+from gateway.errors import GatewayError, Kind, render
+from gateway.http.messages import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
+from gateway.spend import caps as spend
+from protocol_spec.wire import (
+    AuditPage,
+    EffectiveLimit,
+    EffectivePage,
+    SpendLimitDeleted,
+    SpendLimitPage,
+)
+
+BASE = "/v1/organizations/spend_limits"
+MAX_BODY_BYTES = 64 * 1024
+# Admin calls are rare and small; this bounds how long one may hold a
+# connection when the database is slow, not how long it normally takes.
+STORE_TIMEOUT_S = 10.0
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+_encode = msgspec.json.Encoder().encode
+
+
+class AdminContext:
+    """What the admin handlers need, computed once from ``cfg.admin``.
+
+    ``store``: the store to use; ``None`` means the runtime's (opened at app
+    startup, after this object is built). ``clock`` returns Unix seconds, like
+    ``gateway.app.build.build``'s, so tests move one clock for the whole app.
+    """
+
+    def __init__(self, cfg: Any, *, store: Any = None, clock: Callable[[], float] = time.time) -> None:
+        admin = cfg.admin
+        if admin is None:
+            raise ValueError("the admin API needs an admin: section in the config")
+        self.write_keys = tuple((k.id, _digest(k.key)) for k in admin.write_keys)
+        self.read_keys = tuple((k.id, _digest(k.key)) for k in admin.read_keys)
+        self.admin_groups = frozenset(admin.admin_groups)
+        self.group_limit_mode: str = admin.group_limit_mode
+        self._store = store
+        self.clock = clock
+
+    def store(self, app: web.Application) -> Any:
+        return self._store if self._store is not None else app[RUNTIME].store
+
+    def now(self) -> datetime:
+        # Kept to the microsecond (the wire shows milliseconds) so caps created
+        # within one millisecond still list in the order they were created.
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+
+ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
+
+
+def routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(BASE, _wrap(list_limits, write=False), allow_head=False)
+    r.add_post(BASE, _wrap(upsert_limit, write=True))
+    # Literal paths first: aiohttp matches in registration order.
+    r.add_get(BASE + "/effective", _wrap(effective, write=False), allow_head=False)
+    r.add_get(BASE + "/audit", _wrap(audit_trail, write=False), allow_head=False)
+    r.add_get(BASE + "/{id}", _wrap(get_limit, write=False), allow_head=False)
+    r.add_delete(BASE + "/{id}", _wrap(delete_limit, write=True))
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _ok(doc: msgspec.Struct) -> web.Response:
+    return web.Response(body=_encode(doc), headers=JSON_HEADERS)
+
+
+def _error_response(request: web.Request, err: GatewayError) -> web.Response:
+    request_id = request[REQUEST_ID]
+    status, headers, body = render(err, request_id)
+    headers.update(JSON_HEADERS)
+    headers["request-id"] = request_id
+    return web.Response(status=status, body=body, headers=headers)
+
+
+Handler = Callable[[web.Request, AdminContext, str], Awaitable[web.Response]]
+
+
+def _wrap(handler: Handler, *, write: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Authorize, then run ``handler(request, ctx, actor)``; every outcome in the admin envelope."""
+
+    async def run(request: web.Request) -> web.Response:
+        ctx = request.app[ADMIN]
+        try:
+            actor = authorize(request, ctx, write=write)
+            try:
+                async with asyncio.timeout(STORE_TIMEOUT_S):
+                    return await handler(request, ctx, actor)
+            except (StoreUnavailable, TimeoutError) as exc:
+                audit.log("warn", f"admin {request.method} {request.path}: database unavailable: {exc}")
+                raise GatewayError(
+                    Kind.STORE_UNAVAILABLE, "the database is unavailable; try again shortly"
+                ) from None
+            except GatewayError:
+                raise
+            except Exception as exc:
+                # A bug or a database refusal (the transaction rolled back, so
+                # nothing half-done remains); still answered in the envelope,
+                # with the request id an operator can find in the log.
+                audit.log(
+                    "error",
+                    f"admin {request.method} {request.path} failed ({request[REQUEST_ID]}): {type(exc).__name__}: {exc}",
+                )
+                raise GatewayError(Kind.INTERNAL, "internal error") from None
+        except GatewayError as err:
+            return _error_response(request, err)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+# ---------------------------------------------------------------- authorization
+
+
+def _digest(secret: str) -> bytes:
+    # surrogatepass: a header of undecodable bytes arrives with surrogates in it,
+    # and must be a wrong key (401), not an encoding error.
+    return hashlib.sha256(secret.encode(errors="surrogatepass")).digest()
+
+
+def _match_key(presented: str, keys: Sequence[tuple[str, bytes]]) -> str | None:
+    # Compare with every key, no early exit: the time taken does not depend on
+    # which key (if any) matched.
+    given = _digest(presented)
+    found = None
+    for key_id, digest in keys:
+        if hmac.compare_digest(given, digest):
+            found = key_id
+    return found
+
+
+def authorize(request: web.Request, ctx: AdminContext, *, write: bool) -> str:
+    """The audit actor for this request, or a GatewayError (401/403)."""
+    api_key = request.headers.get("x-api-key")
+    if api_key is not None:
+        write_id = _match_key(api_key, ctx.write_keys)
+        read_id = _match_key(api_key, ctx.read_keys)
+        if write_id is not None:
+            return f"admin-key:{write_id}"
+        if read_id is not None:
+            if write:
+                _deny(request, "read_only_key")
+                raise GatewayError(
+                    Kind.FORBIDDEN, "this admin key may only read; changing spend limits requires a write key"
+                )
+            return f"admin-key:{read_id}"
+        _deny(request, "invalid_key")
+        raise _unauthenticated()
+    authorization = request.headers.get("Authorization")
+    if authorization is None:
+        _deny(request, "no_credentials")
+        raise _unauthenticated()
+    try:
+        principal = authenticate(request.app[RUNTIME], authorization)
+    except GatewayError:
+        principal = None
+    if principal is None or ctx.admin_groups.isdisjoint(principal.groups):
+        _deny(request, "bearer_rejected")
+        raise _unauthenticated()
+    return f"oidc:{principal.sub}"
+
+
+def _unauthenticated() -> GatewayError:
+    # One message for every cause, so a caller cannot tell a wrong key from a
+    # token outside the admin groups; the audit event records which it was.
+    return GatewayError(Kind.AUTH_INVALID, "missing or invalid admin credentials")
+
+
+def _deny(request: web.Request, reason: str) -> None:
+    audit.emit(
+        "admin.denied",
+        reason=reason,
+        method=request.method,
+        path=request.path,
+        client_ip=request.get(CLIENT_IP, request.remote),
+    )
+
+
+# ---------------------------------------------------------------- transactions
+
+
+async def _notify_and_record(
+    conn: asyncpg.Connection,
+    *,
+    now: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    reason: str | None,
+) -> None:
+    q = queries()
+    await conn.fetchval(
+        q["admin_audit_insert"],
+        now,
+        actor,
+        action,
+        target,
+        None if before is None else _encode(snapshot(before)).decode(),
+        None if after is None else _encode(snapshot(after)).decode(),
+        reason,
+    )
+    await conn.fetchval(q["admin_notify_limits"], target)
+
+
+async def store_upsert(store: Any, req: LimitRequest, *, actor: str, now: datetime) -> tuple[Any, Any]:
+    """Create or replace the cap of ``req``'s (scope, period); returns (before, after) rows."""
+    q = queries()
+    with unavailable_as("saving a spend limit"):
+        async with store.pool.acquire() as conn, conn.transaction():
+            key = (req.scope_type, req.scope_id, req.period)
+            before = None
+            after = await conn.fetchrow(
+                q["admin_limit_insert"], "spl_" + uuid.uuid4().hex, *key,
+                req.amount_cents, req.pooled, req.pooled_cents, now, actor,
+            )  # fmt: skip
+            if after is None:
+                # It exists (committed; ON CONFLICT waited for any concurrent
+                # creator), so lock it and replace its terms.
+                before = await conn.fetchrow(q["admin_limit_lock_scope"], *key)
+                if before is None:  # deleted in between: a new transaction retries
+                    raise _Retry
+                after = await conn.fetchrow(
+                    q["admin_limit_update"], before["id"], req.amount_cents, req.pooled, req.pooled_cents, now
+                )
+            await _notify_and_record(
+                conn, now=now, actor=actor, action="spend_limit.upsert", target=after["id"],
+                before=before, after=after, reason=req.reason,
+            )  # fmt: skip
+    return before, after
+
+
+class _Retry(Exception):
+    """The row an upsert meant to update vanished under it; run the upsert again."""
+
+
+async def store_delete(store: Any, limit_id: str, *, actor: str, now: datetime, reason: str | None) -> Any:
+    with unavailable_as("deleting a spend limit"):
+        async with store.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(queries()["admin_limit_delete"], limit_id)
+            if before is not None:
+                await _notify_and_record(
+                    conn, now=now, actor=actor, action="spend_limit.delete", target=limit_id,
+                    before=before, after=None, reason=reason,
+                )  # fmt: skip
+    return before
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def upsert_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    req = parse_limit_request(await read_body(request, MAX_BODY_BYTES))
+    store = ctx.store(request.app)
+    for attempt in range(3):
+        try:
+            _, after = await store_upsert(store, req, actor=actor, now=ctx.now())
+            break
+        except _Retry:
+            if attempt == 2:
+                raise GatewayError(Kind.INTERNAL, "the spend limit changed concurrently; try again") from None
+    audit.emit(
+        "admin.limit.upsert",
+        actor=actor,
+        scope_type=req.scope_type,
+        scope_id=req.scope_id,
+        period=req.period,
+        amount=cents_string(req.amount_cents),
+        target=after["id"],
+    )
+    return _ok(limit_doc(after))
+
+
+async def delete_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    target = parse_limit_id(request.match_info["id"])
+    reason = parse_delete_reason(request.query)
+    if target is None:
+        raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
+    before = await store_delete(ctx.store(request.app), target, actor=actor, now=ctx.now(), reason=reason)
+    if before is None:
+        raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
+    audit.emit(
+        "admin.limit.delete",
+        actor=actor,
+        scope_type=before["scope_type"],
+        scope_id=before["scope_id"],
+        period=before["period"],
+        amount=cents_string(before["amount_cents"]),
+        target=target,
+    )
+    return _ok(SpendLimitDeleted(target))
+
+
+async def get_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    target = parse_limit_id(request.match_info["id"])
+    row = None
+    if target is not None:
+        with unavailable_as("reading a spend limit"):
+            row = await ctx.store(request.app).pool.fetchrow(queries()["admin_limit_get"], target)
+    if row is None:
+        raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
+    return _ok(limit_doc(row))
+
+
+async def list_limits(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    size, scope_type, after_id, before_id = parse_list_query(request.query)
+    q = queries()
+    pool = ctx.store(request.app).pool
+    with unavailable_as("listing spend limits"):
+        cursor_id = after_id if after_id is not None else before_id
+        anchor = None
+        if cursor_id is not None:
+            anchor = await pool.fetchrow(q["admin_limit_get"], cursor_id)
+            if anchor is None:
+                field = "after_id" if after_id is not None else "before_id"
+                raise invalid(f"{field}: no spend limit has this id")
+        if before_id is not None:
+            assert anchor is not None
+            rows = await pool.fetch(
+                q["admin_limit_page_backward"], scope_type, anchor["created_at"], anchor["id"], size + 1
+            )
+            has_more = len(rows) > size
+            rows = list(reversed(rows[:size]))
+        else:
+            rows = await pool.fetch(
+                q["admin_limit_page_forward"],
+                scope_type,
+                None if anchor is None else anchor["created_at"],
+                None if anchor is None else anchor["id"],
+                size + 1,
+            )
+            has_more = len(rows) > size
+            rows = rows[:size]
+    data = [limit_doc(r) for r in rows]
+    return _ok(
+        SpendLimitPage(
+            data=data,
+            has_more=has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+    )
+
+
+async def audit_trail(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    size, after_id = parse_audit_query(request.query)
+    with unavailable_as("reading the admin audit trail"):
+        rows = await ctx.store(request.app).pool.fetch(queries()["admin_audit_page"], after_id, size + 1)
+    return _ok(AuditPage(data=[audit_doc(r) for r in rows[:size]], has_more=len(rows) > size))
+
+
+# ---------------------------------------------------------------- /effective
+
+
+async def effective(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    eq = parse_effective_query(request.query)
+    now = ctx.now()
+    starts = {p: spend.period_bounds(p, now)[0] for p in eq.periods}
+    fingerprint = filters_fingerprint(eq.user_ids, eq.periods, eq.by_spend, eq.q)
+    q = queries()
+    pool = ctx.store(request.app).pool
+    rows: list[EffectiveLimit] = []
+    next_key: tuple[Any, ...] | None = None
+    with unavailable_as("reading effective spend limits"):
+        # The same resolution the spend gate uses, so /effective shows what is enforced.
+        limits = spend.LimitIndex(spend.LimitRow(**dict(r)) for r in await pool.fetch(q["admin_limit_all"]))
+        if eq.by_spend:
+            (period,) = eq.periods
+            spent_after, sub_after = eq.cursor if eq.cursor else (None, None)
+            people = await pool.fetch(
+                q["admin_effective_by_spend"], eq.user_ids, eq.q, spent_after, sub_after,
+                period, starts[period], eq.size + 1,
+            )  # fmt: skip
+            for person in people[: eq.size]:
+                caps = limits.caps(person["sub"], groups_of(person["groups"]), ctx.group_limit_mode)
+                rows.append(effective_row(person, period, caps[period], person["spent_micro"]))
+            if len(people) > eq.size:
+                last = people[eq.size - 1]
+                next_key = (last["spent_micro"], last["sub"])
+        else:
+            # Rows are (sub, period) in order; the cursor names the last row
+            # shown, so a page may end part-way through one person's periods.
+            sub_from, period_after = eq.cursor if eq.cursor else (None, None)
+            people = await pool.fetch(
+                q["admin_effective_principals"], eq.user_ids, eq.q, sub_from, eq.size + 2
+            )
+            spent = await _spend_of(pool, [p["sub"] for p in people], starts)
+            candidates = [
+                (person, period)
+                for person in people
+                for period in eq.periods
+                if not (
+                    person["sub"] == sub_from
+                    and period_after in eq.periods
+                    and eq.periods.index(period) <= eq.periods.index(period_after)
+                )
+            ]
+            for person, period in candidates[: eq.size]:
+                caps = limits.caps(person["sub"], groups_of(person["groups"]), ctx.group_limit_mode)
+                rows.append(
+                    effective_row(person, period, caps[period], spent.get((person["sub"], period), 0))
+                )
+            if len(candidates) > eq.size:
+                last_person, last_period = candidates[eq.size - 1]
+                next_key = (last_person["sub"], last_period)
+    next_page = None if next_key is None else encode_cursor(fingerprint, next_key)
+    return _ok(EffectivePage(data=rows, next_page=next_page))
+
+
+async def _spend_of(pool: Any, subs: list[str], starts: Mapping[str, datetime]) -> dict[tuple[str, str], int]:
+    if not subs:
+        return {}
+    found = await pool.fetch(queries()["admin_effective_spend"], subs, list(starts), list(starts.values()))
+    return {(r["sub"], r["period"]): r["spent_micro"] for r in found}

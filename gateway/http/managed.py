@@ -1,0 +1,164 @@
+"""HTTP edge of managed settings: ``GET /managed/settings``, ``GET /user/bootstrap``,
+and the record of which settings checksums clients report holding.
+
+Everything a response needs was computed at boot by :class:`gateway.policy.policies.Policies`;
+these handlers authenticate, pick the caller's policy (a cached lookup) and
+choose between 200, 304 and 404 (SPEC §17.1). No store access, so settings
+keep flowing while the database is down (MANAGED-12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+import gateway
+from gateway import audit
+from gateway.errors import GatewayError, Kind
+from gateway.http.messages import REQUEST_ID, RUNTIME, authenticate
+from gateway.policy.policies import Policies
+
+__all__ = [
+    "POLICIES",
+    "SIGHTINGS",
+    "ChecksumSightings",
+    "if_none_match_hits",
+    "managed_settings",
+    "user_bootstrap",
+]
+
+POLICIES: web.AppKey[Policies] = web.AppKey("policies", Policies)
+VERSION_HEADER = "x-cc-gateway-version"
+
+
+def _version() -> dict[str, str]:
+    return {VERSION_HEADER: gateway.__version__}
+
+
+def if_none_match_hits(values: list[str], etag: str) -> bool:
+    """True only when one comma-separated entry is exactly ``etag`` (the quoted checksum).
+
+    ``*`` is deliberately no match: Claude Desktop probes with it and must get
+    the document or a 404, never a 304 it would read as "mandatory settings
+    exist" (MANAGED-7, MANAGED-16). Weak (``W/"…"``) and unquoted values miss too.
+    """
+    return any(part.strip() == etag for value in values for part in value.split(","))
+
+
+async def managed_settings(request: web.Request) -> web.Response:
+    # The client looks for the version header on every answer of this endpoint,
+    # refusals included (MANAGED-11).
+    try:
+        principal = authenticate(request.app[RUNTIME], request.headers.get("Authorization"))
+    except GatewayError as err:
+        err.headers = {**(err.headers or {}), **_version()}
+        raise
+    matched = request.app[POLICIES].match(principal)
+    if matched is None:
+        # "No policy for you" must not be cached by anything in between: the same
+        # person may match a policy after the next config change (MANAGED-10).
+        raise GatewayError(
+            Kind.NOT_CONFIGURED, "not configured", headers={**_version(), "Cache-Control": "no-store"}
+        )
+    headers = {"ETag": matched.etag, **_version()}
+    if if_none_match_hits(request.headers.getall("If-None-Match", []), matched.etag):
+        return web.Response(status=304, headers=headers)
+    audit.emit(
+        "managed.serve",
+        request_id=request[REQUEST_ID],
+        sub=principal.sub,
+        email=principal.email,
+        policy_index=matched.index,
+        checksum=matched.checksum,
+    )
+    return web.Response(body=matched.body, content_type="application/json", headers=headers)
+
+
+async def user_bootstrap(request: web.Request) -> web.Response:
+    """Claude Desktop's overlay endpoint; its response format is not known yet, so
+    every caller is told plainly that nothing is configured here."""
+    try:
+        principal = authenticate(request.app[RUNTIME], request.headers.get("Authorization"))
+    except GatewayError as err:
+        err.headers = {**(err.headers or {}), **_version()}
+        raise
+    audit.emit(
+        "desktop_bootstrap.denied", request_id=request[REQUEST_ID], sub=principal.sub, reason="not_configured"
+    )
+    raise GatewayError(
+        Kind.NOT_CONFIGURED,
+        "this gateway does not serve Claude Desktop settings: no desktop configuration is available",
+        headers={**_version(), "Cache-Control": "no-store"},
+    )
+
+
+# ---------------------------------------------------------------- checksum sightings
+
+_CHECKSUM = re.compile(r"^sha256:[0-9a-f]{64}$")
+SIGHTINGS_MAX = 10_000
+FLUSH_INTERVAL_S = 300.0
+
+
+class ChecksumSightings:
+    """Counts which settings checksum each user's client reports in
+    ``x-claude-code-managed-settings-checksum``, to show administrators who still
+    runs stale settings.
+
+    The header value is an unkeyed SHA-256 over settings that may hold secrets in
+    ``env``, so it is never logged as sent: events carry a truncated SHA-256 of
+    it, enough to tell versions apart, plus whether it was the one being served.
+    ``note`` runs on the hot path: no await, no I/O, bounded memory (sightings
+    beyond the bound are counted as dropped and reported).
+    """
+
+    def __init__(self, *, max_entries: int = SIGHTINGS_MAX, emit: Callable[..., None] = audit.emit) -> None:
+        self._max = max_entries
+        self._emit = emit
+        self._counts: dict[tuple[str, str], list[Any]] = {}  # (sub, checksum) → [count, served checksum]
+        self.dropped = 0
+
+    def note(self, sub: str, checksum: str, served: str | None = None) -> None:
+        """Record one request's header value; ``served`` is the checksum the caller's
+        policy serves now, when the caller knows it."""
+        if not _CHECKSUM.match(checksum):
+            return  # not a checksum: nothing useful to aggregate, never stored
+        entry = self._counts.get((sub, checksum))
+        if entry is None:
+            if len(self._counts) >= self._max:
+                self.dropped += 1
+                return
+            self._counts[(sub, checksum)] = [1, served]
+        else:
+            entry[0] += 1
+            entry[1] = served if served is not None else entry[1]
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for (sub, checksum), (count, served) in counts.items():
+            fields: dict[str, Any] = {"sub": sub, "checksum_hash": _short_hash(checksum), "requests": count}
+            if served is not None:
+                fields["stale"] = checksum != served
+            self._emit("managed.checksum_seen", **fields)
+        if self.dropped:
+            self._emit("managed.checksum_seen.dropped", sightings=self.dropped)
+            self.dropped = 0
+
+    async def flush_forever(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                self.flush()
+        finally:
+            self.flush()  # on cancellation at shutdown, report what was gathered
+
+
+def _short_hash(checksum: str) -> str:
+    return hashlib.sha256(checksum.encode()).hexdigest()[:16]
+
+
+SIGHTINGS: web.AppKey[ChecksumSightings] = web.AppKey("checksum_sightings", ChecksumSightings)

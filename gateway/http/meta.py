@@ -1,0 +1,97 @@
+"""Small endpoints around the hot path: probes, landing, models, stubs.
+
+* ``/healthz``: the process is alive (never touches the store).
+* ``/readyz``: 200 only while the store answers, or within
+  ``store.readiness_grace_seconds`` of its last answer.
+* ``/``: name and version.
+* ``/v1/models``: the catalog, in the Anthropic list shape.
+* ``/v1/metrics|logs|traces``: accepted and discarded until telemetry lands.
+* ``/managed/settings``: "not configured" until policy lands.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+import gateway
+from gateway.errors import GatewayError, Kind
+from gateway.http.messages import RUNTIME, authenticate, read_body
+from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
+
+JSON = "application/json"
+# Name and version are fixed for the life of the process: encoded once.
+_LANDING = encoder.encode(ServerInfo(gateway.NAME, gateway.__version__))
+
+
+def _authenticate(request: web.Request):
+    return authenticate(request.app[RUNTIME], request.headers.get("Authorization"))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.draining:
+        return web.Response(status=503, text="draining")
+    if rt.store is None or not await rt.store.ready(timeout=2.0):
+        return web.Response(status=503, text="store unavailable")
+    return web.Response(text="ready")
+
+
+async def landing(request: web.Request) -> web.Response:
+    return web.Response(body=_LANDING, content_type=JSON, headers={"Cache-Control": "no-store"})
+
+
+async def models(request: web.Request) -> web.Response:
+    principal = _authenticate(request)
+    rt = request.app[RUNTIME]
+    access = rt.policies.access_for(principal)
+    data = [
+        ModelInfo(type="model", id=e.id, display_name=e.display_name, max_input_tokens=e.max_input_tokens, description=e.description)
+        for e in rt.routes.catalog
+        if access.allows(e.id)
+    ]
+    listing = ModelList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+    return web.Response(body=encoder.encode(listing), content_type=JSON)
+
+
+async def telemetry_ingest(request: web.Request) -> web.Response:
+    _authenticate(request)
+    await read_body(request, request.app[RUNTIME].limits.max_request_bytes)
+    # Accepted and discarded until the telemetry relay forwards it.
+    return web.Response(status=200)
+
+
+async def oauth_usage(request: web.Request) -> web.Response:
+    """The caller's spend in dollars for ``/usage`` and the status line (SPEC §20)."""
+    from gateway.db.store import StoreUnavailable
+    from gateway.http import spend_gate
+
+    principal = _authenticate(request)
+    rt = request.app[RUNTIME]
+    if rt.spend is None:
+        raise GatewayError(Kind.NOT_CONFIGURED, "not configured", headers={"Cache-Control": "no-store"})
+    try:
+        body = await spend_gate.usage(rt, principal)
+    except (StoreUnavailable, TimeoutError):
+        raise GatewayError(Kind.STORE_UNAVAILABLE, "spend limit unavailable", headers={"Cache-Control": "no-store"}) from None
+    return web.Response(body=body, content_type=JSON, headers={"Cache-Control": "no-store"})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise GatewayError(Kind.NOT_FOUND, "not found")
+
+
+async def protocol_markdown(request: web.Request) -> web.Response:
+    from protocol_spec.requirements import spec_bytes
+
+    return web.Response(body=spec_bytes(), headers={"Content-Type": "text/markdown; charset=utf-8"})
+
+
+async def protocol_json(request: web.Request) -> web.Response:
+    """The requirements index plus the JSON Schema of every wire type (SPEC §1.6)."""
+    from protocol_spec.schema import protocol_json as document
+
+    return web.Response(body=document(), content_type=JSON)

@@ -1,0 +1,1 @@
+"""The policy package (see the README's Layout section)."""

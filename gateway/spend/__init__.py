@@ -1,0 +1,1 @@
+"""The spend package (see the README's Layout section)."""
