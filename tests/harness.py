@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway.app.build import build, parser_limits
 from gateway.app.connections import Deadlines, GuardedAppRunner
 from gateway.config.load import loads
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 UPSTREAM_KEY = "sk-ant-test-upstream-key"

@@ -24,7 +24,8 @@ from gateway.app.build import build, parser_limits
 from gateway.config.load import ConfigError
 from gateway.http import admin as admin_api
 from gateway.http.admin import ADMIN, AdminContext, spend_string
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
+from gateway.http.routes import add_routes
 from gateway.spend.caps import period_bounds
 from tests.harness import RunningGateway, make_config, upstream_block
 
@@ -74,7 +75,7 @@ async def start_admin_gateway(
     app = build(cfg, clock=clock)
     if with_admin:
         app[ADMIN] = AdminContext(cfg, clock=clock, store=store)
-        admin_api.routes(app)
+        add_routes(app, "admin")
     runner = web.AppRunner(
         app,
         handler_cancellation=True,

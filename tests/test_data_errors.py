@@ -13,7 +13,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
 from tests.scripted_idp import ScriptedIdp
 from tests.test_signin import ALICE, sign_in
 

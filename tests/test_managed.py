@@ -21,6 +21,7 @@ from aiohttp import web
 
 import gateway
 from gateway.app import build as gateway_app
+from gateway.http.keys import RUNTIME
 from gateway.http.managed import (
     POLICIES,
     ChecksumSightings,
@@ -28,7 +29,6 @@ from gateway.http.managed import (
     managed_settings,
     user_bootstrap,
 )
-from gateway.http.messages import RUNTIME
 from gateway.policy.policies import Policies
 from tests.harness import make_config, upstream_block
 

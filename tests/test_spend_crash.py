@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from gateway.devenv.postgres import Cluster
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
 from tests.harness import make_config, start_gateway, upstream_block
 
 WRITE_KEY = "admin-write-key-0123456789abcdef0123456789"

@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
 from tests.harness import make_config, start_gateway, upstream_block
 from tests.netfaults import TcpProxy
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway import audit
 from gateway.db.store import StoreUnavailable, queries, unavailable_as
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
 
 if TYPE_CHECKING:
     from gateway.http.admin import AdminContext

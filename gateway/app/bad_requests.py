@@ -33,7 +33,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from gateway import audit
 from gateway.errors import GatewayError, Kind, render
-from gateway.http.messages import SECURITY_HEADERS, new_request_id
+from gateway.http.keys import SECURITY_HEADERS, new_request_id
 
 
 def parse_error(exc: BaseException | None, status: int, *, line_limit: int, field_limit: int) -> GatewayError:

@@ -1,6 +1,7 @@
-"""Composition root: the route table, the middleware, and startup/cleanup.
+"""Composition root: the runtime, the middleware, and startup/cleanup.
 
-The only module that wires edges (store, transport, recorder) to handlers.
+The only module that wires edges (store, transport, recorder) to handlers; the
+routes it registers are the table in :mod:`gateway.http.routes`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from gateway.client_text import quoted
 from gateway.db.store import is_data_error
 from gateway.db.tasks import TaskSet
 from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
-from gateway.http import managed, meta, signin
-from gateway.http import messages as relay
-from gateway.http.messages import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_request_id
+from gateway.http import managed, signin
+from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_request_id
+from gateway.http.routes import add_routes
 from gateway.http.runtime import Limits, Runtime, UpstreamPlan
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
@@ -31,25 +32,6 @@ from gateway.upstreams.routing import Routes
 
 # Errors aiohttp raises itself (unknown route, wrong method) → our envelope.
 _HTTP_KINDS = {404: Kind.NOT_FOUND, 405: Kind.INVALID_REQUEST, 413: Kind.TOO_LARGE}
-
-
-def routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/v1/messages", relay.messages)
-    r.add_post("/v1/messages/count_tokens", relay.messages)
-    r.add_get("/v1/models", meta.models)
-    r.add_get("/healthz", meta.healthz, allow_head=False)
-    r.add_get("/readyz", meta.readyz, allow_head=False)
-    r.add_get("/", meta.landing, allow_head=False)
-    r.add_post("/v1/metrics", meta.telemetry_ingest)
-    r.add_post("/v1/logs", meta.telemetry_ingest)
-    r.add_post("/v1/traces", meta.telemetry_ingest)
-    r.add_get("/managed/settings", managed.managed_settings, allow_head=False)
-    r.add_get("/user/bootstrap", managed.user_bootstrap, allow_head=False)
-    r.add_get("/api/oauth/usage", meta.oauth_usage, allow_head=False)
-    r.add_get("/protocol", meta.protocol_markdown, allow_head=False)
-    r.add_get("/protocol.json", meta.protocol_json, allow_head=False)
-    signin.routes(app)
 
 
 def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runtime:
@@ -120,12 +102,12 @@ def build(
     rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), pricing_rows)
     app[managed.POLICIES] = rt.policies
     app[managed.SIGHTINGS] = rt.sightings = managed.ChecksumSightings()
-    routes(app)
+    add_routes(app, "core")
     if cfg.admin is not None:
         from gateway.http import admin as admin_api
 
         app[admin_api.ADMIN] = admin_api.AdminContext(cfg, clock=clock)
-        admin_api.routes(app)
+        add_routes(app, "admin")
     app.cleanup_ctx.append(_lifecycle(store))
     return app
 

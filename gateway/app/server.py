@@ -29,7 +29,7 @@ from aiohttp import web
 from gateway import audit
 from gateway.app.build import build, parser_limits
 from gateway.app.connections import Deadlines, GuardedAppRunner
-from gateway.http.messages import RUNTIME
+from gateway.http.keys import RUNTIME
 
 DEFAULT_DRAIN_MS = 25_000
 

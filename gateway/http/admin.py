@@ -1,7 +1,9 @@
 """Admin API: spend limits over HTTP, shaped like Anthropic's (SPEC "Admin API").
 
-Routes, all under ``/v1/organizations/spend_limits`` and registered only when
-the config has an ``admin:`` section (without it every path is a plain 404)::
+Routes, all under ``/v1/organizations/spend_limits`` and registered (from the
+table in :mod:`gateway.http.routes`, each handler wrapped by :func:`guarded`)
+only when the config has an ``admin:`` section (without it every path is a
+plain 404)::
 
     GET    ""            list caps in creation order (limit, after_id | before_id, scope_type)
     POST   ""            create or replace the cap of one (scope, period)
@@ -75,7 +77,7 @@ from gateway.admin.retention import prune as prune
 from gateway.admin.retention import prune_forever as prune_forever
 from gateway.db.store import StoreUnavailable, queries, unavailable_as
 from gateway.errors import GatewayError, Kind, render
-from gateway.http.messages import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
+from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
 from gateway.spend import caps as spend
 from protocol_spec.wire import (
     AuditPage,
@@ -125,17 +127,6 @@ class AdminContext:
 ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
 
 
-def routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get(BASE, _wrap(list_limits, write=False), allow_head=False)
-    r.add_post(BASE, _wrap(upsert_limit, write=True))
-    # Literal paths first: aiohttp matches in registration order.
-    r.add_get(BASE + "/effective", _wrap(effective, write=False), allow_head=False)
-    r.add_get(BASE + "/audit", _wrap(audit_trail, write=False), allow_head=False)
-    r.add_get(BASE + "/{id}", _wrap(get_limit, write=False), allow_head=False)
-    r.add_delete(BASE + "/{id}", _wrap(delete_limit, write=True))
-
-
 # ---------------------------------------------------------------- responses
 
 
@@ -154,7 +145,7 @@ def _error_response(request: web.Request, err: GatewayError) -> web.Response:
 Handler = Callable[[web.Request, AdminContext, str], Awaitable[web.Response]]
 
 
-def _wrap(handler: Handler, *, write: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+def guarded(handler: Handler, *, write: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Authorize, then run ``handler(request, ctx, actor)``; every outcome in the admin envelope."""
 
     async def run(request: web.Request) -> web.Response:

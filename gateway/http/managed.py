@@ -20,7 +20,7 @@ from aiohttp import web
 import gateway
 from gateway import audit
 from gateway.errors import GatewayError, Kind
-from gateway.http.messages import REQUEST_ID, RUNTIME, authenticate
+from gateway.http.keys import REQUEST_ID, RUNTIME, authenticate
 from gateway.policy.policies import Policies
 
 __all__ = [

@@ -16,7 +16,6 @@ generating) and still record the request, with status 499.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from datetime import UTC, datetime
 
@@ -24,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import audit
-from gateway.auth.tokens import Principal, bearer_token
+from gateway.auth.tokens import Principal
 from gateway.errors import (
     FINAL_PREFERENCE,
     GatewayError,
@@ -33,6 +32,7 @@ from gateway.errors import (
     upstream_status_fails_over,
 )
 from gateway.http import spend_gate
+from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, authenticate, read_body
 from gateway.http.runtime import Runtime
 from gateway.policy.policies import ALLOW_ALL
 from gateway.upstreams import anthropic
@@ -40,22 +40,11 @@ from gateway.upstreams.bodyview import decode_view, remove_member, splice_model
 from gateway.upstreams.sse import ZERO, UsageTap, UsageTotals, json_usage
 from gateway.upstreams.transport import UpstreamFailure
 
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
-REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
-CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("client_ip", object)  # type: ignore[arg-type]
 # Upstream error bodies are read whole before failing over; they are small,
 # and a hostile or broken upstream must not make us buffer without bound.
 MAX_ERROR_BODY_BYTES = 1 << 20
 CLIENT_CLOSED = 499
 REQUEST_TAGS_BETA = "request-tags-2026-08-21"
-# On every response, against sniffing, framing, referrer leaks and opener access
-# (SPEC ROLE-5). The middleware adds them; streams, prepared here, add their own.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
 
 
 class Outcome:
@@ -180,28 +169,6 @@ def billing_group(tags: dict, tag: str, principal: Principal) -> str | None:
     """The billing group a request names, if the person's token lists that group."""
     value = tags.get(tag)
     return value if isinstance(value, str) and value in principal.groups else None
-
-
-def authenticate(rt: Runtime, authorization: str | None) -> Principal:
-    """The principal of a bearer token; the one check every bearer endpoint uses.
-
-    Verification is pure and cached; a revoked sign-in family is refused from
-    the in-memory set the revocation watcher keeps (no database per request).
-    """
-    principal = rt.tokens.verify(bearer_token(authorization), int(rt.clock()))
-    if rt.revocations is not None and rt.revocations.is_revoked(principal.sid):
-        raise GatewayError(Kind.AUTH_INVALID, "session revoked")
-    return principal
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is None:
-        if request.headers.get("Transfer-Encoding", "").lower().find("chunked") >= 0:
-            raise GatewayError(Kind.LENGTH_REQUIRED, "a Content-Length header is required")
-        return b""
-    if request.content_length > limit:
-        raise GatewayError(Kind.TOO_LARGE, f"request body is larger than the limit of {limit} bytes")
-    return await request.read()
 
 
 async def open_first(rt, request, body, model, targets, path_qs, principal, outcome, t0):
@@ -394,6 +361,3 @@ def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: fl
         )
     )
 
-
-def new_request_id() -> str:
-    return "req_" + os.urandom(16).hex()

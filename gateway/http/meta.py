@@ -15,7 +15,7 @@ from aiohttp import web
 
 import gateway
 from gateway.errors import GatewayError, Kind
-from gateway.http.messages import RUNTIME, authenticate, read_body
+from gateway.http.keys import RUNTIME, authenticate, read_body
 from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
 
 JSON = "application/json"

@@ -49,7 +49,7 @@ from gateway.auth.sealing import Sealer, derive_key
 from gateway.db.store import StoreUnavailable
 from gateway.errors import GatewayError, Kind, OAuthError
 from gateway.http.forms import FormInvalid, parse_form
-from gateway.http.messages import CLIENT_IP, REQUEST_ID
+from gateway.http.keys import CLIENT_IP, REQUEST_ID
 from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthorization, TokenResponse, encoder
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -457,17 +457,6 @@ async def _html(
 
 async def _done(request: web.Request, si: SignIn, html: str, status: int, session: aiohttp_session.Session) -> web.Response:
     return await _html(request, si, html, status=status, session=session)
-
-
-def routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/.well-known/oauth-authorization-server", metadata, allow_head=False)
-    r.add_post("/oauth/device_authorization", device_authorization)
-    r.add_get("/device", device_page, allow_head=False)
-    r.add_post("/device", device_submit)
-    r.add_get("/oauth/callback", callback, allow_head=False)
-    r.add_post("/oauth/token", token)
-    r.add_post("/oauth/revoke", revoke)
 
 
 async def prune_forever(si: SignIn, every_s: float = 300.0) -> None:
