@@ -20,10 +20,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from gateway.admin import retention
+from gateway.admin.docs import spend_string
 from gateway.app.build import build, parser_limits
 from gateway.config.load import ConfigError
-from gateway.http import admin as admin_api
-from gateway.http.admin import ADMIN, AdminContext, spend_string
+from gateway.http.admin import ADMIN, AdminContext
 from gateway.http.keys import RUNTIME
 from gateway.http.routes import add_routes
 from gateway.spend.caps import period_bounds
@@ -743,17 +744,17 @@ async def test_retention_prune(gw, db, http, clock):
     )
     await seen(db, "gone", None, None, [], now - timedelta(days=91))
     await seen(db, "back", None, None, [], now - timedelta(days=89))
-    month = admin_api.months_before(now, 0)
-    await spent(db, "old", "monthly", 5, now, start=admin_api.months_before(now, 14))
-    await spent(db, "kept", "monthly", 5, now, start=admin_api.months_before(now, 13))
+    month = retention.months_before(now, 0)
+    await spent(db, "old", "monthly", 5, now, start=retention.months_before(now, 14))
+    await spent(db, "kept", "monthly", 5, now, start=retention.months_before(now, 13))
     await spent(db, "kept", "daily", 5, now, start=month)
 
-    removed = await admin_api.prune(gw.app[RUNTIME].store, cfg, now)
+    removed = await retention.prune(gw.app[RUNTIME].store, cfg, now)
     assert removed == {"admin_audit": 1, "principals": 1, "spend_counters": 1}
     assert await db.fetchval("SELECT count(*) FROM admin_audit") == 1
     assert {r["sub"] for r in await db.fetch("SELECT sub FROM principals")} == {"back"}
     assert {r["scope_id"] for r in await db.fetch("SELECT scope_id FROM spend_counters")} == {"kept"}
-    assert await admin_api.prune(gw.app[RUNTIME].store, cfg, now) == {
+    assert await retention.prune(gw.app[RUNTIME].store, cfg, now) == {
         "admin_audit": 0,
         "principals": 0,
         "spend_counters": 0,
@@ -762,9 +763,9 @@ async def test_retention_prune(gw, db, http, clock):
 
 def test_months_before_crosses_years():
     now = datetime(2027, 2, 14, 9, tzinfo=UTC)
-    assert admin_api.months_before(now, 0) == datetime(2027, 2, 1, tzinfo=UTC)
-    assert admin_api.months_before(now, 13) == datetime(2026, 1, 1, tzinfo=UTC)
-    assert admin_api.months_before(now, 2) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert retention.months_before(now, 0) == datetime(2027, 2, 1, tzinfo=UTC)
+    assert retention.months_before(now, 13) == datetime(2026, 1, 1, tzinfo=UTC)
+    assert retention.months_before(now, 2) == datetime(2026, 12, 1, tzinfo=UTC)
 
 
 async def test_prune_forever_runs_on_its_schedule(gw, db, clock):
@@ -773,7 +774,10 @@ async def test_prune_forever_runs_on_its_schedule(gw, db, clock):
         "INSERT INTO admin_audit (at, actor, action, target) VALUES ($1, 'x', 'spend_limit.upsert', 'spl_old')",
         now - timedelta(days=400),
     )
-    task = asyncio.create_task(admin_api.prune_forever(gw.app[ADMIN], gw.app, every_s=0.05))
+    ctx = gw.app[ADMIN]
+    task = asyncio.create_task(
+        retention.prune_forever(lambda: ctx.store(gw.app), gw.app[RUNTIME].config, ctx.now, every_s=0.05)
+    )
     try:
         for _ in range(100):
             if await db.fetchval("SELECT count(*) FROM admin_audit") == 0:

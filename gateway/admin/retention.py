@@ -9,17 +9,12 @@ once; a database outage skips one round with a warning instead of stopping it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
+from typing import Any
 
 from gateway import audit
 from gateway.db.store import StoreUnavailable, queries, unavailable_as
-from gateway.http.keys import RUNTIME
-
-if TYPE_CHECKING:
-    from gateway.http.admin import AdminContext
 
 PRUNE_EVERY_S = 3600.0
 # Bulk deletes may take longer than an interactive admin call; this
@@ -66,13 +61,18 @@ def _count(status: str) -> int:
         return 0
 
 
-async def prune_forever(ctx: AdminContext, app: web.Application, every_s: float = PRUNE_EVERY_S) -> None:
-    """The periodic retention sweep; the app runs it as a background task."""
-    cfg = app[RUNTIME].config
+async def prune_forever(
+    store: Callable[[], Any], cfg: Any, now: Callable[[], datetime], every_s: float = PRUNE_EVERY_S
+) -> None:
+    """The periodic retention sweep; the app runs it as a background task.
+
+    ``store`` is asked for the store at each round (the app's is opened after
+    this task is made); ``now`` is the admin API's clock.
+    """
     while True:
         await asyncio.sleep(every_s)
         try:
-            removed = await prune(ctx.store(app), cfg, ctx.now())
+            removed = await prune(store(), cfg, now())
         except (StoreUnavailable, TimeoutError) as exc:
             audit.log("warn", f"retention prune skipped: {exc}")
             continue

@@ -154,6 +154,7 @@ def _lifecycle(shared_store: Any):
             background += tasks
         background.append(asyncio.create_task(rt.sightings.flush_forever()))
         if cfg.admin is not None:
+            from gateway.admin import retention
             from gateway.db.store import StoreUnavailable
             from gateway.http import admin as admin_api
             from gateway.spend.store import SpendStore
@@ -173,7 +174,10 @@ def _lifecycle(shared_store: Any):
                 await rt.spend.seed_allowances(rt.allowances)
             except StoreUnavailable as exc:
                 audit.log("warn", f"output allowances not seeded from history: {exc}")
-            background.append(asyncio.create_task(admin_api.prune_forever(app[admin_api.ADMIN], app)))
+            ctx = app[admin_api.ADMIN]
+            background.append(
+                asyncio.create_task(retention.prune_forever(lambda: ctx.store(app), cfg, ctx.now))
+            )
         try:
             yield
         finally:

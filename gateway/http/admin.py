@@ -32,13 +32,12 @@ Money: amounts travel as strings of whole US cents and are stored as integer
 cents; spend is read as integer micro-dollars and shown as cents with three
 decimals. No floats anywhere.
 
-This module holds the edges: routes, authorization and the SQL transactions.
-Parsing what clients send (bodies, queries, cursors) is in the pure
-:mod:`gateway.admin.requests`, shaping rows into wire documents in the pure
+This module holds the edges: the handlers, authorization and the SQL
+transactions. Parsing what clients send (bodies, queries, cursors) is in the
+pure :mod:`gateway.admin.requests`, shaping rows into wire documents in the pure
 :mod:`gateway.admin.docs`, and the retention sweep in
-:mod:`gateway.admin.retention`; names other modules reach through
-``admin_api`` (``spend_string``, ``prune``, ``prune_forever``,
-``months_before``) are re-exported here.
+:mod:`gateway.admin.retention`, which takes the store and the config and knows
+nothing of these handlers.
 """
 
 from __future__ import annotations
@@ -58,7 +57,6 @@ from aiohttp import web
 
 from gateway import audit
 from gateway.admin.docs import audit_doc, cents_string, effective_row, groups_of, limit_doc, snapshot
-from gateway.admin.docs import spend_string as spend_string  # re-exported: callers import it from here
 from gateway.admin.requests import (
     LimitRequest,
     encode_cursor,
@@ -71,10 +69,6 @@ from gateway.admin.requests import (
     parse_limit_request,
     parse_list_query,
 )
-from gateway.admin.retention import PRUNE_EVERY_S as PRUNE_EVERY_S
-from gateway.admin.retention import months_before as months_before
-from gateway.admin.retention import prune as prune
-from gateway.admin.retention import prune_forever as prune_forever
 from gateway.db.store import StoreUnavailable, queries, unavailable_as
 from gateway.errors import GatewayError, Kind, render
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
