@@ -27,6 +27,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from gateway.app.cli_output import print_json, table
+
 PATH = "/v1/organizations/spend_limits"
 KEY_ENV = "GATEHOUSE_ADMIN_KEY"
 TIMEOUT_S = 30.0
@@ -228,9 +230,9 @@ def do_list(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         )
     rows = _all_pages(lambda q: client.send("GET", PATH, q), query, "after_id", lambda d: d["last_id"])
     if args.json:
-        _print_json(out, {"data": rows})
+        print_json(out, {"data": rows})
         return
-    _table(
+    table(
         out,
         ["ID", "SCOPE", "PERIOD", "AMOUNT", "POOL", "UPDATED"],
         [
@@ -264,7 +266,7 @@ def do_set(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         body["reason"] = args.reason
     doc = client.send("POST", PATH, body=body)
     if args.json:
-        _print_json(out, doc)
+        print_json(out, doc)
         return
     pool = f", pooled {_money(doc['pooled_monthly_credit_limit'])}" if doc.get("pooled_limit_enabled") else ""
     out.write(f"{doc['id']}: {_scope_text(doc['scope'])} {doc['period']} {_money(doc['amount'])}{pool}\n")
@@ -274,7 +276,7 @@ def do_delete(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     query = [("reason", args.reason)] if args.reason else None
     doc = client.send("DELETE", f"{PATH}/{urllib.parse.quote(args.id, safe='')}", query)
     if args.json:
-        _print_json(out, doc)
+        print_json(out, doc)
         return
     out.write(f"deleted {doc['id']}\n")
 
@@ -290,9 +292,9 @@ def do_effective(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         lambda q: client.send("GET", PATH + "/effective", q), query, "page", lambda d: d["next_page"]
     )
     if args.json:
-        _print_json(out, {"data": rows})
+        print_json(out, {"data": rows})
         return
-    _table(
+    table(
         out,
         ["USER", "EMAIL", "PERIOD", "CAP", "SPENT", "SOURCE"],
         [
@@ -315,9 +317,9 @@ def do_audit(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         raise CliError("--limit: must be from 1 to 1000", 2)
     doc = client.send("GET", PATH + "/audit", [("limit", str(args.limit))])
     if args.json:
-        _print_json(out, doc)
+        print_json(out, doc)
         return
-    _table(
+    table(
         out,
         ["ID", "WHEN", "ACTOR", "ACTION", "TARGET", "CHANGE", "REASON"],
         [
@@ -407,16 +409,3 @@ def _change(event: dict[str, Any]) -> str:
     if after is None and before is not None:
         return f"deleted (was {terms(before)})"
     return f"{terms(before)} -> {terms(after)}"
-
-
-def _print_json(out: TextIO, doc: Any) -> None:
-    out.write(json.dumps(doc, indent=2) + "\n")
-
-
-def _table(out: TextIO, header: list[str], rows: list[list[str]], *, empty: str) -> None:
-    if not rows:
-        out.write(empty + "\n")
-        return
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() + "\n")

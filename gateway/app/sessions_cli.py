@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from gateway.app.limits_cli import _print_json, _table
+from gateway.app.cli_output import print_json, table
 
 if TYPE_CHECKING:
     from gateway.auth.session_store import FamilyInfo
@@ -49,7 +49,7 @@ def _ends(fam: FamilyInfo) -> str:
 
 def print_list(out: TextIO, email: str, families: list[FamilyInfo], *, as_json: bool) -> None:
     if as_json:
-        _print_json(out, {"data": [family_doc(f) for f in families]})
+        print_json(out, {"data": [family_doc(f) for f in families]})
         return
     rows = [
         [
@@ -66,11 +66,11 @@ def print_list(out: TextIO, email: str, families: list[FamilyInfo], *, as_json: 
         ]
         for f in families
     ]
-    _table(out, HEADER, rows, empty=f"no sign-in sessions for {email}")
+    table(out, HEADER, rows, empty=f"no sign-in sessions for {email}")
 
 
 def print_revoked(out: TextIO, email: str, count: int, *, as_json: bool) -> None:
     if as_json:
-        _print_json(out, {"email": email, "revoked": count})
+        print_json(out, {"email": email, "revoked": count})
     else:
         out.write(f"revoked {count} sign-in session(s) for {email}\n")
