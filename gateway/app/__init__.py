@@ -1,1 +1,21 @@
-"""The app package (see the README's Layout section)."""
+"""Composition: the one place that builds the gateway out of its parts and runs it.
+
+* :mod:`~gateway.app.build` makes the :class:`~gateway.http.runtime.Runtime`
+  from a validated config, registers the route table of
+  :mod:`gateway.http.routes`, installs the envelope middleware (request ids,
+  access lists, every error in the protocol's envelope) and, on startup, opens
+  the edges (store, transport, recorder, spend store, sign-in) and starts the
+  background jobs; cleanup stops them in reverse.
+* :mod:`~gateway.app.server` runs the app: one process or ``--workers N``
+  forked ones on one port, with the open-file limit raised and a drain on
+  SIGTERM. :mod:`~gateway.app.connections` puts deadlines on client
+  connections; :mod:`~gateway.app.bad_requests` answers what aiohttp's parser
+  refuses in our envelope.
+* :mod:`~gateway.app.limits_cli` and :mod:`~gateway.app.sessions_cli` are the
+  ``gatehouse limits`` and ``gatehouse sessions`` commands behind
+  ``gateway/__main__.py``; :mod:`~gateway.app.cli_output` prints for both.
+
+Public surface: ``build.build``, ``build.build_runtime``,
+``build.envelope_middleware``, ``build.parser_limits``, ``server.run``.
+Nothing below this layer imports it.
+"""

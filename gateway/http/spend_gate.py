@@ -1,8 +1,8 @@
 """The spend gate on the hot path: admit, top up while streaming, settle (SPEC §19).
 
-Glue between the relay and the spend engine (``spend``, ``pricing``,
-``spend_store``); kept beside the relay so ``relay.py`` stays a readable list
-of steps. One database round trip to admit a capped request, none per SSE
+Glue between the relay and the spend engine (:mod:`gateway.spend`: caps,
+pricing, the store); kept beside the relay so ``messages.py`` stays a readable
+list of steps. One database round trip to admit a capped request, none per SSE
 chunk (top-ups are requested once per step, in the background), and one to
 settle, queued where a client hang-up cannot cancel it.
 

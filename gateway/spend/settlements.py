@@ -83,7 +83,7 @@ class Settle(NamedTuple):
     keys: tuple[Any, ...]  # the counters to charge when no reservation row exists
     actual_micro: int
     at: datetime
-    lease: str | None = None  # the lease the request was admitted against (spend_leases)
+    lease: str | None = None  # the lease the request was admitted against (spend.leases)
     move: int = 0  # what its settlement moves out of that lease
 
 

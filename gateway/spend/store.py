@@ -1,73 +1,8 @@
 """Spend enforcement against PostgreSQL: reserve, top up, settle, expire (edge).
 
-Theory of operation:
-
-* **Limits live in memory.** Every replica keeps the spend_limits rows in a
-  :class:`gateway.spend.plans.Plans`, reloaded when an admin change sends
-  ``NOTIFY gatehouse_spend_limits`` (heard on a dedicated LISTEN connection)
-  and every 30 s regardless, so a lost notification costs at most 30 s.
-  Which counters and caps a request draws on comes from the pure
-  :mod:`gateway.spend.plans`, cached per (sub, groups) until the next reload.
-* **One round trip to admit, shared.** ``reserve`` queues the request and a
-  reserver task sends what is queued to the SQL function
-  ``spend_reserve_many`` (sql/migrations/0006_spend_batches.sql), up
-  to ``RESERVE_BATCH`` requests per call: it creates missing counter rows,
-  locks every counter of the batch (each person's day, week and month, and
-  the month of every pool they draw from) in one fixed order, then judges the
-  requests one after another, admitting one iff every capped counter has room
-  for spent + reserved + its estimate and adding the estimate to all of them,
-  in one transaction. Concurrent batches on any number of replicas queue on
-  those row locks, so admissions can never sum past a cap. Nothing waits on
-  purpose: a lone request is sent at once, and whatever arrives while a call
-  is in flight goes in the next one, so under load one round trip (and one
-  lock queue entry) serves many requests instead of one each.
-* **Leases** (``gatehouse.spend.leases``): once a person's request was
-  admitted through the database with plenty of headroom left, the replica
-  reserves a slice of that headroom for them (a lease: an open reservation
-  row of its own) and admits their next requests against it in memory; a
-  settlement then moves the actual cost out of the lease. The rules (size,
-  fairness near a cap, renewal, a dead replica's leases) are in
-  :mod:`gateway.spend.leases`; :mod:`gateway.spend.lease_keeper` asks for,
-  renews and gives back leases, renewing from the background task here.
-* **People without a cap skip the database on admission**; their spend is
-  still charged to their counters at settlement (caps can be added at any
-  time and must then see the spend to date).
-* **Top-ups** grow an open reservation while a stream runs, once per step
-  (never per chunk), and share round trips the same way through
-  ``spend_top_up_many``, which reads the batch's counters once, judges the
-  top-ups in a loop over arrays and writes back with one statement per table
-  (admissions keep a few statements per request: for the small batches the
-  request path usually forms, that measured faster). A refused step marks the
-  counter exhausted at its current cap, which closes admission until the cap
-  is raised or the period ends.
-* **Settling** replaces the reservation with the actual cost, once per
-  request id whatever the number of calls, through ``spend_settle_many``
-  (sql/migrations/0005_spend_batch.sql). The batching, the retries after an
-  outage and the ``spend.unsettled`` lines for what cannot be stored live in
-  :mod:`gateway.spend.settlements`; the background task here drains its retry
-  queue.
-* **Expiry.** A replica that dies leaves open reservations. A background
-  sweep on every replica expires those past their expiry (reserve time +
-  ``reservation_ttl_s``, pushed forward by each top-up), charging the reserved
-  amount and writing an ``admin_audit`` row; ``FOR UPDATE SKIP LOCKED``
-  keeps replicas from sweeping the same row. If the owner settles after all,
-  the expired charge is replaced by the actual cost.
-* **Timeouts.** Every call on the request path is bounded by ``timeout_s``;
-  a timeout or an unreachable database raises StoreUnavailable and the relay
-  applies ``enforcement.fail_closed_on_error``. A request let through then is
-  settled like any other: its charge is owed (``spend_settlements``) and lands
-  once the database answers, exactly once. While the owed queue is full,
-  ``reserve`` raises :class:`gateway.spend.settlements.Owed` at once, for
-  everyone (leased and uncapped people too): what cannot be charged is not
-  served.
-* **One request's values never fail another's.** A batch of admissions or
-  top-ups the database refuses for anything but an outage is sent again in
-  halves (:class:`gateway.db.coalescing.Coalescer`) until the refusal is pinned
-  on single requests; a request whose values the database refuses (a NUL byte
-  in its model, say) gets :class:`gateway.db.store.StoreRefused`, and nothing of
-  it was reserved.
-* **principals** (last-seen email, name, groups) are written in batches from
-  the background task; :mod:`gateway.spend.identities` decides who is due.
+The theory of operation (limits in memory, shared round trips, leases,
+top-ups, settling, expiry, timeouts) is in the package docstring,
+:mod:`gateway.spend`; this module is the part of it that talks to PostgreSQL.
 """
 
 from __future__ import annotations
@@ -153,7 +88,7 @@ class _Flight(NamedTuple):
     keys: tuple[Key, ...]
     reserved: bool  # False: nothing was reserved; settle charges the keys directly
     refused: bool = False  # the request was refused: settling it has nothing to do
-    lease: Lease | None = None  # admitted against this lease (spend_leases), holding ``held`` of it
+    lease: Lease | None = None  # admitted against this lease (spend.leases), holding ``held`` of it
     held: int = 0
 
 
@@ -472,7 +407,7 @@ class SpendStore:
     ) -> str:
         """Charge the actual cost and release the reservation; idempotent per request id.
 
-        The settlement joins the next batch (``spend_settlements``; stored a
+        The settlement joins the next batch (``spend.settlements``; stored a
         few tens of milliseconds later) and this returns its outcome once the
         batch is stored: "settled", "direct", "late" or "duplicate"; "refused" without any
         database call for a refused request. "queued" means the database
