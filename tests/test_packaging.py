@@ -30,6 +30,10 @@ def test_wheel_contains_sql_data_and_transcripts(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "gateway/sql/migrations/0001_init.sql" in names
     assert "gateway/data/models.json" in names
+    # Every module of every gateway package, the hot path in gateway/http/ included.
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway").rglob("*.py")}
+    assert "gateway/http/messages.py" in modules
+    assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
     assert any(n.startswith("protocol_spec/transcripts/cli/") for n in names)
     # The implementer's guide to the conformance suite ships next to SPEC.md.
     assert {"protocol_spec/SPEC.md", "protocol_spec/README.md"} <= names
