@@ -131,14 +131,19 @@ class GatewayError(Exception):
         return TABLE[self.kind]
 
 
-def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
+def _detail(error_type: str, message: str) -> ErrorDetail:
     try:
-        return encoder.encode(ErrorEnvelope(ErrorDetail(error_type, message), request_id))
+        message.encode("utf-8")
     except UnicodeEncodeError:
         # A message quoting a client's lone surrogate cannot be UTF-8: callers
-        # quote with client_text.quoted, and this keeps a miss from becoming a 500.
-        safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-        return encoder.encode(ErrorEnvelope(ErrorDetail(error_type, safe), request_id))
+        # quote with client_text.quoted, and this keeps a miss from becoming a 500
+        # (or, in a stream, from losing the error event).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return ErrorDetail(error_type, message)
+
+
+def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
+    return encoder.encode(ErrorEnvelope(_detail(error_type, message), request_id))
 
 
 def render(err: GatewayError, request_id: str | None) -> tuple[int, dict[str, str], bytes]:
@@ -161,7 +166,7 @@ def sse_error_event(kind: Kind, message: str) -> bytes:
 
 def sse_error(error_type: str, message: str) -> bytes:
     """An SSE ``error`` event of any ``error.type``: the envelope without ``request_id``."""
-    data = encoder.encode(ErrorEvent(ErrorDetail(error_type, message)))
+    data = encoder.encode(ErrorEvent(_detail(error_type, message)))
     return b"event: error\ndata: " + data + b"\n\n"
 
 
