@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 PURE_EXCEPT_EDGES = {
     "config": set(),
     "policy": set(),
-    "admin": {"retention"},
+    "admin": {"retention", "store"},
     "spend": {"store", "settlements", "lease_keeper"},
     "auth": {"oidc", "session_store", "device_store", "revocations"},
     "upstreams": {"transport"},

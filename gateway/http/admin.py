@@ -25,17 +25,20 @@ audit event ``admin.denied`` (client address, method, path, reason; never the
 key).
 
 Every mutation changes ``spend_limits``, writes its before/after row to
-``admin_audit`` and sends ``NOTIFY gatehouse_spend_limits`` in one transaction,
-so the trail and the replicas' limit caches can never disagree with the table.
+``admin_audit`` and sends ``NOTIFY gatehouse_spend_limits`` in one transaction
+(run by :mod:`gateway.admin.store`), so the trail and the replicas' limit
+caches can never disagree with the table.
 
 Money: amounts travel as strings of whole US cents and are stored as integer
 cents; spend is read as integer micro-dollars and shown as cents with three
 decimals. No floats anywhere.
 
-This module holds the edges: the handlers, authorization and the SQL
-transactions. Parsing what clients send (bodies, queries, cursors) is in the
-pure :mod:`gateway.admin.requests`, shaping rows into wire documents in the pure
-:mod:`gateway.admin.docs`, and the retention sweep in
+This module holds the HTTP edge: the handlers and authorization. A handler
+parses what the client sent with the pure :mod:`gateway.admin.requests`
+(bodies, queries, cursors), calls one method of
+:class:`gateway.admin.store.AdminStore`, which runs the statements of
+``sql/queries/admin_*.sql`` and owns the transactions, and shapes the rows into
+wire documents with the pure :mod:`gateway.admin.docs`. The retention sweep is
 :mod:`gateway.admin.retention`, which takes the store and the config and knows
 nothing of these handlers.
 """
@@ -46,19 +49,16 @@ import asyncio
 import hashlib
 import hmac
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 from aiohttp import web
 
 from gateway import audit
-from gateway.admin.docs import audit_doc, cents_string, effective_row, groups_of, limit_doc, snapshot
+from gateway.admin.docs import audit_doc, cents_string, effective_row, limit_doc
 from gateway.admin.requests import (
-    LimitRequest,
     encode_cursor,
     filters_fingerprint,
     invalid,
@@ -69,13 +69,13 @@ from gateway.admin.requests import (
     parse_limit_request,
     parse_list_query,
 )
-from gateway.db.store import StoreUnavailable, queries, unavailable_as
+from gateway.admin.store import STORE_TIMEOUT_S, AdminStore, UnknownCursor
+from gateway.db.store import StoreUnavailable
 from gateway.errors import GatewayError, Kind, render
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
 from gateway.spend import caps as spend
 from protocol_spec.wire import (
     AuditPage,
-    EffectiveLimit,
     EffectivePage,
     SpendLimitDeleted,
     SpendLimitPage,
@@ -83,9 +83,6 @@ from protocol_spec.wire import (
 
 BASE = "/v1/organizations/spend_limits"
 MAX_BODY_BYTES = 64 * 1024
-# Admin calls are rare and small; this bounds how long one may hold a
-# connection when the database is slow, not how long it normally takes.
-STORE_TIMEOUT_S = 10.0
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 _encode = msgspec.json.Encoder().encode
 
@@ -111,6 +108,10 @@ class AdminContext:
 
     def store(self, app: web.Application) -> Any:
         return self._store if self._store is not None else app[RUNTIME].store
+
+    def limits(self, app: web.Application) -> AdminStore:
+        """The admin data access over :meth:`store`'s pool."""
+        return AdminStore(self.store(app).pool, timeout_s=STORE_TIMEOUT_S)
 
     def now(self) -> datetime:
         # Kept to the microsecond (the wire shows milliseconds) so caps created
@@ -147,6 +148,8 @@ def guarded(handler: Handler, *, write: bool) -> Callable[[web.Request], Awaitab
         try:
             actor = authorize(request, ctx, write=write)
             try:
+                # The store's own bound, for the whole call: a slow database
+                # answers 503 rather than holding the caller.
                 async with asyncio.timeout(STORE_TIMEOUT_S):
                     return await handler(request, ctx, actor)
             except (StoreUnavailable, TimeoutError) as exc:
@@ -239,90 +242,12 @@ def _deny(request: web.Request, reason: str) -> None:
     )
 
 
-# ---------------------------------------------------------------- transactions
-
-
-async def _notify_and_record(
-    conn: asyncpg.Connection,
-    *,
-    now: datetime,
-    actor: str,
-    action: str,
-    target: str,
-    before: Mapping[str, Any] | None,
-    after: Mapping[str, Any] | None,
-    reason: str | None,
-) -> None:
-    q = queries()
-    await conn.fetchval(
-        q["admin_audit_insert"],
-        now,
-        actor,
-        action,
-        target,
-        None if before is None else _encode(snapshot(before)).decode(),
-        None if after is None else _encode(snapshot(after)).decode(),
-        reason,
-    )
-    await conn.fetchval(q["admin_notify_limits"], target)
-
-
-async def store_upsert(store: Any, req: LimitRequest, *, actor: str, now: datetime) -> tuple[Any, Any]:
-    """Create or replace the cap of ``req``'s (scope, period); returns (before, after) rows."""
-    q = queries()
-    with unavailable_as("saving a spend limit"):
-        async with store.pool.acquire() as conn, conn.transaction():
-            key = (req.scope_type, req.scope_id, req.period)
-            before = None
-            after = await conn.fetchrow(
-                q["admin_limit_insert"], "spl_" + uuid.uuid4().hex, *key,
-                req.amount_cents, req.pooled, req.pooled_cents, now, actor,
-            )  # fmt: skip
-            if after is None:
-                # It exists (committed; ON CONFLICT waited for any concurrent
-                # creator), so lock it and replace its terms.
-                before = await conn.fetchrow(q["admin_limit_lock_scope"], *key)
-                if before is None:  # deleted in between: a new transaction retries
-                    raise _Retry
-                after = await conn.fetchrow(
-                    q["admin_limit_update"], before["id"], req.amount_cents, req.pooled, req.pooled_cents, now
-                )
-            await _notify_and_record(
-                conn, now=now, actor=actor, action="spend_limit.upsert", target=after["id"],
-                before=before, after=after, reason=req.reason,
-            )  # fmt: skip
-    return before, after
-
-
-class _Retry(Exception):
-    """The row an upsert meant to update vanished under it; run the upsert again."""
-
-
-async def store_delete(store: Any, limit_id: str, *, actor: str, now: datetime, reason: str | None) -> Any:
-    with unavailable_as("deleting a spend limit"):
-        async with store.pool.acquire() as conn, conn.transaction():
-            before = await conn.fetchrow(queries()["admin_limit_delete"], limit_id)
-            if before is not None:
-                await _notify_and_record(
-                    conn, now=now, actor=actor, action="spend_limit.delete", target=limit_id,
-                    before=before, after=None, reason=reason,
-                )  # fmt: skip
-    return before
-
-
 # ---------------------------------------------------------------- handlers
 
 
 async def upsert_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
     req = parse_limit_request(await read_body(request, MAX_BODY_BYTES))
-    store = ctx.store(request.app)
-    for attempt in range(3):
-        try:
-            _, after = await store_upsert(store, req, actor=actor, now=ctx.now())
-            break
-        except _Retry:
-            if attempt == 2:
-                raise GatewayError(Kind.INTERNAL, "the spend limit changed concurrently; try again") from None
+    _, after = await ctx.limits(request.app).upsert_limit(req, actor=actor, now=ctx.now())
     audit.emit(
         "admin.limit.upsert",
         actor=actor,
@@ -340,7 +265,7 @@ async def delete_limit(request: web.Request, ctx: AdminContext, actor: str) -> w
     reason = parse_delete_reason(request.query)
     if target is None:
         raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
-    before = await store_delete(ctx.store(request.app), target, actor=actor, now=ctx.now(), reason=reason)
+    before = await ctx.limits(request.app).delete_limit(target, actor=actor, now=ctx.now(), reason=reason)
     if before is None:
         raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
     audit.emit(
@@ -357,10 +282,7 @@ async def delete_limit(request: web.Request, ctx: AdminContext, actor: str) -> w
 
 async def get_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
     target = parse_limit_id(request.match_info["id"])
-    row = None
-    if target is not None:
-        with unavailable_as("reading a spend limit"):
-            row = await ctx.store(request.app).pool.fetchrow(queries()["admin_limit_get"], target)
+    row = None if target is None else await ctx.limits(request.app).get_limit(target)
     if row is None:
         raise GatewayError(Kind.NOT_FOUND, "no spend limit has this id")
     return _ok(limit_doc(row))
@@ -368,33 +290,13 @@ async def get_limit(request: web.Request, ctx: AdminContext, actor: str) -> web.
 
 async def list_limits(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
     size, scope_type, after_id, before_id = parse_list_query(request.query)
-    q = queries()
-    pool = ctx.store(request.app).pool
-    with unavailable_as("listing spend limits"):
-        cursor_id = after_id if after_id is not None else before_id
-        anchor = None
-        if cursor_id is not None:
-            anchor = await pool.fetchrow(q["admin_limit_get"], cursor_id)
-            if anchor is None:
-                field = "after_id" if after_id is not None else "before_id"
-                raise invalid(f"{field}: no spend limit has this id")
-        if before_id is not None:
-            assert anchor is not None
-            rows = await pool.fetch(
-                q["admin_limit_page_backward"], scope_type, anchor["created_at"], anchor["id"], size + 1
-            )
-            has_more = len(rows) > size
-            rows = list(reversed(rows[:size]))
-        else:
-            rows = await pool.fetch(
-                q["admin_limit_page_forward"],
-                scope_type,
-                None if anchor is None else anchor["created_at"],
-                None if anchor is None else anchor["id"],
-                size + 1,
-            )
-            has_more = len(rows) > size
-            rows = rows[:size]
+    try:
+        rows, has_more = await ctx.limits(request.app).list_limits(
+            size, scope_type, after_id=after_id, before_id=before_id
+        )
+    except UnknownCursor:
+        field = "after_id" if after_id is not None else "before_id"
+        raise invalid(f"{field}: no spend limit has this id") from None
     data = [limit_doc(r) for r in rows]
     return _ok(
         SpendLimitPage(
@@ -408,71 +310,19 @@ async def list_limits(request: web.Request, ctx: AdminContext, actor: str) -> we
 
 async def audit_trail(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
     size, after_id = parse_audit_query(request.query)
-    with unavailable_as("reading the admin audit trail"):
-        rows = await ctx.store(request.app).pool.fetch(queries()["admin_audit_page"], after_id, size + 1)
-    return _ok(AuditPage(data=[audit_doc(r) for r in rows[:size]], has_more=len(rows) > size))
-
-
-# ---------------------------------------------------------------- /effective
+    rows, has_more = await ctx.limits(request.app).audit_trail(size, after_id)
+    return _ok(AuditPage(data=[audit_doc(r) for r in rows], has_more=has_more))
 
 
 async def effective(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
     eq = parse_effective_query(request.query)
     now = ctx.now()
     starts = {p: spend.period_bounds(p, now)[0] for p in eq.periods}
+    page = await ctx.limits(request.app).effective(eq, starts, ctx.group_limit_mode)
     fingerprint = filters_fingerprint(eq.user_ids, eq.periods, eq.by_spend, eq.q)
-    q = queries()
-    pool = ctx.store(request.app).pool
-    rows: list[EffectiveLimit] = []
-    next_key: tuple[Any, ...] | None = None
-    with unavailable_as("reading effective spend limits"):
-        # The same resolution the spend gate uses, so /effective shows what is enforced.
-        limits = spend.LimitIndex(spend.LimitRow(**dict(r)) for r in await pool.fetch(q["admin_limit_all"]))
-        if eq.by_spend:
-            (period,) = eq.periods
-            spent_after, sub_after = eq.cursor if eq.cursor else (None, None)
-            people = await pool.fetch(
-                q["admin_effective_by_spend"], eq.user_ids, eq.q, spent_after, sub_after,
-                period, starts[period], eq.size + 1,
-            )  # fmt: skip
-            for person in people[: eq.size]:
-                caps = limits.caps(person["sub"], groups_of(person["groups"]), ctx.group_limit_mode)
-                rows.append(effective_row(person, period, caps[period], person["spent_micro"]))
-            if len(people) > eq.size:
-                last = people[eq.size - 1]
-                next_key = (last["spent_micro"], last["sub"])
-        else:
-            # Rows are (sub, period) in order; the cursor names the last row
-            # shown, so a page may end part-way through one person's periods.
-            sub_from, period_after = eq.cursor if eq.cursor else (None, None)
-            people = await pool.fetch(
-                q["admin_effective_principals"], eq.user_ids, eq.q, sub_from, eq.size + 2
-            )
-            spent = await _spend_of(pool, [p["sub"] for p in people], starts)
-            candidates = [
-                (person, period)
-                for person in people
-                for period in eq.periods
-                if not (
-                    person["sub"] == sub_from
-                    and period_after in eq.periods
-                    and eq.periods.index(period) <= eq.periods.index(period_after)
-                )
-            ]
-            for person, period in candidates[: eq.size]:
-                caps = limits.caps(person["sub"], groups_of(person["groups"]), ctx.group_limit_mode)
-                rows.append(
-                    effective_row(person, period, caps[period], spent.get((person["sub"], period), 0))
-                )
-            if len(candidates) > eq.size:
-                last_person, last_period = candidates[eq.size - 1]
-                next_key = (last_person["sub"], last_period)
-    next_page = None if next_key is None else encode_cursor(fingerprint, next_key)
-    return _ok(EffectivePage(data=rows, next_page=next_page))
-
-
-async def _spend_of(pool: Any, subs: list[str], starts: Mapping[str, datetime]) -> dict[tuple[str, str], int]:
-    if not subs:
-        return {}
-    found = await pool.fetch(queries()["admin_effective_spend"], subs, list(starts), list(starts.values()))
-    return {(r["sub"], r["period"]): r["spent_micro"] for r in found}
+    return _ok(
+        EffectivePage(
+            data=[effective_row(*entry) for entry in page.entries],
+            next_page=None if page.next_key is None else encode_cursor(fingerprint, page.next_key),
+        )
+    )
