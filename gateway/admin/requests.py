@@ -96,12 +96,20 @@ def _type_name(value: Any) -> str:
     return "object"
 
 
+def _a_type(value: Any) -> str:
+    """The JSON type of ``value`` as a refusal says it: "null", "a number", "an array"."""
+    name = _type_name(value)
+    if name == "null":
+        return name
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
 def _cents_field(doc: Mapping[str, Any], name: str) -> int | None:
     value = doc[name]
     if value is None:
         return None
     if not isinstance(value, str):
-        raise invalid(f"{name}: expected a string of whole cents or null, got a {_type_name(value)}")
+        raise invalid(f"{name}: expected a string of whole cents or null, got {_a_type(value)}")
     if not _DIGITS.fullmatch(value):
         raise invalid(f'{name}: must be a whole number of US cents written as digits, such as "5000"')
     cents = int(value)
@@ -115,7 +123,7 @@ def _id_field(scope: Mapping[str, Any], name: str) -> str:
         raise invalid(f"scope.{name}: required for this scope type")
     value = scope[name]
     if not isinstance(value, str):
-        raise invalid(f"scope.{name}: expected a string, got a {_type_name(value)}")
+        raise invalid(f"scope.{name}: expected a string, got {_a_type(value)}")
     if not value.strip() or len(value) > MAX_ID_CHARS:
         raise invalid(f"scope.{name}: must be a non-empty string of at most {MAX_ID_CHARS} characters")
     return _text(f"scope.{name}", value, MAX_ID_CHARS)
@@ -130,12 +138,12 @@ def parse_limit_request(body: bytes) -> LimitRequest:
     except RecursionError:
         raise invalid("the request body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
-        raise invalid(f"body: expected a JSON object, got a {_type_name(doc)}")
+        raise invalid(f"body: expected a JSON object, got {_a_type(doc)}")
     scope = doc.get("scope")
     if scope is None:
         raise invalid("scope: required")
     if not isinstance(scope, dict):
-        raise invalid(f"scope: expected an object, got a {_type_name(scope)}")
+        raise invalid(f"scope: expected an object, got {_a_type(scope)}")
     scope_type = scope.get("type")
     if scope_type not in SCOPE_TYPES:
         raise invalid("scope.type: must be one of 'user', 'rbac_group', 'organization'")
@@ -154,7 +162,7 @@ def parse_limit_request(body: bytes) -> LimitRequest:
         raise invalid(f'currency: only "{CURRENCY}" is supported')
     pooled = doc.get("pooled_limit_enabled", False)
     if not isinstance(pooled, bool):
-        raise invalid(f"pooled_limit_enabled: expected a boolean, got a {_type_name(pooled)}")
+        raise invalid(f"pooled_limit_enabled: expected a boolean, got {_a_type(pooled)}")
     pooled_cents = (
         _cents_field(doc, "pooled_monthly_credit_limit") if "pooled_monthly_credit_limit" in doc else None
     )

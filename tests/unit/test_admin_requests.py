@@ -420,3 +420,11 @@ RANKED = (("sort", "spend_desc"), ("period[]", "daily"))
 def test_a_cursor_of_the_wrong_shape_is_refused(key, pairs):
     message = refusal(lambda: cursor_for(key, *pairs))
     assert message == "page: not a cursor this API returned"
+
+
+def test_refusals_name_the_json_type_with_its_article():
+    from gateway.admin import requests as admin_requests
+
+    assert [admin_requests._a_type(v) for v in (None, True, 1, "x", [], {})] == [
+        "null", "a boolean", "a number", "a string", "an array", "an object"
+    ]
