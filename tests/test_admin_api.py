@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway.admin import retention
 from gateway.admin.docs import spend_string
 from gateway.app.build import build, parser_limits
+from gateway.app.jobs import JOBS
 from gateway.config.load import ConfigError
 from gateway.http.admin import ADMIN, AdminContext
 from gateway.http.keys import RUNTIME
@@ -768,24 +769,19 @@ def test_months_before_crosses_years():
     assert retention.months_before(now, 2) == datetime(2026, 12, 1, tzinfo=UTC)
 
 
-async def test_prune_forever_runs_on_its_schedule(gw, db, clock):
+async def test_the_app_schedules_the_retention_sweep_hourly(gw, db, clock):
     now = clock.now()
     await db.execute(
         "INSERT INTO admin_audit (at, actor, action, target) VALUES ($1, 'x', 'spend_limit.upsert', 'spl_old')",
         now - timedelta(days=400),
     )
-    ctx = gw.app[ADMIN]
-    task = asyncio.create_task(
-        retention.prune_forever(lambda: ctx.store(gw.app), gw.app[RUNTIME].config, ctx.now, every_s=0.05)
-    )
-    try:
-        for _ in range(100):
-            if await db.fetchval("SELECT count(*) FROM admin_audit") == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await db.fetchval("SELECT count(*) FROM admin_audit") == 0
-    finally:
-        task.cancel()
+    registered = {j.name: j for j in gw.app[JOBS].jobs}
+    assert {"sightings", "retention", "spend"} <= set(registered)
+    assert registered["spend"].wake is gw.app[RUNTIME].spend.wake  # a limit change runs it at once
+    job = registered["retention"]
+    assert job.every_s == retention.PRUNE_EVERY_S == 3600
+    await job.run()  # one round of the job the app runs (its timing: tests/test_jobs.py)
+    assert await db.fetchval("SELECT count(*) FROM admin_audit") == 0
 
 
 async def test_a_change_whose_audit_row_fails_is_rolled_back(gw, db, http):

@@ -329,17 +329,3 @@ def test_sightings_are_bounded():
     s.flush()
     assert [f.get("requests") for evt, f in events if evt == "managed.checksum_seen"] == [2, 1]
     assert ("managed.checksum_seen.dropped", {"sightings": 2}) in events
-
-
-async def test_sightings_flush_on_cancel():
-    import asyncio
-
-    events: list[str] = []
-    s = ChecksumSightings(emit=lambda evt, **f: events.append(evt))
-    task = asyncio.create_task(s.flush_forever(interval_s=3600))
-    s.note("a", GOOD)
-    await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert events == ["managed.checksum_seen"]

@@ -61,23 +61,19 @@ def _count(status: str) -> int:
         return 0
 
 
-async def prune_forever(
-    store: Callable[[], Any], cfg: Any, now: Callable[[], datetime], every_s: float = PRUNE_EVERY_S
-) -> None:
-    """The periodic retention sweep; the app runs it as a background task.
+async def sweep(store: Callable[[], Any], cfg: Any, now: Callable[[], datetime]) -> None:
+    """One round of the periodic retention sweep (every ``PRUNE_EVERY_S``, from gateway.app.jobs).
 
     ``store`` is asked for the store at each round (the app's is opened after
-    this task is made); ``now`` is the admin API's clock.
+    the job is registered); ``now`` is the admin API's clock.
     """
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            removed = await prune(store(), cfg, now())
-        except (StoreUnavailable, TimeoutError) as exc:
-            audit.log("warn", f"retention prune skipped: {exc}")
-            continue
-        if any(removed.values()):
-            audit.log(
-                "info",
-                "retention prune removed " + ", ".join(f"{n} from {t}" for t, n in removed.items() if n),
-            )
+    try:
+        removed = await prune(store(), cfg, now())
+    except (StoreUnavailable, TimeoutError) as exc:
+        audit.log("warn", f"retention prune skipped: {exc}")
+        return
+    if any(removed.values()):
+        audit.log(
+            "info",
+            "retention prune removed " + ", ".join(f"{n} from {t}" for t, n in removed.items() if n),
+        )

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import audit
+from gateway.app import jobs
 from gateway.auth.tokens import TokenService
 from gateway.client_text import quoted
 from gateway.db.store import is_data_error
@@ -102,6 +103,7 @@ def build(
     rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), pricing_rows)
     app[managed.POLICIES] = rt.policies
     app[managed.SIGHTINGS] = rt.sightings = managed.ChecksumSightings()
+    app[jobs.JOBS] = jobs.Scheduler()
     add_routes(app, "core")
     if cfg.admin is not None:
         from gateway.http import admin as admin_api
@@ -147,16 +149,11 @@ def _lifecycle(shared_store: Any):
             rt.store = shared_store
         rt.recorder = Recorder(rt.store)
         await rt.recorder.start()
-        background: list[asyncio.Task[Any]] = []
-        oidc = None
+        oidc = discovery = None
         if signin.SIGNIN in app:
-            oidc, tasks = await _start_signin(app, rt, allow_loopback)
-            background += tasks
-        background.append(asyncio.create_task(rt.sightings.flush_forever()))
+            oidc, discovery = await _start_signin(app, rt, allow_loopback)
         if cfg.admin is not None:
-            from gateway.admin import retention
             from gateway.db.store import StoreUnavailable
-            from gateway.http import admin as admin_api
             from gateway.spend.store import SpendStore
 
             rt.spend = SpendStore(
@@ -168,25 +165,27 @@ def _lifecycle(shared_store: Any):
                 lease_ttl_s=cfg.gatehouse.spend.lease_ttl_seconds,
                 mode=cfg.admin.group_limit_mode,
                 blocked_message=cfg.admin.blocked_message,
+                scheduled=True,
             )
             await rt.spend.start()
             try:
                 await rt.spend.seed_allowances(rt.allowances)
             except StoreUnavailable as exc:
                 audit.log("warn", f"output allowances not seeded from history: {exc}")
-            ctx = app[admin_api.ADMIN]
-            background.append(
-                asyncio.create_task(retention.prune_forever(lambda: ctx.store(app), cfg, ctx.now))
-            )
+        scheduled = jobs.schedule(app, rt)
+        scheduled.start()
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
+            # The order is documented in gateway.app.jobs.
+            if discovery is not None:
+                discovery.cancel()
+            await scheduled.stop(*jobs.PRODUCERS)
             # Settlements and top-ups of requests that already ended must land.
             left = await rt.tasks.drain(10.0)
             if left:
                 audit.log("warn", f"{left} spend settlement(s) still running at shutdown; their reservations expire and settle")
+            await scheduled.stop()
             if rt.spend is not None:
                 await rt.spend.close()
             if rt.revocations is not None:
@@ -201,7 +200,7 @@ def _lifecycle(shared_store: Any):
     return lifecycle
 
 
-async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool) -> tuple[Any, list[asyncio.Task[Any]]]:
+async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool) -> tuple[Any, asyncio.Task[None]]:
     from gateway.auth.oidc import OidcClient
     from gateway.auth.revocations import RevocationWatcher
     from gateway.auth.session_store import SessionService
@@ -229,8 +228,7 @@ async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool)
         except Exception as exc:
             audit.log("warn", f"OIDC discovery failed at startup, will retry on first sign-in: {exc}")
 
-    tasks = [asyncio.create_task(discover_once()), asyncio.create_task(signin.prune_forever(si))]
-    return oidc, tasks
+    return oidc, asyncio.create_task(discover_once())
 
 
 @web.middleware

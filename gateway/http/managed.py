@@ -9,7 +9,6 @@ keep flowing while the database is down (MANAGED-12).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Callable
@@ -138,6 +137,8 @@ class ChecksumSightings:
             entry[1] = served if served is not None else entry[1]
 
     def flush(self) -> None:
+        """Log what was gathered since the last flush: every ``FLUSH_INTERVAL_S`` and once more
+        at shutdown (the ``sightings`` job, gateway.app.jobs)."""
         counts, self._counts = self._counts, {}
         for (sub, checksum), (count, served) in counts.items():
             fields: dict[str, Any] = {"sub": sub, "checksum_hash": _short_hash(checksum), "requests": count}
@@ -147,14 +148,6 @@ class ChecksumSightings:
         if self.dropped:
             self._emit("managed.checksum_seen.dropped", sightings=self.dropped)
             self.dropped = 0
-
-    async def flush_forever(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
-        try:
-            while True:
-                await asyncio.sleep(interval_s)
-                self.flush()
-        finally:
-            self.flush()  # on cancellation at shutdown, report what was gathered
 
 
 def _short_hash(checksum: str) -> str:

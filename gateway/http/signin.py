@@ -20,7 +20,6 @@ All grant state lives in PostgreSQL, so any replica can answer any step.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -56,6 +55,7 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 COOKIE = "gatehouse_signin"
 FORM_LIMIT_BYTES = 64 * 1024
 MAX_SURFACE_CHARS = 64
+PRUNE_EVERY_S = 300.0  # the sign-in pruning job (gateway.app.jobs)
 JSON_NO_STORE = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -459,18 +459,17 @@ async def _done(request: web.Request, si: SignIn, html: str, status: int, sessio
     return await _html(request, si, html, status=status, session=session)
 
 
-async def prune_forever(si: SignIn, every_s: float = 300.0) -> None:
+async def prune_expired(si: SignIn) -> None:
     """Drop spent device grants, old rate counters and long-ended sign-in families.
 
+    One round of a periodic job (every ``PRUNE_EVERY_S``, from gateway.app.jobs).
     Plain deletes of expired rows: safe to run on every replica at once.
     """
-    while True:
-        await asyncio.sleep(every_s)
-        # Rate-limit entries must outlive the longest window they count in.
-        keep_s = max(3600, si.limits.device_authorization.window_seconds, si.limits.device_verify.window_seconds)
-        try:
-            await si.devices.prune(si.now(), keep_s)
-            await si.sessions.prune()
-        except StoreUnavailable as exc:
-            audit.log("warn", f"sign-in pruning skipped: {exc}")
+    # Rate-limit entries must outlive the longest window they count in.
+    keep_s = max(3600, si.limits.device_authorization.window_seconds, si.limits.device_verify.window_seconds)
+    try:
+        await si.devices.prune(si.now(), keep_s)
+        await si.sessions.prune()
+    except StoreUnavailable as exc:
+        audit.log("warn", f"sign-in pruning skipped: {exc}")
 

@@ -125,6 +125,7 @@ class SpendStore:
         log: Log | None = None,
         emit: Emit | None = None,
         background: bool = True,
+        scheduled: bool = False,
         leases: bool = False,
         lease_ttl_s: float = LEASE_TTL_S,
         max_owed: int = MAX_OWED,
@@ -138,6 +139,10 @@ class SpendStore:
         self._log = log or audit.log
         self._emit = emit or audit.emit
         self._background = background
+        # Scheduled: the caller runs ``background_round`` (every TICK_S, and at once
+        # when ``wake`` is set); the app does, in gateway.app.jobs. Otherwise the
+        # store runs its rounds in a task of its own.
+        self._scheduled = scheduled
         self._limits = Plans(mode)
         self._flights: dict[str, _Flight] = {}
         self._settlements = Settlements(self._settle_many, log=self._log, emit=self._emit, max_owed=max_owed)
@@ -162,6 +167,9 @@ class SpendStore:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.reloads = 0
+        # When each periodic part of the background round last succeeded (loop time).
+        self._last_reload = self._last_sweep = self._last_prune = 0.0
+        self._warned = False  # the background round failed and has not succeeded since
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -169,7 +177,14 @@ class SpendStore:
         await self.reload_limits()
         if self._background:
             await self._listen()
-            self._task = asyncio.create_task(self._run(), name="spend-store")
+            self._last_reload = self._last_sweep = asyncio.get_running_loop().time()
+            if not self._scheduled:
+                self._task = asyncio.create_task(self._run(), name="spend-store")
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set when the limits changed: the next background round should run now."""
+        return self._reload_wanted
 
     async def close(self) -> None:
         """Stop the background work after storing what is queued (settlements, identities).
@@ -589,40 +604,47 @@ class SpendStore:
         )
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_reload = last_sweep = loop.time()
-        last_prune = 0.0
-        warned = False
         while not self._closing:
             try:
                 await asyncio.wait_for(self._reload_wanted.wait(), TICK_S)
             except TimeoutError:
                 pass
-            if self._closing:
-                return
-            try:
-                t = loop.time()
-                if self._reload_wanted.is_set() or t - last_reload >= RELOAD_EVERY_S:
-                    self._reload_wanted.clear()
-                    await self.reload_limits()
-                    last_reload = t
-                if self._listen_conn is None or self._listen_conn.is_closed():
-                    await self._listen()
-                await self.flush()
-                await self.renew_leases()
-                if t - last_sweep >= SWEEP_EVERY_S:
-                    await self.sweep()
-                    last_sweep = t
-                if t - last_prune >= PRUNE_EVERY_S:
-                    await self.prune()
-                    last_prune = t
-                if warned:
-                    self._log("info", "spend: background work reaches the database again")
-                warned = False
-            except (StoreUnavailable, asyncpg.PostgresError) as exc:
-                if not warned:
-                    self._log("warn", f"spend: background work failed ({exc}); retrying")
-                warned = True
+            await self.background_round()
+
+    async def background_round(self) -> None:
+        """One round of background work; due every ``TICK_S``, and at once when ``wake`` is set.
+
+        Reloads the limits (every ``RELOAD_EVERY_S`` or when they changed),
+        LISTENs again if that connection dropped, stores owed settlements and
+        last-seen identities, renews leases, expires reservations (every
+        ``SWEEP_EVERY_S``) and prunes finished ones (every ``PRUNE_EVERY_S``).
+        An outage ends the round with one warning until a round succeeds again.
+        """
+        if self._closing:
+            return
+        try:
+            t = asyncio.get_running_loop().time()
+            if self._reload_wanted.is_set() or t - self._last_reload >= RELOAD_EVERY_S:
+                self._reload_wanted.clear()
+                await self.reload_limits()
+                self._last_reload = t
+            if self._listen_conn is None or self._listen_conn.is_closed():
+                await self._listen()
+            await self.flush()
+            await self.renew_leases()
+            if t - self._last_sweep >= SWEEP_EVERY_S:
+                await self.sweep()
+                self._last_sweep = t
+            if t - self._last_prune >= PRUNE_EVERY_S:
+                await self.prune()
+                self._last_prune = t
+            if self._warned:
+                self._log("info", "spend: background work reaches the database again")
+            self._warned = False
+        except (StoreUnavailable, asyncpg.PostgresError) as exc:
+            if not self._warned:
+                self._log("warn", f"spend: background work failed ({exc}); retrying")
+            self._warned = True
 
     async def _listen(self) -> None:
         """A dedicated connection LISTENing for limit changes; on failure the 30 s reload still runs."""
