@@ -18,5 +18,6 @@ The handlers and authorization are in :mod:`gateway.http.admin`; spend caps
 themselves in :mod:`gateway.spend`. Public surface: the parse functions and
 request types of ``requests``, ``store.AdminStore`` (with ``UnknownCursor`` and
 the ``EffectiveRows`` it returns), the document builders of ``docs``,
-``retention.prune`` and ``retention.prune_forever``.
+``retention.prune`` and ``retention.sweep`` (one round of the ``retention`` job of
+:mod:`gateway.app.jobs`).
 """

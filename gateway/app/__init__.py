@@ -5,7 +5,9 @@
   :mod:`gateway.http.routes`, installs the envelope middleware (request ids,
   access lists, every error in the protocol's envelope) and, on startup, opens
   the edges (store, transport, recorder, spend store, sign-in) and starts the
-  background jobs; cleanup stops them in reverse.
+  background jobs; cleanup stops them in reverse. :mod:`~gateway.app.jobs`
+  lists every periodic job (period and what a run does) and schedules them,
+  names the background work that is not periodic, and fixes the shutdown order.
 * :mod:`~gateway.app.server` runs the app: one process or ``--workers N``
   forked ones on one port, with the open-file limit raised and a drain on
   SIGTERM. :mod:`~gateway.app.connections` puts deadlines on client
@@ -16,6 +18,7 @@
   ``gateway/__main__.py``; :mod:`~gateway.app.cli_output` prints for both.
 
 Public surface: ``build.build``, ``build.build_runtime``,
-``build.envelope_middleware``, ``build.parser_limits``, ``server.run``.
+``build.envelope_middleware``, ``build.parser_limits``, ``server.run``,
+``jobs.Scheduler`` and ``jobs.JOBS``.
 Nothing below this layer imports it.
 """

@@ -57,7 +57,7 @@ Theory of operation:
   settlement then moves the actual cost out of the lease. The rules (size,
   fairness near a cap, renewal, a dead replica's leases) are in
   :mod:`gateway.spend.leases`; :mod:`gateway.spend.lease_keeper` asks for,
-  renews and gives back leases, renewing from the store's background task.
+  renews and gives back leases, renewing from the store's background round.
 * **People without a cap skip the database on admission**; their spend is
   still charged to their counters at settlement (caps can be added at any
   time and must then see the spend to date).
@@ -73,7 +73,7 @@ Theory of operation:
   request id whatever the number of calls, through ``spend_settle_many``
   (sql/migrations/0005_spend_batch.sql). The batching, the retries after an
   outage and the ``spend.unsettled`` lines for what cannot be stored live in
-  :mod:`gateway.spend.settlements`; the store's background task drains
+  :mod:`gateway.spend.settlements`; the store's background round drains
   its retry queue.
 * **Expiry.** A replica that dies leaves open reservations. A background
   sweep on every replica expires those past their expiry (reserve time +
@@ -96,5 +96,9 @@ Theory of operation:
   in its model, say) gets :class:`gateway.db.store.StoreRefused`, and nothing of
   it was reserved.
 * **principals** (last-seen email, name, groups) are written in batches from
-  the store's background task; :mod:`gateway.spend.identities` decides who is due.
+  the store's background round; :mod:`gateway.spend.identities` decides who is due.
+* **The background round** (``SpendStore.background_round``) does the periodic
+  work above, in order, every second and at once when a limit changes: in the
+  app it is the ``spend`` job of :mod:`gateway.app.jobs`; a store used alone
+  (tests, tools) runs it in a task of its own.
 """
