@@ -152,10 +152,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.app.build import build_runtime
+    from gateway.app.build import token_service
 
     cfg = _load(args.config)
-    tokens = build_runtime(cfg).tokens
+    tokens = token_service(cfg)
     groups = [g for g in (args.groups or "").split(",") if g]
     sub = args.sub or "user-" + hashlib.sha256(args.email.lower().encode()).hexdigest()[:16]
     token = tokens.mint(
@@ -174,12 +174,12 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_sessions(args: argparse.Namespace) -> int:
     """List or revoke a person's sign-in families, by email (same mechanism as /oauth/revoke)."""
     from gateway.app import sessions_cli
-    from gateway.app.build import build_runtime
+    from gateway.app.build import token_service
     from gateway.auth.session_store import SessionService
     from gateway.db.store import Store, StoreUnavailable
 
     cfg = _load(args.config)
-    tokens = build_runtime(cfg).tokens
+    tokens = token_service(cfg)
 
     async def go() -> int:
         store = await Store.open(cfg.store, log=audit.log)

@@ -13,10 +13,10 @@ import pytest
 
 from gateway.app import build as gateway_app
 from gateway.app import jobs as app_jobs
+from gateway.app.build import BOOT
 from gateway.app.jobs import JOBS, PRODUCERS, Scheduler
 from gateway.http import signin
-from gateway.http.keys import RUNTIME
-from gateway.http.managed import FLUSH_INTERVAL_S
+from gateway.http.sightings import FLUSH_INTERVAL_S
 from tests.harness import make_config, upstream_block
 
 GOOD = "sha256:" + "a" * 64
@@ -172,10 +172,10 @@ async def test_a_name_is_registered_once():
 async def test_the_app_registers_sightings_which_report_once_more_at_shutdown():
     # Built, not started: no database is reached. With oidc and without admin: no retention, no spend.
     app = gateway_app.build(make_config("postgresql://127.0.0.1:9/none", [upstream_block("http://127.0.0.1:9")]))
-    rt: Any = app[RUNTIME]
+    boot: Any = app[BOOT]  # the runtime is made on startup; its boot values are there before
     events: list[str] = []
-    rt.sightings._emit = lambda evt, **f: events.append(evt)
-    jobs = app_jobs.schedule(app, rt)
+    boot.sightings._emit = lambda evt, **f: events.append(evt)
+    jobs = app_jobs.schedule(app, boot, None)
     assert jobs is app[JOBS]
     assert [(j.name, j.every_s) for j in jobs.jobs] == [
         ("sightings", FLUSH_INTERVAL_S),
@@ -184,7 +184,7 @@ async def test_the_app_registers_sightings_which_report_once_more_at_shutdown():
     assert all(j.does for j in jobs.jobs)
     assert set(PRODUCERS) >= {j.name for j in jobs.jobs}
     jobs.start()
-    rt.sightings.note("a", GOOD)
+    boot.sightings.note("a", GOOD)
     await settle()
     await jobs.stop(*PRODUCERS)
     assert events == ["managed.checksum_seen"]

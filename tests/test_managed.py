@@ -23,13 +23,9 @@ import gateway
 from gateway.app import build as gateway_app
 from gateway.http.keys import RUNTIME
 from gateway.http.managed import (
-    POLICIES,
     ChecksumSightings,
     if_none_match_hits,
-    managed_settings,
-    user_bootstrap,
 )
-from gateway.policy.policies import Policies
 from tests.harness import make_config, upstream_block
 
 EMPTY = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
@@ -85,14 +81,6 @@ class Gateway:
 
 async def _serve(cfg: Any) -> AsyncIterator[Gateway]:
     app = gateway_app.build(cfg)
-    if POLICIES not in app:
-        # Not wired into the app yet: the same composition without sign-in,
-        # store and transport, which these endpoints never touch.
-        app = web.Application(middlewares=[gateway_app.envelope_middleware])
-        app[RUNTIME] = gateway_app.build_runtime(cfg)
-        app[POLICIES] = Policies(cfg, tuple(e.id for e in app[RUNTIME].routes.catalog), None)
-        app.router.add_get("/managed/settings", managed_settings, allow_head=False)
-        app.router.add_get("/user/bootstrap", user_bootstrap, allow_head=False)
     runner = web.AppRunner(app, access_log=None, **gateway_app.parser_limits(cfg))  # type: ignore[arg-type]
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", cfg.listen.port)

@@ -1,7 +1,10 @@
 """Composition root: the runtime, the middleware, and startup/cleanup.
 
 The only module that wires edges (store, transport, recorder) to handlers; the
-routes it registers are the table in :mod:`gateway.http.routes`.
+routes it registers are the table in :mod:`gateway.http.routes`. ``build``
+computes the :class:`~gateway.http.runtime.Boot` (no event loop needed); the
+startup hook opens the edges and makes the :class:`~gateway.http.runtime.Runtime`
+from both in one function, ``_start``, before the first request.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
@@ -25,23 +28,30 @@ from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
 from gateway.http import managed, signin
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_request_id
 from gateway.http.routes import add_routes
-from gateway.http.runtime import Limits, Runtime, UpstreamPlan
+from gateway.http.runtime import Boot, Limits, Runtime, SpendSwitches, UpstreamPlan
+from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
 from gateway.upstreams import anthropic
 from gateway.upstreams.routing import Routes
 
+if TYPE_CHECKING:
+    from gateway.auth.oidc import OidcClient
+    from gateway.auth.revocations import RevocationWatcher
+    from gateway.config.schema import Config
+    from gateway.db.store import Store
+    from gateway.spend.store import SpendStore
+
 # Errors aiohttp raises itself (unknown route, wrong method) → our envelope.
 _HTTP_KINDS = {404: Kind.NOT_FOUND, 405: Kind.INVALID_REQUEST, 413: Kind.TOO_LARGE}
 
 
-def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runtime:
+def build_boot(
+    cfg: Config, *, idle_read_timeout_s: float | None = None, clock: Callable[[], float] = time.time
+) -> Boot:
+    """Everything the runtime holds that needs no event loop (see :mod:`gateway.http.runtime`)."""
     listen = cfg.listen
-    issuer = listen.public_url or f"http://{listen.host}:{listen.port}"
     tag = cfg.admin.billing_group_tag if cfg.admin is not None else None
-    tokens = TokenService(
-        tuple(cfg.session.secrets), issuer.rstrip("/"), int(cfg.session.ttl_hours * 3600), billing_group_tag=tag
-    )
     plans = tuple(
         UpstreamPlan(
             name=u.name,
@@ -53,56 +63,78 @@ def build_runtime(cfg: Any, *, idle_read_timeout_s: float | None = None) -> Runt
         )
         for u in cfg.upstreams
     )
+    routes = Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models)
     gh = cfg.gatehouse
-    return Runtime(
+    pricing = allowances = pricing_rows = None
+    if cfg.admin is not None or cfg.pricing is not None:
+        from gateway.spend.budget import AllowanceTracker
+        from gateway.spend.pricing import Pricing
+
+        pricing = Pricing(cfg, warn=lambda m: audit.log("warn", m))
+        allowances = AllowanceTracker()
+        if cfg.pricing is not None:
+            pricing_rows = pricing.model_pricing_rows(_serving(routes, plans))
+    return Boot(
         config=cfg,
-        tokens=tokens,
-        routes=Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models),
+        tokens=token_service(cfg),
+        routes=routes,
         billing_group_tag=tag,
         upstreams=plans,
         limits=Limits(cfg.limits.max_request_bytes, cfg.limits.max_request_header_bytes, cfg.limits.max_url_length),
         idle_read_timeout_s=idle_read_timeout_s or gh.upstream.idle_read_timeout_seconds,
+        spend_switches=SpendSwitches(
+            output_allowance_tokens=gh.spend.output_allowance_tokens,
+            topup_tokens=gh.spend.topup_tokens,
+            cut_streams_at_cap=gh.spend.cut_streams_at_cap,
+            fail_closed_on_error=cfg.enforcement is not None and cfg.enforcement.fail_closed_on_error,
+            store_timeout_s=gh.spend.store_timeout_ms / 1000,
+        ),
         access=AccessPolicy(
             tuple(cfg.access_control.allow_cidrs),
             tuple(cfg.access_control.deny_cidrs),
-            tuple(cfg.listen.trusted_proxies),
+            tuple(listen.trusted_proxies),
         ),
+        policies=Policies(cfg, tuple(e.id for e in routes.catalog), pricing_rows),
+        tasks=TaskSet(),
+        sightings=ChecksumSightings(),
+        pricing=pricing,
+        allowances=allowances,
+        clock=clock,
+    )
+
+
+def token_service(cfg: Config) -> TokenService:
+    """The session tokens ``cfg`` signs and accepts (the CLI mints with it too)."""
+    listen = cfg.listen
+    issuer = listen.public_url or f"http://{listen.host}:{listen.port}"
+    tag = cfg.admin.billing_group_tag if cfg.admin is not None else None
+    return TokenService(
+        tuple(cfg.session.secrets), issuer.rstrip("/"), int(cfg.session.ttl_hours * 3600), billing_group_tag=tag
     )
 
 
 def build(
-    cfg: Any,
+    cfg: Config,
     *,
     idle_read_timeout_s: float | None = None,
-    store: Any = None,
+    store: Store | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The application for ``cfg``. ``idle_read_timeout_s`` and ``clock`` exist for tests only.
 
     ``store``: an already-open store to use (tests share one); otherwise the
-    app opens and migrates its own on startup and closes it on cleanup.
+    app opens and migrates its own on startup and closes it on cleanup. The
+    runtime (``app[RUNTIME]``) is set on startup, complete.
     """
-    rt = build_runtime(cfg, idle_read_timeout_s=idle_read_timeout_s)
-    rt.clock = clock
+    boot = build_boot(cfg, idle_read_timeout_s=idle_read_timeout_s, clock=clock)
     # client_max_size sits above our own limit so our 413 (in our envelope,
     # decided from Content-Length before reading) always answers first.
-    app = web.Application(middlewares=[envelope_middleware], client_max_size=rt.limits.max_request_bytes + 1)
-    app[RUNTIME] = rt
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=boot.limits.max_request_bytes + 1)
+    app[BOOT] = boot
     if cfg.oidc is not None:
         app[signin.SIGNIN] = signin.SignIn(cfg, clock=clock)
-    rt.tasks = TaskSet()
-    pricing_rows = None
-    if cfg.admin is not None or cfg.pricing is not None:
-        from gateway.spend.budget import AllowanceTracker
-        from gateway.spend.pricing import Pricing
-
-        rt.pricing = Pricing(cfg, warn=lambda m: audit.log("warn", m))
-        rt.allowances = AllowanceTracker()
-        if cfg.pricing is not None:
-            pricing_rows = rt.pricing.model_pricing_rows(_serving(rt))
-    rt.policies = Policies(cfg, tuple(e.id for e in rt.routes.catalog), pricing_rows)
-    app[managed.POLICIES] = rt.policies
-    app[managed.SIGHTINGS] = rt.sightings = managed.ChecksumSightings()
+    app[managed.POLICIES] = boot.policies
+    app[managed.SIGHTINGS] = boot.sightings
     app[jobs.JOBS] = jobs.Scheduler()
     add_routes(app, "core")
     if cfg.admin is not None:
@@ -114,72 +146,40 @@ def build(
     return app
 
 
-def _serving(rt: Runtime) -> dict[str, tuple[str, str]]:
+# What build() computed, for the startup hook (and tests of an app not started).
+BOOT: web.AppKey[Boot] = web.AppKey("boot", Boot)
+
+
+def _serving(routes: Routes, upstreams: tuple[UpstreamPlan, ...]) -> dict[str, tuple[str, str]]:
     """Each catalog model → (first upstream that serves it, the id it gets there)."""
     serving = {}
-    for entry in rt.routes.catalog:
-        targets = rt.routes.plan(entry.id)
+    for entry in routes.catalog:
+        targets = routes.plan(entry.id)
         if targets:
-            serving[entry.id] = (rt.upstreams[targets[0].upstream].name, targets[0].model)
+            serving[entry.id] = (upstreams[targets[0].upstream].name, targets[0].model)
     return serving
 
 
-def _lifecycle(shared_store: Any):
+class _Started(NamedTuple):
+    """What the lifecycle stops at shutdown besides the runtime's own edges."""
+
+    own_store: bool
+    oidc: OidcClient | None
+    discovery: asyncio.Task[None] | None
+
+
+def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        from gateway.config.load import is_forbidden_address
-        from gateway.db.recorder import Recorder
-        from gateway.db.store import Store
-        from gateway.upstreams.transport import Transport
-
-        rt = app[RUNTIME]
-        cfg = rt.config
-        allow_loopback = os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1"
-        rt.transport = Transport(
-            max_connections=cfg.gatehouse.upstream.max_connections,
-            connect_timeout_s=cfg.gatehouse.upstream.connect_timeout_ms / 1000,
-            idle_read_timeout_s=rt.idle_read_timeout_s,
-            is_forbidden=lambda ip: is_forbidden_address(ip, allow_loopback),
-        )
-        await rt.transport.start()
-        own_store = shared_store is None
-        if own_store:
-            rt.store = await Store.open(cfg.store, log=audit.log)
-            await rt.store.migrate()
-        else:
-            rt.store = shared_store
-        rt.recorder = Recorder(rt.store)
-        await rt.recorder.start()
-        oidc = discovery = None
-        if signin.SIGNIN in app:
-            oidc, discovery = await _start_signin(app, rt, allow_loopback)
-        if cfg.admin is not None:
-            from gateway.db.store import StoreUnavailable
-            from gateway.spend.store import SpendStore
-
-            rt.spend = SpendStore(
-                rt.store,
-                clock=lambda: datetime.fromtimestamp(rt.clock(), UTC),
-                timeout_s=cfg.gatehouse.spend.store_timeout_ms / 1000,
-                reservation_ttl_s=cfg.gatehouse.spend.reservation_ttl_seconds,
-                leases=cfg.gatehouse.spend.leases,
-                lease_ttl_s=cfg.gatehouse.spend.lease_ttl_seconds,
-                mode=cfg.admin.group_limit_mode,
-                blocked_message=cfg.admin.blocked_message,
-                scheduled=True,
-            )
-            await rt.spend.start()
-            try:
-                await rt.spend.seed_allowances(rt.allowances)
-            except StoreUnavailable as exc:
-                audit.log("warn", f"output allowances not seeded from history: {exc}")
-        scheduled = jobs.schedule(app, rt)
+        rt, started = await _start(app, app[BOOT], shared_store)
+        app[RUNTIME] = rt
+        scheduled = jobs.schedule(app, rt, rt.spend)
         scheduled.start()
         try:
             yield
         finally:
             # The order is documented in gateway.app.jobs.
-            if discovery is not None:
-                discovery.cancel()
+            if started.discovery is not None:
+                started.discovery.cancel()
             await scheduled.stop(*jobs.PRODUCERS)
             # Settlements and top-ups of requests that already ended must land.
             left = await rt.tasks.drain(10.0)
@@ -190,35 +190,99 @@ def _lifecycle(shared_store: Any):
                 await rt.spend.close()
             if rt.revocations is not None:
                 await rt.revocations.close()
-            if oidc is not None:
-                await oidc.close()
+            if started.oidc is not None:
+                await started.oidc.close()
             await rt.recorder.drain(10.0)
             await rt.transport.close()
-            if own_store:
+            if started.own_store:
                 await rt.store.close()
 
     return lifecycle
 
 
-async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool) -> tuple[Any, asyncio.Task[None]]:
+async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -> tuple[Runtime, _Started]:
+    """Open the edges in order and make the runtime from ``boot`` and them: the one place it is made."""
+    from gateway.config.load import is_forbidden_address
+    from gateway.db.recorder import Recorder
+    from gateway.db.store import Store
+    from gateway.upstreams.transport import Transport
+
+    cfg = boot.config
+    allow_loopback = os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1"
+    transport = Transport(
+        max_connections=cfg.gatehouse.upstream.max_connections,
+        connect_timeout_s=cfg.gatehouse.upstream.connect_timeout_ms / 1000,
+        idle_read_timeout_s=boot.idle_read_timeout_s,
+        is_forbidden=lambda ip: is_forbidden_address(ip, allow_loopback),
+    )
+    await transport.start()
+    own_store = shared_store is None
+    if shared_store is None:
+        store = await Store.open(cfg.store, log=audit.log)
+        await store.migrate()
+    else:
+        store = shared_store
+    recorder = Recorder(store)
+    await recorder.start()
+    oidc = discovery = revocations = None
+    if signin.SIGNIN in app:
+        oidc, discovery, revocations = await _start_signin(app[signin.SIGNIN], boot, store, allow_loopback)
+    spend = None
+    if cfg.admin is not None:
+        spend = await _start_spend(boot, store)
+    rt = Runtime.complete(
+        boot, transport=transport, store=store, recorder=recorder, revocations=revocations, spend=spend
+    )
+    return rt, _Started(own_store, oidc, discovery)
+
+
+async def _start_spend(boot: Boot, store: Store) -> SpendStore:
+    from gateway.db.store import StoreUnavailable
+    from gateway.spend.store import SpendStore
+
+    cfg = boot.config
+    assert cfg.admin is not None and boot.allowances is not None
+    clock = boot.clock
+    spend = SpendStore(
+        store,
+        clock=lambda: datetime.fromtimestamp(clock(), UTC),
+        timeout_s=cfg.gatehouse.spend.store_timeout_ms / 1000,
+        reservation_ttl_s=cfg.gatehouse.spend.reservation_ttl_seconds,
+        leases=cfg.gatehouse.spend.leases,
+        lease_ttl_s=cfg.gatehouse.spend.lease_ttl_seconds,
+        mode=cfg.admin.group_limit_mode,
+        blocked_message=cfg.admin.blocked_message,
+        scheduled=True,
+    )
+    await spend.start()
+    try:
+        await spend.seed_allowances(boot.allowances)
+    except StoreUnavailable as exc:
+        audit.log("warn", f"output allowances not seeded from history: {exc}")
+    return spend
+
+
+async def _start_signin(
+    si: signin.SignIn, boot: Boot, store: Store, allow_loopback: bool
+) -> tuple[OidcClient, asyncio.Task[None], RevocationWatcher]:
     from gateway.auth.oidc import OidcClient
     from gateway.auth.revocations import RevocationWatcher
     from gateway.auth.session_store import SessionService
 
-    cfg = rt.config
-    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=rt.clock)
+    cfg = boot.config
+    assert cfg.oidc is not None
+    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=boot.clock)
     await oidc.start()
     sessions = SessionService(
-        rt.store,
-        rt.tokens,
+        store,
+        boot.tokens,
         secrets=tuple(cfg.session.secrets),
-        clock=rt.clock,
+        clock=boot.clock,
         max_lifetime_s=cfg.gatehouse.signin.session_max_days * 86400,
     )
-    rt.revocations = RevocationWatcher(rt.store, ttl_s=rt.tokens.ttl_seconds, clock=rt.clock)
-    await rt.revocations.start()
-    si = app[signin.SIGNIN]
-    si.attach(store=rt.store, oidc=oidc, sessions=sessions)
+    revocations = RevocationWatcher(store, ttl_s=boot.tokens.ttl_seconds, clock=boot.clock)
+    await revocations.start()
+    si.attach(store=store, oidc=oidc, sessions=sessions)
 
     async def discover_once() -> None:
         # Sign-in needs the IdP; inference does not. A replica whose IdP is down
@@ -228,7 +292,7 @@ async def _start_signin(app: web.Application, rt: Runtime, allow_loopback: bool)
         except Exception as exc:
             audit.log("warn", f"OIDC discovery failed at startup, will retry on first sign-in: {exc}")
 
-    return oidc, asyncio.create_task(discover_once())
+    return oidc, asyncio.create_task(discover_once()), revocations
 
 
 @web.middleware
@@ -312,7 +376,7 @@ PARSER_LINE_DEFAULT = 64 * 1024
 PARSER_FIELD_DEFAULT = 64 * 1024
 
 
-def parser_limits(cfg: Any) -> dict[str, int]:
+def parser_limits(cfg: Config) -> dict[str, int]:
     line = cfg.limits.max_url_length or PARSER_LINE_DEFAULT
     field = cfg.limits.max_request_header_bytes or PARSER_FIELD_DEFAULT
     return {"max_line_size": line, "max_field_size": max(field, line + 1), "max_headers": 1000}

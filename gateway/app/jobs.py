@@ -64,13 +64,17 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway import audit
 from gateway.http import signin
-from gateway.http.managed import FLUSH_INTERVAL_S
+from gateway.http.runtime import Boot
+from gateway.http.sightings import FLUSH_INTERVAL_S
+
+if TYPE_CHECKING:
+    from gateway.spend.store import SpendStore
 
 Sleep = Callable[[float], Awaitable[None]]
 Log = Callable[[str, str], None]
@@ -175,10 +179,14 @@ JOBS: web.AppKey[Scheduler] = web.AppKey("jobs", Scheduler)
 PRODUCERS = ("sightings", "signin.prune", "retention")
 
 
-def schedule(app: web.Application, rt: Any) -> Scheduler:
-    """Register the gateway's periodic jobs on ``app[JOBS]`` (made by ``build``); not started."""
+def schedule(app: web.Application, boot: Boot, spend: SpendStore | None) -> Scheduler:
+    """Register the gateway's periodic jobs on ``app[JOBS]`` (made by ``build``); not started.
+
+    ``boot`` is the runtime being started (or, in tests, the boot values of an app
+    never started); ``spend`` its spend store, with ``admin``.
+    """
     jobs = app[JOBS]
-    sightings = rt.sightings
+    sightings = boot.sightings
 
     async def flush_sightings() -> None:
         sightings.flush()
@@ -193,22 +201,22 @@ def schedule(app: web.Application, rt: Any) -> Scheduler:
             "signin.prune", signin.PRUNE_EVERY_S, lambda: signin.prune_expired(si),
             "delete spent device grants, old rate counters and long-ended sign-in families",
         )
-    if rt.config.admin is not None:
+    if boot.config.admin is not None:
         from gateway.admin import retention
         from gateway.http import admin as admin_api
 
         ctx = app[admin_api.ADMIN]
-        cfg = rt.config
+        cfg = boot.config
         jobs.every(
             "retention", retention.PRUNE_EVERY_S, lambda: retention.sweep(lambda: ctx.store(app), cfg, ctx.now),
             "delete what the admin retention settings say is too old",
         )
-    if rt.spend is not None:
+    if spend is not None:
         from gateway.spend.store import TICK_S
 
         jobs.every(
-            "spend", TICK_S, rt.spend.background_round,
+            "spend", TICK_S, spend.background_round,
             "reload limits, store owed settlements and identities, renew leases, expire and prune reservations",
-            wake=rt.spend.wake,
+            wake=spend.wake,
         )
     return jobs

@@ -16,7 +16,9 @@
   (the one bearer check), ``read_body`` (the one size check),
   ``SECURITY_HEADERS`` and ``new_request_id``.
 * :mod:`~gateway.http.runtime` is the :class:`Runtime`: every value a handler
-  needs, computed once at boot, so no handler looks anything up per request.
+  needs, computed once at boot, so no handler looks anything up per request;
+  it is made complete on startup, edges included. :mod:`~gateway.http.sightings`
+  counts the managed-settings checksums clients report (held by the runtime).
 
 Handlers import the feature packages and the base, never :mod:`gateway.app`.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +38,7 @@ from gateway.http.runtime import Runtime
 from gateway.policy.policies import ALLOW_ALL
 from gateway.upstreams import anthropic
 from gateway.upstreams.bodyview import decode_view, remove_member, splice_model
+from gateway.upstreams.routing import Target
 from gateway.upstreams.sse import ZERO, UsageTap, UsageTotals, json_usage
 from gateway.upstreams.transport import UpstreamFailure
 
@@ -107,17 +109,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         if refusal is not None:
             raise GatewayError(Kind.INVALID_REQUEST, refusal)
         if rt.spend is not None and request.path == "/v1/messages":
-            first = targets[0] if targets else None
-            ticket = await spend_gate.admit(
-                rt,
-                request_id,
-                principal,
-                view.model,
-                rt.upstreams[first.upstream if first else 0].name,
-                first.model if first else view.model,
-                len(body),
-                view.max_tokens,
-            )
+            ticket = await spend_gate.admit(rt, request_id, principal, view, len(body), targets[0] if targets else None)
         if unroutable is not None:
             raise unroutable
         if matched is not None and matched.hint_headers:
@@ -159,19 +151,29 @@ async def messages(request: web.Request) -> web.StreamResponse:
         rt.inflight -= 1
         if ticket is not None:
             spend_gate.settle(
-                rt, request_id, principal, outcome.model or "", outcome.upstream, outcome.upstream_model,
-                outcome.usage, outcome.status == 200 and outcome.finished,
+                rt, ticket, outcome.upstream, outcome.upstream_model, outcome.usage,
+                outcome.status == 200 and outcome.finished,
             )
         record(rt, request, request_id, principal, outcome, t0)
 
 
-def billing_group(tags: dict, tag: str, principal: Principal) -> str | None:
+def billing_group(tags: dict[str, Any], tag: str, principal: Principal) -> str | None:
     """The billing group a request names, if the person's token lists that group."""
     value = tags.get(tag)
     return value if isinstance(value, str) and value in principal.groups else None
 
 
-async def open_first(rt, request, body, model, targets, path_qs, principal, outcome, t0):
+async def open_first(
+    rt: Runtime,
+    request: web.Request,
+    body: bytes,
+    model: str,
+    targets: tuple[Target, ...],
+    path_qs: str,
+    principal: Principal,
+    outcome: Outcome,
+    t0: float,
+) -> tuple[aiohttp.ClientResponse, bytes | None]:
     """Open the first upstream that answers with something we relay.
 
     Returns the response and, for event streams, the first chunk (peeked
@@ -241,7 +243,13 @@ class RelayedUpstreamError(Exception):
         self.body = body
 
 
-async def relay_whole(request, resp, request_id, outcome, extra_headers) -> web.Response:
+async def relay_whole(
+    request: web.Request,
+    resp: aiohttp.ClientResponse,
+    request_id: str,
+    outcome: Outcome,
+    extra_headers: dict[str, str] | None,
+) -> web.Response:
     try:
         body = await resp.read()
     except Exception as exc:
@@ -258,7 +266,15 @@ async def relay_whole(request, resp, request_id, outcome, extra_headers) -> web.
     return web.Response(status=resp.status, body=body, headers=headers)
 
 
-async def relay_stream(rt, request, resp, first_chunk, request_id, outcome, ticket) -> web.StreamResponse:
+async def relay_stream(
+    rt: Runtime,
+    request: web.Request,
+    resp: aiohttp.ClientResponse,
+    first_chunk: bytes,
+    request_id: str,
+    outcome: Outcome,
+    ticket: spend_gate.Ticket | None,
+) -> web.StreamResponse:
     headers = anthropic.response_headers(resp.headers)
     if ticket is not None and resp.status == 200:
         headers.update(ticket.headers)
@@ -299,7 +315,9 @@ async def relay_stream(rt, request, resp, first_chunk, request_id, outcome, tick
     return out
 
 
-def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: float) -> None:
+def record(
+    rt: Runtime, request: web.Request, request_id: str, principal: Principal | None, outcome: Outcome, t0: float
+) -> None:
     """Audit event and usage row for every request that got past the bearer check.
 
     Never awaits: it runs in ``finally`` even while the handler is being cancelled.
@@ -334,8 +352,6 @@ def record(rt: Runtime, request, request_id, principal, outcome: Outcome, t0: fl
         output_estimated=u.estimated or None,
         billing_group=outcome.billing_group,
     )
-    if rt.recorder is None:
-        return
     from gateway.db.store import UsageRow
 
     rt.recorder.submit(

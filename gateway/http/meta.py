@@ -14,6 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 
 import gateway
+from gateway.auth.tokens import Principal
 from gateway.errors import GatewayError, Kind
 from gateway.http.keys import RUNTIME, authenticate, read_body
 from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
@@ -23,7 +24,7 @@ JSON = "application/json"
 _LANDING = encoder.encode(ServerInfo(gateway.NAME, gateway.__version__))
 
 
-def _authenticate(request: web.Request):
+def _authenticate(request: web.Request) -> Principal:
     return authenticate(request.app[RUNTIME], request.headers.get("Authorization"))
 
 
@@ -35,7 +36,7 @@ async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.draining:
         return web.Response(status=503, text="draining")
-    if rt.store is None or not await rt.store.ready(timeout=2.0):
+    if not await rt.store.ready(timeout=2.0):
         return web.Response(status=503, text="store unavailable")
     return web.Response(text="ready")
 

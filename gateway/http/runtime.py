@@ -1,19 +1,51 @@
 """Everything the handlers need, computed once at boot from the config.
 
 Handlers never look things up in the config per request; they read these
-precomputed values (SPEC "Hot path": no per-request config lookups).
+precomputed values (SPEC "Hot path": no per-request config lookups). The
+config itself stays on the runtime for the composition (background jobs read
+their settings from it once, at startup), never for a handler.
+
+Built in two steps, each complete:
+
+* :class:`Boot` is what :func:`gateway.app.build.build` computes before any
+  event loop runs: tokens, routes, upstream plans, limits, the spend switches,
+  access lists, policies, prices, allowances, sightings, the task set.
+* :class:`Runtime` is a ``Boot`` plus the edges that need the running loop (the
+  database pool, the outbound HTTP session, the usage recorder, the revocation
+  watcher, the spend store). The startup hook opens those and makes the
+  runtime in one function (``gateway.app.build._start``); only then is it set
+  on the app, so a handler never sees a runtime with an edge missing. The
+  edges that exist only with some config sections are ``X | None`` from the
+  start and stay so: ``revocations`` with ``oidc``, ``spend`` with ``admin``.
+
+The edge classes are imported for type checking only: importing this module
+(the CLI does, to mint tokens) opens no database driver or HTTP client module.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from gateway.auth.tokens import TokenService
+from gateway.db.tasks import TaskSet
+from gateway.http.sightings import ChecksumSightings
+from gateway.netaccess import AccessPolicy
+from gateway.policy.policies import Policies
 from gateway.upstreams import anthropic
 from gateway.upstreams.routing import Routes
+
+if TYPE_CHECKING:
+    from gateway.auth.revocations import RevocationWatcher
+    from gateway.config.schema import Config
+    from gateway.db.recorder import Recorder
+    from gateway.db.store import Store
+    from gateway.spend.budget import AllowanceTracker
+    from gateway.spend.pricing import Pricing
+    from gateway.spend.store import SpendStore
+    from gateway.upstreams.transport import Transport
 
 
 @dataclass
@@ -31,27 +63,68 @@ class UpstreamPlan:
     ttfb_s: float
 
 
-@dataclass
-class Runtime:
-    config: Any
+@dataclass(frozen=True, slots=True)
+class SpendSwitches:
+    """The spend settings the gate reads per request (``gatehouse.spend``, ``enforcement``)."""
+
+    output_allowance_tokens: int
+    topup_tokens: int
+    cut_streams_at_cap: bool
+    fail_closed_on_error: bool
+    store_timeout_s: float
+
+
+@dataclass(kw_only=True)
+class Boot:
+    """What is computed from the config before the event loop runs."""
+
+    config: Config
     tokens: TokenService
     routes: Routes
     upstreams: tuple[UpstreamPlan, ...]
     limits: Limits
     idle_read_timeout_s: float
+    spend_switches: SpendSwitches
+    access: AccessPolicy
+    policies: Policies
+    tasks: TaskSet  # work a client hang-up must not cancel
+    sightings: ChecksumSightings
+    pricing: Pricing | None  # with admin: or pricing:
+    allowances: AllowanceTracker | None  # with admin: or pricing:
     billing_group_tag: str | None = None
-    transport: Any = None  # gateway.upstreams.transport.Transport, set on startup
-    recorder: Any = None  # gateway.db.recorder.Recorder, set on startup
-    store: Any = None  # gateway.db.store.Store, set on startup
-    access: Any = None  # gateway.netaccess.AccessPolicy
-    revocations: Any = None  # gateway.auth.revocations.RevocationWatcher, set on startup
-    policies: Any = None  # gateway.policy.policies.Policies
-    pricing: Any = None  # gateway.spend.pricing.Pricing (when admin: is configured)
-    spend: Any = None  # gateway.spend.store.SpendStore, set on startup (when admin: is configured)
-    allowances: Any = None  # gateway.spend.budget.AllowanceTracker
-    tasks: Any = None  # gateway.db.tasks.TaskSet: work a client hang-up must not cancel
-    sightings: Any = None  # gateway.http.managed.ChecksumSightings
     clock: Callable[[], float] = time.time
+
+
+@dataclass(kw_only=True)
+class Runtime(Boot):
+    """A :class:`Boot` with its edges open: what every handler reads, complete from the first request."""
+
+    transport: Transport
+    store: Store
+    recorder: Recorder
+    revocations: RevocationWatcher | None  # with oidc:
+    spend: SpendStore | None  # with admin:
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     inflight: int = 0
+
+    @classmethod
+    def complete(
+        cls,
+        boot: Boot,
+        *,
+        transport: Transport,
+        store: Store,
+        recorder: Recorder,
+        revocations: RevocationWatcher | None,
+        spend: SpendStore | None,
+    ) -> Runtime:
+        """``boot`` with its edges; called once, at startup."""
+        return cls(
+            **{f.name: getattr(boot, f.name) for f in fields(Boot)},
+            transport=transport,
+            store=store,
+            recorder=recorder,
+            revocations=revocations,
+            spend=spend,
+        )

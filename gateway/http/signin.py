@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp_session
@@ -50,6 +50,9 @@ from gateway.errors import GatewayError, Kind, OAuthError
 from gateway.http.forms import FormInvalid, parse_form
 from gateway.http.keys import CLIENT_IP, REQUEST_ID
 from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthorization, TokenResponse, encoder
+
+if TYPE_CHECKING:
+    from gateway.auth.session_store import TokenPair
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 COOKIE = "gatehouse_signin"
@@ -357,7 +360,7 @@ async def token(request: web.Request) -> web.Response:
     return web.Response(body=encoder.encode(doc), headers=JSON_NO_STORE)
 
 
-async def _device_grant(si: SignIn, device_code: str | None, ip: str | None):
+async def _device_grant(si: SignIn, device_code: str | None, ip: str | None) -> tuple[TokenPair, str | None]:
     from gateway.auth.identity import Identity
 
     if not device_code:
