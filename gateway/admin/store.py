@@ -27,7 +27,7 @@ import msgspec
 from gateway.admin.docs import groups_of, snapshot
 from gateway.admin.requests import EffectiveQuery, LimitRequest
 from gateway.db.store import connection, queries, unavailable_as
-from gateway.errors import GatewayError, Kind
+from gateway.errors import Fault, GatewayError, Kind, Party
 from gateway.spend import caps as spend
 
 # Admin calls are rare and small; this bounds how long one may wait for a
@@ -39,8 +39,10 @@ UPSERT_ATTEMPTS = 3
 _encode = msgspec.json.Encoder().encode
 
 
-class UnknownCursor(LookupError):
+class UnknownCursor(Fault, LookupError):
     """A page cursor names a spend limit that does not exist (any more)."""
+
+    fault = Party.CLIENT
 
 
 class EffectiveEntry(NamedTuple):
@@ -58,8 +60,10 @@ class EffectiveRows(NamedTuple):
     next_key: tuple[Any, ...] | None
 
 
-class _Retry(Exception):
+class _Retry(Fault):
     """The row an upsert meant to update vanished under it; run the upsert again."""
+
+    fault = Party.STORE
 
 
 class AdminStore:

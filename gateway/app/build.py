@@ -24,7 +24,7 @@ from gateway.auth.tokens import TokenService
 from gateway.client_text import quoted
 from gateway.db.store import is_data_error
 from gateway.db.tasks import TaskSet
-from gateway.errors import GatewayError, Kind, OAuthError, error_body, render
+from gateway.errors import Fault, GatewayError, Kind, error_body, render
 from gateway.http import managed, signin
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, new_request_id
 from gateway.http.routes import add_routes
@@ -308,15 +308,15 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
             raise GatewayError(Kind.FORBIDDEN, "forbidden")
         _check_request_line_and_headers(request, rt)
         response = await handler(request)
-    except GatewayError as err:
-        status, headers, body = render(err, request_id)
+    except Fault as err:
+        # Each fault knows its answer (the Anthropic envelope, OAuth's shape, an
+        # upstream's reply relayed); one with none is an internal error.
+        answer = err.answer(request_id)
+        if answer is None:
+            raise
+        status, headers, body = answer
         headers["request-id"] = request_id
         return web.Response(status=status, body=body, headers={**headers, **SECURITY_HEADERS})
-    except OAuthError as err:
-        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache", "request-id": request_id}
-        if err.retry_after is not None:
-            headers["Retry-After"] = str(err.retry_after)
-        return web.Response(status=err.status, body=err.body(), headers={**headers, **SECURITY_HEADERS})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

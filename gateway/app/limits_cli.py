@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from gateway.app.cli_output import print_json, table
+from gateway.errors import Fault, Party
 
 PATH = "/v1/organizations/spend_limits"
 KEY_ENV = "GATEHOUSE_ADMIN_KEY"
@@ -37,7 +38,11 @@ MAX_PAGES = 1000
 SCOPE_HELP = "user:<sub>, group:<name> or org"
 
 
-class CliError(Exception):
+class CliError(Fault):
+    """A command the person typed cannot be carried out; ``code`` is the exit status."""
+
+    fault = Party.CLIENT
+
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code

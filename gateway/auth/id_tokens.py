@@ -29,6 +29,8 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from gateway.errors import Fault, Party
+
 # Large enough for tokens carrying a few hundred groups (tens of KiB).
 MAX_ID_TOKEN_CHARS = 128 * 1024
 # Key type each accepted signature algorithm needs. HS* and none are absent on
@@ -46,8 +48,14 @@ _ISSUER_ALIASES = {"https://accounts.google.com": ("accounts.google.com",)}
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
 
 
-class IdTokenInvalid(Exception):
-    """The id_token failed verification; ``reason`` is short audit text."""
+class IdTokenInvalid(Fault):
+    """The id_token failed verification; ``reason`` is short audit text.
+
+    The token comes from the IdP over the back channel, so a bad one is the
+    IdP's (or its configuration's) doing, not the person's.
+    """
+
+    fault = Party.UPSTREAM
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

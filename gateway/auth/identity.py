@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gateway.client_text import unprintable
+from gateway.errors import Fault, Party
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A groups claim larger than this is not a group list we should be trusting as-is;
@@ -52,12 +53,14 @@ class Identity(NamedTuple):
     groups: tuple[str, ...]
 
 
-class IdentityRejected(Exception):
+class IdentityRejected(Fault):
     """The IdP vouched for the person, but the gateway's rules turn them away.
 
     ``reason`` is short audit text; ``user_message`` may be shown to the person
     and carries no internals; ``warnings`` are operator hints (log them).
     """
+
+    fault = Party.CLIENT
 
     def __init__(self, reason: str, user_message: str, warnings: list[str] | None = None) -> None:
         super().__init__(reason)

@@ -47,6 +47,7 @@ from gateway.auth.id_tokens import MAX_ID_TOKEN_CHARS as MAX_ID_TOKEN_CHARS
 from gateway.auth.id_tokens import IdTokenInvalid as IdTokenInvalid  # re-exported: callers catch it as oidc's
 from gateway.auth.identity import Identity, identity_from_claims, needs_userinfo
 from gateway.config.load import is_forbidden_address, url_problem
+from gateway.errors import Fault, Party
 from gateway.upstreams.transport import GuardedResolver, RefusedAddress
 
 CONNECT_TIMEOUT_S = 5.0
@@ -86,12 +87,16 @@ _TRANSIENT_OAUTH_ERRORS = frozenset({"temporarily_unavailable", "server_error", 
 _CONFIG_OAUTH_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope"})
 
 
-class IdpUnavailable(Exception):
+class IdpUnavailable(Fault):
     """The IdP could not be asked, or gave no usable answer. Retryable (→ 503)."""
 
+    fault = Party.UPSTREAM
 
-class IdpRejected(Exception):
+
+class IdpRejected(Fault):
     """The IdP said no for good: the code or refresh grant is invalid (→ re-login)."""
+
+    fault = Party.CLIENT
 
     def __init__(self, message: str, error: str | None = None) -> None:
         super().__init__(message)

@@ -73,7 +73,7 @@ from gateway import audit
 from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenService
 from gateway.db.store import Store, StoreUnavailable, queries, unavailable_as
-from gateway.errors import GatewayError, OAuthError
+from gateway.errors import Fault, GatewayError, OAuthError, Party
 
 if TYPE_CHECKING:
     from gateway.auth.identity import Identity
@@ -164,8 +164,10 @@ class _Claimed(NamedTuple):
     idp_refresh_token: bytes | None
 
 
-class _LostClaim(Exception):
+class _LostClaim(Fault):
     """Our claim was taken over while we talked to the IdP; see what the new holder did."""
+
+    fault = Party.GATEWAY
 
 
 class SessionService:
@@ -475,8 +477,8 @@ class SessionService:
         """Audit a failed refresh and build its answer."""
         self._emit("session.refresh", result="fail", reason=reason, client_ip=client_ip, **fields)
         if reason in _RETRYABLE:
-            return OAuthError("temporarily_unavailable", 503, _RETRYABLE[reason])
-        return OAuthError("invalid_grant", 401)
+            return OAuthError("temporarily_unavailable", _RETRYABLE[reason], fault=_RETRYABLE_FAULT.get(reason))
+        return OAuthError("invalid_grant")
 
     @asynccontextmanager
     async def _db(self, what: str) -> AsyncIterator[Any]:
@@ -486,8 +488,10 @@ class SessionService:
                 yield self._store.pool
 
 
-class _Ended(Exception):
+class _Ended(Fault):
     """The family was revoked or reached its end while a refresh was under way."""
+
+    fault = Party.CLIENT
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -500,6 +504,8 @@ _RETRYABLE = {
     "idp_unavailable": "the identity provider could not be reached; try again shortly",
     "refresh_in_progress": "another refresh of this token is in progress; try again shortly",
 }
+# Whose fault a retryable failure is, where it is not the store's (OAUTH_TABLE's default).
+_RETRYABLE_FAULT = {"idp_unavailable": Party.UPSTREAM, "refresh_in_progress": Party.CLIENT}
 
 
 def _reason(exc: BaseException) -> str:

@@ -57,6 +57,7 @@ from gateway.config.expand import expand_references
 from gateway.config.rules import check, prepare
 from gateway.config.schema import Config, Issues, dotted, kind, shape
 from gateway.config.upstreams import ANTHROPIC_API, PROVIDER_RULES
+from gateway.errors import Fault, Party
 
 __all__ = [
     "ALLOW_LOOPBACK_ENV",
@@ -78,8 +79,13 @@ __all__ = [
 ]
 
 
-class ConfigError(Exception):
-    """Every problem found in one load; ``issues`` holds (dotted path, message)."""
+class ConfigError(Fault):
+    """Every problem found in one load; ``issues`` holds (dotted path, message).
+
+    The gateway's own configuration is wrong: its operator has to act.
+    """
+
+    fault = Party.GATEWAY
 
     def __init__(self, issues: list[tuple[str, str]]) -> None:
         self.issues = list(issues)
@@ -147,7 +153,9 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(Fault):
+    fault = Party.GATEWAY
+
     def __init__(self, key: str, line: int) -> None:
         self.key, self.line = key, line
 

@@ -43,6 +43,7 @@ import asyncpg
 import msgspec
 
 from gateway import audit
+from gateway.errors import Fault, Party
 
 Log = Callable[[str, str], None]
 
@@ -56,16 +57,20 @@ SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "ver
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Fault):
     """The database could not be reached or did not answer in time."""
 
+    fault = Party.STORE
 
-class StoreRefused(Exception):
+
+class StoreRefused(Fault):
     """The database refused one request's values (see :func:`is_data_error`); retrying cannot help.
 
     The message is ours, safe to show the client: the driver's own message may
     quote the offending value, so it goes to the log only.
     """
+
+    fault = Party.CLIENT
 
 
 class StoreConfig(Protocol):

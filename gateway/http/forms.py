@@ -17,13 +17,17 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl
 
+from gateway.errors import Fault, Party
+
 MAX_FIELDS = 32
 # C0 controls and DEL. Tabs and line breaks have no place in these forms either.
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-class FormInvalid(ValueError):
+class FormInvalid(Fault, ValueError):
     """The body is not a form this gateway accepts; the message says why."""
+
+    fault = Party.CLIENT
 
 
 def parse_form(body: bytes) -> dict[str, str]:

@@ -27,8 +27,11 @@ from gateway import audit
 from gateway.auth.tokens import Principal
 from gateway.errors import (
     FINAL_PREFERENCE,
+    Answer,
+    Fault,
     GatewayError,
     Kind,
+    Party,
     sse_error_event,
     upstream_status_fails_over,
 )
@@ -125,8 +128,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
             )
         except RelayedUpstreamError as err:
             outcome.status = err.status
-            err.headers["request-id"] = request_id
-            return web.Response(status=err.status, body=err.body, headers=err.headers)
+            status, headers, relayed = err.answer(request_id)
+            return web.Response(status=status, body=relayed, headers=headers)
 
         # 8. Relay the reply: JSON whole, SSE chunk by chunk as it arrives.
         extra = ticket.headers if ticket is not None else None
@@ -136,13 +139,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
             return await relay_stream(rt, request, resp, first_chunk, request_id, outcome, ticket)
         finally:
             resp.close()
-    except spend_gate.SpendRefused as refused:
-        outcome.status = 429
-        outcome.error = str(refused)
-        return web.Response(status=429, body=refused.body, headers={"Content-Type": "application/json", **refused.headers})
-    except GatewayError as err:
-        outcome.status = err.rule.status
-        outcome.error = err.message
+    except Fault as err:
+        # Recorded here, answered by the envelope middleware; a fault that is no
+        # answer of its own (answer() is None) ends up an internal error there.
+        answer = err.answer(request_id)
+        if answer is not None:
+            outcome.status = answer.status
+            outcome.error = str(err)
         raise
     except asyncio.CancelledError:
         outcome.status = CLIENT_CLOSED
@@ -233,14 +236,22 @@ def final_error(failures: list[tuple[int, dict[str, str], bytes]], configured: i
     return GatewayError(Kind.ALL_UPSTREAMS_FAILED, f"all upstreams failed ({configured} attempted)")
 
 
-class RelayedUpstreamError(Exception):
+class RelayedUpstreamError(Fault):
     """An upstream's own error reply, relayed as it came (the client keys on its wording)."""
+
+    fault = Party.UPSTREAM
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         super().__init__(status)
         self.status = status
         self.headers = headers
         self.body = body
+
+    def answer(self, request_id: str | None) -> Answer:
+        headers = dict(self.headers)
+        if request_id is not None:
+            headers["request-id"] = request_id
+        return Answer(self.status, headers, self.body)
 
 
 async def relay_whole(

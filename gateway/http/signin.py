@@ -46,7 +46,7 @@ from gateway.auth.devicecodes import (
 )
 from gateway.auth.sealing import Sealer, derive_key
 from gateway.db.store import StoreUnavailable
-from gateway.errors import GatewayError, Kind, OAuthError
+from gateway.errors import GatewayError, Kind, OAuthError, Party
 from gateway.http.forms import FormInvalid, parse_form
 from gateway.http.keys import CLIENT_IP, REQUEST_ID
 from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthorization, TokenResponse, encoder
@@ -166,7 +166,7 @@ async def device_authorization(request: web.Request) -> web.Response:
         if wait is not None:
             audit.emit("device.authorize", request_id=request[REQUEST_ID], result="rate_limited", client_ip=ip)
             audit.log("warn", f"sign-in refused for {ip}: over rate_limits.device_authorization ({limit.max} per {limit.window_seconds}s); raise it if this is expected")
-            raise OAuthError("slow_down", 429, "too many sign-in attempts from this address", retry_after=wait)
+            raise OAuthError("slow_down", "too many sign-in attempts from this address", retry_after=wait)
         device_code = new_device_code()
         for _ in range(5):
             user_code = new_user_code()
@@ -181,10 +181,10 @@ async def device_authorization(request: web.Request) -> web.Response:
             if created:
                 break
         else:
-            raise OAuthError("temporarily_unavailable", 503, "could not allocate a user code")
+            raise OAuthError("temporarily_unavailable", "could not allocate a user code", fault=Party.GATEWAY)
     except StoreUnavailable as exc:
         audit.log("error", f"device authorization failed: {exc}")
-        raise OAuthError("temporarily_unavailable", 503, "sign-in storage is unavailable") from None
+        raise OAuthError("temporarily_unavailable", "sign-in storage is unavailable") from None
     audit.emit("device.authorize", request_id=request[REQUEST_ID], result="success", client_ip=ip, surface=surface)
     doc = DeviceAuthorization(
         device_code=device_code,
@@ -334,7 +334,7 @@ async def token(request: web.Request) -> web.Response:
     ip = request.get(CLIENT_IP)
     form = await _form(request)
     if form is None:
-        raise OAuthError("invalid_request", 400, "the body must be application/x-www-form-urlencoded")
+        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
     grant_type = form.get("grant_type")
     try:
         if grant_type == DEVICE_GRANT:
@@ -342,14 +342,14 @@ async def token(request: web.Request) -> web.Response:
         elif grant_type == "refresh_token":
             refresh_token = form.get("refresh_token")
             if not refresh_token:
-                raise OAuthError("invalid_request", 400, "refresh_token is required")
+                raise OAuthError("invalid_request", "refresh_token is required")
             pair = await si.sessions.refresh(refresh_token, si.oidc.recheck, client_ip=ip)
             email = None
         else:
-            raise OAuthError("unsupported_grant_type", 400)
+            raise OAuthError("unsupported_grant_type")
     except StoreUnavailable as exc:
         audit.log("error", f"token endpoint: {exc}")
-        raise OAuthError("temporarily_unavailable", 503, "sign-in storage is unavailable") from None
+        raise OAuthError("temporarily_unavailable", "sign-in storage is unavailable") from None
     doc = TokenResponse(
         access_token=pair.access_token,
         token_type="Bearer",
@@ -364,14 +364,14 @@ async def _device_grant(si: SignIn, device_code: str | None, ip: str | None) -> 
     from gateway.auth.identity import Identity
 
     if not device_code:
-        raise OAuthError("invalid_request", 400, "device_code is required")
+        raise OAuthError("invalid_request", "device_code is required")
     grant_hash = code_hash(device_code)
     result = await si.devices.poll(grant_hash, si.now(), POLL_INTERVAL_S)
     if result.outcome == "slow_down":
         # 429, as Anthropic's gateway answers; the client adds 5 s either way.
-        raise OAuthError("slow_down", 429)
+        raise OAuthError("slow_down")
     if result.outcome != "issue" or result.approved is None:
-        raise OAuthError(result.outcome, 400)
+        raise OAuthError(result.outcome)
     a = result.approved
     idp_refresh = si.idp_tokens.open(a.idp_refresh_token) if a.idp_refresh_token else None
     identity = Identity(a.sub, a.email, a.name, a.groups)
@@ -390,12 +390,12 @@ async def revoke(request: web.Request) -> web.Response:
     si = request.app[SIGNIN]
     form = await _form(request)
     if form is None or not form.get("token"):
-        raise OAuthError("invalid_request", 400, "token is required")
+        raise OAuthError("invalid_request", "token is required")
     try:
         await si.sessions.revoke_token(form["token"], form.get("token_type_hint"))
     except StoreUnavailable as exc:
         audit.log("error", f"revocation failed: {exc}")
-        raise OAuthError("temporarily_unavailable", 503) from None
+        raise OAuthError("temporarily_unavailable") from None
     # RFC 7009: unknown and already-revoked tokens get the same 200.
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
@@ -412,7 +412,7 @@ async def _form(request: web.Request) -> dict[str, str] | None:
     try:
         return await _form_fields(request)
     except FormInvalid as exc:
-        raise OAuthError("invalid_request", 400, str(exc)) from None
+        raise OAuthError("invalid_request", str(exc)) from None
 
 
 async def _form_fields(request: web.Request) -> dict[str, str] | None:

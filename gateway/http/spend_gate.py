@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 from gateway import audit
 from gateway.db.store import StoreRefused, StoreUnavailable
-from gateway.errors import GatewayError, Kind, sse_error
+from gateway.errors import Answer, GatewayError, Kind, event_body, render, sse_error
 from gateway.spend import caps as spend
 from gateway.spend.budget import StreamBudget
 from gateway.spend.pricing import Rates
 from gateway.spend.settlements import Owed
 from gateway.upstreams.sse import BYTES_PER_TOKEN_ESTIMATE, UsageTotals
-from protocol_spec.wire import ErrorDetail, ErrorEvent, encoder
+from protocol_spec.wire import encoder
 
 if TYPE_CHECKING:
     from gateway.auth.tokens import Principal
@@ -40,14 +40,20 @@ BILLING_ERROR = "billing_error"
 CUT_MESSAGE = "spend limit reached"
 
 
-class SpendRefused(Exception):
-    """A 429 ``billing_error`` decided before any upstream call."""
+class SpendRefused(GatewayError):
+    """A 429 ``billing_error`` decided before any upstream call.
 
-    def __init__(self, message: str, headers: dict[str, str]) -> None:
-        super().__init__(message)
-        self.headers = headers
+    ``Kind.OVER_SPEND_LIMIT`` when a limit is reached, ``Kind.SPEND_UNCHECKED``
+    when the store could not judge the request and enforcement fails closed.
+    """
+
+    def __init__(self, kind: Kind, message: str, headers: dict[str, str]) -> None:
+        super().__init__(kind, message, headers=headers)
+
+    def answer(self, request_id: str | None) -> Answer:
         # As Anthropic's gateway answers it: the envelope without request_id.
-        self.body = encoder.encode(ErrorEvent(ErrorDetail(BILLING_ERROR, message)))
+        status, headers, _ = render(self, request_id)
+        return Answer(status, headers, event_body(self.rule.error_type, self.message))
 
 
 class Ticket:
@@ -107,14 +113,14 @@ async def admit(
         admission = await store.reserve(request_id=request_id, principal=principal, model=model, amount_micro=estimate, now=_now(rt))
     except Owed:
         # Nothing was reserved and nothing is owed for it: serving it would be serving uncharged.
-        raise SpendRefused(spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
+        raise SpendRefused(Kind.SPEND_UNCHECKED, spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
     except StoreRefused as exc:
         raise GatewayError(Kind.INVALID_REQUEST, str(exc)) from None
     except (StoreUnavailable, TimeoutError) as exc:
         if switches.fail_closed_on_error:
             # A reservation may have been stored just before the failure: release it.
             rt.tasks.spawn(store.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
-            raise SpendRefused(spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
+            raise SpendRefused(Kind.SPEND_UNCHECKED, spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
         audit.log("warn", f"spend check failed, letting the request through (request {request_id}): {exc}")
         # Served unjudged, still charged: the relay settles it with its cost (which also releases
         # a reservation stored just before the failure), owed until the store takes it.
@@ -126,7 +132,7 @@ async def admit(
     if not admission.admitted:
         assert admission.blocked is not None
         rt.tasks.spawn(store.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
-        raise SpendRefused(admission.blocked.message, dict(admission.blocked.headers))
+        raise SpendRefused(Kind.OVER_SPEND_LIMIT, admission.blocked.message, dict(admission.blocked.headers))
     return Ticket(
         request_id, principal, model, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0
     )

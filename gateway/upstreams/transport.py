@@ -29,18 +29,26 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from gateway.errors import Kind
+from gateway.errors import TABLE, Fault, Kind, Party
 
 
-class UpstreamFailure(Exception):
+class UpstreamFailure(Fault):
+    """One upstream attempt failed; the relay tries the next (no answer of its own)."""
+
     def __init__(self, kind: Kind, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.fault = TABLE[kind].fault
 
 
-class RefusedAddress(OSError):
-    """A host name resolved only to addresses the gateway must not call."""
+class RefusedAddress(Fault, OSError):
+    """A host name resolved only to addresses the gateway must not call.
+
+    An OSError too, so aiohttp reports it as a failed connection like any other.
+    """
+
+    fault = Party.UPSTREAM
 
 
 class GuardedResolver(AbstractResolver):

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import pkgutil
+import re
 
 import pytest
 
+import gateway
+from gateway import errors
 from gateway.errors import (
     FAILOVER_STATUSES,
     FINAL_PREFERENCE,
+    OAUTH_TABLE,
     TABLE,
+    Answer,
+    Fault,
     GatewayError,
     Kind,
     OAuthError,
+    Party,
     error_body,
     render,
     sse_error,
@@ -232,7 +242,222 @@ def test_oauth_error_body_omits_a_missing_description():
     assert decoded(err.body()) == {"error": "authorization_pending"}
 
 
-def test_oauth_error_keeps_status_description_and_retry_after():
-    err = OAuthError("slow_down", 429, "polling too fast", retry_after=5)
+def test_oauth_error_keeps_description_and_retry_after_and_takes_its_status_from_the_table():
+    err = OAuthError("slow_down", "polling too fast", retry_after=5)
     assert (err.status, err.retry_after, str(err)) == (429, 5, "slow_down")
     assert decoded(err.body()) == {"error": "slow_down", "error_description": "polling too fast"}
+
+
+# The statuses the sign-in endpoints answer with (SPEC "Token endpoint"): what the client
+# does next depends on them, so a change here is a protocol change.
+OAUTH_STATUSES = {
+    "invalid_request": 400,
+    "unsupported_grant_type": 400,
+    "authorization_pending": 400,
+    "access_denied": 400,
+    "expired_token": 400,
+    "invalid_grant": 401,  # the client asks the person to sign in again
+    "slow_down": 429,  # as Anthropic's gateway answers it
+    "temporarily_unavailable": 503,  # the client keeps its refresh token and tries later
+}
+
+
+def test_the_oauth_table_gives_each_error_code_its_status():
+    assert {code: rule.status for code, rule in OAUTH_TABLE.items()} == OAUTH_STATUSES
+
+
+@pytest.mark.parametrize("code", sorted(OAUTH_STATUSES))
+def test_an_oauth_error_answers_with_its_table_status(code):
+    err = OAuthError(code)
+    assert err.status == OAUTH_STATUSES[code] and err.fault is OAUTH_TABLE[code].fault
+
+
+def test_every_device_poll_outcome_the_token_endpoint_refuses_with_is_in_the_oauth_table():
+    from gateway.auth import devicecodes
+
+    source = inspect.getsource(devicecodes)
+    outcomes = set(re.findall(r'PollAnswer\("(\w+)"', source)) - {"issue"}
+    assert outcomes == {"expired_token", "slow_down", "access_denied", "authorization_pending"}
+    assert outcomes <= set(OAUTH_TABLE)
+
+
+def test_an_oauth_error_code_missing_from_the_table_is_a_bug_not_a_guessed_status():
+    with pytest.raises(KeyError):
+        OAuthError("invalid_scopes")
+
+
+def test_oauth_faults_default_to_the_client_except_an_unavailable_sign_in():
+    assert {code for code, rule in OAUTH_TABLE.items() if rule.fault is not Party.CLIENT} == {"temporarily_unavailable"}
+    assert OAuthError("temporarily_unavailable").fault is Party.STORE
+    assert OAuthError("temporarily_unavailable", fault=Party.UPSTREAM).fault is Party.UPSTREAM
+    assert OAuthError("temporarily_unavailable", fault=Party.UPSTREAM).status == 503
+
+
+def test_an_oauth_answer_is_never_cached_and_carries_the_request_id_and_retry_after():
+    status, headers, body = OAuthError("slow_down", "too many", retry_after=7).answer("req_1")
+    assert status == 429
+    assert headers == {
+        "Content-Type": "application/json",
+        "Cache-Control": "no-store",
+        "Pragma": "no-cache",
+        "request-id": "req_1",
+        "Retry-After": "7",
+    }
+    assert decoded(body) == {"error": "slow_down", "error_description": "too many"}
+
+
+# ---------------------------------------------------------------- the error tree
+
+
+def _kinds_by_party_in_the_docstring() -> dict[Kind, Party]:
+    block = errors.__doc__.split("::", 1)[1]
+    found: dict[Kind, Party] = {}
+    party = None
+    for line in block.strip("\n").splitlines():
+        words = line.split()
+        if not words:
+            break
+        if not line.startswith("             "):
+            party, words = Party(words[0]), words[1:]
+        for word in words:
+            found[Kind[word]] = party
+    return found
+
+
+def test_the_fault_column_agrees_with_the_groups_in_the_module_docstring():
+    assert {kind: rule.fault for kind, rule in TABLE.items()} == _kinds_by_party_in_the_docstring()
+
+
+def _exception_classes() -> list[type[BaseException]]:
+    found = []
+    for info in pkgutil.walk_packages(gateway.__path__, "gateway."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__:
+                found.append(obj)
+    return found
+
+
+EXCEPTION_CLASSES = _exception_classes()
+# Signals, not errors: like KeyboardInterrupt, they must pass every ``except Exception``.
+NOT_ERRORS = {"gateway.devenv.run.AskedStop"}
+
+
+def qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def test_the_walk_finds_the_exceptions_of_every_layer():
+    names = {qualified(c) for c in EXCEPTION_CLASSES}
+    assert {
+        "gateway.errors.GatewayError",
+        "gateway.db.store.StoreUnavailable",
+        "gateway.http.spend_gate.SpendRefused",
+        "gateway.auth.oidc.IdpUnavailable",
+        "gateway.config.load.ConfigError",
+    } <= names
+
+
+@pytest.mark.parametrize("cls", EXCEPTION_CLASSES, ids=qualified)
+def test_every_exception_class_in_the_gateway_derives_from_fault(cls):
+    if qualified(cls) in NOT_ERRORS:
+        assert not issubclass(cls, Exception)
+        return
+    assert issubclass(cls, Fault)
+
+
+# Whose fault each exception is, where the class decides it (the rest decide per
+# instance, through TABLE or OAUTH_TABLE: see the tests below).
+CLASS_FAULTS = {
+    "gateway.admin.store.UnknownCursor": Party.CLIENT,
+    "gateway.admin.store._Retry": Party.STORE,
+    "gateway.app.limits_cli.CliError": Party.CLIENT,
+    "gateway.auth.id_tokens.IdTokenInvalid": Party.UPSTREAM,
+    "gateway.auth.identity.IdentityRejected": Party.CLIENT,
+    "gateway.auth.oidc.IdpUnavailable": Party.UPSTREAM,
+    "gateway.auth.oidc.IdpRejected": Party.CLIENT,
+    "gateway.auth.session_store._LostClaim": Party.GATEWAY,
+    "gateway.auth.session_store._Ended": Party.CLIENT,
+    "gateway.config.load.ConfigError": Party.GATEWAY,
+    "gateway.config.load._DuplicateKey": Party.GATEWAY,
+    "gateway.db.store.StoreUnavailable": Party.STORE,
+    "gateway.db.store.StoreRefused": Party.CLIENT,
+    "gateway.errors.Fault": Party.GATEWAY,
+    "gateway.http.forms.FormInvalid": Party.CLIENT,
+    "gateway.http.messages.RelayedUpstreamError": Party.UPSTREAM,
+    "gateway.spend.settlements.Owed": Party.STORE,
+    "gateway.upstreams.transport.RefusedAddress": Party.UPSTREAM,
+}
+INSTANCE_FAULTS = {
+    "gateway.errors.GatewayError",
+    "gateway.errors.OAuthError",
+    "gateway.http.spend_gate.SpendRefused",
+    "gateway.upstreams.transport.UpstreamFailure",
+}
+
+
+def test_every_fault_is_listed_once_with_whose_fault_it_is():
+    faults = {qualified(c) for c in EXCEPTION_CLASSES if issubclass(c, Fault)}
+    assert faults == set(CLASS_FAULTS) | INSTANCE_FAULTS
+    assert not set(CLASS_FAULTS) & INSTANCE_FAULTS
+
+
+@pytest.mark.parametrize("cls", [c for c in EXCEPTION_CLASSES if qualified(c) in CLASS_FAULTS], ids=qualified)
+def test_the_fault_of_each_class(cls):
+    assert cls.fault is CLASS_FAULTS[qualified(cls)]
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_a_gateway_error_takes_its_fault_from_the_table(kind):
+    assert GatewayError(kind, "x").fault is TABLE[kind].fault
+
+
+@pytest.mark.parametrize(
+    ("kind", "party"),
+    [
+        (Kind.UPSTREAM_CONNECT, Party.UPSTREAM),
+        (Kind.UPSTREAM_TIMEOUT, Party.UPSTREAM),
+        (Kind.UNSAFE_UPSTREAM_ADDRESS, Party.UPSTREAM),
+    ],
+)
+def test_an_upstream_failure_takes_its_fault_from_the_table(kind, party):
+    from gateway.upstreams.transport import UpstreamFailure
+
+    failure = UpstreamFailure(kind, "refused")
+    assert failure.fault is party and failure.answer("r") is None
+
+
+def test_a_gateway_error_answers_what_render_writes():
+    err = GatewayError(Kind.STORE_UNAVAILABLE, "store down", retry_after=3)
+    assert err.answer("req_9") == Answer(*render(err, "req_9"))
+
+
+def test_faults_that_are_no_answer_of_their_own_answer_none():
+    from gateway.auth.oidc import IdpUnavailable
+    from gateway.db.store import StoreUnavailable
+
+    assert StoreUnavailable("down").answer("r") is None
+    assert IdpUnavailable("down").answer("r") is None
+    assert Fault("x").answer("r") is None
+
+
+@pytest.mark.parametrize(("kind", "party"), [(Kind.OVER_SPEND_LIMIT, Party.CLIENT), (Kind.SPEND_UNCHECKED, Party.STORE)])
+def test_a_spend_refusal_is_a_429_billing_error_without_request_id(kind, party):
+    from gateway.http.spend_gate import SpendRefused
+
+    err = SpendRefused(kind, "monthly limit reached", {"x-spend": "1"})
+    assert err.fault is party
+    status, headers, body = err.answer("req_2")
+    assert status == 429
+    assert headers == {"Content-Type": "application/json", "x-spend": "1"}
+    # As Anthropic's gateway answers it: the envelope, without request_id.
+    assert decoded(body) == {"type": "error", "error": {"type": "billing_error", "message": "monthly limit reached"}}
+
+
+def test_a_relayed_upstream_error_answers_the_upstreams_reply_under_our_request_id():
+    from gateway.http.messages import RelayedUpstreamError
+
+    upstream_headers = {"Content-Type": "application/json", "retry-after": "4"}
+    err = RelayedUpstreamError(429, upstream_headers, b'{"type":"error"}')
+    assert err.answer("req_3") == (429, {**upstream_headers, "request-id": "req_3"}, b'{"type":"error"}')
+    assert upstream_headers == {"Content-Type": "application/json", "retry-after": "4"}  # not mutated
