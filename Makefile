@@ -39,7 +39,7 @@ test: install
 # mutated requests by default (about 2 min here). FUZZ_REQUESTS and FUZZ_SEED change it.
 fuzz: install
 	GATEHOUSE_FUZZ_REQUESTS=$(or $(FUZZ_REQUESTS),100000) GATEHOUSE_FUZZ_SEED=$(or $(FUZZ_SEED),12) \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/test_http_fuzz.py
+	  $(PY) -m pytest -q -p no:cacheprovider tests/system/test_http_fuzz.py
 
 dev: install
 	$(PY) -m gateway.devenv.run $(DEV_ARGS)

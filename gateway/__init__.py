@@ -1,7 +1,7 @@
 """Gatehouse: a self-hosted gateway for Claude Code.
 
 The floor plan, top to bottom; a package imports only from those below it
-(tests/test_layering.py holds the rule):
+(tests/system/test_layering.py holds the rule):
 
 * ``__main__`` the ``gatehouse`` command; ``app`` composition: building the
   app, the server process, CLI commands (``devenv``: ``make dev``);

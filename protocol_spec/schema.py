@@ -2,7 +2,7 @@
 
 ``wire.py`` is the single source of the message types; ``schema.json`` beside
 it is derived from those Structs and checked in, so other implementations can
-read the shapes without Python. ``tests/test_schema_drift.py`` fails when the
+read the shapes without Python. ``tests/system/test_schema_drift.py`` fails when the
 two disagree; regenerate with::
 
     python -m protocol_spec.schema            # rewrite protocol_spec/schema.json

@@ -22,7 +22,7 @@ upstream's idle read rule (``gatehouse.upstream.idle_read_timeout_seconds``) and
 the client, never by these deadlines.
 
 The hooks lean on aiohttp internals (``RequestHandler``'s message queue, waiter,
-lingering time and keep-alive deadline); tests/test_connection_deadlines.py drives
+lingering time and keep-alive deadline); tests/app/test_connection_deadlines.py drives
 each deadline through a real gateway process, so an aiohttp upgrade that moves them
 fails there rather than silently dropping a deadline.
 """

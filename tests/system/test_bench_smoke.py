@@ -1,0 +1,123 @@
+"""The bench cannot rot: every scenario runs once in a tiny form.
+
+Asyncio driver only (no wrk, no peers), seconds per scenario. Nothing here
+checks a timing: benchmark figures are read by people, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import driver, procs, report, stats
+from bench.run import Budget, Runner, body
+from bench.targets import REPO
+from gateway.devenv.postgres import _alive
+from protocol_spec.fakes import FakeUpstream, Reply
+from tests.system.test_devenv import ignore_sigint, kill_leftovers, read_until
+
+
+async def test_driver_modes_against_the_fake():
+    async with FakeUpstream(record=False, default=Reply(deltas=3, gap=0.05, ttft=0.05)) as fake:
+        base = {"host": "127.0.0.1", "port": fake.port, "path": "/v1/messages", "headers": {}}
+        loop = await driver.run_loop({**base, "body": body(False), "concurrency": 2, "duration_s": 0.3, "max_requests": 20})
+        assert loop["requests"] > 0 and loop["errors"] == 0
+        streams = await driver.run_streams({**base, "body": body(True), "streams": 3, "gap_s": 0.05, "deadline_s": 10,
+                                            "probe_path": "/v1/models"})
+        assert streams["ok"] == 3 and streams["events"] == 9
+        assert all(t is not None for t in streams["first_token_s"])
+
+
+class Tiny(Budget):
+    def __init__(self) -> None:
+        super().__init__(quick=True)
+        self.cell_s, self.warmup_s = 0.4, 0.1
+        self.concurrency = [1, 4]
+        self.ttfb_requests = 20
+        self.idle_steps = self.idle_peer_steps = [5]
+        self.idle_events = 2
+        self.busy_conc = [4]
+        self.busy_events = 5
+        self.signin_s = 0.3
+        self.poll_codes = 5
+        self.poll_s = 1.0
+
+
+def test_every_scenario_once(tmp_path):
+    runner = Runner(tmp_path, Tiny(), peers={}, scenarios={"idle", "1", "2", "3a", "3b", "5", "6"})
+    runner.wrk = None  # the asyncio driver stands in, so CI needs no wrk
+    (tmp_path / "machine.json").write_text(json.dumps({"cpus": 2, "quick": True}))
+    runner.run()
+    rows = report.load(tmp_path)
+    seen = {(r["scenario"], r["target"]) for r in rows}
+    for scenario in ("1", "2", "6"):
+        assert any(s == scenario for s, _ in seen), scenario
+    for target in ("direct", "gatehouse", "gatehouse-policy"):
+        assert ("1", target) in seen and ("2", target) in seen
+    assert ("3a", "gatehouse-policy") in seen and ("3b", "gatehouse") in seen
+    assert ("5", "gatehouse") in seen and ("idle", "gatehouse-minimal") in seen
+    assert all(not r.get("errors") for r in rows if r.get("scenario") in ("1", "2", "3a", "3b"))
+    table = (tmp_path / "table.md").read_text()
+    assert "## 4. Policy on vs off" in table and "## 5. Sign-in throughput" in table
+
+
+def test_percentiles_and_profile_summary(tmp_path):
+    s = stats.summary([float(i) for i in range(1, 101)], "ms")
+    assert s["p50_ms"] == 50 and s["p99_ms"] == 99 and s["max_ms"] == 100
+    folded = tmp_path / "p.folded"
+    folded.write_text("run (uvloop/x.py:1);messages (gateway/http/messages.py:70);encode (msgspec/x.py:2) 3\n"
+                      "run (uvloop/x.py:1);read (aiohttp/web.py:5) 1\n")
+    top = report.top_frames(folded, 5)
+    assert top["self"][0] == ("encode (msgspec/x.py)", 75.0)
+    assert top["inclusive"][0][0] == "messages (gateway/http/messages.py)"
+
+
+# SIGINT as a background job gets it (inherited as ignored, so Python's own
+# KeyboardInterrupt never fires), and SIGTERM to the bench process alone: either
+# way every process the run started must end, and the run dies of that signal.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT-group", "SIGTERM"])
+def test_a_stopped_run_leaves_nothing_running(tmp_path, sig):
+    env = dict(os.environ, BENCH_HOLD="1", BENCH_OUT=str(tmp_path), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=str(REPO), start_new_session=True, preexec_fn=ignore_sigint if sig == signal.SIGINT else None,
+    )  # fmt: skip
+    proc.stdout = proc.stderr  # read_until reads .stdout
+    trees: list[int] = []
+    try:
+        out = read_until(proc, "Ctrl-C stops everything", 28)
+        held = dict((name, int(pid)) for name, pid in re.findall(r"([\w-]+) pid (\d+)", out.split("holding: ")[1]))
+        assert {"idp", "upstream", "gatehouse", "gatehouse-policy", "postgres"} <= set(held), out
+        started = [pid for name, pid in held.items() if name != "postgres"]
+        trees += [p for pid in started for p in procs.tree(pid)] + [held["postgres"]]  # with children, if any
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        assert proc.wait(timeout=25) == -sig
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in trees):
+            time.sleep(0.05)
+        assert [p for p in trees if _alive(p)] == []
+        # Nothing anywhere still runs with a config from this run's folder.
+        assert [pid for pid in procs.tree(1) if str(tmp_path) in _cmdline(pid)] == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        kill_leftovers(trees)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
