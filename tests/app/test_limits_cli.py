@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from gateway.app import limits_cli
-from tests.harness import BASE_CONFIG, JWT_SECRET, free_port, upstream_block
 from tests.admin.test_api import READ_KEY, WRITE_KEY, Clock, admin_yaml, start_admin_gateway
+from tests.harness import BASE_CONFIG, JWT_SECRET, free_port, upstream_block
 
 
 @pytest.fixture(scope="module")

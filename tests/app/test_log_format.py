@@ -11,7 +11,16 @@ import aiohttp
 import pytest
 
 from gateway import audit
-from tests.system.test_process import ENV, GATEHOUSE, free_port, spawn, token, wait_exit, wait_ready, write_config
+from tests.system.test_process import (
+    ENV,
+    GATEHOUSE,
+    free_port,
+    spawn,
+    token,
+    wait_exit,
+    wait_ready,
+    write_config,
+)
 
 
 @pytest.fixture

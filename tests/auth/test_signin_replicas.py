@@ -10,9 +10,9 @@ import aiohttp
 
 from protocol_spec.browser import ScriptedBrowser
 from protocol_spec.idp_process import IdpProcess
+from tests.auth.test_signin import ALICE, DEVICE_GRANT, cli_post, refresh, sign_in
 from tests.scripted_idp import ScriptedIdp, TokenReply
 from tests.system.test_process import free_port, spawn, wait_exit, wait_ready
-from tests.auth.test_signin import ALICE, DEVICE_GRANT, cli_post, refresh, sign_in
 
 
 async def test_two_processes_one_database(tmp_path, pg_cluster, fake_upstream):

@@ -14,8 +14,8 @@ import aiohttp
 from aiohttp import web
 
 from gateway.http.keys import RUNTIME
-from tests.scripted_idp import ScriptedIdp
 from tests.auth.test_signin import ALICE, sign_in
+from tests.scripted_idp import ScriptedIdp
 
 
 async def _sign_in_as(pg_cluster, fake_upstream, user):

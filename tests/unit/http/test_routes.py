@@ -2,8 +2,8 @@
 
 from gateway.app.build import build
 from gateway.http.routes import ROUTES
-from tests.harness import make_config, upstream_block
 from tests.admin.test_api import admin_yaml
+from tests.harness import make_config, upstream_block
 
 PG = "postgresql://nobody@127.0.0.1:9/none"  # never opened: the app is built, not started
 
