@@ -14,9 +14,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway import audit
 from gateway.app import jobs
@@ -124,7 +125,8 @@ def build(
 
     ``store``: an already-open store to use (tests share one); otherwise the
     app opens and migrates its own on startup and closes it on cleanup. The
-    runtime (``app[RUNTIME]``) is set on startup, complete.
+    runtime (``app[RUNTIME]``) is set on startup, complete; so is the sign-in
+    (``app[signin.SIGNIN]``, from the ``app[signin.SIGNIN_BOOT]`` made here).
     """
     boot = build_boot(cfg, idle_read_timeout_s=idle_read_timeout_s, clock=clock)
     # client_max_size sits above our own limit so our 413 (in our envelope,
@@ -132,7 +134,7 @@ def build(
     app = web.Application(middlewares=[envelope_middleware], client_max_size=boot.limits.max_request_bytes + 1)
     app[BOOT] = boot
     if cfg.oidc is not None:
-        app[signin.SIGNIN] = signin.SignIn(cfg, clock=clock)
+        app[signin.SIGNIN_BOOT] = signin.SignInBoot.from_config(cfg, clock=clock)
     app[managed.POLICIES] = boot.policies
     app[managed.SIGHTINGS] = boot.sightings
     app[jobs.JOBS] = jobs.Scheduler()
@@ -225,8 +227,10 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
     recorder = Recorder(store)
     await recorder.start()
     oidc = discovery = revocations = None
-    if signin.SIGNIN in app:
-        oidc, discovery, revocations = await _start_signin(app[signin.SIGNIN], boot, store, allow_loopback)
+    if signin.SIGNIN_BOOT in app:
+        si, discovery, revocations = await _start_signin(app[signin.SIGNIN_BOOT], boot, store, allow_loopback)
+        app[signin.SIGNIN] = si
+        oidc = si.oidc
     spend = None
     if cfg.admin is not None:
         spend = await _start_spend(boot, store)
@@ -263,8 +267,10 @@ async def _start_spend(boot: Boot, store: Store) -> SpendStore:
 
 
 async def _start_signin(
-    si: signin.SignIn, boot: Boot, store: Store, allow_loopback: bool
-) -> tuple[OidcClient, asyncio.Task[None], RevocationWatcher]:
+    si_boot: signin.SignInBoot, boot: Boot, store: Store, allow_loopback: bool
+) -> tuple[signin.SignIn, asyncio.Task[None], RevocationWatcher]:
+    """Open the sign-in edges and make the :class:`~gateway.http.signin.SignIn` from ``si_boot`` and them."""
+    from gateway.auth.device_store import DeviceStore
     from gateway.auth.oidc import OidcClient
     from gateway.auth.revocations import RevocationWatcher
     from gateway.auth.session_store import SessionService
@@ -282,7 +288,7 @@ async def _start_signin(
     )
     revocations = RevocationWatcher(store, ttl_s=boot.tokens.ttl_seconds, clock=boot.clock)
     await revocations.start()
-    si.attach(store=store, oidc=oidc, sessions=sessions)
+    si = signin.SignIn.complete(si_boot, devices=DeviceStore(store), oidc=oidc, sessions=sessions)
 
     async def discover_once() -> None:
         # Sign-in needs the IdP; inference does not. A replica whose IdP is down
@@ -292,11 +298,11 @@ async def _start_signin(
         except Exception as exc:
             audit.log("warn", f"OIDC discovery failed at startup, will retry on first sign-in: {exc}")
 
-    return oidc, asyncio.create_task(discover_once()), revocations
+    return si, asyncio.create_task(discover_once()), revocations
 
 
 @web.middleware
-async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     request_id = new_request_id()
     request[REQUEST_ID] = request_id

@@ -195,10 +195,10 @@ def schedule(app: web.Application, boot: Boot, spend: SpendStore | None) -> Sche
         "sightings", FLUSH_INTERVAL_S, flush_sightings,
         "log the managed-settings checksums clients reported", at_stop=sightings.flush,
     )
-    if signin.SIGNIN in app:
-        si = app[signin.SIGNIN]
+    if signin.SIGNIN_BOOT in app:
+        # Registered with the app; the sign-in it prunes is complete once started.
         jobs.every(
-            "signin.prune", signin.PRUNE_EVERY_S, lambda: signin.prune_expired(si),
+            "signin.prune", signin.PRUNE_EVERY_S, lambda: signin.prune_expired(app[signin.SIGNIN]),
             "delete spent device grants, old rate counters and long-ended sign-in families",
         )
     if boot.config.admin is not None:

@@ -51,7 +51,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -70,7 +70,7 @@ from gateway.admin.requests import (
     parse_list_query,
 )
 from gateway.admin.store import STORE_TIMEOUT_S, AdminStore, UnknownCursor
-from gateway.db.store import StoreUnavailable
+from gateway.db.store import Store, StoreUnavailable
 from gateway.errors import GatewayError, Kind, render
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
 from gateway.spend import caps as spend
@@ -80,6 +80,9 @@ from protocol_spec.wire import (
     SpendLimitDeleted,
     SpendLimitPage,
 )
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Config
 
 BASE = "/v1/organizations/spend_limits"
 MAX_BODY_BYTES = 64 * 1024
@@ -95,7 +98,7 @@ class AdminContext:
     ``gateway.app.build.build``'s, so tests move one clock for the whole app.
     """
 
-    def __init__(self, cfg: Any, *, store: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: Config, *, store: Store | None = None, clock: Callable[[], float] = time.time) -> None:
         admin = cfg.admin
         if admin is None:
             raise ValueError("the admin API needs an admin: section in the config")
@@ -106,7 +109,7 @@ class AdminContext:
         self._store = store
         self.clock = clock
 
-    def store(self, app: web.Application) -> Any:
+    def store(self, app: web.Application) -> Store:
         return self._store if self._store is not None else app[RUNTIME].store
 
     def limits(self, app: web.Application) -> AdminStore:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -160,7 +160,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         record(rt, request, request_id, principal, outcome, t0)
 
 
-def billing_group(tags: dict[str, Any], tag: str, principal: Principal) -> str | None:
+def billing_group(tags: Mapping[str, object], tag: str, principal: Principal) -> str | None:
     """The billing group a request names, if the person's token lists that group."""
     value = tags.get(tag)
     return value if isinstance(value, str) and value in principal.groups else None

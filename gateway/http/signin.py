@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp_session
@@ -52,7 +53,9 @@ from gateway.http.keys import CLIENT_IP, REQUEST_ID
 from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthorization, TokenResponse, encoder
 
 if TYPE_CHECKING:
-    from gateway.auth.session_store import TokenPair
+    from gateway.auth.oidc import OidcClient
+    from gateway.auth.session_store import SessionService, TokenPair
+    from gateway.config.schema import Config, RateLimits
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 COOKIE = "gatehouse_signin"
@@ -62,45 +65,87 @@ PRUNE_EVERY_S = 300.0  # the sign-in pruning job (gateway.app.jobs)
 JSON_NO_STORE = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-class SignIn:
-    """The sign-in edges, built at startup; handlers reach it through ``request.app[SIGNIN]``."""
+@dataclass(frozen=True, kw_only=True)
+class SignInBoot:
+    """What sign-in computes from the config at build time, before any event loop runs.
 
-    def __init__(self, cfg: Any, *, clock: Callable[[], float]) -> None:
-        self.cfg = cfg
-        self.public_url = (cfg.listen.public_url or f"http://{cfg.listen.host}:{cfg.listen.port}").rstrip("/")
-        parts = urlsplit(self.public_url)
-        self.origin = f"{parts.scheme}://{parts.netloc}"
-        self.redirect_uri = f"{self.public_url}/oauth/callback"
-        self.clock = clock
-        # Edges, attached at startup by attach().
-        self.devices: DeviceStore = None  # type: ignore[assignment]
-        self.oidc: Any = None
-        self.sessions: Any = None
-        self.idp_tokens = Sealer(tuple(cfg.session.secrets), "idp-refresh-token")
-        self.cookies = _BindingCookies(tuple(cfg.session.secrets), secure=parts.scheme == "https")
-        self.notice = cfg.gatehouse.signin.login_notice
-        self.limits = cfg.rate_limits
-        # The discovery document depends on the config alone: encoded once.
-        self.metadata_body = encoder.encode(discovery_document(self.public_url))
+    Every value a sign-in handler would otherwise look up in the config is here,
+    so no handler reads the config per request.
+    """
 
-    def attach(self, *, store: Any, oidc: Any, sessions: Any) -> None:
-        self.devices = DeviceStore(store)
-        self.oidc = oidc
-        self.sessions = sessions
+    public_url: str
+    origin: str
+    redirect_uri: str
+    clock: Callable[[], float]
+    idp_tokens: Sealer
+    cookies: _BindingCookies
+    notice: str | None
+    limits: RateLimits
+    use_pkce: bool
+    form_action_origins: tuple[str, ...]  # beyond the IdP's own (oidc.form_action_origins)
+    metadata_body: bytes  # the discovery document depends on the config alone: encoded once
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, clock: Callable[[], float]) -> SignInBoot:
+        if cfg.oidc is None:
+            raise ValueError("sign-in needs an oidc: section in the config")
+        public_url = (cfg.listen.public_url or f"http://{cfg.listen.host}:{cfg.listen.port}").rstrip("/")
+        parts = urlsplit(public_url)
+        return cls(
+            public_url=public_url,
+            origin=f"{parts.scheme}://{parts.netloc}",
+            redirect_uri=f"{public_url}/oauth/callback",
+            clock=clock,
+            idp_tokens=Sealer(tuple(cfg.session.secrets), "idp-refresh-token"),
+            cookies=_BindingCookies(tuple(cfg.session.secrets), secure=parts.scheme == "https"),
+            notice=cfg.gatehouse.signin.login_notice,
+            limits=cfg.rate_limits,
+            use_pkce=cfg.oidc.use_pkce,
+            form_action_origins=tuple(cfg.oidc.form_action_origins or ()),
+            metadata_body=encoder.encode(discovery_document(public_url)),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignIn(SignInBoot):
+    """A :class:`SignInBoot` with its edges open; handlers reach it through ``request.app[SIGNIN]``.
+
+    Made once, complete, by the startup hook (``gateway.app.build._start_signin``)
+    and only then set on the app, so no handler sees a sign-in with an edge missing.
+    """
+
+    devices: DeviceStore
+    oidc: OidcClient
+    sessions: SessionService
+
+    @classmethod
+    def complete(
+        cls, boot: SignInBoot, *, devices: DeviceStore, oidc: OidcClient, sessions: SessionService
+    ) -> SignIn:
+        """``boot`` with its edges; called once, at startup."""
+        return cls(
+            **{f.name: getattr(boot, f.name) for f in fields(SignInBoot)},
+            devices=devices,
+            oidc=oidc,
+            sessions=sessions,
+        )
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     def form_action(self) -> tuple[str, ...]:
-        extra = tuple(self.cfg.oidc.form_action_origins or ()) if self.cfg.oidc else ()
+        # The IdP's origin is known once discovery has run, which may be after startup.
         idp = (self.oidc.authorization_endpoint_origin,) if self.oidc.authorization_endpoint_origin else ()
-        return idp + extra
+        return idp + self.form_action_origins
 
     async def ensure_discovered(self) -> None:
         if not self.oidc.discovered:
             await self.oidc.discover()
 
 
+# Built with the app when the config has oidc: (its boot values, checked early);
+# SIGNIN is set on startup, complete.
+SIGNIN_BOOT: web.AppKey[SignInBoot] = web.AppKey("signin_boot", SignInBoot)
 SIGNIN: web.AppKey[SignIn] = web.AppKey("signin", SignIn)
 
 
@@ -255,7 +300,7 @@ async def device_submit(request: web.Request) -> web.Response:
         audit.log("error", f"identity provider discovery failed: {exc!r}")
         return await _html(request, si, pages.message("Try again later", "The identity provider cannot be reached right now."), status=503)
     state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    verifier, challenge = pkce_pair() if si.cfg.oidc.use_pkce else (None, None)
+    verifier, challenge = pkce_pair() if si.use_pkce else (None, None)
     session.update(grant=grant.device_code_hash.hex(), state=state, nonce=nonce, verifier=verifier)
     location = si.oidc.authorization_url(redirect_uri=si.redirect_uri, state=state, nonce=nonce, code_challenge=challenge)
     audit.emit("device.verify", result="redirect", client_ip=ip)

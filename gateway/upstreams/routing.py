@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.errors import GatewayError, Kind
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Model, Upstream
 
 _DATED = re.compile(r"^(?P<base>.+)-(?P<date>20\d{6})$")
 
@@ -54,7 +57,7 @@ class CatalogEntry(NamedTuple):
 class Routes:
     """Model id → ordered targets; also the catalog ``/v1/models`` lists."""
 
-    def __init__(self, upstreams: tuple[Any, ...], models: tuple[Any, ...], include_builtin: bool) -> None:
+    def __init__(self, upstreams: tuple[Upstream, ...], models: tuple[Model, ...], include_builtin: bool) -> None:
         self.upstream_names = tuple(u.name for u in upstreams)
         self._plans: dict[str, tuple[Target, ...]] = {}
         catalog: dict[str, CatalogEntry] = {}
