@@ -20,11 +20,11 @@ import asyncpg
 
 from gateway import audit
 from gateway.db.coalescing import Coalescer
+from gateway.db.listener import Listener, Subscription
 from gateway.db.store import (
     Store,
     StoreRefused,
     StoreUnavailable,
-    connect_params,
     connection,
     describe,
     is_data_error,
@@ -46,6 +46,7 @@ from gateway.spend.rows import snapshots as rows_to_snapshots
 from gateway.spend.settlements import MAX_OWED, Owed, Settle, Settlements, label
 
 CHANNEL = "gatehouse_spend_limits"
+OWN_CONNECTION = "gatehouse-spend-limits"  # the LISTEN connection of a store given no listener
 RELOAD_EVERY_S = 30.0
 TICK_S = 1.0
 SWEEP_EVERY_S = 5.0
@@ -129,6 +130,7 @@ class SpendStore:
         leases: bool = False,
         lease_ttl_s: float = LEASE_TTL_S,
         max_owed: int = MAX_OWED,
+        listener: Listener | None = None,
     ) -> None:
         self._store = store
         self._pool = store.pool
@@ -163,7 +165,10 @@ class SpendStore:
         )
         self._last_seen = LastSeen()
         self._reload_wanted = asyncio.Event()
-        self._listen_conn: asyncpg.Connection | None = None
+        # Hears limit changes (with ``background``); a store given no listener opens one of its own.
+        self._own_listener = listener is None
+        self._listener = listener or Listener(store, application_name=OWN_CONNECTION, log=self._log)
+        self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.reloads = 0
@@ -176,7 +181,11 @@ class SpendStore:
         """Load the limits (StoreUnavailable if that fails: enforcement cannot start blind), then watch."""
         await self.reload_limits()
         if self._background:
-            await self._listen()
+            self._subscription = await self._listener.subscribe(
+                CHANNEL, self._on_notify, on_connect=self._on_listening
+            )
+            if self._own_listener:
+                await self._listener.start()
             self._last_reload = self._last_sweep = asyncio.get_running_loop().time()
             if not self._scheduled:
                 self._task = asyncio.create_task(self._run(), name="spend-store")
@@ -208,13 +217,11 @@ class SpendStore:
             await self._flush_principals()
         except StoreUnavailable as exc:
             self._log("warn", f"spend: last-seen identities not stored at shutdown ({exc})")
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                async with asyncio.timeout(1.0):
-                    await conn.close()
-            except Exception:
-                conn.terminate()
+        subscription, self._subscription = self._subscription, None
+        if self._own_listener:
+            await self._listener.close()
+        elif subscription is not None:
+            await subscription.unsubscribe()
 
     @property
     def owed(self) -> int:
@@ -614,8 +621,8 @@ class SpendStore:
     async def background_round(self) -> None:
         """One round of background work; due every ``TICK_S``, and at once when ``wake`` is set.
 
-        Reloads the limits (every ``RELOAD_EVERY_S`` or when they changed),
-        LISTENs again if that connection dropped, stores owed settlements and
+        Reloads the limits (every ``RELOAD_EVERY_S`` or when they changed, or
+        when the listener reconnected), stores owed settlements and
         last-seen identities, renews leases, expires reservations (every
         ``SWEEP_EVERY_S``) and prunes finished ones (every ``PRUNE_EVERY_S``).
         An outage ends the round with one warning until a round succeeds again.
@@ -628,8 +635,6 @@ class SpendStore:
                 self._reload_wanted.clear()
                 await self.reload_limits()
                 self._last_reload = t
-            if self._listen_conn is None or self._listen_conn.is_closed():
-                await self._listen()
             await self.flush()
             await self.renew_leases()
             if t - self._last_sweep >= SWEEP_EVERY_S:
@@ -646,23 +651,13 @@ class SpendStore:
                 self._log("warn", f"spend: background work failed ({exc}); retrying")
             self._warned = True
 
-    async def _listen(self) -> None:
-        """A dedicated connection LISTENing for limit changes; on failure the 30 s reload still runs."""
-        params = connect_params(self._store.config)
-        params["server_settings"] = {"application_name": "gatehouse-spend-limits"}
-        try:
-            with unavailable_as("spend limits listener"):
-                async with asyncio.timeout(self._store.config.connect_timeout_seconds):
-                    conn = await asyncpg.connect(**params)
-                    await conn.add_listener(CHANNEL, self._on_notify)
-        except (StoreUnavailable, asyncpg.PostgresError) as exc:
-            self._log("warn", f"spend: cannot listen for limit changes yet ({exc}); reloading every 30 s")
-            return
-        self._listen_conn = conn
-        # A change committed before LISTEN took effect was missed: reload once more.
+    async def _on_listening(self, conn: asyncpg.Connection) -> None:
+        # The listener (re)connected: a change committed before LISTEN took effect
+        # was missed, so the next round reloads once more. The 30 s reload runs
+        # regardless, also while the listener cannot connect.
         self._reload_wanted.set()
 
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         self._reload_wanted.set()
 
     # -- database calls ----------------------------------------------------------------
