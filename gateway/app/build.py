@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from gateway.auth.oidc import OidcClient
     from gateway.auth.revocations import RevocationWatcher
     from gateway.config.schema import Config
+    from gateway.db.listener import Listener
     from gateway.db.store import Store
     from gateway.spend.store import SpendStore
 
@@ -168,6 +169,7 @@ class _Started(NamedTuple):
     own_store: bool
     oidc: OidcClient | None
     discovery: asyncio.Task[None] | None
+    listener: Listener  # the process's one LISTEN connection (gateway.db.listener)
 
 
 def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -192,6 +194,7 @@ def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncI
                 await rt.spend.close()
             if rt.revocations is not None:
                 await rt.revocations.close()
+            await started.listener.close()
             if started.oidc is not None:
                 await started.oidc.close()
             await rt.recorder.drain(10.0)
@@ -205,6 +208,7 @@ def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncI
 async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -> tuple[Runtime, _Started]:
     """Open the edges in order and make the runtime from ``boot`` and them: the one place it is made."""
     from gateway.config.load import is_forbidden_address
+    from gateway.db.listener import Listener
     from gateway.db.recorder import Recorder
     from gateway.db.store import Store
     from gateway.upstreams.transport import Transport
@@ -226,21 +230,28 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         store = shared_store
     recorder = Recorder(store)
     await recorder.start()
+    # One LISTEN connection for the whole process; the subscribers register first,
+    # then one connect LISTENs on every channel and lets each resynchronise.
+    listener = Listener(store)
     oidc = discovery = revocations = None
     if signin.SIGNIN_BOOT in app:
-        si, discovery, revocations = await _start_signin(app[signin.SIGNIN_BOOT], boot, store, allow_loopback)
+        si, discovery, revocations = await _start_signin(
+            app[signin.SIGNIN_BOOT], boot, store, listener, allow_loopback
+        )
         app[signin.SIGNIN] = si
         oidc = si.oidc
     spend = None
     if cfg.admin is not None:
-        spend = await _start_spend(boot, store)
+        spend = await _start_spend(boot, store, listener)
+    if listener.channels:
+        await listener.start()
     rt = Runtime.complete(
         boot, transport=transport, store=store, recorder=recorder, revocations=revocations, spend=spend
     )
-    return rt, _Started(own_store, oidc, discovery)
+    return rt, _Started(own_store, oidc, discovery, listener)
 
 
-async def _start_spend(boot: Boot, store: Store) -> SpendStore:
+async def _start_spend(boot: Boot, store: Store, listener: Listener) -> SpendStore:
     from gateway.db.store import StoreUnavailable
     from gateway.spend.store import SpendStore
 
@@ -257,6 +268,7 @@ async def _start_spend(boot: Boot, store: Store) -> SpendStore:
         mode=cfg.admin.group_limit_mode,
         blocked_message=cfg.admin.blocked_message,
         scheduled=True,
+        listener=listener,
     )
     await spend.start()
     try:
@@ -267,7 +279,7 @@ async def _start_spend(boot: Boot, store: Store) -> SpendStore:
 
 
 async def _start_signin(
-    si_boot: signin.SignInBoot, boot: Boot, store: Store, allow_loopback: bool
+    si_boot: signin.SignInBoot, boot: Boot, store: Store, listener: Listener, allow_loopback: bool
 ) -> tuple[signin.SignIn, asyncio.Task[None], RevocationWatcher]:
     """Open the sign-in edges and make the :class:`~gateway.http.signin.SignIn` from ``si_boot`` and them."""
     from gateway.auth.device_store import DeviceStore
@@ -286,7 +298,7 @@ async def _start_signin(
         clock=boot.clock,
         max_lifetime_s=cfg.gatehouse.signin.session_max_days * 86400,
     )
-    revocations = RevocationWatcher(store, ttl_s=boot.tokens.ttl_seconds, clock=boot.clock)
+    revocations = RevocationWatcher(store, ttl_s=boot.tokens.ttl_seconds, listener=listener, clock=boot.clock)
     await revocations.start()
     si = signin.SignIn.complete(si_boot, devices=DeviceStore(store), oidc=oidc, sessions=sessions)
 

@@ -13,8 +13,8 @@ job                every                      what one run does
 ``retention``      1 h                        delete admin audit entries, idle principals and
                                               spend counters older than the ``admin`` retention
                                               settings (with ``admin``)
-``spend``          1 s, and at once when a    reload spend limits (every 30 s, or on a change),
-                   limit changes              LISTEN again if that connection dropped, store
+``spend``          1 s, and at once when a    reload spend limits (every 30 s, on a change, or
+                   limit changes              after the listener reconnected), store
                                               owed settlements and last-seen identities, renew
                                               leases, expire reservations (every 5 s), prune
                                               finished ones (every hour); with ``admin``
@@ -36,7 +36,9 @@ Shutdown order (:func:`gateway.app.build`, in its lifecycle's ``finally``):
 3. ``stop()``: the ``spend`` job.
 4. ``SpendStore.close()``: no new leases, the settlement queue's final drain
    (up to 10 s, the rest written out as ``spend.unsettled``), leases given back,
-   last-seen identities stored — unchanged.
+   last-seen identities stored — unchanged; it unsubscribes from the listener.
+5. The revocation watcher unsubscribes; then the listener (``db.listener``)
+   closes its connection, once no one listens on it.
 
 Background work that is not periodic stays with its owner (listed here so this
 module shows all of it):
@@ -48,11 +50,12 @@ module shows all of it):
   has work;
 * the usage recorder (``db.recorder``): writes queued usage rows, retrying with
   back-off through an outage;
-* the revocation watcher (``auth.revocations``): LISTENs for revoked sessions,
-  checks that connection every keep-alive period (forgetting expired
-  revocations then) and reconnects with back-off; stopped after the spend
-  store closes. The spend store's own LISTEN connection for limit changes is
-  re-opened by the ``spend`` job;
+* the listener (``db.listener``): the process's one LISTEN connection, for
+  revoked sessions (``auth.revocations``) and limit changes (the spend store);
+  it checks that connection every keep-alive period, reconnects with back-off
+  and then lets each subscriber resynchronise (the watcher reloads recent
+  revocations; the spend store wakes the ``spend`` job to reload limits);
+  closed last of the three;
 * OIDC discovery at startup (once, ``build._start_signin``);
 * per-request tasks a hang-up must not cancel (``db.tasks.TaskSet``, drained at
   shutdown as in step 2).

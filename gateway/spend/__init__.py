@@ -33,7 +33,8 @@ Theory of operation:
 
 * **Limits live in memory.** Every replica keeps the spend_limits rows in a
   :class:`gateway.spend.plans.Plans`, reloaded when an admin change sends
-  ``NOTIFY gatehouse_spend_limits`` (heard on a dedicated LISTEN connection)
+  ``NOTIFY gatehouse_spend_limits`` (heard on the process's one LISTEN
+  connection, :mod:`gateway.db.listener`; reloaded too after it reconnects)
   and every 30 s regardless, so a lost notification costs at most 30 s.
   Which counters and caps a request draws on comes from the pure
   :mod:`gateway.spend.plans`, cached per (sub, groups) until the next reload.
