@@ -91,6 +91,8 @@ NOTES: dict[str, tuple[str, str]] = {
     "DISC-3": (_DIFF, "SPEC §27.1: no revocation endpoint"),
     # Random codes: one run samples one code, so this fails only in runs whose code has a Y.
     "DEV-13": (_OURS, "its user codes may include `Y` (e.g. `KCYZ-TJCP`); RFC 8628's set is Gatehouse's choice"),
+    "ERR-9": (_OURS, "a header line with a DEL byte is read as a bad token (401), not refused as unparseable (400)"),
+    "ERR-10": (_OURS, "an unknown `Expect` is ignored: the request goes on to authentication (401)"),
     "TOKEN-10": (_DIFF, "SPEC §27.1: no `email` in the token response"),
     "REFRESH-3": (_DIFF, "SPEC §27.1: the IdP's refresh token is returned unchanged, never rotated"),
     "REVOKE-1": (_DIFF, "SPEC §27.1: no revocation endpoint (all of §8 skipped)"),

@@ -100,3 +100,31 @@ async def forwarded_for(c: Ctx) -> None:
         answer = await c.t.get("/v1/models", bearer=await c.bearer(), headers={"X-Forwarded-For": value})
         c.expect("NET-2", answer.status == 200, f"X-Forwarded-For: {value}", observed=answer.summary(), expected="200: the TCP peer is the client")
         c.expect("NET-1", answer.status == 200, f"X-Forwarded-For: {value} from an untrusted peer", observed=answer.status, expected=200)
+
+
+@check("what the HTTP parser refuses is answered in the envelope, never quoted", "ERR-9", "ERR-10")
+async def parser_refusals(c: Ctx) -> None:
+    host = f"{c.t.host}:{c.t.port}"
+    # A bearer holding a DEL byte: the header line is malformed, and the token in it
+    # must come back neither in the answer's body nor its headers.
+    secret = "conformance-secret-" + "9f3a" * 4
+    head = request_head("POST", "/v1/messages", host, [("Authorization", f"Bearer {secret}\x7f"), ("Content-Length", "0")])
+    answer = await _exchange(c, head)
+    if isinstance(answer, str):
+        c.expect("ERR-9", False, "a DEL byte in the Authorization header", observed=answer, expected="400 invalid_request_error")
+    else:
+        kind, _ = _envelope_of(answer)
+        c.expect("ERR-9", answer.status == 400 and kind == "invalid_request_error", "a DEL byte in the Authorization header", observed=answer.summary(), expected="400 invalid_request_error")
+        echoed = secret.encode() in answer.body or any(secret in v for v in answer.headers.values())
+        c.expect("ERR-9", not echoed, "the malformed line is not quoted back", observed="the token is echoed" if echoed else None, expected="no byte of the line")
+    # An expectation other than 100-continue, holding a byte that is not UTF-8, on a known and an unknown path.
+    for path in ("/v1/messages", "/conformance/no-such-route"):
+        head = request_head("POST", path, host, [("Expect", "conformance-\xff"), ("Content-Length", "0")])
+        answer = await _exchange(c, head)
+        if isinstance(answer, str):
+            c.expect("ERR-10", False, f"Expect: conformance-\\xff on {path}", observed=answer, expected="417 invalid_request_error")
+            continue
+        kind, _ = _envelope_of(answer)
+        c.expect("ERR-10", answer.status == 417 and kind == "invalid_request_error", f"Expect: conformance-\\xff on {path}", observed=answer.summary(), expected="417 invalid_request_error")
+        c.also("ERR-10", answer.headers.get("x-should-retry") == "false", f"{path}: x-should-retry", observed=answer.headers.get("x-should-retry"), expected="false")
+        c.also("ERR-10", b"conformance-" not in answer.body, f"{path}: the value is not quoted", observed=answer.body[:120], expected="no quote of the header")
