@@ -17,6 +17,8 @@ import enum
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
+from gateway.errors import Fault, Party
+
 # The beta that announces request tags; no upstream but Anthropic's own takes it.
 REQUEST_TAGS_BETA = "request-tags-2026-08-21"
 
@@ -72,6 +74,34 @@ class ClientError(NamedTuple):
     error_type: str | None = None
     message: str = ""
     log: str | None = None
+    # None: the relay decides by status (SPEC "Failover"); True/False: the provider knows
+    # better (a failed Bedrock count falls through to the next upstream whatever its status).
+    failover: bool | None = None
+
+
+class CredentialFailure(Fault):
+    """The gateway could not obtain or use its own credential for an upstream (STS or a
+    token endpoint down, a bad key file). The attempt counts as a 500 from that upstream,
+    so the client never reads the gateway's credential trouble as its own 401/403."""
+
+    fault = Party.UPSTREAM
+
+    def __init__(self, upstream: str, detail: str) -> None:
+        super().__init__(f"{upstream}: {detail}")
+        self.upstream = upstream
+        self.detail = detail
+
+
+class Signer(Protocol):
+    """The I/O half of a provider that signs or fetches tokens (one per upstream)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
+        """``out`` with the gateway's credential added; raises :class:`CredentialFailure`."""
+        ...
 
 
 class Translator(Protocol):
