@@ -61,13 +61,36 @@ _BYTES_VALUE, _STRING_VALUE = 6, 7
 # reach the ``event:`` line (a line break there would forge events).
 _EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 MAX_FAILURE_CHARS = 2000
+# The start of each SSE event the Messages API streams, built once.
+_EVENT_HEADS = {
+    name: b"event: " + name.encode() + b"\ndata: "
+    for name in (
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    )
+}
 
 
 class StreamCorrupt(Fault):
     """The upstream's event stream broke its own framing (a checksum mismatch, an
-    impossible length, a chunk that is not an event): the stream cannot go on."""
+    impossible length, a chunk that is not an event): the stream cannot go on.
+
+    ``before`` holds the SSE of the good frames that arrived in the same
+    :meth:`EventStreamSse.feed` call ahead of the broken one: the client
+    should still get them, then the error event.
+    """
 
     fault = Party.UPSTREAM
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.before = b""
 
 
 def _string_header(name: str, value: str) -> bytes:
@@ -90,8 +113,10 @@ _CHUNK_HEADERS = (
 class EventStreamSse:
     """Feed it the bytes of one InvokeModelWithResponseStream reply; it returns SSE.
 
-    After an exception frame :attr:`ended` is True, :attr:`failure` holds the
-    upstream's text for the log, and further input is ignored.
+    After an exception frame, or once :class:`StreamCorrupt` was raised,
+    :attr:`ended` is True, :attr:`failure` holds the upstream's text (or what
+    was wrong) for the log, and further input is ignored. A stream whose
+    bytes end with :attr:`mid_frame` True was cut short.
     """
 
     __slots__ = ("_buffer", "_need", "_max_frame", "ended", "failure", "frames")
@@ -119,51 +144,55 @@ class EventStreamSse:
         if len(buffer) < self._need:
             return b""
         out: list[bytes] = []
-        with memoryview(buffer) as view:
-            used = self._frames(view, out)
+        try:
+            with memoryview(buffer) as view:
+                used = self._frames(view, out)
+        except StreamCorrupt as corrupt:
+            self.ended = True
+            self.failure = str(corrupt)
+            self._buffer = bytearray()  # the traceback still holds views of the old one
+            corrupt.before = b"".join(out)
+            raise
         del buffer[:used]
         return b"".join(out)
 
     def _frames(self, view: memoryview, out: list[bytes]) -> int:
-        """Translate the complete frames at the start of ``view``; the bytes they took."""
+        """Translate the complete frames at the start of ``view``; the bytes they took.
+        (One loop rather than a call per step: this runs once per token streamed.)"""
         pos, size = 0, len(view)
         while size - pos >= _PRELUDE_BYTES:
-            total = self._prelude(view, pos)
+            total, headers_len, prelude_crc = _PRELUDE.unpack_from(view, pos)
+            if zlib.crc32(view[pos : pos + 8]) != prelude_crc:
+                raise StreamCorrupt("event stream prelude checksum mismatch")
+            if total > self._max_frame:
+                raise StreamCorrupt(
+                    f"event stream frame of {total} bytes exceeds the {self._max_frame}-byte cap"
+                )
+            if total < _MIN_FRAME + headers_len:
+                raise StreamCorrupt(
+                    f"event stream frame length {total} cannot hold {headers_len} header bytes"
+                )
             if size - pos < total:
                 self._need = total  # the prelude is read again then: cheap, and keeps no state
                 return pos
-            out.append(self._frame(view, pos, total))
+            end = pos + total - _CRC_BYTES
+            if zlib.crc32(view[pos:end]) != _U32.unpack_from(view, end)[0]:
+                raise StreamCorrupt("event stream message checksum mismatch")
+            self.frames += 1
+            payload_start = pos + _PRELUDE_BYTES + headers_len
+            headers = view[pos + _PRELUDE_BYTES : payload_start]
             pos += total
-            if self.ended:
-                return size  # nothing after the error event reaches the client
+            if headers == _CHUNK_HEADERS:
+                out.append(_chunk(view[payload_start:end]))
+                continue
+            fields = _headers(headers)
+            if fields.get(":message-type") == "event" and fields.get(":event-type") == "chunk":
+                out.append(_chunk(view[payload_start:end]))
+                continue
+            out.append(self._end(fields, view[payload_start:end]))
+            return size  # nothing after the error event reaches the client
         self._need = _PRELUDE_BYTES
         return pos
-
-    def _prelude(self, view: memoryview, pos: int) -> int:
-        total, headers_len, crc = _PRELUDE.unpack_from(view, pos)
-        if zlib.crc32(view[pos : pos + 8]) != crc:
-            raise StreamCorrupt("event stream prelude checksum mismatch")
-        if total > self._max_frame:
-            raise StreamCorrupt(f"event stream frame of {total} bytes exceeds the {self._max_frame}-byte cap")
-        if total < _MIN_FRAME + headers_len:
-            raise StreamCorrupt(f"event stream frame length {total} cannot hold {headers_len} header bytes")
-        return int(total)
-
-    def _frame(self, view: memoryview, pos: int, total: int) -> bytes:
-        end = pos + total - _CRC_BYTES
-        (crc,) = _U32.unpack_from(view, end)
-        if zlib.crc32(view[pos:end]) != crc:
-            raise StreamCorrupt("event stream message checksum mismatch")
-        self.frames += 1
-        headers_len = _U32.unpack_from(view, pos + 4)[0]
-        headers = view[pos + _PRELUDE_BYTES : pos + _PRELUDE_BYTES + headers_len]
-        payload = view[pos + _PRELUDE_BYTES + headers_len : end]
-        if headers == _CHUNK_HEADERS:
-            return _chunk(payload)
-        fields = _headers(headers)
-        if fields.get(":message-type") == "event" and fields.get(":event-type") == "chunk":
-            return _chunk(payload)
-        return self._end(fields, payload)
 
     def _end(self, fields: dict[str, str], payload: memoryview) -> bytes:
         self.ended = True
@@ -184,14 +213,19 @@ def _chunk(payload: memoryview) -> bytes:
         name = event_type_decoder.decode(event).type
     except (msgspec.DecodeError, RecursionError):
         raise StreamCorrupt("event stream chunk is not a base64-wrapped JSON event with a type") from None
-    if _EVENT_NAME.fullmatch(name) is None:
-        raise StreamCorrupt(f"event stream chunk has an unusable event type {capped(name, 80)!r}")
+    head = _EVENT_HEADS.get(name) or _event_head(name)
     if b"\n" in event or b"\r" in event:
         # Raw line breaks in JSON are whitespace between tokens; as separate data
         # lines the client joins them back with "\n", the same JSON value.
-        data = b"\n".join(b"data: " + line for line in event.splitlines())
-        return b"event: " + name.encode() + b"\n" + data + b"\n\n"
-    return b"event: " + name.encode() + b"\ndata: " + event + b"\n\n"
+        return head + b"\ndata: ".join(event.splitlines()) + b"\n\n"
+    return head + event + b"\n\n"
+
+
+def _event_head(name: str) -> bytes:
+    """``event: <name>\\ndata: `` for an event type not in :data:`_EVENT_HEADS`."""
+    if _EVENT_NAME.fullmatch(name) is None:
+        raise StreamCorrupt(f"event stream chunk has an unusable event type {capped(name, 80)!r}")
+    return b"event: " + name.encode() + b"\ndata: "
 
 
 def _headers(raw: memoryview) -> dict[str, str]:

@@ -227,8 +227,20 @@ def test_stream_corrupt_is_the_upstreams_fault() -> None:
 
 def test_message_checksum_mismatch() -> None:
     decoder = EventStreamSse()
-    with pytest.raises(StreamCorrupt, match="message checksum"):
-        decoder.feed(FRAMES[0] + corrupt(FRAMES[1]))
+    assert decoder.feed(FRAMES[0]) == sse(EVENTS[0])
+    with pytest.raises(StreamCorrupt, match="message checksum") as caught:
+        decoder.feed(corrupt(FRAMES[1]))
+    assert caught.value.before == b""
+
+
+def test_good_frames_ahead_of_a_broken_one_are_kept_and_nothing_follows() -> None:
+    decoder = EventStreamSse()
+    with pytest.raises(StreamCorrupt) as caught:
+        decoder.feed(FRAMES[0] + FRAMES[1] + corrupt(FRAMES[2]) + FRAMES[3])
+    assert caught.value.before == sse(EVENTS[0]) + sse(EVENTS[1])
+    assert decoder.ended and decoder.failure == "event stream message checksum mismatch"
+    assert not decoder.mid_frame
+    assert decoder.feed(FRAMES[4]) == b""
 
 
 def test_payload_byte_flipped() -> None:
