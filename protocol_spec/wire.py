@@ -121,6 +121,12 @@ class MessagesRequestView(msgspec.Struct, frozen=True):
     tags: Any = None
 
 
+class ThinkingRequestView(msgspec.Struct, frozen=True):
+    """``thinking`` of a count_tokens request, read for Bedrock's CountTokens only."""
+
+    thinking: Any = None
+
+
 # --------------------------------------------------------------------------
 # Usage, as it appears in replies (JSON ``usage`` and the SSE usage events).
 
@@ -376,6 +382,7 @@ class SessionClaims(msgspec.Struct, frozen=True, omit_defaults=True):
 # Prebuilt codecs (built once; the hot path reuses them).
 
 messages_view_decoder = msgspec.json.Decoder(MessagesRequestView)
+thinking_view_decoder = msgspec.json.Decoder(ThinkingRequestView)
 message_start_decoder = msgspec.json.Decoder(MessageStartEvent)
 message_delta_decoder = msgspec.json.Decoder(MessageDeltaEvent)
 reply_view_decoder = msgspec.json.Decoder(MessageReplyView)

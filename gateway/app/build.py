@@ -33,7 +33,9 @@ from gateway.http.runtime import Boot, Limits, Runtime, SpendSwitches, UpstreamP
 from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
-from gateway.upstreams import anthropic
+from gateway.upstreams.health import Health
+from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Signer
+from gateway.upstreams.providers import needs_signer, signing_service, translator_for
 from gateway.upstreams.routing import Routes
 
 if TYPE_CHECKING:
@@ -54,19 +56,28 @@ def build_boot(
     """Everything the runtime holds that needs no event loop (see :mod:`gateway.http.runtime`)."""
     listen = cfg.listen
     tag = cfg.admin.billing_group_tag if cfg.admin is not None else None
+    gh = cfg.gatehouse
+    drop_beta = REQUEST_TAGS_BETA if tag is not None else None
     plans = tuple(
         UpstreamPlan(
             name=u.name,
             provider=u.provider,
-            prepared=anthropic.prepare(u),
+            translator=translator_for(u, drop_beta=drop_beta, env=os.environ),
             # The first-byte limit applies to the Anthropic API; other providers
             # may take up to an hour to start (they queue on their side).
             ttfb_s=cfg.timeouts.upstream_ttfb_ms / 1000 if u.provider == "anthropic" else 3600.0,
         )
         for u in cfg.upstreams
     )
+    hc = gh.upstream.health
+    health = Health(
+        tuple(p.name for p in plans),
+        enabled=hc.enabled,
+        threshold=hc.failures,
+        base_s=hc.cooldown_ms / 1000,
+        max_s=max(hc.cooldown_ms, hc.max_cooldown_ms) / 1000,
+    )
     routes = Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models)
-    gh = cfg.gatehouse
     pricing = allowances = pricing_rows = None
     if cfg.admin is not None or cfg.pricing is not None:
         from gateway.spend.budget import AllowanceTracker
@@ -82,6 +93,8 @@ def build_boot(
         routes=routes,
         billing_group_tag=tag,
         upstreams=plans,
+        health=health,
+        ping_interval_s=gh.upstream.ping_interval_seconds,
         limits=Limits(cfg.limits.max_request_bytes, cfg.limits.max_request_header_bytes, cfg.limits.max_url_length),
         idle_read_timeout_s=idle_read_timeout_s or gh.upstream.idle_read_timeout_seconds,
         spend_switches=SpendSwitches(
@@ -199,6 +212,9 @@ def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncI
                 await started.oidc.close()
             await rt.recorder.drain(10.0)
             await rt.transport.close()
+            for signer in rt.signers:
+                if signer is not None:
+                    await signer.close()
             if started.own_store:
                 await rt.store.close()
 
@@ -222,6 +238,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         is_forbidden=lambda ip: is_forbidden_address(ip, allow_loopback),
     )
     await transport.start()
+    signers = await _start_signers(boot)
     own_store = shared_store is None
     if shared_store is None:
         store = await Store.open(cfg.store, log=audit.log)
@@ -246,9 +263,40 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
     if listener.channels:
         await listener.start()
     rt = Runtime.complete(
-        boot, transport=transport, store=store, recorder=recorder, revocations=revocations, spend=spend
+        boot,
+        transport=transport,
+        signers=signers,
+        store=store,
+        recorder=recorder,
+        revocations=revocations,
+        spend=spend,
     )
     return rt, _Started(own_store, oidc, discovery, listener)
+
+
+async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
+    """The credential edge of each upstream that signs or fetches tokens: built once,
+    shared by every request (one refresh in flight), refreshed by itself."""
+    signers: list[Signer | None] = []
+    for upstream, plan in zip(boot.config.upstreams, boot.upstreams, strict=True):
+        kind = needs_signer(upstream)
+        signer: Signer | None = None
+        if kind == "aws":
+            from gateway.upstreams.aws_credentials import AwsSigner
+
+            signer = AwsSigner(upstream, service=signing_service(upstream) or "bedrock", clock=boot.clock, proxy=plan.proxy)
+        elif kind == "google":
+            from gateway.upstreams.google_credentials import GoogleSigner
+
+            signer = GoogleSigner(upstream, clock=boot.clock, proxy=plan.proxy)
+        elif kind == "azure":
+            from gateway.upstreams.azure_credentials import AzureSigner
+
+            signer = AzureSigner(upstream, clock=boot.clock, proxy=plan.proxy)
+        if signer is not None:
+            await signer.start()
+        signers.append(signer)
+    return tuple(signers)
 
 
 async def _start_spend(boot: Boot, store: Store, listener: Listener) -> SpendStore:

@@ -56,7 +56,7 @@ from gateway.config.comments import cut_values, cut_warning
 from gateway.config.expand import expand_references
 from gateway.config.rules import check, prepare
 from gateway.config.schema import Config, Issues, dotted, kind, shape
-from gateway.config.upstreams import ANTHROPIC_API, PROVIDER_RULES
+from gateway.config.upstreams import ANTHROPIC_API, NOT_SERVED, PROVIDER_RULES
 from gateway.errors import Fault, Party
 
 __all__ = [
@@ -284,10 +284,9 @@ def _shape_items(values: list[Any], name: str, item: type, issues: Issues) -> di
 # (path pattern, the feature's name for the value found there, is-it-switched-on
 # for that value). `[*]` walks a list. Delete a row when its feature lands.
 UNSUPPORTED: tuple[tuple[str, str | Callable[[Any], str], Callable[[Any], bool]], ...] = (
-    ("upstreams[*]", lambda u: f"provider: {u['provider']}", lambda u: u["provider"] != "anthropic"),
+    ("upstreams[*]", lambda u: f"provider: {u['provider']}; {NOT_SERVED[u['provider']]}", lambda u: u["provider"] in NOT_SERVED),
     ("upstreams[*].auth.federation_rule_id", "workload identity federation", bool),
     ("oidc.google_groups", "Google Workspace group lookup", bool),
-    ("oidc.use_proxy", "IdP requests through a proxy", bool),
     ("oidc.client_assertion", "private_key_jwt client authentication", bool),
     ("managed.policies[*].desktop", "the Claude Desktop overlay, /user/bootstrap", lambda d: d is not None),
     ("telemetry.forward_to", "the OTLP relay", bool),

@@ -97,6 +97,7 @@ def check(
     check_upstream_names(data, issues)
     if ctx.upstream_names is not None:
         _check_models(items.get("models", {}), ctx.upstream_names, issues)
+        _check_foundry_models(items.get("upstreams", {}), items.get("models", {}), issues)
 
 
 def _upstream_names(data: dict[str, Any]) -> list[str] | None:
@@ -213,6 +214,19 @@ def _check_models(models: dict[int, s.Model], names: list[str], issues: Issues) 
                     dotted(f"models[{i}].upstream_model", upstream),
                     f"names no upstream; known upstreams: {_listing(names)}",
                 )
+
+
+def _check_foundry_models(ups: dict[int, s.Upstream], models: dict[int, s.Model], issues: Issues) -> None:
+    # A Foundry deployment is named by whoever deployed it: no model id reaches one
+    # unless a models: entry says which deployment serves it.
+    mapped = {name for m in models.values() for name in m.upstream_model}
+    for i, up in ups.items():
+        if up.provider == "foundry" and up.name not in mapped:
+            issues.add(
+                f"upstreams[{i}]",
+                f"a foundry upstream needs a models: entry whose upstream_model maps a model id to one of its "
+                f"deployment names (e.g. models: [{{id: claude-sonnet-4-6, upstream_model: {{{up.name}: <deployment>}}}}])",
+            )
 
 
 def _check_managed(managed: s.Managed, ctx: _Context, issues: Issues) -> None:

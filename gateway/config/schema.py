@@ -311,6 +311,20 @@ class GatehouseUpstream(_Section, frozen=True):
     # Claude Code abandons a silent stream after 300 s; a shorter idle timeout
     # here would cut streams the client still waits for.
     idle_read_timeout_seconds: Annotated[float, Meta(ge=300)] = 300
+    # A Bedrock stream silent this long gets an `event: ping` (the client's watchdog
+    # resets on any event); the Anthropic API and Vertex send their own.
+    ping_interval_seconds: Annotated[float, Meta(ge=1, le=120)] = 15
+    health: GatehouseUpstreamHealth = field(default_factory=lambda: GatehouseUpstreamHealth())
+
+
+class GatehouseUpstreamHealth(_Section, frozen=True):
+    """Skip an upstream that failed for transport reasons ``failures`` times in a row
+    (gateway/upstreams/health.py); Anthropic's gateway retries it on every request."""
+
+    enabled: bool = True
+    failures: Annotated[int, Meta(ge=1, le=100)] = 3
+    cooldown_ms: Annotated[int, Meta(ge=100, le=600_000)] = 5_000
+    max_cooldown_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 60_000
 
 
 class GatehouseSpend(_Section, frozen=True):

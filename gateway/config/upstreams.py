@@ -55,6 +55,14 @@ PROVIDER_RULES: dict[str, _ProviderRule] = {
 }
 
 
+# Providers the schema accepts (Anthropic's gateway.yaml names them) that Gatehouse
+# refuses at boot, and why.
+NOT_SERVED = {
+    "mantle": "Bedrock's Mantle endpoint is not described well enough to build and test against",
+    "anthropicGoogleCloud": "Claude on Google Cloud's own endpoint is not described well enough to build and test against",
+}
+
+
 def prepare_upstream(raw: dict[str, Any], path: str, issues: Issues) -> dict[str, Any]:
     provider = raw.get("provider")
     rule = PROVIDER_RULES.get(provider) if isinstance(provider, str) else None

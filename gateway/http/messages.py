@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -32,15 +33,18 @@ from gateway.errors import (
     GatewayError,
     Kind,
     Party,
+    error_body,
     sse_error_event,
     upstream_status_fails_over,
 )
 from gateway.http import spend_gate
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, authenticate, read_body
-from gateway.http.runtime import Runtime
+from gateway.http.runtime import Runtime, UpstreamPlan
 from gateway.policy.policies import ALLOW_ALL
-from gateway.upstreams import anthropic
-from gateway.upstreams.bodyview import decode_view, remove_member, splice_model
+from gateway.upstreams.bedrock import MalformedReply, count_reply
+from gateway.upstreams.bodyview import View, decode_view, remove_member, thinking_budget
+from gateway.upstreams.eventstream import PING, EventStreamSse, StreamCorrupt
+from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Ask, ClientError, CredentialFailure, Endpoint, Shape
 from gateway.upstreams.routing import Target
 from gateway.upstreams.sse import ZERO, UsageTap, UsageTotals, json_usage
 from gateway.upstreams.transport import UpstreamFailure
@@ -49,7 +53,6 @@ from gateway.upstreams.transport import UpstreamFailure
 # and a hostile or broken upstream must not make us buffer without bound.
 MAX_ERROR_BODY_BYTES = 1 << 20
 CLIENT_CLOSED = 499
-REQUEST_TAGS_BETA = "request-tags-2026-08-21"
 
 
 class Outcome:
@@ -57,10 +60,11 @@ class Outcome:
 
     __slots__ = (
         "status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error",
-        "billing_group", "upstream_model", "finished",
+        "billing_group", "upstream_model", "finished", "request_id",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
         self.status = 0
         self.upstream: str | None = None
         self.upstream_request_id: str | None = None
@@ -78,7 +82,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     t0 = time.monotonic()
     request_id = request[REQUEST_ID]
-    outcome = Outcome()
+    outcome = Outcome(request_id)
     principal: Principal | None = None
     ticket: spend_gate.Ticket | None = None
     rt.inflight += 1
@@ -121,11 +125,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 rt.sightings.note(principal.sub, seen, served=matched.checksum)
 
         # 7. Try them in order until one answers in a way we relay.
-        upstream_path = request.path_qs
+        ask = make_ask(request, body, view, principal)
         try:
-            resp, first_chunk = await open_first(
-                rt, request, body, view.model, targets, upstream_path, principal, outcome, t0
-            )
+            opened = await open_first(rt, ask, targets, outcome, t0)
         except RelayedUpstreamError as err:
             outcome.status = err.status
             status, headers, relayed = err.answer(request_id)
@@ -134,11 +136,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
         # 8. Relay the reply: JSON whole, SSE chunk by chunk as it arrives.
         extra = ticket.headers if ticket is not None else None
         try:
-            if first_chunk is None:
-                return await relay_whole(request, resp, request_id, outcome, extra)
-            return await relay_stream(rt, request, resp, first_chunk, request_id, outcome, ticket)
+            if opened.first is None:
+                return await relay_whole(opened, request_id, outcome, extra)
+            return await relay_stream(rt, request, opened, request_id, outcome, ticket)
         finally:
-            resp.close()
+            opened.resp.close()
     except Fault as err:
         # Recorded here, answered by the envelope middleware; a fault that is no
         # answer of its own (answer() is None) ends up an internal error there.
@@ -160,117 +162,207 @@ async def messages(request: web.Request) -> web.StreamResponse:
         record(rt, request, request_id, principal, outcome, t0)
 
 
+def make_ask(request: web.Request, body: bytes, view: View, principal: Principal) -> Ask:
+    """The request as every provider sees it: decoded once, here."""
+    counting = request.path != "/v1/messages"
+    return Ask(
+        endpoint=Endpoint.COUNT_TOKENS if counting else Endpoint.MESSAGES,
+        path_qs=request.path_qs,
+        body=body,
+        model=view.model,
+        stream=view.stream,
+        headers=request.headers,
+        betas=betas(request.headers),
+        email=principal.email,
+        sub=principal.sub,
+        thinking_budget=thinking_budget(body) if counting else None,
+    )
+
+
+def betas(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The client's ``anthropic-beta`` values, in order, without the request-tags beta
+    (no upstream but Anthropic's takes it, and Anthropic's upstream reads the header)."""
+    raw = getattr(headers, "getall", None)
+    values = raw("anthropic-beta", ()) if raw is not None else [headers.get("anthropic-beta", "")]
+    return tuple(b for v in values for b in (p.strip() for p in v.split(",")) if b and b != REQUEST_TAGS_BETA)
+
+
 def billing_group(tags: Mapping[str, object], tag: str, principal: Principal) -> str | None:
     """The billing group a request names, if the person's token lists that group."""
     value = tags.get(tag)
     return value if isinstance(value, str) and value in principal.groups else None
 
 
-async def open_first(
-    rt: Runtime,
-    request: web.Request,
-    body: bytes,
-    model: str,
-    targets: tuple[Target, ...],
-    path_qs: str,
-    principal: Principal,
-    outcome: Outcome,
-    t0: float,
-) -> tuple[aiohttp.ClientResponse, bytes | None]:
+class Opened(NamedTuple):
+    """An upstream reply we relay: its response, how it reaches the client, and (for
+    event streams) the first bytes for the client, read before committing to it."""
+
+    resp: aiohttp.ClientResponse
+    up: UpstreamPlan
+    shape: Shape
+    first: bytes | None
+    decoder: EventStreamSse | None = None
+
+
+async def open_first(rt: Runtime, ask: Ask, targets: tuple[Target, ...], outcome: Outcome, t0: float) -> Opened:
     """Open the first upstream that answers with something we relay.
 
-    Returns the response and, for event streams, the first chunk (peeked
-    before committing, so a stream that dies at once still fails over).
-    Raises the preferred final error when every target fails.
+    Upstreams the health memory says are down for now are skipped, unless every
+    target is: then all are tried anyway. Raises the preferred final error when
+    every attempted target fails.
     """
-    failures: list[tuple[int, dict[str, str], bytes]] = []
-    drop_beta = REQUEST_TAGS_BETA if rt.billing_group_tag is not None else None
-    for target in targets:
-        up = rt.upstreams[target.upstream]
-        outcome.attempts += 1
-        payload = body if target.model == model else splice_model(body, target.model)
-        headers = anthropic.build_headers(
-            up.prepared, request.headers, principal.email, principal.sub, drop_beta=drop_beta
-        )
-        url = up.prepared.url_base + path_qs
+    failures: list[ClientError] = []
+    admitted = [t for t in targets if rt.health.admit(t.upstream)]
+    for target in admitted or targets:
         try:
-            resp = await rt.transport.open("POST", url, headers, payload, up.ttfb_s)
-        except UpstreamFailure as failure:
-            audit.log("warn", f"upstream {up.name} failed, trying next (request {request[REQUEST_ID]}): {failure.detail}")
-            continue
-        outcome.ms_headers = (time.monotonic() - t0) * 1000
-        outcome.upstream = up.name
-        outcome.upstream_model = target.model
-        outcome.upstream_request_id = resp.headers.get("request-id")
-        if upstream_status_fails_over(resp.status):
-            try:
-                err_body = await asyncio.wait_for(resp.content.read(MAX_ERROR_BODY_BYTES), rt.idle_read_timeout_s)
-            except Exception:
-                err_body = b""
-            failures.append((resp.status, anthropic.response_headers(resp.headers), err_body))
-            resp.close()
-            audit.log("warn", f"upstream {up.name} answered {resp.status}, trying next (request {request[REQUEST_ID]})")
-            continue
-        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-            try:
-                first = await resp.content.readany()
-            except Exception as exc:  # broke before a single byte: nothing committed yet
-                resp.close()
-                audit.log("warn", f"upstream {up.name} stream failed before the first byte: {exc!r}")
-                continue
-            if not first:
-                resp.close()
-                audit.log("warn", f"upstream {up.name} closed the stream before the first byte")
-                continue
-            return resp, first
-        return resp, None
+            opened = await _attempt(rt, ask, target, outcome, t0, failures)
+        except BaseException:
+            # A refused body, the client leaving: no verdict on the upstream, so a
+            # probe it was admitted for must not stay claimed.
+            rt.health.released(target.upstream)
+            raise
+        if opened is not None:
+            return opened
     raise final_error(failures, len(rt.upstreams))
 
 
-def final_error(failures: list[tuple[int, dict[str, str], bytes]], configured: int) -> Exception:
+async def _attempt(
+    rt: Runtime, ask: Ask, target: Target, outcome: Outcome, t0: float, failures: list[ClientError]
+) -> Opened | None:
+    """One upstream: its reply to relay, or None after noting why the next one is tried."""
+    i = target.upstream
+    up = rt.upstreams[i]
+    rid = outcome.request_id
+    out = up.translator.outbound(ask, target.model)
+    if out is None:  # this upstream cannot serve this request (a count on an inference profile, …)
+        rt.health.released(i)
+        return None
+    outcome.attempts += 1
+    signer = rt.signers[i]
+    if signer is not None:
+        try:
+            out = await signer.authorize(out, ask)
+        except CredentialFailure as failure:
+            # Our credential trouble: a 500 from that upstream, never the client's 401/403.
+            rt.health.released(i)
+            audit.log("warn", f"upstream {up.name}: no credential, trying next (request {rid}): {failure.detail}")
+            return None
+    try:
+        resp = await rt.transport.open("POST", out.url, out.headers, out.body, up.ttfb_s, proxy=up.proxy)
+    except UpstreamFailure as failure:
+        _note_health(rt, i, ok=False)
+        audit.log("warn", f"upstream {up.name} failed, trying next (request {rid}): {failure.detail}")
+        return None
+    outcome.ms_headers = (time.monotonic() - t0) * 1000
+    outcome.upstream = up.name
+    outcome.upstream_model = target.model
+    outcome.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-amzn-RequestId")
+    if resp.status >= 400:
+        try:
+            err_body = await asyncio.wait_for(resp.content.read(MAX_ERROR_BODY_BYTES), rt.idle_read_timeout_s)
+        except Exception:
+            err_body = b""
+        finally:
+            resp.close()
+        _note_health(rt, i, ok=resp.status < 500)
+        err = up.translator.client_error(ask, resp.status, resp.headers, err_body)
+        if err.log is not None:
+            audit.log("warn", f"{err.log} (request {rid})")
+        if err.failover if err.failover is not None else upstream_status_fails_over(resp.status):
+            failures.append(err)
+            audit.log("warn", f"upstream {up.name} answered {resp.status}, trying next (request {rid})")
+            return None
+        raise RelayedUpstreamError(err)
+    if out.shape is Shape.EVENT_STREAM:
+        decoder = EventStreamSse()
+        first = await _first_bytes(resp, up, decoder.feed)
+        if first is None or decoder.ended:  # broke, or an exception frame, before anything was relayed
+            _note_health(rt, i, ok=False)
+            return None
+        _note_health(rt, i, ok=True)
+        return Opened(resp, up, out.shape, first, decoder)
+    if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+        first = await _first_bytes(resp, up, None)
+        _note_health(rt, i, ok=first is not None)
+        return Opened(resp, up, out.shape, first) if first is not None else None
+    _note_health(rt, i, ok=True)
+    return Opened(resp, up, out.shape, None)
+
+
+async def _first_bytes(
+    resp: aiohttp.ClientResponse, up: UpstreamPlan, feed: Callable[[bytes], bytes] | None
+) -> bytes | None:
+    """The first bytes for the client, peeked before committing (so a stream that dies
+    at once still fails over); None, with the response closed, when there are none."""
+    try:
+        while True:
+            data = await resp.content.readany()
+            if not data:
+                audit.log("warn", f"upstream {up.name} closed the stream before the first byte")
+                break
+            first = feed(data) if feed is not None else data
+            if first:
+                return first
+    except Exception as exc:  # broke before a single byte: nothing committed yet
+        audit.log("warn", f"upstream {up.name} stream failed before the first byte: {exc!r}")
+    resp.close()
+    return None
+
+
+def _note_health(rt: Runtime, i: int, *, ok: bool) -> None:
+    line = rt.health.succeeded(i) if ok else rt.health.failed(i)
+    if line is not None:
+        audit.log("warn" if not ok else "info", line)
+
+
+def final_error(failures: list[ClientError], configured: int) -> Exception:
     """The answer when every attempted upstream failed (SPEC "Failover")."""
     for statuses in FINAL_PREFERENCE:
-        for status, headers, body in reversed(failures):
-            if status in statuses:
-                return RelayedUpstreamError(status, headers, body)
+        for err in reversed(failures):
+            if err.status in statuses:
+                return RelayedUpstreamError(err)
     return GatewayError(Kind.ALL_UPSTREAMS_FAILED, f"all upstreams failed ({configured} attempted)")
 
 
 class RelayedUpstreamError(Fault):
-    """An upstream's own error reply, relayed as it came (the client keys on its wording)."""
+    """An upstream's error reply, as its provider lets the client see it: Anthropic's
+    relayed as it came (the client keys on its wording), a cloud's in our envelope."""
 
     fault = Party.UPSTREAM
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        super().__init__(status)
-        self.status = status
-        self.headers = headers
-        self.body = body
+    def __init__(self, err: ClientError) -> None:
+        super().__init__(err.status)
+        self.status = err.status
+        self.err = err
 
     def answer(self, request_id: str | None) -> Answer:
-        headers = dict(self.headers)
+        err = self.err
+        headers = dict(err.headers)
         if request_id is not None:
             headers["request-id"] = request_id
-        return Answer(self.status, headers, self.body)
+        if err.error_type is not None:
+            return Answer(err.status, headers, error_body(err.error_type, err.message, request_id))
+        return Answer(err.status, headers, err.body)
 
 
-async def relay_whole(
-    request: web.Request,
-    resp: aiohttp.ClientResponse,
-    request_id: str,
-    outcome: Outcome,
-    extra_headers: dict[str, str] | None,
-) -> web.Response:
+async def relay_whole(opened: Opened, request_id: str, outcome: Outcome, extra_headers: dict[str, str] | None) -> web.Response:
+    resp, up = opened.resp, opened.up
     try:
         body = await resp.read()
     except Exception as exc:
         audit.log("warn", f"upstream reply broke off before it was complete: {exc!r}")
         raise GatewayError(Kind.ALL_UPSTREAMS_FAILED, "upstream reply was cut off") from None
+    if opened.shape is Shape.BEDROCK_COUNT and resp.status == 200:
+        try:
+            body = count_reply(body)
+        except MalformedReply as exc:
+            audit.log("warn", f"upstream {up.name} sent a malformed count reply (request {request_id}): {exc}")
+            raise GatewayError(Kind.UPSTREAM_STATUS, "upstream sent a malformed reply") from None
     outcome.status = resp.status
     if resp.status == 200:
         outcome.usage = json_usage(body)
         outcome.finished = True
-    headers = anthropic.response_headers(resp.headers)
+    headers = up.translator.response_headers(resp.headers)
     if extra_headers and resp.status == 200:
         headers.update(extra_headers)
     headers["request-id"] = request_id
@@ -280,13 +372,15 @@ async def relay_whole(
 async def relay_stream(
     rt: Runtime,
     request: web.Request,
-    resp: aiohttp.ClientResponse,
-    first_chunk: bytes,
+    opened: Opened,
     request_id: str,
     outcome: Outcome,
     ticket: spend_gate.Ticket | None,
 ) -> web.StreamResponse:
-    headers = anthropic.response_headers(resp.headers)
+    resp, decoder = opened.resp, opened.decoder
+    headers = opened.up.translator.response_headers(resp.headers)
+    if decoder is not None:
+        headers["Content-Type"] = "text/event-stream; charset=utf-8"
     if ticket is not None and resp.status == 200:
         headers.update(ticket.headers)
     headers["request-id"] = request_id
@@ -295,7 +389,7 @@ async def relay_stream(
     outcome.status = resp.status
     tap = UsageTap()
     await out.prepare(request)  # commit point: from here on, no failover
-    chunk = first_chunk
+    chunk = opened.first
     try:
         while chunk:
             tap.feed(chunk)
@@ -310,9 +404,21 @@ async def relay_stream(
                     await out.write((b"\n\n" if tap.mid_event else b"") + spend_gate.cut_event())
                     break
             try:
-                chunk = await resp.content.readany()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if decoder is None:
+                    chunk = await resp.content.readany()
+                else:
+                    chunk = await _next_events(resp, decoder, rt.ping_interval_s)
+                    if decoder.ended:  # the upstream's exception frame, now an error event
+                        audit.log("warn", f"upstream {opened.up.name} ended the stream with an error (request {request_id}): {decoder.failure}")
+                        tap.feed(chunk)
+                        await out.write(chunk)
+                        break
+            except (aiohttp.ClientError, TimeoutError, OSError, StreamCorrupt) as exc:
                 audit.log("warn", f"upstream stream interrupted (request {request_id}): {exc!r}")
+                if isinstance(exc, StreamCorrupt) and exc.before:
+                    # Good events decoded ahead of the broken frame still reach the client.
+                    tap.feed(exc.before)
+                    await out.write(exc.before)
                 prefix = b"\n\n" if tap.mid_event else b""
                 await out.write(prefix + sse_error_event(Kind.STREAM_INTERRUPTED, "upstream stream interrupted"))
                 break
@@ -324,6 +430,24 @@ async def relay_stream(
     finally:
         outcome.usage = tap.totals()
     return out
+
+
+async def _next_events(resp: aiohttp.ClientResponse, decoder: EventStreamSse, ping_s: float) -> bytes:
+    """The next SSE bytes re-emitted from an event stream: b"" at its end, a ping after
+    ``ping_s`` of silence (the upstream sends none of its own)."""
+    while True:
+        try:
+            async with asyncio.timeout(ping_s):
+                data = await resp.content.readany()
+        except TimeoutError:
+            return PING
+        if not data:
+            if decoder.mid_frame:
+                raise StreamCorrupt("the event stream ended inside a frame")
+            return b""
+        events = decoder.feed(data)
+        if events:
+            return events
 
 
 def record(

@@ -2,7 +2,8 @@
 
 * ``/healthz``: the process is alive (never touches the store).
 * ``/readyz``: 200 only while the store answers, or within
-  ``store.readiness_grace_seconds`` of its last answer.
+  ``store.readiness_grace_seconds`` of its last answer; ``?verbose`` adds, as
+  JSON, the upstreams this replica is skipping for now.
 * ``/``: name and version.
 * ``/v1/models``: the catalog, in the Anthropic list shape.
 * ``/v1/metrics|logs|traces``: accepted and discarded until telemetry lands.
@@ -10,6 +11,8 @@
 """
 
 from __future__ import annotations
+
+import json
 
 from aiohttp import web
 
@@ -35,10 +38,18 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.draining:
-        return web.Response(status=503, text="draining")
-    if not await rt.store.ready(timeout=2.0):
-        return web.Response(status=503, text="store unavailable")
-    return web.Response(text="ready")
+        status, text = 503, "draining"
+    elif not await rt.store.ready(timeout=2.0):
+        status, text = 503, "store unavailable"
+    else:
+        status, text = 200, "ready"
+    if "verbose" not in request.query:
+        return web.Response(status=status, text=text)
+    # For people, not probes: which upstreams this replica is skipping for now
+    # (gateway/upstreams/health.py). Readiness never depends on them: a replica
+    # whose upstreams are down still answers, and fails over, better than none.
+    detail = {"status": text, "upstreams": rt.health.detail()}
+    return web.Response(status=status, body=json.dumps(detail), content_type=JSON)
 
 
 async def landing(request: web.Request) -> web.Response:

@@ -34,7 +34,8 @@ from gateway.db.tasks import TaskSet
 from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
-from gateway.upstreams import anthropic
+from gateway.upstreams.health import Health
+from gateway.upstreams.outbound import Signer, Translator
 from gateway.upstreams.routing import Routes
 
 if TYPE_CHECKING:
@@ -57,10 +58,13 @@ class Limits:
 
 @dataclass
 class UpstreamPlan:
+    """One configured upstream as the hot path uses it: computed at boot, pure."""
+
     name: str
     provider: str
-    prepared: anthropic.Prepared
+    translator: Translator
     ttfb_s: float
+    proxy: str | None = None  # the egress proxy for this upstream's URL, chosen once at boot
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,8 @@ class Boot:
     tokens: TokenService
     routes: Routes
     upstreams: tuple[UpstreamPlan, ...]
+    health: Health  # which upstreams this replica skips for a while (transport failures)
+    ping_interval_s: float  # silence after which a re-emitted (Bedrock) stream gets a ping
     limits: Limits
     idle_read_timeout_s: float
     spend_switches: SpendSwitches
@@ -100,6 +106,7 @@ class Runtime(Boot):
     """A :class:`Boot` with its edges open: what every handler reads, complete from the first request."""
 
     transport: Transport
+    signers: tuple[Signer | None, ...]  # per upstream: the credential edge, None when the translator carries it
     store: Store
     recorder: Recorder
     revocations: RevocationWatcher | None  # with oidc:
@@ -114,6 +121,7 @@ class Runtime(Boot):
         boot: Boot,
         *,
         transport: Transport,
+        signers: tuple[Signer | None, ...],
         store: Store,
         recorder: Recorder,
         revocations: RevocationWatcher | None,
@@ -123,6 +131,7 @@ class Runtime(Boot):
         return cls(
             **{f.name: getattr(boot, f.name) for f in fields(Boot)},
             transport=transport,
+            signers=signers,
             store=store,
             recorder=recorder,
             revocations=revocations,

@@ -15,7 +15,11 @@ upstream's (URL, headers, body). Forwarding rules (SPEC "Forwarding"):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
+
+from gateway.upstreams.bodyview import splice_model
+from gateway.upstreams.outbound import Ask, ClientError, Outbound
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 OAUTH_BETA = "oauth-2025-04-20"
@@ -126,3 +130,35 @@ def response_headers(upstream_headers: Any) -> dict[str, str]:
             continue
         out[name] = value
     return out
+
+
+class AnthropicTranslator:
+    """The Anthropic API (or a proxy in front of it) as a :class:`~gateway.upstreams.outbound.Translator`.
+
+    The zero-copy path: the body goes as received (``model`` spliced only when the
+    upstream takes another id), the reply comes back byte for byte.
+    """
+
+    __slots__ = ("name", "provider", "prepared", "drop_beta")
+
+    def __init__(self, upstream: Any, drop_beta: str | None) -> None:
+        self.name: str = upstream.name
+        self.provider: str = upstream.provider
+        self.prepared = prepare(upstream)
+        # The request-tags beta, when the gateway owns request tags (billing_group_tag).
+        self.drop_beta = drop_beta
+
+    def outbound(self, ask: Ask, upstream_model: str) -> Outbound:
+        body = ask.body if upstream_model == ask.model else splice_model(ask.body, upstream_model)
+        headers = build_headers(self.prepared, ask.headers, ask.email, ask.sub, drop_beta=self.drop_beta)
+        return Outbound(self.prepared.url_base + ask.path_qs, headers, body)
+
+    def client_error(self, ask: Ask, status: int, headers: Mapping[str, str], body: bytes) -> ClientError:
+        # Anthropic's own error bodies are relayed as they came: the client keys on their wording.
+        # A forward_user_identity proxy's 429 on a request that carries an email is that
+        # person's own limit, not capacity: relayed, not failed over (protocol §6.1).
+        per_user = status == 429 and self.prepared.forward_identity and ask.email is not None
+        return ClientError(status, response_headers(headers), body, failover=False if per_user else None)
+
+    def response_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return response_headers(headers)

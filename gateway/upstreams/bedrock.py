@@ -31,7 +31,7 @@ from gateway.config.schema import Upstream
 from gateway.errors import Fault, GatewayError, Kind, Party
 from gateway.upstreams import cloud_errors
 from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Ask, ClientError, Endpoint, Outbound, Shape
-from protocol_spec.bedrock_wire import (
+from protocol_spec.cloud_wire import (
     CountTokensInput,
     CountTokensRequest,
     InvokeModelTokens,

@@ -16,7 +16,7 @@ import msgspec
 
 from gateway.client_text import unprintable
 from gateway.errors import GatewayError, Kind
-from protocol_spec.wire import encoder, messages_view_decoder
+from protocol_spec.wire import encoder, messages_view_decoder, thinking_view_decoder
 
 # Routed fields go into routing, the allowlist, the spend store, the usage record
 # and the log. Real model ids are short printable text (the longest, Bedrock
@@ -56,6 +56,19 @@ def decode_view(body: bytes) -> View:
     max_tokens = view.max_tokens if type(view.max_tokens) is int else None
     tags = view.tags if isinstance(view.tags, dict) else None
     return View(model, view.stream is True, max_tokens, tags)
+
+
+def thinking_budget(body: bytes) -> int | None:
+    """``thinking.budget_tokens`` when thinking is enabled (Bedrock's CountTokens needs
+    ``max_tokens`` above it); read only for token counting."""
+    try:
+        thinking = thinking_view_decoder.decode(body).thinking
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    return budget if type(budget) is int and budget >= 0 else None
 
 
 def check_routed_text(name: str, value: str, max_chars: int) -> None:

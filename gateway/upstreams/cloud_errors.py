@@ -23,6 +23,12 @@ import msgspec
 
 from gateway.client_text import capped
 from gateway.upstreams.outbound import ClientError
+from protocol_spec.cloud_wire import (
+    EnvelopeView,
+    ProviderErrorView,
+    envelope_view_decoder,
+    provider_error_decoder,
+)
 
 PROMPT_TOO_LONG = "capability_rejected: prompt_too_long"
 REJECTED = "upstream rejected the request"
@@ -55,25 +61,6 @@ _TOO_LONG_MARKERS = ("too long", "too many tokens", "exceeds the maximum", "cont
 MAX_LOG_CHARS = 2000
 
 
-class _Detail(msgspec.Struct):
-    type: str | None = None
-    message: str | None = None
-
-
-class _Envelope(msgspec.Struct):
-    type: str | None = None
-    error: _Detail | None = None
-
-
-class _ProviderShape(msgspec.Struct):
-    message: str | None = None
-    Message: str | None = None  # some AWS services capitalise it
-
-
-_envelope = msgspec.json.Decoder(_Envelope)
-_provider_shape = msgspec.json.Decoder(_ProviderShape)
-
-
 def error_type(status: int) -> str:
     if status in _TYPES:
         return _TYPES[status]
@@ -92,18 +79,18 @@ def client_error(status: int, body: bytes, *, envelope_relayed: bool, upstream: 
     log = f"upstream {upstream} answered {status}: {capped(body.decode('utf-8', 'replace'), MAX_LOG_CHARS)}"
     headers = {"Content-Type": "application/json"}
     if status in (400, 413):
-        envelope = _decode(_envelope, body)
+        envelope = _decode(envelope_view_decoder, body)
         if (
             envelope_relayed
-            and isinstance(envelope, _Envelope)
+            and isinstance(envelope, EnvelopeView)
             and envelope.type == "error"
             and envelope.error is not None
             and envelope.error.message
         ):
             kind = envelope.error.type or error_type(status)
             return ClientError(status, headers, error_type=kind, message=envelope.error.message, log=log)
-        shape = _decode(_provider_shape, body)
-        text = (shape.message or shape.Message or "") if isinstance(shape, _ProviderShape) else ""
+        shape = _decode(provider_error_decoder, body)
+        text = (shape.message or shape.Message or "") if isinstance(shape, ProviderErrorView) else ""
         if any(marker in text.lower() for marker in _TOO_LONG_MARKERS):
             return ClientError(status, headers, error_type="invalid_request_error", message=PROMPT_TOO_LONG, log=log)
         message = TOO_LARGE if status == 413 else REJECTED

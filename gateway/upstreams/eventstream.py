@@ -35,7 +35,7 @@ import msgspec
 
 from gateway.client_text import capped
 from gateway.errors import Fault, Party, sse_error
-from protocol_spec.bedrock_wire import event_type_decoder, exception_body_decoder, payload_part_decoder
+from protocol_spec.cloud_wire import event_type_decoder, exception_body_decoder, payload_part_decoder
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 UPSTREAM_ERROR = sse_error("api_error", "upstream error")

@@ -14,7 +14,7 @@ hot path speaks to all of them through these types:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import NamedTuple, Protocol
 
 from gateway.errors import Fault, Party
@@ -95,11 +95,12 @@ class CredentialFailure(Fault):
 class Signer(Protocol):
     """The I/O half of a provider that signs or fetches tokens (one per upstream)."""
 
-    async def start(self) -> None: ...
+    # Written without ``async`` (this module is pure); implementations are coroutines.
+    def start(self) -> Awaitable[None]: ...
 
-    async def close(self) -> None: ...
+    def close(self) -> Awaitable[None]: ...
 
-    async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
+    def authorize(self, out: Outbound, ask: Ask) -> Awaitable[Outbound]:
         """``out`` with the gateway's credential added; raises :class:`CredentialFailure`."""
         ...
 

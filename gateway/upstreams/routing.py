@@ -25,6 +25,8 @@ from gateway.errors import GatewayError, Kind
 if TYPE_CHECKING:
     from gateway.config.schema import Model, Upstream
 
+# Providers that take Anthropic's own model ids, dated forms included.
+_ANTHROPIC_IDS = frozenset({"anthropic", "anthropicAws"})
 _DATED = re.compile(r"^(?P<base>.+)-(?P<date>20\d{6})$")
 
 
@@ -33,12 +35,17 @@ class BuiltinModel(NamedTuple):
     display_name: str
     max_input_tokens: int | None
     alias: str | None
+    bedrock: str | None = None
+    vertex: str | None = None
 
 
 def load_builtin_models() -> tuple[BuiltinModel, ...]:
     raw = json.loads(resources.files("gateway").joinpath("data/models.json").read_text())
     return tuple(
-        BuiltinModel(m["id"], m["display_name"], m.get("max_input_tokens"), m.get("alias")) for m in raw["models"]
+        BuiltinModel(
+            m["id"], m["display_name"], m.get("max_input_tokens"), m.get("alias"), m.get("bedrock"), m.get("vertex")
+        )
+        for m in raw["models"]
     )
 
 
@@ -59,6 +66,7 @@ class Routes:
 
     def __init__(self, upstreams: tuple[Upstream, ...], models: tuple[Model, ...], include_builtin: bool) -> None:
         self.upstream_names = tuple(u.name for u in upstreams)
+        self._providers = tuple(u.provider for u in upstreams)
         self._plans: dict[str, tuple[Target, ...]] = {}
         catalog: dict[str, CatalogEntry] = {}
         custom = {m.id: m for m in models}
@@ -71,8 +79,9 @@ class Routes:
                     override = custom.get(client_id)
                     mapping = override.upstream_model if override is not None else {}
                     self._plans[client_id] = tuple(
-                        Target(i, (mapping or {}).get(u.name) or _default_id(u.provider, b))
+                        Target(i, upstream_id)
                         for i, u in enumerate(upstreams)
+                        if (upstream_id := (mapping or {}).get(u.name) or _default_id(u.provider, b)) is not None
                     )
                 catalog[b.id] = CatalogEntry(b.id, b.display_name, None, b.max_input_tokens)
 
@@ -105,14 +114,28 @@ class Routes:
         base = self._plans.get(match["base"])
         if not base:
             return ()
-        # The client named an exact dated version: send that version as asked.
-        targets = tuple(Target(t.upstream, model) for t in base)
+        # The client named an exact dated version: send that version as asked where the
+        # upstream takes Anthropic's ids; a cloud's own id (a Bedrock profile, a Vertex
+        # name) has no dated form to build, so it stays.
+        targets = tuple(
+            Target(t.upstream, model if self._providers[t.upstream] in _ANTHROPIC_IDS else t.model) for t in base
+        )
         if len(self._plans) < 10_000:  # bounded: dated ids are few, but never trust input to stay so
             self._plans[model] = targets
         return targets
 
 
-def _default_id(provider: str, model: BuiltinModel) -> str:
-    # The Anthropic API takes the dated id for an alias; other providers get their own
-    # translation when they land (Bedrock profiles, Vertex @-versions).
+def _default_id(provider: str, model: BuiltinModel) -> str | None:
+    """The id a provider takes for a built-in model, or None when it has none by default.
+
+    The Anthropic API and Claude Platform on AWS take the dated id for an alias;
+    Bedrock and Vertex their own ids (the catalog's); Foundry deployments are named
+    by whoever deployed them, so only a ``models[].upstream_model`` entry routes there.
+    """
+    if provider == "bedrock":
+        return model.bedrock
+    if provider == "vertex":
+        return model.vertex
+    if provider == "foundry":
+        return None
     return model.id
