@@ -26,6 +26,11 @@ every call has a connect (5 s) and total (15 s) deadline, redirects are never
 followed (a redirect could lead past the address check), and resolved addresses
 go through the same guard as upstream calls. Tokens, codes and secrets never
 appear in exception messages or logs.
+
+With ``oidc.use_proxy: true`` every call goes through the proxy the
+:class:`~gateway.upstreams.egress.Egress` picks for its URL (NO_PROXY honoured),
+its target checked as the transport checks upstream targets; unset or false,
+the IdP is called direct.
 """
 
 from __future__ import annotations
@@ -48,7 +53,14 @@ from gateway.auth.id_tokens import IdTokenInvalid as IdTokenInvalid  # re-export
 from gateway.auth.identity import Identity, identity_from_claims, needs_userinfo
 from gateway.config.load import is_forbidden_address, url_problem
 from gateway.errors import Fault, Party
-from gateway.upstreams.transport import GuardedResolver, RefusedAddress
+from gateway.upstreams.egress import Egress
+from gateway.upstreams.transport import (
+    GuardedResolver,
+    RefusedAddress,
+    TargetGuard,
+    UnresolvedTarget,
+    proxy_failure,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 15.0
@@ -139,6 +151,7 @@ class OidcClient:
         clock: Callable[[], float] = time.time,
         log: Callable[[str, str], None] | None = None,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        egress: Egress | None = None,
     ) -> None:
         if oidc_cfg.token_endpoint_auth_method == "private_key_jwt":
             raise ValueError("oidc.token_endpoint_auth_method private_key_jwt is not supported")
@@ -147,6 +160,9 @@ class OidcClient:
         self._clock = clock
         self._log = log or audit.log
         self._call_timeout_s = call_timeout_s
+        # The proxy rules apply only when the operator asked for them.
+        self._egress = egress if egress is not None and oidc_cfg.use_proxy else Egress()
+        self._guard: TargetGuard | None = None
         self._session: aiohttp.ClientSession | None = None
         self._endpoints: _Endpoints | None = None
         self._discover_lock = asyncio.Lock()
@@ -164,7 +180,10 @@ class OidcClient:
         if self._cfg.ca_cert_pem:
             # cadata given → the system store is NOT loaded: the PEM replaces it.
             ssl_ctx = ssl.create_default_context(cadata=self._cfg.ca_cert_pem)
-        resolver = GuardedResolver(lambda ip: is_forbidden_address(ip, self._allow_loopback))
+        resolver = GuardedResolver(
+            lambda ip: is_forbidden_address(ip, self._allow_loopback), self._egress.proxy_endpoints
+        )
+        self._guard = TargetGuard(self._egress, resolver)
         connector = aiohttp.TCPConnector(resolver=resolver, ssl=ssl_ctx, limit=32, ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -456,22 +475,26 @@ class OidcClient:
         problem = url_problem(url, self._allow_loopback)
         if problem:
             raise IdpUnavailable(f"oidc {what}: the URL {problem}")
+        proxy = self._egress.proxy_for(url)
         try:
+            if proxy is not None:
+                assert self._guard is not None
+                async with asyncio.timeout(self._call_timeout_s):
+                    await self._guard.check(url)
             async with self._session.request(
-                method, url, headers=headers, data=data, allow_redirects=False
+                method, url, headers=headers, data=data, allow_redirects=False, proxy=proxy
             ) as resp:
                 raw = await _read_bounded(resp, limit, what)
                 status = resp.status
         except TimeoutError:
             raise IdpUnavailable(f"oidc {what}: no answer within {self._call_timeout_s:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, RefusedAddress):
-                raise IdpUnavailable(f"oidc {what}: the host resolves only to refused addresses") from None
-            raise IdpUnavailable(
-                f"oidc {what}: cannot connect ({exc.os_error.strerror or 'error'})"
-            ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise IdpUnavailable(f"oidc {what}: {type(exc).__name__}") from None
+            raise IdpUnavailable(f"oidc {what}: {self._failure(exc, proxy)}") from None
+        if proxy is not None and status == 407:
+            # Only a proxy says 407 (an http:// IdP is asked over the proxy's connection).
+            raise IdpUnavailable(
+                f"oidc {what}: proxy {self._egress.shown(proxy)} answered 407 (proxy authentication required)"
+            )
         if 300 <= status < 400:
             raise IdpUnavailable(f"oidc {what} answered a redirect ({status}); redirects are not followed")
         if status >= 500 or status == 429:
@@ -482,6 +505,19 @@ class OidcClient:
             if status == 200:
                 raise IdpUnavailable(f"oidc {what}: the answer is not JSON") from None
             return status, None
+
+    def _failure(self, exc: BaseException, proxy: str | None) -> str:
+        """Why a call failed, fit for the log: never the URL, which may carry a token."""
+        if isinstance(exc, (RefusedAddress, UnresolvedTarget)):
+            return str(exc)  # raised by our own target check, naming only the host
+        failure = proxy_failure(exc, proxy, self._egress.shown(proxy)) if proxy is not None else None
+        if failure is not None:
+            return failure
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if isinstance(exc.os_error, RefusedAddress):
+                return "the host resolves only to refused addresses"
+            return f"cannot connect ({exc.os_error.strerror or 'error'})"
+        return type(exc).__name__
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:

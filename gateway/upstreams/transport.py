@@ -14,6 +14,14 @@ Resolved addresses pass the same guard as config-time URLs: link-local and
 cloud-metadata addresses are refused at run time too, because DNS can change
 after boot.
 
+Through a proxy (``open(..., proxy=...)``, chosen per upstream at boot by
+:class:`~gateway.upstreams.egress.Egress`) aiohttp resolves only the proxy's
+name, so :class:`TargetGuard` checks the target first: resolved here and
+refused if *any* of its addresses is forbidden (the proxy picks one itself), or
+in proxy-only egress judged by name alone and handed over unresolved. The
+proxy's own address is the operator's choice and is not checked. Without a
+proxy the request path is as it was.
+
 aiohttp's exceptions are mapped here, at the boundary, to
 :class:`UpstreamFailure` carrying an error :class:`~gateway.errors.Kind`.
 """
@@ -23,13 +31,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway.errors import TABLE, Fault, Kind, Party
+from gateway.upstreams.egress import DEFAULT_PORTS, Egress
+
+# How long a proxied target's address check holds, as the connector's DNS cache.
+TARGET_CHECK_TTL_S = 60.0
+# A bound on remembered targets; they come from config and IdP discovery, so
+# reaching it means something odd, and starting over is the safe answer.
+TARGET_CHECK_MAX_HOSTS = 1024
 
 
 class UpstreamFailure(Fault):
@@ -43,7 +61,9 @@ class UpstreamFailure(Fault):
 
 
 class RefusedAddress(Fault, OSError):
-    """A host name resolved only to addresses the gateway must not call.
+    """A target the gateway must not call: its name resolved only to refused
+    addresses (direct), to any refused address (through a proxy), or is local on
+    its face (proxy-only egress).
 
     An OSError too, so aiohttp reports it as a failed connection like any other.
     """
@@ -51,22 +71,135 @@ class RefusedAddress(Fault, OSError):
     fault = Party.UPSTREAM
 
 
-class GuardedResolver(AbstractResolver):
-    """Wraps the default resolver and drops addresses the gateway must not reach."""
+class UnresolvedTarget(Fault, OSError):
+    """A proxied target the gateway could not resolve to check its address."""
 
-    def __init__(self, is_forbidden: Callable[[Any], bool]) -> None:
+    fault = Party.UPSTREAM
+
+
+class GuardedResolver(AbstractResolver):
+    """Wraps the default resolver and drops addresses the gateway must not reach.
+
+    ``exempt`` holds the (host, port) of each configured proxy: the operator
+    chose it, and a proxy on loopback (a sidecar) is an ordinary setup.
+    """
+
+    def __init__(
+        self, is_forbidden: Callable[[Any], bool], exempt: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
         self._inner = aiohttp.ThreadedResolver()
         self._is_forbidden = is_forbidden
+        self._exempt = exempt
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
+        if self._exempt and (host.lower(), port) in self._exempt:
+            return results
         allowed = [r for r in results if not self._is_forbidden(ipaddress.ip_address(r["host"]))]
         if not allowed:
             raise RefusedAddress(f"{host} resolves only to addresses the gateway refuses to call")
         return allowed
 
+    async def check_every(self, host: str, port: int) -> None:
+        """Refuse ``host`` if any address it resolves to is forbidden: a proxy
+        will pick among them on its own, so dropping the bad ones is not enough."""
+        literal = _literal_ip(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                results = await self._inner.resolve(host, port, socket.AF_UNSPEC)
+            except OSError as exc:
+                raise UnresolvedTarget(
+                    f"cannot resolve {host} to check its address before asking the proxy "
+                    f"({exc.strerror or exc}); where only the proxy can resolve names, "
+                    "set CLAUDE_GATEWAY_PROXY_IS_EGRESS_BOUNDARY=1"
+                ) from None
+            addresses = [ipaddress.ip_address(r["host"]) for r in results]
+        for ip in addresses:
+            if self._is_forbidden(ip):
+                raise RefusedAddress(f"{host} resolves to {ip}, an address the gateway refuses to call")
+
     async def close(self) -> None:
         await self._inner.close()
+
+
+def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
+class TargetGuard:
+    """Checks a proxied request's target before the proxy is asked to reach it.
+
+    Default mode: the host is resolved here (through ``resolver``) and its
+    verdict kept for :data:`TARGET_CHECK_TTL_S`, like the connector's DNS
+    cache. Proxy-only egress: judged by name (``egress.target_refusal``), never
+    resolved. Without a resolver (tests that switch the guard off) only the
+    proxy-only rule applies.
+    """
+
+    def __init__(
+        self,
+        egress: Egress,
+        resolver: GuardedResolver | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ttl_s: float = TARGET_CHECK_TTL_S,
+    ) -> None:
+        self._egress = egress
+        self._resolver = resolver
+        self._clock = clock
+        self._ttl_s = ttl_s
+        # host → (good until, the refusal to raise again or None); the class and
+        # text, not the instance, so raising it again does not grow a traceback.
+        self._verdicts: dict[str, tuple[float, tuple[type[OSError], str] | None]] = {}
+
+    async def check(self, url: str) -> None:
+        """Raises RefusedAddress or UnresolvedTarget (both OSErrors)."""
+        if self._egress.boundary:
+            refusal = self._egress.target_refusal(url)
+            if refusal is not None:
+                raise RefusedAddress(refusal)
+            return
+        if self._resolver is None:
+            return
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".")
+        now = self._clock()
+        cached = self._verdicts.get(host)
+        if cached is None or cached[0] <= now:
+            verdict: tuple[type[OSError], str] | None = None
+            try:
+                await self._resolver.check_every(host, parts.port or DEFAULT_PORTS.get(parts.scheme, 443))
+            except (RefusedAddress, UnresolvedTarget) as exc:
+                verdict = (type(exc), str(exc))
+            if len(self._verdicts) >= TARGET_CHECK_MAX_HOSTS:
+                self._verdicts.clear()
+            cached = self._verdicts[host] = (now + self._ttl_s, verdict)
+        if cached[1] is not None:
+            kind, text = cached[1]
+            raise kind(text)
+
+
+def proxy_failure(exc: BaseException, proxy: str, shown: str) -> str | None:
+    """What went wrong with the proxy itself, for a log line, or None when ``exc``
+    is about the target. ``shown`` is the proxy without its userinfo."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        hint = "; check the credentials in the proxy URL" if exc.status == 407 else ""
+        return f"proxy {shown} refused the tunnel: CONNECT answered {exc.status} {exc.message}{hint}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        try:
+            parts = urlsplit(proxy)
+            is_proxy = (exc.host, exc.port) == (parts.hostname, parts.port or 80)
+        except ValueError:
+            is_proxy = False
+        if is_proxy or isinstance(exc, aiohttp.ClientProxyConnectionError):
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            return f"proxy {shown} unreachable ({reason})"
+    return None
 
 
 class Transport:
@@ -77,21 +210,30 @@ class Transport:
         connect_timeout_s: float,
         idle_read_timeout_s: float,
         is_forbidden: Callable[[Any], bool] | None = None,
+        egress: Egress | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._limit = max_connections
         self._connect_s = connect_timeout_s
         self._idle_s = idle_read_timeout_s
         self._is_forbidden = is_forbidden
+        self._egress = egress or Egress()
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._guard: TargetGuard | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        resolver = GuardedResolver(self._is_forbidden) if self._is_forbidden else None
+        resolver = (
+            GuardedResolver(self._is_forbidden, self._egress.proxy_endpoints) if self._is_forbidden else None
+        )
+        self._guard = TargetGuard(self._egress, resolver)
         connector = aiohttp.TCPConnector(
             limit=self._limit,
             limit_per_host=0,
             resolver=resolver,
             ttl_dns_cache=60,
             enable_cleanup_closed=True,
+            ssl=self._ssl,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -108,10 +250,15 @@ class Transport:
             self._session = None
 
     async def open(
-        self, method: str, url: str, headers: dict[str, str], body: bytes, ttfb_s: float
+        self, method: str, url: str, headers: dict[str, str], body: bytes, ttfb_s: float, proxy: str | None = None
     ) -> aiohttp.ClientResponse:
-        """Send the request and return once response headers arrived."""
+        """Send the request and return once response headers arrived.
+
+        ``proxy``: the proxy URL for this upstream (``Egress.proxy_for``, decided at boot).
+        """
         assert self._session is not None, "transport not started"
+        if proxy is not None:
+            return await self._open_proxied(method, url, headers, body, ttfb_s, proxy)
         try:
             async with asyncio.timeout(ttfb_s):
                 return await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
@@ -123,6 +270,40 @@ class Transport:
             raise UpstreamFailure(kind, f"connect failed: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure(Kind.UPSTREAM_CONNECT, f"{type(exc).__name__}: {exc}") from None
+
+    async def _open_proxied(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, ttfb_s: float, proxy: str
+    ) -> aiohttp.ClientResponse:
+        assert self._session is not None and self._guard is not None
+        shown = self._egress.shown(proxy)
+        try:
+            async with asyncio.timeout(ttfb_s):
+                await self._guard.check(url)
+                resp = await self._session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False, proxy=proxy
+                )
+        except TimeoutError:
+            raise UpstreamFailure(
+                Kind.UPSTREAM_TIMEOUT, f"no response headers within {ttfb_s:g}s (through proxy {shown})"
+            ) from None
+        except RefusedAddress as exc:
+            raise UpstreamFailure(Kind.UNSAFE_UPSTREAM_ADDRESS, str(exc)) from None
+        except UnresolvedTarget as exc:
+            raise UpstreamFailure(Kind.UPSTREAM_CONNECT, str(exc)) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = proxy_failure(exc, proxy, shown) or f"{type(exc).__name__} through proxy {shown}: {exc}"
+            # Belt and braces: no aiohttp message should quote the proxy URL, but
+            # if one ever does, its password stays out of the log.
+            raise UpstreamFailure(Kind.UPSTREAM_CONNECT, detail.replace(proxy, shown)) from None
+        if resp.status == 407:
+            # Only a proxy says 407: a plain http:// target is asked in absolute
+            # form over the proxy's own connection, so its refusal is an answer.
+            resp.close()
+            raise UpstreamFailure(
+                Kind.UPSTREAM_CONNECT,
+                f"proxy {shown} answered 407 (proxy authentication required); check the credentials in the proxy URL",
+            )
+        return resp
 
 
 def is_stream_failure(exc: BaseException) -> bool:
