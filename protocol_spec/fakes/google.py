@@ -1,0 +1,478 @@
+"""Fake Google Cloud endpoints: OAuth token service, GCE metadata server, Vertex AI.
+
+Real aiohttp servers on loopback ports, for tests and benchmarks of a Vertex
+upstream:
+
+* :class:`FakeGoogleToken` — ``POST /token`` takes a service account's
+  JWT-bearer assertion, **verifies it** (RS256 signature against the registered
+  public key, ``iss``, ``aud`` = Google's token URI or this one, ``scope``, ``exp``) and issues opaque access
+  tokens it remembers until they expire (by an injectable clock).
+  :meth:`FakeGoogleToken.new_service_account` makes a throwaway RSA key and
+  writes a key file whose ``token_uri`` points here; google-auth honours it.
+* :class:`FakeGceMetadata` — the endpoints google-auth's Compute Engine
+  credentials call (``GCE_METADATA_HOST`` / ``GCE_METADATA_IP`` point at it),
+  handing out tokens of a :class:`FakeGoogleToken`.
+* :class:`FakeVertex` — ``…/projects/{p}/locations/{r}/publishers/anthropic/models/{m}:rawPredict``,
+  ``:streamRawPredict`` and ``…/models/count-tokens:rawPredict`` under any path
+  prefix, accepting only live bearer tokens of its :class:`FakeGoogleToken`.
+  Replies are :class:`~protocol_spec.fakes.replies.Reply` values, as for the
+  fake Anthropic API (Vertex's event stream is Anthropic's, its own ``ping``
+  after ``content_block_start`` included); errors come in Google's shape
+  (:func:`google_error`) or Anthropic's envelope (:func:`prompt_too_long`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Self
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
+
+from protocol_spec.fakes.replies import Prepared, Reply, error_reply, prepare
+from protocol_spec.fakes.upstream import FakeUpstream, Received
+
+__all__ = [
+    "CLOUD_PLATFORM",
+    "FakeGceMetadata",
+    "FakeGoogleToken",
+    "FakeVertex",
+    "ServiceAccount",
+    "VertexRoute",
+    "google_error",
+    "prompt_too_long",
+    "vertex_route",
+]
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# The audience Google requires in an assertion: its token endpoint, wherever the
+# assertion is posted (google-auth and Anthropic's gateway both write this one).
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+# Google refuses assertions that claim to live longer than an hour.
+MAX_ASSERTION_SECONDS = 3600
+# Leeway for iat/exp between the signer's clock and ours, as Google allows.
+CLOCK_SKEW_SECONDS = 300
+DEFAULT_PROJECT = "lab-proj"
+_LIFETIME_REFUSAL = (
+    "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe"
+)
+
+
+class _Loopback:
+    """Start/stop an aiohttp app on a loopback port; subclasses add routes."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    def _routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        app = web.Application()
+        self._routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.create_server((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+# ---------------------------------------------------------------------------
+# Service accounts and the token endpoint.
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """A throwaway service account: its key pair and the key file google-auth reads."""
+
+    client_email: str
+    private_key_id: str
+    private_key_pem: str
+    public_key: RSAKey
+    project_id: str = DEFAULT_PROJECT
+
+    @classmethod
+    def generate(cls, client_email: str, project_id: str = DEFAULT_PROJECT) -> ServiceAccount:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return cls(client_email, secrets.token_hex(20), pem, RSAKey.import_key(key.public_key()), project_id)
+
+    def key_file_info(self, token_uri: str) -> dict[str, str]:
+        """The JSON of a service account key file, as the Cloud console downloads it."""
+        return {
+            "type": "service_account",
+            "project_id": self.project_id,
+            "private_key_id": self.private_key_id,
+            "private_key": self.private_key_pem,
+            "client_email": self.client_email,
+            "client_id": str(int(self.private_key_id[:15], 16)),
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+            "universe_domain": "googleapis.com",
+        }
+
+    def write(self, path: Path, token_uri: str) -> Path:
+        path.write_text(json.dumps(self.key_file_info(token_uri), indent=2))
+        return path
+
+
+class Grant(NamedTuple):
+    """One token the fake issued: to whom and until when (by the fake's clock)."""
+
+    subject: str
+    expires_at: float
+
+
+class FakeGoogleToken(_Loopback):
+    """Google's OAuth 2.0 token endpoint for service accounts (``POST /token``).
+
+    Scripting: ``expires_in`` (seconds, default 3600) of the next tokens,
+    ``down`` (answer 503, which google-auth retries), ``refuse`` (answer 400
+    ``invalid_grant`` to valid assertions too). Counters: ``grants`` (tokens
+    issued here), ``attempts`` (POSTs received); ``refusals`` lists why each
+    refused assertion was refused.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(host, port)
+        self.clock = clock
+        self.expires_in = 3600
+        self.down = False
+        self.refuse = False
+        self.grants = 0
+        self.attempts = 0
+        self.refusals: list[str] = []
+        self.scopes_granted: list[str] = []
+        self._accounts: dict[str, ServiceAccount] = {}
+        self._tokens: dict[str, Grant] = {}
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_post("/token", self._token)
+
+    @property
+    def token_uri(self) -> str:
+        return self.url + "/token"
+
+    # -- accounts and tokens -----------------------------------------------
+
+    def register(self, account: ServiceAccount) -> ServiceAccount:
+        self._accounts[account.client_email] = account
+        return account
+
+    def new_service_account(
+        self, key_file: Path | None = None, *, email: str = "gatehouse@lab-proj.iam.gserviceaccount.com"
+    ) -> ServiceAccount:
+        """A registered account; with ``key_file``, its key file is written there."""
+        account = self.register(ServiceAccount.generate(email))
+        if key_file is not None:
+            account.write(key_file, self.token_uri)
+        return account
+
+    def issue(self, subject: str, expires_in: int | None = None) -> tuple[str, int]:
+        """A new opaque access token for ``subject`` and its lifetime in seconds."""
+        lifetime = self.expires_in if expires_in is None else expires_in
+        token = "ya29.fake-" + secrets.token_urlsafe(32)
+        self._tokens[token] = Grant(subject, self.clock() + lifetime)
+        self.grants += 1
+        return token, lifetime
+
+    def is_live(self, token: str) -> bool:
+        grant = self._tokens.get(token)
+        return grant is not None and self.clock() < grant.expires_at
+
+    def subject_of(self, token: str) -> str | None:
+        grant = self._tokens.get(token)
+        return grant.subject if grant is not None else None
+
+    def revoke_all(self) -> None:
+        """Every token issued so far stops working (a rotated key, a revoked grant)."""
+        self._tokens.clear()
+
+    # -- the endpoint ------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if self.down:
+            return _oauth_error(503, "temporarily_unavailable", "The service is currently unavailable.")
+        form = await request.post()
+        if form.get("grant_type") != JWT_BEARER:
+            return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type.")
+        assertion = form.get("assertion")
+        if not isinstance(assertion, str):
+            return _oauth_error(400, "invalid_request", "Missing required parameter: assertion")
+        problem, account, scope = self._check(assertion)
+        if problem is None and self.refuse:
+            problem = "refused by the test script"
+        if problem is not None or account is None:
+            self.refusals.append(problem or "unknown account")
+            return _oauth_error(400, "invalid_grant", problem or "Invalid JWT Signature.")
+        token, lifetime = self.issue(account.client_email)
+        self.scopes_granted.append(scope)
+        return web.json_response({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"})
+
+    def _check(self, assertion: str) -> tuple[str | None, ServiceAccount | None, str]:
+        """(why the assertion is refused or None, its account, its scope)."""
+        account = self._accounts.get(str(_unverified_claims(assertion).get("iss")))
+        if account is None:
+            return "Invalid JWT: unknown issuer", None, ""
+        try:
+            token = jwt.decode(assertion, account.public_key, algorithms=["RS256"])
+        except (JoseError, ValueError):
+            return "Invalid JWT Signature.", account, ""
+        claims = token.claims
+        now = self.clock()
+        scope = claims.get("scope")
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if claims.get("aud") not in (GOOGLE_TOKEN_URI, self.token_uri):
+            return f"Invalid JWT: audience must be {GOOGLE_TOKEN_URI}", account, ""
+        if not isinstance(scope, str) or CLOUD_PLATFORM not in scope.split():
+            return "Invalid JWT: scope must include cloud-platform", account, ""
+        if not isinstance(iat, int) or not isinstance(exp, int):
+            return "Invalid JWT: iat and exp are required", account, scope
+        # Google's words for an assertion that expired, is not yet valid, or claims over an hour.
+        stale = exp <= now - CLOCK_SKEW_SECONDS or iat > now + CLOCK_SKEW_SECONDS
+        if stale or exp - iat > MAX_ASSERTION_SECONDS:
+            return _LIFETIME_REFUSAL, account, scope
+        return None, account, scope
+
+
+def _unverified_claims(assertion: str) -> dict[str, Any]:
+    """The payload, read only to pick the key that must have signed it."""
+    try:
+        payload = assertion.split(".")[1]
+        decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+# ---------------------------------------------------------------------------
+# The Compute Engine metadata server.
+
+
+class FakeGceMetadata(_Loopback):
+    """What google-auth asks a GCE/GKE metadata server, answered from ``issuer``'s tokens.
+
+    Point ``GCE_METADATA_HOST`` and ``GCE_METADATA_IP`` at :attr:`address`.
+    ``present=False`` makes it a server that is not a metadata server (no
+    ``Metadata-Flavor`` answer), so google-auth decides it is not on GCE at once.
+    ``down`` answers 503 to token requests. Every request must carry
+    ``Metadata-Flavor: Google`` (403 otherwise, as the real one answers).
+    """
+
+    def __init__(
+        self,
+        issuer: FakeGoogleToken,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        email: str = "1234567890-compute@developer.gserviceaccount.com",
+        project_id: str = DEFAULT_PROJECT,
+        present: bool = True,
+    ) -> None:
+        super().__init__(host, port)
+        self.issuer = issuer
+        self.email = email
+        self.project_id = project_id
+        self.present = present
+        self.down = False
+        self.token_requests = 0
+        self.scopes_asked: list[str] = []
+        self.paths: list[str] = []
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the form GCE_METADATA_HOST and GCE_METADATA_IP take."""
+        return f"{self.host}:{self.port}"
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_get("/{tail:.*}", self._handle)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path_qs)
+        if not self.present:
+            return web.Response(status=404, text="not a metadata server")
+        if request.headers.get("Metadata-Flavor") != "Google":
+            return self._reply(403, "Missing Metadata-Flavor:Google header.", "text/html")
+        path = request.path
+        if path == "/":
+            return self._reply(200, "computeMetadata/\n", "application/text")
+        prefix = "/computeMetadata/v1/"
+        if not path.startswith(prefix):
+            return self._reply(404, "not found", "text/html")
+        return self._metadata(path[len(prefix) :], request)
+
+    def _metadata(self, item: str, request: web.Request) -> web.Response:
+        if item == "project/project-id":
+            return self._reply(200, self.project_id, "application/text")
+        if item == "universe/universe-domain":
+            return self._reply(200, "googleapis.com", "application/text")
+        match = re.fullmatch(r"instance/service-accounts/([^/]+)/(token|email)?", item)
+        if match is None or match.group(1) not in ("default", self.email):
+            return self._reply(404, "not found", "text/html")
+        if match.group(2) == "email":
+            return self._reply(200, self.email, "application/text")
+        if match.group(2) is None:
+            info = {"aliases": ["default"], "email": self.email, "scopes": [CLOUD_PLATFORM]}
+            return self._reply(200, json.dumps(info), "application/json")
+        self.token_requests += 1
+        self.scopes_asked.append(request.query.get("scopes", ""))
+        if self.down:
+            return self._reply(503, "service unavailable", "text/html")
+        token, lifetime = self.issuer.issue(self.email)
+        body = json.dumps({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"})
+        return self._reply(200, body, "application/json")
+
+    @staticmethod
+    def _reply(status: int, text: str, content_type: str) -> web.Response:
+        return web.Response(
+            status=status,
+            body=text.encode(),
+            headers={"Metadata-Flavor": "Google", "Content-Type": content_type},
+        )
+
+
+# ---------------------------------------------------------------------------
+# Vertex AI.
+
+_VERTEX_PATH = re.compile(
+    r"^(?P<prefix>.*)/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
+    r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<verb>rawPredict|streamRawPredict)$"
+)
+
+
+class VertexRoute(NamedTuple):
+    prefix: str  # what came before /projects (e.g. "/v1"), as sent
+    project: str
+    region: str
+    model: str  # as sent (percent-encoding kept); "count-tokens" for counting
+    verb: str  # "rawPredict" or "streamRawPredict"
+
+    @property
+    def counting(self) -> bool:
+        return self.model == "count-tokens" and self.verb == "rawPredict"
+
+
+def vertex_route(path: str) -> VertexRoute | None:
+    match = _VERTEX_PATH.match(path)
+    return VertexRoute(**match.groupdict()) if match is not None else None
+
+
+def google_error(status: int, message: str, google_status: str) -> Reply:
+    """An error in Google's own shape, e.g. ``google_error(429, "Quota exceeded for
+    … projects/lab-proj …", "RESOURCE_EXHAUSTED")``."""
+    body = {"error": {"code": status, "message": message, "status": google_status}}
+    return Reply(status=status, json=body, request_id="", ratelimit_headers=False)
+
+
+def prompt_too_long(tokens: int = 212345, maximum: int = 200000) -> Reply:
+    """Vertex's 400 for an over-long prompt: Anthropic's envelope, Anthropic's words."""
+    return error_reply(
+        400, "invalid_request_error", f"prompt is too long: {tokens} tokens > {maximum} maximum"
+    )
+
+
+_UNAUTHENTICATED = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
+    "or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+# Headers every real Vertex answer carries; none of them may reach a gateway's client.
+_VERTEX_HEADERS = {"x-vertex-ai-llm-request-type": "shared", "server-timing": "gfet4t7; dur=42"}
+# Vertex sends no request-id and none of the Anthropic API's rate-limit headers.
+_VERTEX_DEFAULT = Reply(ratelimit_headers=False, request_id="", headers=_VERTEX_HEADERS)
+
+
+class FakeVertex(FakeUpstream):
+    """Vertex AI's Anthropic publisher endpoints (see the module docstring).
+
+    Everything of :class:`~protocol_spec.fakes.upstream.FakeUpstream` applies:
+    ``script()`` queues replies, ``received`` records requests (refused ones
+    too), ``/_fake/*`` drives it from another process. ``count_tokens`` is the
+    default count-tokens answer (None: about a token per four body bytes).
+    """
+
+    def __init__(
+        self,
+        issuer: FakeGoogleToken,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        default: Reply | None = None,
+        record: bool = True,
+    ) -> None:
+        super().__init__(host, port, default=default or _VERTEX_DEFAULT, record=record)
+        self.issuer = issuer
+        self.count_tokens: int | None = None
+        self.refused = 0
+
+    async def start(self) -> FakeVertex:
+        await super().start()
+        return self
+
+    async def __aenter__(self) -> FakeVertex:
+        return await self.start()
+
+    def set_default(self, reply: Reply | None) -> None:
+        super().set_default(reply or _VERTEX_DEFAULT)
+
+    def _answer_for(self, request: web.Request, rec: Received) -> Prepared:
+        scheme, _, token = (rec.header("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not self.issuer.is_live(token):
+            self.refused += 1
+            return prepare(google_error(401, _UNAUTHENTICATED, "UNAUTHENTICATED"))
+        route = vertex_route(rec.path) if request.method == "POST" else None
+        if route is None:
+            return prepare(google_error(404, f"{request.method} {rec.path} is not served here", "NOT_FOUND"))
+        streaming = route.verb == "streamRawPredict"
+        if self._queue:
+            return prepare(self._queue.popleft(), model=route.model, wants_stream=streaming)
+        if route.counting:
+            count = self.count_tokens if self.count_tokens is not None else max(1, len(rec.body) // 4)
+            return prepare(
+                Reply(
+                    json={"input_tokens": count},
+                    ratelimit_headers=False,
+                    request_id="",
+                    headers=_VERTEX_HEADERS,
+                )
+            )
+        return prepare(self._default, model=route.model, wants_stream=streaming)
