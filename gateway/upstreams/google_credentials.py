@@ -1,0 +1,226 @@
+"""Google credentials for a Vertex upstream: one bearer token, refreshed off the event loop.
+
+Edge. The credential comes from ``auth.service_account_json`` (a key file path;
+any file google-auth loads: service account, external account, authorized
+user) or, without it, Application Default Credentials
+(``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's file, the GCE/GKE metadata server).
+google-auth does the protocol; this module decides when it runs:
+
+* never on the event loop: loading, discovery and every refresh run in a
+  worker thread through google-auth's urllib3 transport (the runtime image has
+  no ``requests``);
+* once for everybody: concurrent requests that find the token missing or
+  about to expire wait for the same refresh;
+* ahead of time: a token with less than ``refresh_margin_s`` left (by the
+  injected clock) is refreshed before use; if that refresh fails while the old
+  token is still valid, the old one serves and the next request tries again;
+* a credential that cannot be had (key file unreadable, token endpoint down
+  or refusing) raises :class:`~gateway.upstreams.outbound.CredentialFailure`,
+  which the relay counts as a 500 from this upstream and fails over. A broken
+  credential is reported at boot (:meth:`GoogleSigner.problem`) and looked
+  for again at most every ``discovery_retry_s``.
+
+Messages name the file and google-auth's reason, never key material or tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import google.auth
+import google.auth.transport.urllib3
+import urllib3
+
+from gateway import audit
+from gateway.client_text import capped
+from gateway.upstreams.outbound import Ask, CredentialFailure, Outbound
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+REFRESH_MARGIN_S = 300.0
+DISCOVERY_RETRY_S = 30.0
+# google-auth leaves expiry unset for a few credential kinds; refresh such a token soon.
+UNKNOWN_LIFETIME_S = 600.0
+_TIMEOUT = urllib3.Timeout(connect=10.0, read=30.0)
+# The metadata server is link-local: reachable only directly, never through a proxy.
+_METADATA_HOSTS = ("metadata.google.internal", "169.254.169.254")
+_REASON_CHARS = 300
+
+Log = Callable[[str, str], None]
+
+
+class GoogleSigner:
+    """Adds ``Authorization: Bearer <Google access token>`` (one instance per upstream)."""
+
+    def __init__(
+        self,
+        upstream: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        proxy: str | None = None,
+        refresh_margin_s: float = REFRESH_MARGIN_S,
+        discovery_retry_s: float = DISCOVERY_RETRY_S,
+        log: Log = audit.log,
+    ) -> None:
+        self.name: str = upstream.name
+        self._key_file: str | None = upstream.auth.service_account_json
+        self._clock = clock
+        self._margin = refresh_margin_s
+        self._discovery_retry = discovery_retry_s
+        self._log = log
+        self._http = _Http(proxy, os.environ)
+        self._credentials: Any = None  # a google.auth.credentials.Credentials once found
+        self._problem: str | None = None
+        self._discover_after = 0.0
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+
+    def problem(self) -> str | None:
+        """Why this upstream has no usable Google credential right now, or None."""
+        return self._problem
+
+    async def start(self) -> None:
+        # The first token is fetched by the first request, as Anthropic's gateway
+        # does; loading the credential now reports a broken key file at boot.
+        await self._discover()
+        if self._problem is not None:
+            self._log(
+                "warn", f"upstream {self.name}: {self._problem}; its requests fail over until this is fixed"
+            )
+
+    async def close(self) -> None:
+        self._http.clear()
+
+    async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
+        token = self._token
+        if token is None or self._clock() >= self._expires_at - self._margin:
+            token = await self._fresh_token()
+        headers = dict(out.headers)
+        headers["Authorization"] = f"Bearer {token}"
+        return out._replace(headers=headers)
+
+    # -- one refresh for everybody ------------------------------------------
+
+    async def _fresh_token(self) -> str:
+        task = self._refreshing
+        if task is None:
+            task = self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+            # Mark a failure seen even when every waiter was cancelled meanwhile.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            # A waiter that is cancelled (its client left) must not cancel the others' refresh.
+            await asyncio.shield(task)
+        except CredentialFailure:
+            if self._token is not None and self._clock() < self._expires_at:
+                return self._token
+            raise
+        assert self._token is not None
+        return self._token
+
+    async def _refresh(self) -> None:
+        try:
+            if self._credentials is None:
+                if self._clock() < self._discover_after:
+                    raise CredentialFailure(self.name, self._problem or "no Google credentials")
+                await self._discover()
+            credentials = self._credentials
+            if credentials is None:
+                raise CredentialFailure(self.name, self._problem or "no Google credentials")
+            token, lifetime = await asyncio.to_thread(self._refresh_blocking, credentials)
+            self._token, self._expires_at = token, self._clock() + lifetime
+        finally:
+            self._refreshing = None
+
+    async def _discover(self) -> None:
+        self._discover_after = self._clock() + self._discovery_retry
+        try:
+            self._credentials = await asyncio.to_thread(self._load)
+        except CredentialFailure as failure:
+            self._credentials, self._problem = None, failure.detail
+        else:
+            self._problem = None
+
+    # -- in the worker thread -------------------------------------------------
+
+    def _load(self) -> Any:
+        scopes = [CLOUD_PLATFORM]
+        try:
+            if self._key_file is not None:
+                credentials, _ = google.auth.load_credentials_from_file(
+                    self._key_file, scopes=scopes, request=self._http.google
+                )
+            else:
+                credentials, _ = google.auth.default(scopes=scopes, request=self._http.google)
+        except OSError as exc:
+            raise CredentialFailure(
+                self.name, f"cannot read {self._key_file}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        except Exception as exc:  # google-auth raises several kinds for an unusable file
+            where = self._key_file or "application default credentials"
+            raise CredentialFailure(
+                self.name, f"no usable Google credentials in {where}: {_reason(exc)}"
+            ) from None
+        return credentials
+
+    def _refresh_blocking(self, credentials: Any) -> tuple[str, float]:
+        try:
+            credentials.refresh(self._http.google)
+        except Exception as exc:  # RefreshError, TransportError, or a malformed answer
+            raise CredentialFailure(self.name, f"Google token refresh failed: {_reason(exc)}") from None
+        token = credentials.token
+        if not isinstance(token, str) or not token:
+            raise CredentialFailure(self.name, "Google token refresh returned no access token")
+        expiry = credentials.expiry  # naive UTC, computed by google-auth from expires_in
+        if expiry is None:
+            return token, UNKNOWN_LIFETIME_S
+        return token, expiry.replace(tzinfo=UTC).timestamp() - time.time()
+
+
+def _reason(exc: Exception) -> str:
+    """google-auth's own summary (its first argument), without the response it may carry."""
+    first = exc.args[0] if exc.args else ""
+    return capped(f"{type(exc).__name__}: {first}", _REASON_CHARS)
+
+
+class _Http:
+    """The urllib3 pools google-auth calls through: ``proxy`` for Google's endpoints,
+    direct for the metadata server. ``google`` is the transport to hand to google-auth."""
+
+    def __init__(self, proxy: str | None, env: Any) -> None:
+        self._direct = urllib3.PoolManager(timeout=_TIMEOUT, retries=False)
+        self._proxied = _proxy_manager(proxy) if proxy else None
+        configured = (env.get("GCE_METADATA_HOST"), env.get("GCE_METADATA_ROOT"), env.get("GCE_METADATA_IP"))
+        self._metadata = frozenset(_METADATA_HOSTS) | {h for h in configured if h}
+        self.google = google.auth.transport.urllib3.Request(self)
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> Any:
+        pool = self._direct
+        if self._proxied is not None:
+            parts = urlsplit(url)
+            if parts.netloc not in self._metadata and parts.hostname not in self._metadata:
+                pool = self._proxied
+        return pool.request(method, url, body=body, headers=headers, **kwargs)
+
+    def clear(self) -> None:
+        self._direct.clear()
+        if self._proxied is not None:
+            self._proxied.clear()
+
+
+def _proxy_manager(proxy: str) -> urllib3.ProxyManager:
+    # urllib3 takes proxy credentials as a header, not from the URL.
+    parts = urlsplit(proxy)
+    headers = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers = urllib3.make_headers(proxy_basic_auth=credentials)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        parts = parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc)
+    return urllib3.ProxyManager(urlunsplit(parts), proxy_headers=headers, timeout=_TIMEOUT, retries=False)
