@@ -178,6 +178,8 @@ class FakeGoogleToken(_Loopback):
         self.attempts = 0
         self.refusals: list[str] = []
         self.scopes_granted: list[str] = []
+        # The headers of each POST, e.g. to see a proxy's ``Via`` on them.
+        self.headers_seen: list[dict[str, str]] = []
         self._accounts: dict[str, ServiceAccount] = {}
         self._tokens: dict[str, Grant] = {}
 
@@ -227,6 +229,7 @@ class FakeGoogleToken(_Loopback):
 
     async def _token(self, request: web.Request) -> web.Response:
         self.attempts += 1
+        self.headers_seen.append(dict(request.headers))
         if self.down:
             return _oauth_error(503, "temporarily_unavailable", "The service is currently unavailable.")
         form = await request.post()
@@ -318,6 +321,7 @@ class FakeGceMetadata(_Loopback):
         self.token_requests = 0
         self.scopes_asked: list[str] = []
         self.paths: list[str] = []
+        self.headers_seen: list[dict[str, str]] = []
 
     @property
     def address(self) -> str:
@@ -329,6 +333,7 @@ class FakeGceMetadata(_Loopback):
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path_qs)
+        self.headers_seen.append(dict(request.headers))
         if not self.present:
             return web.Response(status=404, text="not a metadata server")
         if request.headers.get("Metadata-Flavor") != "Google":

@@ -345,3 +345,53 @@ async def test_fake_vertex_refuses_forged_expired_and_missing_bearers(google, cl
         clock.now += 3601  # the token's hour is over
         assert (await status({"Authorization": f"Bearer {live}"}))[0] == 401
         assert fake_vertex.refused == 3 and len(fake_vertex.received) == 4
+
+
+# ---------------------------------------------------------------- through an egress proxy
+
+
+@pytest.fixture
+def auth_proxy(tmp_path: Path):
+    from tests.upstreams.test_egress_proxy import ProxyProcess
+
+    p = ProxyProcess(tmp_path, "--basic-auth", "gate:s3cret%word")
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+async def test_the_token_grant_goes_through_the_proxy_with_its_credentials(
+    google, clock, tmp_path, auth_proxy
+):
+    key_file = tmp_path / "sa.json"
+    google.new_service_account(key_file)
+    # Userinfo in the proxy URL becomes Proxy-Authorization (percent-decoded first).
+    signer = await started(vertex(key_file), clock, proxy=auth_proxy.url("gate:s3cret%25word"))
+    assert google.is_live(await bearer(signer))
+    assert (google.headers_seen[0].get("Via") or "").startswith("1.1 proxy.py")
+    await signer.close()  # the proxy logs a request when its connection closes
+    assert await auth_proxy.wait_access(1) == [f"POST 127.0.0.1:{google.port}/token"]
+
+
+async def test_a_proxy_that_refuses_us_is_a_credential_failure(google, clock, tmp_path, auth_proxy):
+    key_file = tmp_path / "sa.json"
+    google.new_service_account(key_file)
+    signer = await started(vertex(key_file), clock, proxy=auth_proxy.url("gate:wrong"))
+    with pytest.raises(CredentialFailure) as caught:
+        await signer.authorize(OUT, ASK)
+    assert "wrong" not in str(caught.value) and google.attempts == 0
+
+
+async def test_the_metadata_server_is_never_asked_through_the_proxy(google, clock, monkeypatch, auth_proxy):
+    async with FakeGceMetadata(google) as metadata:
+        monkeypatch.setenv("GCE_METADATA_HOST", metadata.address)
+        monkeypatch.setenv("GCE_METADATA_IP", metadata.address)
+        from google.auth.compute_engine import _metadata
+
+        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", metadata.address)
+        signer = await started(vertex(), clock, proxy=auth_proxy.url("gate:s3cret%25word"))
+        assert google.is_live(await bearer(signer))
+        await signer.close()
+        assert metadata.headers_seen and not any("Via" in h for h in metadata.headers_seen)
+        assert auth_proxy.access() == []
