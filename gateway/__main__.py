@@ -48,6 +48,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     sys.stdout.write(yaml.safe_dump(redacted(cfg), sort_keys=False))
     for warning in boot_warnings(cfg):
         sys.stdout.write(f"# warning: {warning}\n")
+    _egress_or_exit()
     missing = unsupported_features(cfg)
     if missing:
         sys.stdout.write("\n# switched on here but not supported by Gatehouse yet (serve refuses this file):\n")
@@ -67,6 +68,19 @@ def _refuse_unsupported(cfg: Any) -> None:
         for feature in missing:
             sys.stderr.write(f"gatehouse: {feature}\n")
         raise SystemExit(2)
+    _egress_or_exit()
+
+
+def _egress_or_exit() -> Any:
+    """The proxy settings of this process's environment; exit 2 on ones it cannot use
+    (going direct instead would quietly bypass the egress the operator set up)."""
+    from gateway.upstreams.egress import Egress, EgressError
+
+    try:
+        return Egress.from_env(os.environ, allow_loopback=os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1")
+    except EgressError as err:
+        sys.stderr.write(f"gatehouse: {err}\n")
+        raise SystemExit(2) from None
 
 
 def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
@@ -78,7 +92,7 @@ def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
     from gateway.upstreams.routing import Routes
 
     catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
-    warnings = [*cfg.load_warnings, *Policies(cfg, catalog, None).warnings]
+    warnings = [*cfg.load_warnings, *Policies(cfg, catalog, None).warnings, *_egress_warnings(cfg)]
     if not cfg.access_control.allow_cidrs and cfg.listen.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(
             "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
@@ -90,6 +104,21 @@ def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
             "and a published port (-p 8080:8080) gets no answer; set listen.host: 0.0.0.0 to serve from the container"
         )
     return warnings
+
+
+def _egress_warnings(cfg: Any) -> list[str]:
+    from gateway.upstreams.egress import Egress, EgressError
+
+    try:
+        egress = Egress.from_env(os.environ, allow_loopback=os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1")
+    except EgressError:
+        return []  # serve and check-config refuse it with the reason
+    out = list(egress.notices())
+    if cfg.oidc is not None:
+        idp = egress.idp_notice(cfg.oidc.use_proxy)
+        if idp is not None:
+            out.append(idp)
+    return out
 
 
 def _loopback_only(host: str) -> bool:

@@ -33,6 +33,7 @@ from gateway.http.runtime import Boot, Limits, Runtime, SpendSwitches, UpstreamP
 from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
+from gateway.upstreams.egress import Egress
 from gateway.upstreams.health import Health
 from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Signer
 from gateway.upstreams.providers import needs_signer, signing_service, translator_for
@@ -58,16 +59,20 @@ def build_boot(
     tag = cfg.admin.billing_group_tag if cfg.admin is not None else None
     gh = cfg.gatehouse
     drop_beta = REQUEST_TAGS_BETA if tag is not None else None
+    egress = Egress.from_env(os.environ, allow_loopback=os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1")
+    translators = tuple(translator_for(u, drop_beta=drop_beta, env=os.environ) for u in cfg.upstreams)
     plans = tuple(
         UpstreamPlan(
             name=u.name,
             provider=u.provider,
-            translator=translator_for(u, drop_beta=drop_beta, env=os.environ),
+            translator=t,
+            # Chosen once: the hot path reads no environment per request.
+            proxy=egress.proxy_for(t.base_url),
             # The first-byte limit applies to the Anthropic API; other providers
             # may take up to an hour to start (they queue on their side).
             ttfb_s=cfg.timeouts.upstream_ttfb_ms / 1000 if u.provider == "anthropic" else 3600.0,
         )
-        for u in cfg.upstreams
+        for u, t in zip(cfg.upstreams, translators, strict=True)
     )
     hc = gh.upstream.health
     health = Health(
@@ -93,6 +98,7 @@ def build_boot(
         routes=routes,
         billing_group_tag=tag,
         upstreams=plans,
+        egress=egress,
         health=health,
         ping_interval_s=gh.upstream.ping_interval_seconds,
         limits=Limits(cfg.limits.max_request_bytes, cfg.limits.max_request_header_bytes, cfg.limits.max_url_length),
@@ -236,6 +242,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         connect_timeout_s=cfg.gatehouse.upstream.connect_timeout_ms / 1000,
         idle_read_timeout_s=boot.idle_read_timeout_s,
         is_forbidden=lambda ip: is_forbidden_address(ip, allow_loopback),
+        egress=boot.egress,
     )
     await transport.start()
     signers = await _start_signers(boot)
@@ -278,21 +285,28 @@ async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
     """The credential edge of each upstream that signs or fetches tokens: built once,
     shared by every request (one refresh in flight), refreshed by itself."""
     signers: list[Signer | None] = []
-    for upstream, plan in zip(boot.config.upstreams, boot.upstreams, strict=True):
+    for upstream in boot.config.upstreams:
         kind = needs_signer(upstream)
         signer: Signer | None = None
         if kind == "aws":
             from gateway.upstreams.aws_credentials import AwsSigner
 
-            signer = AwsSigner(upstream, service=signing_service(upstream) or "bedrock", clock=boot.clock, proxy=plan.proxy)
+            # STS is another host than the upstream: NO_PROXY may treat it differently.
+            sts = f"https://sts.{upstream.region}.amazonaws.com" if upstream.assume_role is not None else None
+            signer = AwsSigner(
+                upstream,
+                service=signing_service(upstream) or "bedrock",
+                clock=boot.clock,
+                proxy=boot.egress.proxy_for(sts) if sts is not None else None,
+            )
         elif kind == "google":
             from gateway.upstreams.google_credentials import GoogleSigner
 
-            signer = GoogleSigner(upstream, clock=boot.clock, proxy=plan.proxy)
+            signer = GoogleSigner(upstream, clock=boot.clock, egress=boot.egress)
         elif kind == "azure":
             from gateway.upstreams.azure_credentials import AzureSigner
 
-            signer = AzureSigner(upstream, clock=boot.clock, proxy=plan.proxy)
+            signer = AzureSigner(upstream, clock=boot.clock, egress=boot.egress)
         if signer is not None:
             await signer.start()
         signers.append(signer)
@@ -337,7 +351,7 @@ async def _start_signin(
 
     cfg = boot.config
     assert cfg.oidc is not None
-    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=boot.clock)
+    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=boot.clock, egress=boot.egress)
     await oidc.start()
     sessions = SessionService(
         store,

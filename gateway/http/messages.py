@@ -233,12 +233,14 @@ async def _attempt(
     i = target.upstream
     up = rt.upstreams[i]
     rid = outcome.request_id
+    signer = rt.signers[i]
     out = up.translator.outbound(ask, target.model)
-    if out is None:  # this upstream cannot serve this request (a count on an inference profile, …)
+    if out is None or (signer is not None and not signer.serves(ask)):
+        # This upstream cannot serve this request (a count on an inference profile, a
+        # per-developer role session for a token without the claim, …).
         rt.health.released(i)
         return None
     outcome.attempts += 1
-    signer = rt.signers[i]
     if signer is not None:
         try:
             out = await signer.authorize(out, ask)

@@ -34,6 +34,7 @@ from gateway.db.tasks import TaskSet
 from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
+from gateway.upstreams.egress import Egress
 from gateway.upstreams.health import Health
 from gateway.upstreams.outbound import Signer, Translator
 from gateway.upstreams.routing import Routes
@@ -86,6 +87,7 @@ class Boot:
     tokens: TokenService
     routes: Routes
     upstreams: tuple[UpstreamPlan, ...]
+    egress: Egress  # HTTPS_PROXY / NO_PROXY, read once at boot
     health: Health  # which upstreams this replica skips for a while (transport failures)
     ping_interval_s: float  # silence after which a re-emitted (Bedrock) stream gets a ping
     limits: Limits

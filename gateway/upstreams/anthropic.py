@@ -139,12 +139,13 @@ class AnthropicTranslator:
     upstream takes another id), the reply comes back byte for byte.
     """
 
-    __slots__ = ("name", "provider", "prepared", "drop_beta")
+    __slots__ = ("name", "provider", "prepared", "drop_beta", "base_url")
 
     def __init__(self, upstream: Any, drop_beta: str | None) -> None:
         self.name: str = upstream.name
         self.provider: str = upstream.provider
         self.prepared = prepare(upstream)
+        self.base_url = self.prepared.url_base
         # The request-tags beta, when the gateway owns request tags (billing_group_tag).
         self.drop_beta = drop_beta
 

@@ -100,6 +100,11 @@ class Signer(Protocol):
 
     def close(self) -> Awaitable[None]: ...
 
+    def serves(self, ask: Ask) -> bool:
+        """False when this developer cannot be sent here at all (an assumed-role session
+        named after a claim their token lacks): the relay moves on without a word."""
+        ...
+
     def authorize(self, out: Outbound, ask: Ask) -> Awaitable[Outbound]:
         """``out`` with the gateway's credential added; raises :class:`CredentialFailure`."""
         ...
@@ -110,6 +115,7 @@ class Translator(Protocol):
 
     name: str
     provider: str
+    base_url: str  # where its requests go (the egress proxy is chosen for it at boot)
 
     def outbound(self, ask: Ask, upstream_model: str) -> Outbound | None:
         """The request to send, or None when this upstream cannot serve this ask
