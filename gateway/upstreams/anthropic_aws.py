@@ -22,7 +22,7 @@ SIGNING_SERVICE = "aws-external-anthropic"
 _DROP_RESPONSE = ("x-amzn-", "x-amz-")
 
 
-def url_base(upstream: Any) -> str:
+def base_url(upstream: Any) -> str:
     return upstream.base_url or HOST_TEMPLATE.format(region=upstream.region)
 
 
@@ -34,4 +34,4 @@ class AnthropicAwsTranslator(Passthrough):
         api_key = upstream.auth.api_key
         if api_key:
             static.append(("x-api-key", api_key))
-        super().__init__(upstream, url_base(upstream), static, drop_beta, _DROP_RESPONSE)
+        super().__init__(upstream, base_url(upstream), static, drop_beta, _DROP_RESPONSE)

@@ -22,7 +22,7 @@ HOST_TEMPLATE = "https://{resource}.services.ai.azure.com/anthropic"
 _DROP_RESPONSE = ("x-ms-", "apim-", "azureml-")
 
 
-def url_base(upstream: Any) -> str:
+def base_url(upstream: Any) -> str:
     return upstream.base_url or HOST_TEMPLATE.format(resource=upstream.resource)
 
 
@@ -34,4 +34,4 @@ class FoundryTranslator(Passthrough):
         api_key = upstream.auth.api_key
         if api_key:
             static += [("x-api-key", api_key), ("api-key", api_key)]
-        super().__init__(upstream, url_base(upstream), static, drop_beta, _DROP_RESPONSE)
+        super().__init__(upstream, base_url(upstream), static, drop_beta, _DROP_RESPONSE)

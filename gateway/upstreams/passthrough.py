@@ -27,7 +27,7 @@ class Passthrough:
     __slots__ = (
         "name",
         "provider",
-        "url_base",
+        "base_url",
         "static_headers",
         "_static_names",
         "drop_beta",
@@ -37,14 +37,14 @@ class Passthrough:
     def __init__(
         self,
         upstream: Any,
-        url_base: str,
+        base_url: str,
         static_headers: list[tuple[str, str]],
         drop_beta: str | None,
         drop_response_prefixes: tuple[str, ...],
     ) -> None:
         self.name: str = upstream.name
         self.provider: str = upstream.provider
-        self.url_base = url_base.rstrip("/")
+        self.base_url = base_url.rstrip("/")
         static = [("Accept-Encoding", anthropic.ACCEPT_ENCODING), *static_headers]
         static += list((upstream.headers or {}).items())
         self.static_headers = tuple(static)
@@ -61,7 +61,7 @@ class Passthrough:
         for name in [n for n in headers if n.lower() in self._static_names]:
             del headers[name]
         headers.update(self.static_headers)
-        return Outbound(self.url_base + ask.path_qs, headers, body, Shape.AS_IS)
+        return Outbound(self.base_url + ask.path_qs, headers, body, Shape.AS_IS)
 
     def client_error(self, ask: Ask, status: int, headers: Mapping[str, str], body: bytes) -> ClientError:
         # Rejections of the request come in Anthropic's envelope and are relayed; the

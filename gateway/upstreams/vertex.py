@@ -76,13 +76,14 @@ def vertex_body(body: bytes, model: str | None) -> bytes:
 class VertexTranslator:
     """One configured Vertex upstream (``provider: vertex``)."""
 
-    __slots__ = ("name", "provider", "models_url", "static_headers")
+    __slots__ = ("name", "provider", "base_url", "models_url", "static_headers")
 
     def __init__(self, upstream: Any) -> None:
         self.name: str = upstream.name
         self.provider: str = upstream.provider
         region: str = upstream.region
-        base = base_url(upstream.base_url, region)
+        self.base_url: str = base_url(upstream.base_url, region)
+        base = self.base_url
         self.models_url = (
             f"{base}/projects/{quote(upstream.project_id, safe='')}"
             f"/locations/{quote(region, safe='')}/publishers/anthropic/models/"

@@ -68,6 +68,8 @@ def test_the_host_comes_from_the_region_and_the_path_is_the_client_s():
 
 def test_base_url_replaces_the_host():
     t = AnthropicAwsTranslator(upstream(base_url="http://127.0.0.1:8123/"), None)
+    assert t.base_url == "http://127.0.0.1:8123"
+    assert AnthropicAwsTranslator(upstream(), None).base_url == "https://aws-external-anthropic.us-east-1.api.aws"
     assert t.outbound(ask(), "claude-opus-4-7").url == "http://127.0.0.1:8123/v1/messages?beta=true"
 
 

@@ -57,6 +57,7 @@ def test_base_url_is_used_as_given():
         upstream(resource=None, base_url="https://corp.services.ai.azure.us/anthropic/"), None
     )
     assert t.outbound(ask(), "corp-sonnet").url == "https://corp.services.ai.azure.us/anthropic/v1/messages"
+    assert t.base_url == "https://corp.services.ai.azure.us/anthropic"
 
 
 def test_the_api_key_goes_in_both_headers_and_the_client_s_never():

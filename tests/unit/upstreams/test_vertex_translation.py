@@ -118,6 +118,9 @@ def test_global_region_and_base_url_paths():
         "/publishers/anthropic/models/claude-sonnet-4-6:rawPredict"
     )
     psc = VertexTranslator(upstream(base_url="http://127.0.0.1:8123"))
+    # base_url is where requests go, for the egress proxy chosen at boot.
+    assert psc.base_url == "http://127.0.0.1:8123"
+    assert VertexTranslator(upstream(region="global")).base_url == "https://aiplatform.googleapis.com/v1"
     assert (
         psc.outbound(ask(), "claude-opus-4-7").url
         == f"http://127.0.0.1:8123{MODELS}claude-opus-4-7:rawPredict"
