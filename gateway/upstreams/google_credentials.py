@@ -9,11 +9,9 @@ google-auth does the protocol; this module decides when it runs:
 * never on the event loop: loading, discovery and every refresh run in a
   worker thread through google-auth's urllib3 transport (the runtime image has
   no ``requests``);
-* once for everybody: concurrent requests that find the token missing or
-  about to expire wait for the same refresh;
-* ahead of time: a token with less than ``refresh_margin_s`` left (by the
-  injected clock) is refreshed before use; if that refresh fails while the old
-  token is still valid, the old one serves and the next request tries again;
+* once for everybody and ahead of expiry (:mod:`gateway.upstreams.token_cache`):
+  concurrent requests wait for the same refresh, started when less than
+  ``refresh_margin_s`` is left by the injected clock;
 * a credential that cannot be had (key file unreadable, token endpoint down
   or refusing) raises :class:`~gateway.upstreams.outbound.CredentialFailure`,
   which the relay counts as a 500 from this upstream and fails over. A broken
@@ -40,9 +38,9 @@ import urllib3
 from gateway import audit
 from gateway.client_text import capped
 from gateway.upstreams.outbound import Ask, CredentialFailure, Outbound
+from gateway.upstreams.token_cache import REFRESH_MARGIN_S, TokenCache
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-REFRESH_MARGIN_S = 300.0
 DISCOVERY_RETRY_S = 30.0
 # google-auth leaves expiry unset for a few credential kinds; refresh such a token soon.
 UNKNOWN_LIFETIME_S = 600.0
@@ -70,16 +68,13 @@ class GoogleSigner:
         self.name: str = upstream.name
         self._key_file: str | None = upstream.auth.service_account_json
         self._clock = clock
-        self._margin = refresh_margin_s
         self._discovery_retry = discovery_retry_s
         self._log = log
         self._http = _Http(proxy, os.environ)
         self._credentials: Any = None  # a google.auth.credentials.Credentials once found
         self._problem: str | None = None
         self._discover_after = 0.0
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._refreshing: asyncio.Task[None] | None = None
+        self._tokens = TokenCache(self._fetch, clock=clock, refresh_margin_s=refresh_margin_s)
 
     def problem(self) -> str | None:
         """Why this upstream has no usable Google credential right now, or None."""
@@ -97,45 +92,26 @@ class GoogleSigner:
     async def close(self) -> None:
         self._http.clear()
 
+    def serves(self, ask: Ask) -> bool:
+        # One identity for every developer: nobody is turned away here.
+        return True
+
     async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
-        token = self._token
-        if token is None or self._clock() >= self._expires_at - self._margin:
-            token = await self._fresh_token()
+        token = await self._tokens.token()
         headers = dict(out.headers)
         headers["Authorization"] = f"Bearer {token}"
         return out._replace(headers=headers)
 
-    # -- one refresh for everybody ------------------------------------------
-
-    async def _fresh_token(self) -> str:
-        task = self._refreshing
-        if task is None:
-            task = self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
-            # Mark a failure seen even when every waiter was cancelled meanwhile.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        try:
-            # A waiter that is cancelled (its client left) must not cancel the others' refresh.
-            await asyncio.shield(task)
-        except CredentialFailure:
-            if self._token is not None and self._clock() < self._expires_at:
-                return self._token
-            raise
-        assert self._token is not None
-        return self._token
-
-    async def _refresh(self) -> None:
-        try:
-            if self._credentials is None:
-                if self._clock() < self._discover_after:
-                    raise CredentialFailure(self.name, self._problem or "no Google credentials")
-                await self._discover()
-            credentials = self._credentials
-            if credentials is None:
+    async def _fetch(self) -> tuple[str, float]:
+        """A new token and its lifetime (the token cache calls this, once at a time)."""
+        if self._credentials is None:
+            if self._clock() < self._discover_after:
                 raise CredentialFailure(self.name, self._problem or "no Google credentials")
-            token, lifetime = await asyncio.to_thread(self._refresh_blocking, credentials)
-            self._token, self._expires_at = token, self._clock() + lifetime
-        finally:
-            self._refreshing = None
+            await self._discover()
+        credentials = self._credentials
+        if credentials is None:
+            raise CredentialFailure(self.name, self._problem or "no Google credentials")
+        return await asyncio.to_thread(self._refresh_blocking, credentials)
 
     async def _discover(self) -> None:
         self._discover_after = self._clock() + self._discovery_retry

@@ -113,7 +113,7 @@ async def test_a_key_file_gets_a_token_the_fake_verified_and_vertex_accepts(goog
     key_file = tmp_path / "sa.json"
     google.new_service_account(key_file)
     signer = await started(vertex(key_file), clock)
-    assert signer.problem() is None
+    assert signer.problem() is None and signer.serves(ASK)  # one identity for every developer
     out = await signer.authorize(OUT, ASK)
     # The request is otherwise untouched; only the bearer is added.
     assert out.url == OUT.url and out.body == OUT.body
