@@ -36,7 +36,7 @@ PURE_EXCEPT_EDGES = {
     "admin": {"retention", "store"},
     "spend": {"store", "settlements", "lease_keeper"},
     "auth": {"oidc", "session_store", "device_store", "revocations"},
-    "upstreams": {"transport", "aws_credentials", "google_credentials", "token_cache"},
+    "upstreams": {"transport", "aws_credentials", "google_credentials", "token_cache", "azure_credentials"},
     "errors": set(),
     "client_text": set(),
     "netaccess": set(),
