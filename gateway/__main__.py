@@ -49,7 +49,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in boot_warnings(cfg):
         sys.stdout.write(f"# warning: {warning}\n")
     _egress_or_exit()
-    missing = unsupported_features(cfg)
+    missing = unsupported_features(cfg) + missing_extras(cfg)
     if missing:
         sys.stdout.write("\n# switched on here but not supported by Gatehouse yet (serve refuses this file):\n")
         for feature in missing:
@@ -63,12 +63,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _refuse_unsupported(cfg: Any) -> None:
     from gateway.config.load import unsupported_features
 
-    missing = unsupported_features(cfg)
+    missing = unsupported_features(cfg) + missing_extras(cfg)
     if missing:
         for feature in missing:
             sys.stderr.write(f"gatehouse: {feature}\n")
         raise SystemExit(2)
     _egress_or_exit()
+
+
+def missing_extras(cfg: Any) -> list[str]:
+    """Features switched on whose optional packages are not installed."""
+    import importlib.util
+
+    from gateway.upstreams.azure_credentials import MISSING_EXTRA
+
+    try:
+        installed = importlib.util.find_spec("azure.identity") is not None
+    except ModuleNotFoundError:  # not even the azure namespace
+        installed = False
+    return [
+        f"upstreams[{i}].auth.use_azure_ad: {MISSING_EXTRA}"
+        for i, up in enumerate(cfg.upstreams)
+        if up.provider == "foundry" and up.auth.use_azure_ad and not installed
+    ]
 
 
 def _egress_or_exit() -> Any:

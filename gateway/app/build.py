@@ -281,6 +281,12 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
     return rt, _Started(own_store, oidc, discovery, listener)
 
 
+# The token endpoints the signers call are other hosts than the upstreams: NO_PROXY may
+# treat them differently, so each gets the proxy chosen for its own URL.
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+AZURE_AUTHORITY_URL = "https://login.microsoftonline.com/"
+
+
 async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
     """The credential edge of each upstream that signs or fetches tokens: built once,
     shared by every request (one refresh in flight), refreshed by itself."""
@@ -291,7 +297,6 @@ async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
         if kind == "aws":
             from gateway.upstreams.aws_credentials import AwsSigner
 
-            # STS is another host than the upstream: NO_PROXY may treat it differently.
             sts = f"https://sts.{upstream.region}.amazonaws.com" if upstream.assume_role is not None else None
             signer = AwsSigner(
                 upstream,
@@ -302,11 +307,11 @@ async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
         elif kind == "google":
             from gateway.upstreams.google_credentials import GoogleSigner
 
-            signer = GoogleSigner(upstream, clock=boot.clock, egress=boot.egress)
+            signer = GoogleSigner(upstream, clock=boot.clock, proxy=boot.egress.proxy_for(GOOGLE_TOKEN_URL))
         elif kind == "azure":
             from gateway.upstreams.azure_credentials import AzureSigner
 
-            signer = AzureSigner(upstream, clock=boot.clock, egress=boot.egress)
+            signer = AzureSigner(upstream, clock=boot.clock, proxy=boot.egress.proxy_for(AZURE_AUTHORITY_URL))
         if signer is not None:
             await signer.start()
         signers.append(signer)

@@ -387,6 +387,12 @@ CLASS_FAULTS = {
     "gateway.http.messages.RelayedUpstreamError": Party.UPSTREAM,
     "gateway.spend.settlements.Owed": Party.STORE,
     "gateway.upstreams.transport.RefusedAddress": Party.UPSTREAM,
+    "gateway.upstreams.transport.UnresolvedTarget": Party.UPSTREAM,
+    "gateway.upstreams.outbound.CredentialFailure": Party.UPSTREAM,
+    "gateway.upstreams.eventstream.StreamCorrupt": Party.UPSTREAM,
+    "gateway.upstreams.bedrock.MalformedReply": Party.UPSTREAM,
+    # A proxy variable the gateway cannot use stops boot: the operator's to fix.
+    "gateway.upstreams.egress.EgressError": Party.GATEWAY,
 }
 INSTANCE_FAULTS = {
     "gateway.errors.GatewayError",
@@ -456,8 +462,25 @@ def test_a_spend_refusal_is_a_429_billing_error_without_request_id(kind, party):
 
 def test_a_relayed_upstream_error_answers_the_upstreams_reply_under_our_request_id():
     from gateway.http.messages import RelayedUpstreamError
+    from gateway.upstreams.outbound import ClientError
 
     upstream_headers = {"Content-Type": "application/json", "retry-after": "4"}
-    err = RelayedUpstreamError(429, upstream_headers, b'{"type":"error"}')
+    err = RelayedUpstreamError(ClientError(429, upstream_headers, b'{"type":"error"}'))
     assert err.answer("req_3") == (429, {**upstream_headers, "request-id": "req_3"}, b'{"type":"error"}')
     assert upstream_headers == {"Content-Type": "application/json", "retry-after": "4"}  # not mutated
+
+
+def test_a_cloud_upstream_error_is_answered_in_our_envelope_under_our_request_id():
+    from gateway.http.messages import RelayedUpstreamError
+    from gateway.upstreams.outbound import ClientError
+
+    err = RelayedUpstreamError(
+        ClientError(429, {"Content-Type": "application/json"}, error_type="rate_limit_error", message="upstream rate limit exceeded")
+    )
+    status, headers, body = err.answer("req_4")
+    assert (status, headers["request-id"]) == (429, "req_4")
+    assert decoded(body) == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "upstream rate limit exceeded"},
+        "request_id": "req_4",
+    }
