@@ -287,6 +287,13 @@ GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 AZURE_AUTHORITY_URL = "https://login.microsoftonline.com/"
 
 
+def _loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return os.environ.get("CLAUDE_GATEWAY_ALLOW_LOOPBACK") == "1" and (host == "localhost" or host.startswith("127."))
+
+
 async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
     """The credential edge of each upstream that signs or fetches tokens: built once,
     shared by every request (one refresh in flight), refreshed by itself."""
@@ -311,7 +318,15 @@ async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
         elif kind == "azure":
             from gateway.upstreams.azure_credentials import AzureSigner
 
-            signer = AzureSigner(upstream, clock=boot.clock, proxy=boot.egress.proxy_for(AZURE_AUTHORITY_URL))
+            authority = os.environ.get("AZURE_AUTHORITY_HOST") or AZURE_AUTHORITY_URL
+            signer = AzureSigner(
+                upstream,
+                clock=boot.clock,
+                proxy=boot.egress.proxy_for(authority),
+                # MSAL asks Microsoft whether an authority it does not know is genuine; a
+                # loopback authority (tests, under CLAUDE_GATEWAY_ALLOW_LOOPBACK=1) never is.
+                credential_options={"disable_instance_discovery": True} if _loopback_url(authority) else None,
+            )
         if signer is not None:
             await signer.start()
         signers.append(signer)
