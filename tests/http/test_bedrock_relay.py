@@ -291,3 +291,24 @@ async def test_a_dead_upstream_is_skipped_after_failures_in_a_row(gateway_factor
             detail = await r.json()
     assert detail["upstreams"]["bedrock"]["state"] == "cooling"
     assert detail["upstreams"]["anthropic"] == {"state": "ok", "failures_in_a_row": 0}
+
+
+async def test_a_client_that_hangs_up_mid_stream_cancels_the_bedrock_call(gateway_factory, bedrock, pg_url):
+    import asyncio
+
+    from tests.http.test_relay import usage_row
+
+    gw = await gateway_factory([bedrock_block(bedrock.url)])
+    bedrock.script(BedrockReply(answer=Reply(deltas=50, gap=0.2)))
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(
+            gw.url + "/v1/messages",
+            json={"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": PROMPT, "stream": True},
+            headers=gw.auth(),
+        )
+        request_id = r.headers["request-id"]
+        await r.content.readuntil(b"\n\n")
+        r.close()  # hang up mid-stream
+    await asyncio.wait_for(bedrock.received[-1].cancelled.wait(), 2.0)
+    row = await usage_row(pg_url, request_id)
+    assert (row["status"], row["upstream"]) == (499, "bedrock")

@@ -183,6 +183,14 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("anthropic_aws_no_workspace", lambda d: d["upstreams"].append({"provider": "anthropicAws", "region": "us-east-1"}),
      "upstreams[1].workspace_id"),
     ("foundry_no_auth", lambda d: d["upstreams"].append({"provider": "foundry", "resource": "r"}), "upstreams[1].auth"),
+    ("foundry_no_models", lambda d: d["upstreams"].append({"provider": "foundry", "resource": "r", "auth": {"api_key": "k"}}),
+     "upstreams[1]"),
+    ("bedrock_no_region", lambda d: d["upstreams"].append({"provider": "bedrock", "auth": {}}), "upstreams[1].region"),
+    ("bedrock_half_keys", lambda d: d["upstreams"].append({**BEDROCK, "auth": {"aws_access_key_id": "AKIA"}}), "upstreams[1].auth"),
+    ("bedrock_vertex_key", lambda d: d["upstreams"].append({**BEDROCK, "project_id": "p"}), "upstreams[1].project_id"),
+    ("vertex_aws_key", lambda d: d["upstreams"].append(
+        {"provider": "vertex", "region": "global", "project_id": "p", "auth": {"aws_bearer_token": "t"}}),
+     "upstreams[1].auth.aws_bearer_token"),
     # -- models
     ("models_no_id", lambda d: put(d, models=[{"label": "M1"}]), "models[0].id"),
     ("models_no_map", lambda d: put(d, models=[{"label": "M1"}]), "models[0].upstream_model"),
