@@ -8,30 +8,38 @@ Two commands
 ------------
 
 1. ``python -m protocol_spec.conformance fixtures --config-out gateway.yaml
-   [--gateway-port N] [--postgres-url URL] [--no-gatehouse-section]``
+   [--gateway-port N] [--postgres-url URL] [--no-gatehouse-section] [--no-cloud-upstreams]``
 
    Starts, on 127.0.0.1, the fake Anthropic upstream
-   (:mod:`protocol_spec.fakes`) and a test IdP (oidc-provider-mock, through
-   :mod:`protocol_spec.idp_process`) with five users: a normal one, a member
-   of ``contractors``, one whose email is unverified, a member of the admin
-   group, and one from a domain the config does not allow. Then writes, side
-   by side:
+   (:mod:`protocol_spec.fakes`), unless ``--no-cloud-upstreams`` a fake
+   Bedrock runtime, a fake Vertex AI and its fake Google token endpoint
+   (:mod:`protocol_spec.conformance.cloud_fixtures`), and a test IdP
+   (oidc-provider-mock, through :mod:`protocol_spec.idp_process`) with five
+   users: a normal one, a member of ``contractors``, one whose email is
+   unverified, a member of the admin group, and one from a domain the config
+   does not allow. Then writes, side by side:
 
-   * ``gateway.yaml``: a complete configuration (two upstreams on the fake, a
-     custom model, managed policies, an admin block, limits); valid for
-     Anthropic's gateway too once its ``gatehouse:`` section is removed;
+   * ``gateway.yaml``: a complete configuration (two Anthropic upstreams on
+     the fake, a Bedrock and a Vertex upstream on theirs, custom models,
+     managed policies, an admin block, limits); valid for Anthropic's gateway
+     too once its ``gatehouse:`` section is removed;
    * ``gateway.env``: what the gateway's environment needs
-     (``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, secrets, the database URL);
-   * ``gateway.fixtures.json``: the state ``run`` reads: where the fake and
+     (``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, secrets, the database URL), and in
+     a comment the proxy settings a gateway that ignores a key file's
+     ``token_uri`` needs to reach the fake Google token endpoint;
+   * ``gateway.google-sa.json`` and ``gateway.google-ca.pem``: the Vertex
+     upstream's key file and the throwaway CA of that proxy;
+   * ``gateway.fixtures.json``: the state ``run`` reads: where the fakes and
      the IdP are, the users, the secrets. The state file is how ``run`` finds
-     the fake upstream (``--fixtures``); it is deleted when the fixtures stop.
+     the fake upstreams (``--fixtures``); it is deleted when the fixtures stop.
 
    It prints all three and stays up until Ctrl-C. Start your gateway with that
    config and environment.
 
 2. ``python -m protocol_spec.conformance run --base-url URL
    [--fixtures gateway.fixtures.json] [--signin device | --token T]
-   [--admin-key K] [--json FILE] [--only NAME_OR_ID] [--profile P] [--strict]``
+   [--admin-key K] [--json FILE] [--only NAME_OR_ID] [--profile P] [--strict]
+   [--ping-interval SECONDS]``
 
    Runs the checks (:mod:`protocol_spec.conformance.checks`) of a profile
    (:mod:`protocol_spec.conformance.profiles`): ``--profile protocol`` judges
@@ -45,7 +53,9 @@ Two commands
    verification page like a browser (:mod:`protocol_spec.browser`); ``--token``
    uses one given token for the normal user, and checks that need other people
    or sign-in report SKIP. ``--admin-key`` enables the admin-API and spend
-   checks.
+   checks. ``--ping-interval`` (default 15, the protocol's) is the Bedrock
+   silence after which the gateway pings (SSE-4); the check holds a stream
+   silent for a third longer plus 1.5 s.
 
 Output
 ------
@@ -88,6 +98,7 @@ JSON report (``--json FILE``)::
       "signin": "device" | "token",
       "admin_key": true,
       "profile": {"name": "protocol" | "gatehouse", "sources": ["protocol", "observed"]},
+      "ping_interval_s": 15.0,          # --ping-interval
       "checks_selected": ["discovery document", ...],   # the checks that ran
       "checks_out_of_profile": ["revocation", ...],     # not run: they judge only requirements out of profile
       "ok": true,                       # the exit status, as a boolean

@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave Gatehouse's own `gatehouse:` section out of the config (for gateways that refuse unknown keys)",
     )
+    fx.add_argument(
+        "--no-cloud-upstreams",
+        dest="cloud_upstreams",
+        action="store_false",
+        help="no Bedrock or Vertex upstream in the config (for gateways that serve only the Anthropic API; the cloud checks then SKIP)",
+    )
     fx.add_argument("--quiet", action="store_true", help="do not print the config and env")
     run = commands.add_parser("run", help="run the checks against a gateway started with the fixtures' config")
     run.add_argument("--base-url", default=None, help="the gateway's URL (default: the fixtures' public_url)")
@@ -46,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         default=profiles.DEFAULT_PROFILE,
         help="which requirements to judge: protocol = those whose source is the published protocol or the observed wire "
         "(for your own gateway); gatehouse = all, Gatehouse's own decisions included (default: %(default)s)",
+    )
+    run.add_argument(
+        "--ping-interval",
+        type=float,
+        default=fixtures.PROTOCOL_PING_INTERVAL_S,
+        help="seconds of Bedrock silence after which the gateway writes a ping (SSE-4); the check holds a stream silent "
+        "somewhat longer (default: the protocol's %(default)g; Gatehouse with the fixtures' `gatehouse:` section: "
+        f"{fixtures.GATEHOUSE_PING_INTERVAL_S:g})",
     )
     run.add_argument("--strict", action="store_true", help="also fail when a MUST was skipped")
     run.add_argument("--quiet", action="store_true", help="no per-check progress on stderr")
@@ -63,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 postgres_url=args.postgres_url,
                 quiet=args.quiet,
                 gatehouse_section=args.gatehouse_section,
+                cloud_upstreams=args.cloud_upstreams,
             )
         )
     from protocol_spec.conformance import runner
@@ -82,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         strict=args.strict,
         quiet=args.quiet,
         profile=args.profile,
+        ping_interval_s=args.ping_interval,
     )
     return runner.main(options)
 

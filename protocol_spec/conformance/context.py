@@ -21,9 +21,10 @@ from typing import Any
 import aiohttp
 
 from protocol_spec.browser import Page, ScriptedBrowser, approve_device
-from protocol_spec.conformance.fixtures import FixtureState
+from protocol_spec.conformance.fixtures import PROTOCOL_PING_INTERVAL_S, FixtureState
 from protocol_spec.conformance.target import Answer, Target
 from protocol_spec.conformance.verdicts import NOT_GIVEN, Skip, Verdicts
+from protocol_spec.fakes.bedrock_remote import RemoteBedrock
 from protocol_spec.fakes.remote import RemoteFake
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -91,10 +92,15 @@ class Suite:
         signin: str,
         token: str | None,
         admin_key: str | None,
+        ping_interval_s: float = PROTOCOL_PING_INTERVAL_S,
     ) -> None:
         self.target = target
         self.state = state
         self.fake = RemoteFake(state.fake_url, session)
+        # The cloud fakes, when the fixtures run them (else None, and the cloud checks SKIP).
+        self.bedrock = RemoteBedrock(state.bedrock_url, session) if state.bedrock_url else None
+        self.vertex = RemoteFake(state.vertex_url, session) if state.vertex_url else None
+        self.ping_interval_s = ping_interval_s
         self.session = session
         self.signin = signin
         self.given_token = token

@@ -1,4 +1,4 @@
-"""The suite's fixtures: a fake Anthropic upstream, a test IdP, and a gateway.yaml that uses them.
+"""The suite's fixtures: fake upstreams, a test IdP, and a gateway.yaml that uses them.
 
 ``python -m protocol_spec.conformance fixtures --config-out gateway.yaml``
 starts, on loopback:
@@ -6,21 +6,37 @@ starts, on loopback:
 * the fake Anthropic API (:class:`protocol_spec.fakes.FakeUpstream`, no
   artificial delays), which the ``run`` command scripts and inspects through
   its ``/_fake/*`` control endpoints;
+* unless ``--no-cloud-upstreams``, the cloud fakes (:mod:`protocol_spec.conformance.cloud_fixtures`):
+  a fake Bedrock runtime that verifies every SigV4 signature, a fake Vertex
+  AI that takes only bearers its fake Google token endpoint issued, and a
+  front door that answers for ``oauth2.googleapis.com`` on loopback;
 * oidc-provider-mock (:class:`protocol_spec.idp_process.IdpProcess`) with the
   users of :data:`USERS`;
 
-then writes three files side by side and stays up until interrupted:
+then writes its files side by side and stays up until interrupted:
 
 * ``gateway.yaml``: a complete configuration in the shared ``gateway.yaml``
-  schema (two upstreams on the fake, a custom model, managed policies, an
-  ``admin`` block, limits), valid for Anthropic's gateway as well, plus a
-  ``gatehouse:`` section that other gateways may delete (or leave out with
+  schema (two Anthropic upstreams on the fake, a Bedrock and a Vertex
+  upstream on theirs, custom models, managed policies, an ``admin`` block,
+  limits), valid for Anthropic's gateway as well, plus a ``gatehouse:``
+  section that other gateways may delete (or leave out with
   ``--no-gatehouse-section``);
 * ``gateway.env``: the environment the gateway needs (secrets, the database
-  URL, ``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``), as ``NAME=value`` lines;
+  URL, ``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``), as ``NAME=value`` lines, and, as
+  comments, the proxy settings a gateway that ignores the key file's
+  ``token_uri`` adds to reach the fake token endpoint (:func:`google_front_env`);
+* ``gateway.google-sa.json`` and ``gateway.google-ca.pem``: the Vertex
+  upstream's service-account key file and the throwaway CA of the front door;
 * ``gateway.fixtures.json``: the state ``run`` reads (:class:`FixtureState`):
-  where the fake and the IdP listen, the users, the secrets, and what the
+  where the fakes and the IdP listen, the users, the secrets, and what the
   configuration promises (so checks know what to expect).
+
+Built-in models are tried on every upstream in order (SPEC MODEL-4), so the
+cloud upstreams come last: a built-in model reaches them only when both
+Anthropic upstreams failed over. Checks that want a cloud upstream use the
+custom models of :data:`CLOUD_MODELS`, each routed to the cloud upstreams only;
+checks that make every Anthropic upstream fail use :data:`PAIR_MODEL`, which
+goes to those two only.
 
 Nothing here knows about any particular gateway implementation.
 """
@@ -32,6 +48,8 @@ import os
 import secrets
 import signal
 import socket
+import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +116,38 @@ CUSTOM_MODEL = "claude-conformance-1-0"
 CUSTOM_LABEL = "Conformance Model"
 CUSTOM_DESCRIPTION = "A custom model served by the primary upstream only."
 CUSTOM_UPSTREAM_MODEL = "claude-sonnet-4-6"
+# The cloud upstreams (last, see the module docstring) and the custom models that reach them.
+BEDROCK = "bedrock"
+VERTEX = "vertex"
+BEDROCK_REGION = "us-east-1"
+VERTEX_REGION = "us-east5"
+VERTEX_PROJECT = "conformance-proj"
+# Sent to Bedrock on every request (upstreams[].headers), so a check can see it signed (BEDROCK-3).
+BEDROCK_HEADER = ("x-conformance-upstream", "bedrock")
+# With a guardrail, bodies carrying amazon-bedrock-* members are refused (BEDROCK-8).
+GUARDRAIL = ("conformance-guardrail", "1")
+BEDROCK_MODEL = "claude-conformance-bedrock-1-0"
+BEDROCK_MODEL_ID = "us.anthropic.claude-sonnet-4-6"
+ARN_MODEL = "claude-conformance-arn-1-0"
+ARN_MODEL_ID = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/conformance01"
+VERTEX_MODEL = "claude-conformance-vertex-1-0"
+VERTEX_MODEL_ID = "claude-sonnet-4-6@20260101"
+# Bedrock first, then Vertex: for fall-through (counting) and no-failover-after-the-commit checks.
+CLOUDS_MODEL = "claude-conformance-clouds-1-0"
+CLOUDS_MODEL_IDS = {BEDROCK: "us.anthropic.claude-opus-4-7", VERTEX: "claude-opus-4-7"}
+CLOUD_MODELS: dict[str, dict[str, str]] = {
+    BEDROCK_MODEL: {BEDROCK: BEDROCK_MODEL_ID},
+    ARN_MODEL: {BEDROCK: ARN_MODEL_ID},
+    VERTEX_MODEL: {VERTEX: VERTEX_MODEL_ID},
+    CLOUDS_MODEL: CLOUDS_MODEL_IDS,
+}
+# Both Anthropic upstreams and nothing else: for checks that make every upstream it is sent to fail.
+PAIR_MODEL = "claude-conformance-pair-1-0"
+PAIR_UPSTREAM_MODEL = "claude-sonnet-4-6"
+# What Gatehouse's section sets as its ping interval on a silent Bedrock stream (the protocol's is
+# about 15 s); `run --ping-interval` tells the SSE-4 check which one the gateway under test uses.
+GATEHOUSE_PING_INTERVAL_S = 1.0
+PROTOCOL_PING_INTERVAL_S = 15.0
 # Short enough that a stalled upstream fails over quickly, far above a loopback answer.
 UPSTREAM_TTFB_MS = 1500
 MAX_URL_LENGTH = 8192
@@ -110,7 +160,9 @@ BLOCKED_MESSAGE = "ask the platform team"
 RATE_LIMIT_MAX = 500
 
 # Models the recorded transcripts and the checks use; the base policy allows them all.
-BASE_MODELS = ("claude-opus-5-5", "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5", CUSTOM_MODEL)
+BASE_MODELS = (
+    "claude-opus-5-5", "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5", CUSTOM_MODEL, PAIR_MODEL, *CLOUD_MODELS,
+)
 BASE_SETTINGS: dict[str, Any] = {
     "availableModels": list(BASE_MODELS),
     "permissions": {"allow": ["Read", "Grep"], "deny": ["WebFetch"]},
@@ -139,6 +191,8 @@ ENV_NAMES = {
     "secondary_key": "CONFORMANCE_SECONDARY_API_KEY",
     "admin_write_key": "CONFORMANCE_ADMIN_WRITE_KEY",
     "admin_read_key": "CONFORMANCE_ADMIN_READ_KEY",
+    "aws_access_key_id": "CONFORMANCE_AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "CONFORMANCE_AWS_SECRET_ACCESS_KEY",
     "postgres_url": "CONFORMANCE_POSTGRES_URL",
 }
 ADMIN_WRITE_KEY_ID = "conformance-write"
@@ -168,6 +222,16 @@ class FixtureState(msgspec.Struct, kw_only=True):
     max_request_bytes: int = 33554432
     max_url_length: int = MAX_URL_LENGTH
     max_request_header_bytes: int = MAX_REQUEST_HEADER_BYTES
+    # The configured upstreams' names, in order (MSG-31 counts them all).
+    upstreams: list[str] = msgspec.field(default_factory=lambda: [PRIMARY, SECONDARY])
+    # The cloud fakes ("" when the fixtures run with --no-cloud-upstreams: cloud checks SKIP).
+    bedrock_url: str = ""
+    vertex_url: str = ""
+    google_token_url: str = ""
+    # The front door for gateways that ignore the key file's token_uri (google_front_env()).
+    google_front_url: str = ""
+    google_ca_path: str = ""
+    aws_access_key_id: str = ""
 
 
 def state_path_for(config_out: Path) -> Path:
@@ -187,7 +251,11 @@ def load_state(path: str | Path) -> FixtureState:
 
 def new_secrets() -> dict[str, str]:
     # Admin keys must be at least 32 characters (SPEC ADMIN-11); token_urlsafe(32) gives 43.
-    return {name: secrets.token_urlsafe(32) for name in ENV_NAMES if name != "postgres_url"}
+    values = {name: secrets.token_urlsafe(32) for name in ENV_NAMES if name != "postgres_url"}
+    # Shaped like AWS's: an SDK may check the form of an access key id.
+    values["aws_access_key_id"] = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+    values["aws_secret_access_key"] = secrets.token_urlsafe(30)
+    return values
 
 
 def _yaml_list(items: tuple[str, ...] | list[str]) -> str:
@@ -204,7 +272,72 @@ def _settings_yaml(settings: dict[str, Any]) -> str:
     return msgspec.json.encode(settings).decode()
 
 
-def render_config(*, port: int, fake_url: str, idp_url: str, gatehouse_section: bool = True) -> str:
+@dataclass(frozen=True)
+class CloudUrls:
+    """Where the cloud fakes listen, and the files the config and environment name."""
+
+    bedrock_url: str
+    vertex_url: str
+    service_account_path: str
+    google_token_url: str = ""
+    google_front_url: str = ""
+    google_ca_path: str = ""
+
+
+def _cloud_upstreams(clouds: CloudUrls) -> str:
+    env = ENV_NAMES
+    # Vertex's base_url replaces everything before /projects, /v1 included (VERTEX-1).
+    return f"""\
+  - provider: bedrock
+    name: {BEDROCK}
+    region: {BEDROCK_REGION}
+    base_url: {clouds.bedrock_url}
+    auth:
+      aws_access_key_id: ${{{env["aws_access_key_id"]}}}
+      aws_secret_access_key: ${{{env["aws_secret_access_key"]}}}
+    headers:
+      {BEDROCK_HEADER[0]}: {BEDROCK_HEADER[1]}
+    guardrail:
+      id: {GUARDRAIL[0]}
+      version: {_q(GUARDRAIL[1])}
+  - provider: vertex
+    name: {VERTEX}
+    region: {VERTEX_REGION}
+    project_id: {VERTEX_PROJECT}
+    base_url: {clouds.vertex_url}/v1
+    auth:
+      service_account_json: {_q(clouds.service_account_path)}
+"""
+
+
+def _model(model_id: str, label: str, routes: dict[str, str]) -> str:
+    lines = [f"  - id: {model_id}", f"    label: {_q(label)}", "    upstream_model:"]
+    lines += [f"      {name}: {_q(upstream_id)}" for name, upstream_id in routes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _models(clouds: CloudUrls | None) -> str:
+    text = f"""\
+  - id: {CUSTOM_MODEL}
+    label: {_q(CUSTOM_LABEL)}
+    description: {_q(CUSTOM_DESCRIPTION)}
+    upstream_model:
+      {PRIMARY}: {CUSTOM_UPSTREAM_MODEL}
+"""
+    text += _model(PAIR_MODEL, "Conformance pair", {PRIMARY: PAIR_UPSTREAM_MODEL, SECONDARY: PAIR_UPSTREAM_MODEL})
+    if clouds is not None:
+        for model_id, routes in CLOUD_MODELS.items():
+            text += _model(model_id, "Conformance " + model_id.split("-")[2], routes)
+    return text
+
+
+def upstream_names(clouds: CloudUrls | None) -> list[str]:
+    return [PRIMARY, SECONDARY] + ([BEDROCK, VERTEX] if clouds is not None else [])
+
+
+def render_config(
+    *, port: int, fake_url: str, idp_url: str, gatehouse_section: bool = True, clouds: CloudUrls | None = None
+) -> str:
     """The fixture gateway.yaml; secrets are ``${VAR}`` references into gateway.env."""
     env = ENV_NAMES
     public_url = f"http://{HOST}:{port}"
@@ -239,13 +372,8 @@ upstreams:
     headers:
       {SECONDARY_HEADER[0]}: {SECONDARY_HEADER[1]}
     forward_user_identity: true
-models:
-  - id: {CUSTOM_MODEL}
-    label: {_q(CUSTOM_LABEL)}
-    description: {_q(CUSTOM_DESCRIPTION)}
-    upstream_model:
-      {PRIMARY}: {CUSTOM_UPSTREAM_MODEL}
-managed:
+{_cloud_upstreams(clouds) if clouds is not None else ""}models:
+{_models(clouds)}managed:
   policies:
     - match: {{groups: [contractors]}}
       cli: {_settings_yaml(CONTRACTOR_SETTINGS)}
@@ -270,11 +398,18 @@ rate_limits:
   device_verify: {{max: {RATE_LIMIT_MAX}, window_seconds: 600}}
 """
     if gatehouse_section:
+        # Health memory off: the failover checks make the same upstream fail many times in a
+        # row on purpose, and the protocol's failover rules (MSG-28 to MSG-31) assume every
+        # request tries every upstream, as Anthropic's gateway does (SPEC MSG-45, §27.1).
         text += f"""\
 # Gatehouse's own settings; other gateways delete this section.
 gatehouse:
   signin:
     login_notice: {_q(LOGIN_NOTICE)}
+  upstream:
+    ping_interval_seconds: {GATEHOUSE_PING_INTERVAL_S:g}
+    health:
+      enabled: false
 """
     return text
 
@@ -288,11 +423,27 @@ def render_env(values: dict[str, str], postgres_url: str | None) -> dict[str, st
     return env
 
 
-def env_file_text(env: dict[str, str]) -> str:
+def google_front_env(front_url: str, ca_path: str) -> dict[str, str]:
+    """What a gateway that ignores the key file's ``token_uri`` needs to reach the fake token endpoint.
+
+    Such a gateway (Anthropic's) always posts to ``https://oauth2.googleapis.com/token``;
+    the front door answers for that name on loopback with a certificate from a
+    throwaway CA (protocol_spec/fakes/google_front.py). Every other fake is plain
+    http on loopback, which none of these touch. Not in gateway.env itself: a gateway
+    that honours ``token_uri`` needs no proxy, and should not be handed one.
+    """
+    return {"HTTPS_PROXY": front_url, "NO_PROXY": f"{HOST},localhost", "NODE_EXTRA_CA_CERTS": ca_path}
+
+
+def env_file_text(env: dict[str, str], front: dict[str, str] | None = None) -> str:
     lines = ["# Environment for the gateway under test (written by the conformance fixtures)."]
     lines += [f"{name}={value}" for name, value in sorted(env.items())]
     if ENV_NAMES["postgres_url"] not in env:
         lines.append(f"# {ENV_NAMES['postgres_url']}=postgresql://user@127.0.0.1:5432/db  (set this yourself)")
+    if front:
+        lines.append("# A gateway that posts Google token grants to https://oauth2.googleapis.com/token whatever")
+        lines.append("# the key file's token_uri says also needs these (they route that host to the fake):")
+        lines += [f"#   {name}={value}" for name, value in front.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -312,12 +463,16 @@ def write_files(
     postgres_url: str | None,
     values: dict[str, str],
     gatehouse_section: bool = True,
+    clouds: CloudUrls | None = None,
 ) -> FixtureState:
     """Write gateway.yaml, gateway.env and gateway.fixtures.json; return the state."""
-    config_out.write_text(render_config(port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section))
+    config_out.write_text(
+        render_config(port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section, clouds=clouds)
+    )
     env = render_env(values, postgres_url)
+    front = google_front_env(clouds.google_front_url, clouds.google_ca_path) if clouds and clouds.google_front_url else None
     env_path = env_path_for(config_out)
-    env_path.write_text(env_file_text(env))
+    env_path.write_text(env_file_text(env, front))
     os.chmod(env_path, 0o600)
     state = FixtureState(
         pid=os.getpid(),
@@ -334,6 +489,13 @@ def write_files(
         secondary_key=values["secondary_key"],
         admin_write_key=values["admin_write_key"],
         admin_read_key=values["admin_read_key"],
+        upstreams=upstream_names(clouds),
+        bedrock_url=clouds.bedrock_url if clouds else "",
+        vertex_url=clouds.vertex_url if clouds else "",
+        google_token_url=clouds.google_token_url if clouds else "",
+        google_front_url=clouds.google_front_url if clouds else "",
+        google_ca_path=clouds.google_ca_path if clouds else "",
+        aws_access_key_id=values["aws_access_key_id"] if clouds else "",
     )
     state_file = state_path_for(config_out)
     state_file.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
@@ -342,32 +504,44 @@ def write_files(
 
 
 async def serve(
-    config_out: Path, *, gateway_port: int | None, postgres_url: str | None, quiet: bool, gatehouse_section: bool = True
+    config_out: Path,
+    *,
+    gateway_port: int | None,
+    postgres_url: str | None,
+    quiet: bool,
+    gatehouse_section: bool = True,
+    cloud_upstreams: bool = True,
 ) -> int:
     """Run the fixtures until SIGINT/SIGTERM. Returns the exit status."""
+    from protocol_spec.conformance.cloud_fixtures import CloudFakes
     from protocol_spec.fakes.upstream import FakeUpstream
     from protocol_spec.idp_process import IdpProcess
 
     idp = IdpProcess(list(USERS.values()))
     await asyncio.to_thread(idp.start)
     fake = FakeUpstream(HOST, 0)
+    values = new_secrets()
+    cloud_fakes = CloudFakes(config_out, values["aws_access_key_id"], values["aws_secret_access_key"]) if cloud_upstreams else None
     state_file = state_path_for(config_out)
     try:
         await fake.start()
+        clouds = await cloud_fakes.start() if cloud_fakes is not None else None
         state = write_files(
             config_out,
             port=gateway_port or free_port(),
             fake_url=fake.url,
             idp_url=idp.issuer,
             postgres_url=postgres_url,
-            values=new_secrets(),
+            values=values,
             gatehouse_section=gatehouse_section,
+            clouds=clouds,
         )
         if not quiet:
             print(config_out.read_text(), flush=True)
             print(Path(state.env_path).read_text(), flush=True)
+        clouds_line = "" if clouds is None else f"fake Bedrock {clouds.bedrock_url}\nfake Vertex {clouds.vertex_url}\n"
         print(
-            f"fake upstream {fake.url}\ntest IdP {idp.issuer}\nconfig {state.config_path}\n"
+            f"fake upstream {fake.url}\n{clouds_line}test IdP {idp.issuer}\nconfig {state.config_path}\n"
             f"env {state.env_path}\nstate {state_file.resolve()}\n"
             f"start the gateway on {state.public_url}, then: python -m protocol_spec.conformance run "
             f"--base-url {state.public_url} --fixtures {state_file} --signin device "
@@ -384,4 +558,6 @@ async def serve(
     finally:
         state_file.unlink(missing_ok=True)
         await fake.close()
+        if cloud_fakes is not None:
+            await cloud_fakes.close()
         await asyncio.to_thread(idp.stop)

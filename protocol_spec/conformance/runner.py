@@ -25,7 +25,7 @@ from protocol_spec.conformance import (
     report,
 )
 from protocol_spec.conformance.context import Ctx, Suite
-from protocol_spec.conformance.fixtures import FixtureState, load_state
+from protocol_spec.conformance.fixtures import PROTOCOL_PING_INTERVAL_S, FixtureState, load_state
 from protocol_spec.conformance.target import Target
 from protocol_spec.conformance.verdicts import REGISTRY, Check, Skip, Verdicts
 
@@ -44,6 +44,8 @@ class Options:
     strict: bool
     quiet: bool
     profile: str = profiles.DEFAULT_PROFILE
+    # Seconds of upstream silence after which the gateway under test pings (SSE-4).
+    ping_interval_s: float = PROTOCOL_PING_INTERVAL_S
 
 
 class SetupError(Exception):
@@ -78,10 +80,14 @@ async def _preflight(target: Target, suite: Suite) -> None:
         await target.get("/healthz", timeout_s=PREFLIGHT_TIMEOUT_S)
     except (aiohttp.ClientError, TimeoutError) as err:
         raise SetupError(f"the target {target.base_url} does not answer: {err}") from None
-    try:
-        await suite.fake.reset()
-    except (aiohttp.ClientError, TimeoutError) as err:
-        raise SetupError(f"the fake upstream {suite.state.fake_url} does not answer (are the fixtures running?): {err}") from None
+    fakes = [(suite.state.fake_url, suite.fake), (suite.state.bedrock_url, suite.bedrock), (suite.state.vertex_url, suite.vertex)]
+    for url, fake in fakes:
+        if fake is None:
+            continue
+        try:
+            await fake.reset()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise SetupError(f"the fake upstream {url} does not answer (are the fixtures running?): {err}") from None
 
 
 async def execute(options: Options, state: FixtureState) -> tuple[list[report.CheckResult], dict[str, Any]]:
@@ -90,7 +96,10 @@ async def execute(options: Options, state: FixtureState) -> tuple[list[report.Ch
     started = datetime.now(UTC)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         target = Target(base_url, session)
-        suite = Suite(target, state, session, signin=options.signin, token=options.token, admin_key=options.admin_key)
+        suite = Suite(
+            target, state, session, signin=options.signin, token=options.token, admin_key=options.admin_key,
+            ping_interval_s=options.ping_interval_s,
+        )
         await _preflight(target, suite)
         results = []
         if not options.quiet:
@@ -112,6 +121,7 @@ async def execute(options: Options, state: FixtureState) -> tuple[list[report.Ch
         "signin": options.signin,
         "admin_key": bool(options.admin_key),
         "profile": {"name": options.profile, "sources": list(profiles.get(options.profile).sources)},
+        "ping_interval_s": options.ping_interval_s,
         "checks_selected": [c.name for c in chosen.run],
         "checks_out_of_profile": [c.name for c in chosen.out_of_profile],
     }

@@ -5,6 +5,13 @@ The fixture configuration has two Anthropic-format upstreams on the same fake,
 request carries. The secondary also gets a configured header and the caller's
 identity (``forward_user_identity``). Each check resets the fake, scripts its
 answers, sends one request and reads back exactly what arrived.
+
+The cloud upstreams come after those two, so a built-in model whose Anthropic
+upstreams both fail goes on to Bedrock and Vertex (checks/clouds.py judges
+that). Where every upstream tried must fail, the checks here ask for
+:data:`~protocol_spec.conformance.fixtures.PAIR_MODEL`, routed to the two
+Anthropic upstreams only; N in ``all upstreams failed (N attempted)`` still
+counts every configured upstream (MSG-31).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from protocol_spec.conformance.context import Ctx, header_value, small_request
 from protocol_spec.conformance.fixtures import (
     CUSTOM_MODEL,
     CUSTOM_UPSTREAM_MODEL,
+    PAIR_MODEL,
     SECONDARY_HEADER,
 )
 from protocol_spec.conformance.verdicts import check
@@ -51,6 +59,11 @@ DROPPED = [
     ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     ("x-conformance-custom", "private"),
 ]
+
+
+def all_failed(c: Ctx) -> str:
+    """The gateway's 502 message when every upstream failed (MSG-31: N counts every configured one)."""
+    return f"all upstreams failed ({len(c.state.upstreams)} attempted)"
 
 
 def _body_model(record: dict[str, Any]) -> Any:
@@ -142,7 +155,7 @@ async def model_rewriting(c: Ctx) -> None:
     await c.fake.reset()
     await c.fake.script(error_reply(500, "api_error", "primary down"))
     failed = await c.messages(small_request(CUSTOM_MODEL))
-    c.envelope("MODEL-5", failed, 502, "api_error", message="all upstreams failed (2 attempted)", what="custom model, its only upstream failing")
+    c.envelope("MODEL-5", failed, 502, "api_error", message=all_failed(c), what="custom model, its only upstream failing")
     calls = await c.received()
     c.equal("MODEL-5", len(calls), 1, "the upstream outside the map is skipped without a call")
     for rid, model in (("MODEL-6", KNOWN_DATED), ("MODEL-9", "claude-opus-4-7-20990101")):
@@ -221,22 +234,23 @@ async def failover(c: Ctx) -> None:
     again = await c.messages(small_request())
     calls = await c.received()
     c.expect("MSG-27", again.status == 200 and [c.upstream_of(r) for r in calls] == ["primary"], "the next request starts at the first upstream again", observed=[c.upstream_of(r) for r in calls])
+    # Every upstream tried fails from here on: a model served by the two Anthropic upstreams only.
     for codes in ((401, 500), (403, 500), (404, 500), (429, 500), (501, 500)):
         await c.fake.reset()
         first = error_reply(codes[0], "conformance_error", f"primary says {codes[0]}")
         await c.fake.script(first, error_reply(codes[1], "api_error", "secondary broke"))
-        relayed = await c.messages(small_request())
+        relayed = await c.messages(small_request(PAIR_MODEL))
         c.equal("MSG-30", relayed.status, codes[0], f"{codes[0]} then 500: the {codes[0]} is relayed")
         c.equal("MSG-30", relayed.json(), first.json, f"{codes[0]} then 500: its body unchanged")
         c.equal("MSG-28", len(await c.received()), 2, f"a {codes[0]} fails over")
     await c.fake.reset()
     await c.fake.script(error_reply(429, "rate_limit_error", "first"), error_reply(401, "authentication_error", "second"))
-    mixed = await c.messages(small_request())
+    mixed = await c.messages(small_request(PAIR_MODEL))
     c.equal("MSG-30", mixed.status, 429, "429 then 401: the 429 wins")
     await c.fake.reset()
     await c.fake.script(error_reply(500, "api_error", "one"), error_reply(529, "overloaded_error", "two"))
-    both = await c.messages(small_request())
-    c.envelope("MSG-31", both, 502, "api_error", message="all upstreams failed (2 attempted)", what="every upstream failed")
+    both = await c.messages(small_request(PAIR_MODEL))
+    c.envelope("MSG-31", both, 502, "api_error", message=all_failed(c), what="every upstream failed")
     c.expect("RETRY-3", both.header("x-should-retry") is None, "the gateway's own 502 has no x-should-retry", observed=both.header("x-should-retry"))
     await c.fake.reset()
     await c.fake.script(Reply(json=message_json("late"), headers_delay=c.state.upstream_ttfb_ms / 1000 + 1.5))
