@@ -8,6 +8,12 @@ upstream failure may fail over to the next upstream. After it, status and
 headers are fixed; an upstream failure becomes an SSE ``error`` event and the
 stream ends.
 
+Providers: every upstream is a translator (pure: the call it takes, the error
+the client may see; gateway/upstreams/outbound.py) and, for the clouds, a
+signer (its credential). The Claude API's translator passes the body and the
+reply through as bytes; Bedrock's stream is an AWS event stream, re-emitted
+here as SSE frame by frame, with a ping after a silence.
+
 Cancellation: if the client goes away, aiohttp cancels this handler; the
 ``finally`` blocks close the upstream response at once (so the upstream stops
 generating) and still record the request, with status 499.
@@ -212,18 +218,34 @@ async def open_first(rt: Runtime, ask: Ask, targets: tuple[Target, ...], outcome
     every attempted target fails.
     """
     failures: list[ClientError] = []
-    admitted = [t for t in targets if rt.health.admit(t.upstream)]
-    for target in admitted or targets:
-        try:
-            opened = await _attempt(rt, ask, target, outcome, t0, failures)
-        except BaseException:
-            # A refused body, the client leaving: no verdict on the upstream, so a
-            # probe it was admitted for must not stay claimed.
-            rt.health.released(target.upstream)
-            raise
+    cooling: list[Target] = []
+    for target in targets:
+        # Asked only when reached: admitting claims the probe of an upstream whose
+        # cooldown is over, and a claim must end in a verdict.
+        if not rt.health.admit(target.upstream):
+            cooling.append(target)
+            continue
+        opened = await _attempt_once(rt, ask, target, outcome, t0, failures)
         if opened is not None:
             return opened
+    if len(cooling) == len(targets):
+        for target in cooling:
+            opened = await _attempt_once(rt, ask, target, outcome, t0, failures)
+            if opened is not None:
+                return opened
     raise final_error(failures, len(rt.upstreams))
+
+
+async def _attempt_once(
+    rt: Runtime, ask: Ask, target: Target, outcome: Outcome, t0: float, failures: list[ClientError]
+) -> Opened | None:
+    try:
+        return await _attempt(rt, ask, target, outcome, t0, failures)
+    except BaseException:
+        # A refused body, the client leaving: no verdict on the upstream, so a
+        # probe it was admitted for must not stay claimed.
+        rt.health.released(target.upstream)
+        raise
 
 
 async def _attempt(

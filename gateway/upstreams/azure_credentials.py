@@ -27,7 +27,7 @@ from typing import Any
 
 from gateway import audit
 from gateway.client_text import capped
-from gateway.upstreams.outbound import Ask, CredentialFailure, Outbound
+from gateway.upstreams.outbound import Ask, CredentialFailure, Outbound, with_bearer
 from gateway.upstreams.token_cache import REFRESH_MARGIN_S, TokenCache
 
 SCOPE = "https://ai.azure.com/.default"
@@ -85,10 +85,7 @@ class AzureSigner:
         return True
 
     async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
-        token = await self._tokens.token()
-        headers = dict(out.headers)
-        headers["Authorization"] = f"Bearer {token}"
-        return out._replace(headers=headers)
+        return with_bearer(out, await self._tokens.token())
 
     async def _fetch(self) -> tuple[str, float]:
         credential = self._credential

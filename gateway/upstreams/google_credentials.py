@@ -37,7 +37,7 @@ import urllib3
 
 from gateway import audit
 from gateway.client_text import capped
-from gateway.upstreams.outbound import Ask, CredentialFailure, Outbound
+from gateway.upstreams.outbound import Ask, CredentialFailure, Outbound, with_bearer
 from gateway.upstreams.token_cache import REFRESH_MARGIN_S, TokenCache
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -97,10 +97,7 @@ class GoogleSigner:
         return True
 
     async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
-        token = await self._tokens.token()
-        headers = dict(out.headers)
-        headers["Authorization"] = f"Bearer {token}"
-        return out._replace(headers=headers)
+        return with_bearer(out, await self._tokens.token())
 
     async def _fetch(self) -> tuple[str, float]:
         """A new token and its lifetime (the token cache calls this, once at a time)."""

@@ -59,6 +59,11 @@ class Outbound(NamedTuple):
     shape: Shape = Shape.AS_IS
 
 
+def with_bearer(out: Outbound, token: str) -> Outbound:
+    """``out`` carrying ``token`` as its bearer (the signers of token-based clouds)."""
+    return out._replace(headers={**out.headers, "Authorization": f"Bearer {token}"})
+
+
 class ClientError(NamedTuple):
     """An upstream's error reply as the client gets it.
 
