@@ -12,22 +12,24 @@ Two commands
 
    Starts, on 127.0.0.1, the fake Anthropic upstream
    (:mod:`protocol_spec.fakes`), unless ``--no-cloud-upstreams`` a fake
-   Bedrock runtime, a fake Vertex AI and its fake Google token endpoint
-   (:mod:`protocol_spec.conformance.cloud_fixtures`), and a test IdP
+   Bedrock runtime, a fake STS, a fake Vertex AI and its fake Google token
+   endpoint (:mod:`protocol_spec.conformance.cloud_fixtures`), and a test IdP
    (oidc-provider-mock, through :mod:`protocol_spec.idp_process`) with five
    users: a normal one, a member of ``contractors``, one whose email is
    unverified, a member of the admin group, and one from a domain the config
    does not allow. Then writes, side by side:
 
    * ``gateway.yaml``: a complete configuration (two Anthropic upstreams on
-     the fake, a Bedrock and a Vertex upstream on theirs, custom models,
+     the fake, two Bedrock upstreams (one through an assumed role) and a
+     Vertex upstream on theirs, custom models,
      managed policies, an admin block, limits); valid for Anthropic's gateway
      too once its ``gatehouse:`` section is removed;
    * ``gateway.env``: what the gateway's environment needs
-     (``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, secrets, the database URL), and in
-     a comment the proxy settings a gateway that ignores a key file's
-     ``token_uri`` needs to reach the fake Google token endpoint;
-   * ``gateway.google-sa.json`` and ``gateway.google-ca.pem``: the Vertex
+     (``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, secrets, the database URL,
+     ``AWS_ENDPOINT_URL_STS``), and in a comment the proxy settings a gateway
+     that ignores a key file's ``token_uri`` or that variable needs to reach
+     the fake Google token endpoint and STS;
+   * ``gateway.google-sa.json`` and ``gateway.front-door-ca.pem``: the Vertex
      upstream's key file and the throwaway CA of that proxy;
    * ``gateway.fixtures.json``: the state ``run`` reads: where the fakes and
      the IdP are, the users, the secrets. The state file is how ``run`` finds

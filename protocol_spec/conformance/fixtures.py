@@ -7,9 +7,10 @@ starts, on loopback:
   artificial delays), which the ``run`` command scripts and inspects through
   its ``/_fake/*`` control endpoints;
 * unless ``--no-cloud-upstreams``, the cloud fakes (:mod:`protocol_spec.conformance.cloud_fixtures`):
-  a fake Bedrock runtime that verifies every SigV4 signature, a fake Vertex
-  AI that takes only bearers its fake Google token endpoint issued, and a
-  front door that answers for ``oauth2.googleapis.com`` on loopback;
+  a fake Bedrock runtime that verifies every SigV4 signature, a fake STS, a
+  fake Vertex AI that takes only bearers its fake Google token endpoint
+  issued, and a front door that answers for ``oauth2.googleapis.com`` and
+  ``sts.us-east-1.amazonaws.com`` on loopback;
 * oidc-provider-mock (:class:`protocol_spec.idp_process.IdpProcess`) with the
   users of :data:`USERS`;
 
@@ -22,18 +23,19 @@ then writes its files side by side and stays up until interrupted:
   section that other gateways may delete (or leave out with
   ``--no-gatehouse-section``);
 * ``gateway.env``: the environment the gateway needs (secrets, the database
-  URL, ``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``), as ``NAME=value`` lines, and, as
-  comments, the proxy settings a gateway that ignores the key file's
-  ``token_uri`` adds to reach the fake token endpoint (:func:`google_front_env`);
-* ``gateway.google-sa.json`` and ``gateway.google-ca.pem``: the Vertex
+  URL, ``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, ``AWS_ENDPOINT_URL_STS``), as
+  ``NAME=value`` lines, and, as comments, the proxy settings a gateway that
+  ignores the key file's ``token_uri`` or that variable adds to reach those
+  fakes (:func:`front_door_env`);
+* ``gateway.google-sa.json`` and ``gateway.front-door-ca.pem``: the Vertex
   upstream's service-account key file and the throwaway CA of the front door;
 * ``gateway.fixtures.json``: the state ``run`` reads (:class:`FixtureState`):
   where the fakes and the IdP listen, the users, the secrets, and what the
   configuration promises (so checks know what to expect).
 
 Built-in models are tried on every upstream in order (SPEC MODEL-4), so the
-cloud upstreams come last: a built-in model reaches them only when both
-Anthropic upstreams failed over. Checks that want a cloud upstream use the
+cloud upstreams come last (Bedrock, Bedrock through an assumed role, Vertex):
+a built-in model reaches them only when both Anthropic upstreams failed over. Checks that want a cloud upstream use the
 custom models of :data:`CLOUD_MODELS`, each routed to the cloud upstreams only;
 checks that make every Anthropic upstream fail use :data:`PAIR_MODEL`, which
 goes to those two only.
@@ -132,6 +134,11 @@ ARN_MODEL = "claude-conformance-arn-1-0"
 ARN_MODEL_ID = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/conformance01"
 VERTEX_MODEL = "claude-conformance-vertex-1-0"
 VERTEX_MODEL_ID = "claude-sonnet-4-6@20260101"
+# A second Bedrock upstream on the same fake, signing with credentials from AssumeRole at the fake
+# STS, one session per developer (BEDROCK-12); Vertex serves its model when STS fails (MSG-46).
+ROLE_UPSTREAM = "bedrock-role"
+ROLE_ARN = "arn:aws:iam::123456789012:role/conformance-bedrock"
+ROLE_MODEL = "claude-conformance-role-1-0"
 # Bedrock first, then Vertex: for fall-through (counting) and no-failover-after-the-commit checks.
 CLOUDS_MODEL = "claude-conformance-clouds-1-0"
 CLOUDS_MODEL_IDS = {BEDROCK: "us.anthropic.claude-opus-4-7", VERTEX: "claude-opus-4-7"}
@@ -140,6 +147,7 @@ CLOUD_MODELS: dict[str, dict[str, str]] = {
     ARN_MODEL: {BEDROCK: ARN_MODEL_ID},
     VERTEX_MODEL: {VERTEX: VERTEX_MODEL_ID},
     CLOUDS_MODEL: CLOUDS_MODEL_IDS,
+    ROLE_MODEL: {ROLE_UPSTREAM: BEDROCK_MODEL_ID, VERTEX: "claude-sonnet-4-6"},
 }
 # Both Anthropic upstreams and nothing else: for checks that make every upstream it is sent to fail.
 PAIR_MODEL = "claude-conformance-pair-1-0"
@@ -228,9 +236,11 @@ class FixtureState(msgspec.Struct, kw_only=True):
     bedrock_url: str = ""
     vertex_url: str = ""
     google_token_url: str = ""
-    # The front door for gateways that ignore the key file's token_uri (google_front_env()).
-    google_front_url: str = ""
-    google_ca_path: str = ""
+    # The front door for gateways that ignore token_uri or AWS_ENDPOINT_URL_STS (front_door_env()).
+    front_door_url: str = ""
+    front_door_ca_path: str = ""
+    # The fake STS's AssumeRole log and script (cloud_fixtures.StsControl).
+    sts_control_url: str = ""
     aws_access_key_id: str = ""
 
 
@@ -280,8 +290,10 @@ class CloudUrls:
     vertex_url: str
     service_account_path: str
     google_token_url: str = ""
-    google_front_url: str = ""
-    google_ca_path: str = ""
+    front_door_url: str = ""
+    front_door_ca_path: str = ""
+    sts_url: str = ""
+    sts_control_url: str = ""
 
 
 def _cloud_upstreams(clouds: CloudUrls) -> str:
@@ -297,6 +309,19 @@ def _cloud_upstreams(clouds: CloudUrls) -> str:
       aws_secret_access_key: ${{{env["aws_secret_access_key"]}}}
     headers:
       {BEDROCK_HEADER[0]}: {BEDROCK_HEADER[1]}
+    guardrail:
+      id: {GUARDRAIL[0]}
+      version: {_q(GUARDRAIL[1])}
+  - provider: bedrock
+    name: {ROLE_UPSTREAM}
+    region: {BEDROCK_REGION}
+    base_url: {clouds.bedrock_url}
+    auth:
+      aws_access_key_id: ${{{env["aws_access_key_id"]}}}
+      aws_secret_access_key: ${{{env["aws_secret_access_key"]}}}
+    assume_role:
+      role_arn: {ROLE_ARN}
+      session_name: email
     guardrail:
       id: {GUARDRAIL[0]}
       version: {_q(GUARDRAIL[1])}
@@ -332,7 +357,7 @@ def _models(clouds: CloudUrls | None) -> str:
 
 
 def upstream_names(clouds: CloudUrls | None) -> list[str]:
-    return [PRIMARY, SECONDARY] + ([BEDROCK, VERTEX] if clouds is not None else [])
+    return [PRIMARY, SECONDARY] + ([BEDROCK, ROLE_UPSTREAM, VERTEX] if clouds is not None else [])
 
 
 def render_config(
@@ -414,23 +439,29 @@ gatehouse:
     return text
 
 
-def render_env(values: dict[str, str], postgres_url: str | None) -> dict[str, str]:
+def render_env(values: dict[str, str], postgres_url: str | None, clouds: CloudUrls | None = None) -> dict[str, str]:
     env = {ENV_NAMES[name]: value for name, value in values.items()}
     if postgres_url:
         env[ENV_NAMES["postgres_url"]] = postgres_url
     # The IdP and the fake upstream are on loopback (SPEC NET-6).
     env["CLAUDE_GATEWAY_ALLOW_LOOPBACK"] = "1"
+    if clouds is not None and clouds.sts_url:
+        # AWS SDKs take a service's endpoint from this variable: AssumeRole goes to the fake STS.
+        env["AWS_ENDPOINT_URL_STS"] = clouds.sts_url
     return env
 
 
-def google_front_env(front_url: str, ca_path: str) -> dict[str, str]:
-    """What a gateway that ignores the key file's ``token_uri`` needs to reach the fake token endpoint.
+def front_door_env(front_url: str, ca_path: str) -> dict[str, str]:
+    """What a gateway that cannot be pointed at the fake token endpoint or STS needs to reach them.
 
-    Such a gateway (Anthropic's) always posts to ``https://oauth2.googleapis.com/token``;
-    the front door answers for that name on loopback with a certificate from a
-    throwaway CA (protocol_spec/fakes/google_front.py). Every other fake is plain
-    http on loopback, which none of these touch. Not in gateway.env itself: a gateway
-    that honours ``token_uri`` needs no proxy, and should not be handed one.
+    Such a gateway (Anthropic's) always posts Google token grants to
+    ``https://oauth2.googleapis.com/token`` and calls AssumeRole at
+    ``https://sts.us-east-1.amazonaws.com``; the front door answers for those
+    names on loopback with a certificate from a throwaway CA
+    (protocol_spec/fakes/front_door.py). Every other fake is plain http on
+    loopback, which none of these touch. Not in gateway.env itself: a gateway
+    that honours ``token_uri`` and ``AWS_ENDPOINT_URL_STS`` needs no proxy, and
+    should not be handed one.
     """
     return {"HTTPS_PROXY": front_url, "NO_PROXY": f"{HOST},localhost", "NODE_EXTRA_CA_CERTS": ca_path}
 
@@ -441,8 +472,9 @@ def env_file_text(env: dict[str, str], front: dict[str, str] | None = None) -> s
     if ENV_NAMES["postgres_url"] not in env:
         lines.append(f"# {ENV_NAMES['postgres_url']}=postgresql://user@127.0.0.1:5432/db  (set this yourself)")
     if front:
-        lines.append("# A gateway that posts Google token grants to https://oauth2.googleapis.com/token whatever")
-        lines.append("# the key file's token_uri says also needs these (they route that host to the fake):")
+        lines.append("# A gateway that posts Google token grants to https://oauth2.googleapis.com/token whatever the key")
+        lines.append("# file's token_uri says, or ignores AWS_ENDPOINT_URL_STS, also needs these (they route those hosts")
+        lines.append("# to the fakes):")
         lines += [f"#   {name}={value}" for name, value in front.items()]
     return "\n".join(lines) + "\n"
 
@@ -469,8 +501,8 @@ def write_files(
     config_out.write_text(
         render_config(port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section, clouds=clouds)
     )
-    env = render_env(values, postgres_url)
-    front = google_front_env(clouds.google_front_url, clouds.google_ca_path) if clouds and clouds.google_front_url else None
+    env = render_env(values, postgres_url, clouds)
+    front = front_door_env(clouds.front_door_url, clouds.front_door_ca_path) if clouds and clouds.front_door_url else None
     env_path = env_path_for(config_out)
     env_path.write_text(env_file_text(env, front))
     os.chmod(env_path, 0o600)
@@ -493,8 +525,9 @@ def write_files(
         bedrock_url=clouds.bedrock_url if clouds else "",
         vertex_url=clouds.vertex_url if clouds else "",
         google_token_url=clouds.google_token_url if clouds else "",
-        google_front_url=clouds.google_front_url if clouds else "",
-        google_ca_path=clouds.google_ca_path if clouds else "",
+        front_door_url=clouds.front_door_url if clouds else "",
+        front_door_ca_path=clouds.front_door_ca_path if clouds else "",
+        sts_control_url=clouds.sts_control_url if clouds else "",
         aws_access_key_id=values["aws_access_key_id"] if clouds else "",
     )
     state_file = state_path_for(config_out)

@@ -228,9 +228,9 @@ def test_fixture_config_is_valid_for_gatehouse_and_without_its_section(tmp_path:
     path.write_text(text)
     cfg = load(str(path), env)
     assert [(u.name, u.provider) for u in cfg.upstreams] == [
-        ("primary", "anthropic"), ("secondary", "anthropic"), ("bedrock", "bedrock"), ("vertex", "vertex"),
+        ("primary", "anthropic"), ("secondary", "anthropic"), ("bedrock", "bedrock"), ("bedrock-role", "bedrock"), ("vertex", "vertex"),
     ]
-    assert cfg.upstreams[3].base_url == "http://127.0.0.1:18400/v1"
+    assert cfg.upstreams[4].base_url == "http://127.0.0.1:18400/v1"
     routes = {m.id: dict(m.upstream_model) for m in cfg.models}
     assert routes[PAIR_MODEL].keys() == {"primary", "secondary"}
     assert all(routes[model] == CLOUD_MODELS[model] for model in CLOUD_MODELS)

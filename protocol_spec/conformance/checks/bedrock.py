@@ -11,11 +11,14 @@ a built-in model reaches Bedrock when both Anthropic upstreams answer 404.
 
 from __future__ import annotations
 
+import secrets
+
 import msgspec
 
+from protocol_spec.conformance.checks.bearer import claims_for, mint
 from protocol_spec.conformance.checks.cloud_views import (
     ACCOUNT,
-    ROLE_ARN,
+    SECRET_ROLE_ARN,
     bedrock,
     bedrock_stream_events,
     cloud_headers,
@@ -23,6 +26,7 @@ from protocol_spec.conformance.checks.cloud_views import (
     leaked,
     parsed_events,
     reset_all,
+    sts,
     vertex,
     without_pings,
 )
@@ -37,6 +41,9 @@ from protocol_spec.conformance.fixtures import (
     CLOUDS_MODEL,
     CLOUDS_MODEL_IDS,
     GUARDRAIL,
+    ROLE_ARN,
+    ROLE_MODEL,
+    ROLE_UPSTREAM,
     VERTEX,
 )
 from protocol_spec.conformance.verdicts import check
@@ -274,10 +281,10 @@ async def errors(c: Ctx) -> None:
     fake = bedrock(c)
     cases = [
         (TOO_LONG, 400, "invalid_request_error", "capability_rejected: prompt_too_long"),
-        (validation(f"{ROLE_ARN} may not use this model feature."), 400, "invalid_request_error", "upstream rejected the request"),
-        (bedrock_error(413, "ValidationException", f"Request body from {ROLE_ARN} is too large."), 413, None, "request too large for this upstream"),
+        (validation(f"{SECRET_ROLE_ARN} may not use this model feature."), 400, "invalid_request_error", "upstream rejected the request"),
+        (bedrock_error(413, "ValidationException", f"Request body from {SECRET_ROLE_ARN} is too large."), 413, None, "request too large for this upstream"),
         (THROTTLING, 429, "rate_limit_error", "upstream rate limit exceeded"),
-        (bedrock_error(403, "AccessDeniedException", f"User: {ROLE_ARN} is not authorized to perform: bedrock:InvokeModel"), 403, None, None),
+        (bedrock_error(403, "AccessDeniedException", f"User: {SECRET_ROLE_ARN} is not authorized to perform: bedrock:InvokeModel"), 403, None, None),
     ]
     for reply, status, error_type, message in cases:
         await reset_all(c)
@@ -381,3 +388,45 @@ async def slow_cloud(c: Ctx) -> None:
     counted = await c.messages({"model": BEDROCK_MODEL, "messages": [{"role": "user", "content": "hi"}]},
                                path="/v1/messages/count_tokens", timeout_s=wait + 15)
     c.equal("MSG-47", (counted.status, counted.json()), (200, {"input_tokens": 99}), f"a count answered after {wait:.1f} s")
+
+
+@check("Bedrock: credentials from an assumed role", "BEDROCK-12", "MSG-46")
+async def assumed_role(c: Ctx) -> None:
+    fake = bedrock(c)
+    role = sts(c)
+    other = vertex(c)
+    base_key = c.state.aws_access_key_id
+    # Developers no earlier request has made the gateway assume the role for (session_name: email).
+    run = secrets.token_hex(4)
+    people = {name: f"conf-role-{name}-{run}@example.com" for name in ("first", "second", "third")}
+    tokens = {name: mint(c.state.jwt_secret, claims_for(c, sub=f"conf-role-{name}-{run}", email=email))
+              for name, email in people.items()}
+    await reset_all(c)
+    principals = []
+    for name in ("first", "first", "second"):
+        answer = await c.messages(small_request(ROLE_MODEL), bearer=tokens[name])
+        c.status("BEDROCK-12", answer, 200, f"{ROLE_UPSTREAM} serving the {name} developer")
+        records = await fake.received()
+        principals.append(records[-1]["principal"] if records else None)
+        token = header_value(records[-1]["headers"], "x-amz-security-token") if records else None
+        c.expect("BEDROCK-12", principals[-1] not in (None, base_key) and token is not None,
+                 f"{name} developer: signed with temporary credentials, never the base keys", observed=(principals[-1], bool(token)))
+    calls = await role.received()
+    c.equal("BEDROCK-12", [(call["role_arn"], call["session_name"], call["outcome"]) for call in calls],
+            [(ROLE_ARN, people["first"], "ok"), (ROLE_ARN, people["second"], "ok")],
+            "one AssumeRole per developer, the email as session name, reused by the next request")
+    c.expect("BEDROCK-12", all(call["principal"] == base_key for call in calls), "AssumeRole signed with the upstream's own keys",
+             observed=[call["principal"] for call in calls])
+    issued = [call["access_key_id"] for call in calls]
+    c.equal("BEDROCK-12", principals, [*issued[:1], *issued[:1], *issued[1:2]], "each developer's requests signed with their session's key")
+    # STS refusing a developer without a session (AccessDenied, which AWS SDKs do not retry):
+    # never the base keys, the next upstream instead.
+    await reset_all(c)
+    await role.script("access_denied")
+    answer = await c.messages(small_request(ROLE_MODEL), bearer=tokens["third"])
+    served = len(await other.received())
+    sent = [r["principal"] for r in await fake.received()]
+    c.expect("BEDROCK-12", answer.status == 200 and served == 1 and not sent, "STS refusing: nothing sent to Bedrock, Vertex serves it",
+             observed=(answer.status, f"{served} Vertex request(s)", f"Bedrock requests signed by {sent}"))
+    c.expect("MSG-46", answer.status == 200 and served == 1, "a credential the gateway cannot get counts as that upstream failing",
+             observed=(answer.status, served))

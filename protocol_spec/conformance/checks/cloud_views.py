@@ -12,6 +12,7 @@ import base64
 import json
 from typing import Any
 
+import aiohttp
 from botocore.eventstream import EventStreamBuffer
 
 from protocol_spec.conformance.checks.streaming import events_of
@@ -24,7 +25,7 @@ from protocol_spec.fakes.remote import RemoteFake
 
 # An AWS account and role in Bedrock's error texts: none of it may reach a client (BEDROCK-6).
 ACCOUNT = "123456789012"
-ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/conformance-bedrock-secret"
+SECRET_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/conformance-bedrock-secret"
 Event = tuple[str | None, Any]
 
 
@@ -40,12 +41,44 @@ def vertex(c: Ctx) -> RemoteFake:
     return c.suite.vertex
 
 
+class RemoteSts:
+    """The fake STS's AssumeRole log and script (protocol_spec/conformance/cloud_fixtures.py, StsControl)."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url = url.rstrip("/")
+        self._session = session
+
+    async def received(self) -> list[dict[str, Any]]:
+        async with self._session.get(self.url + "/_fake/received") as response:
+            response.raise_for_status()
+            calls: list[dict[str, Any]] = await response.json()
+            return calls
+
+    async def script(self, *outcomes: str) -> None:
+        await self._post("/_fake/script", json.dumps(list(outcomes)).encode())
+
+    async def reset(self) -> None:
+        await self._post("/_fake/reset", b"")
+
+    async def _post(self, path: str, body: bytes) -> None:
+        async with self._session.post(self.url + path, data=body, headers={"Content-Type": "application/json"}) as response:
+            response.raise_for_status()
+
+
+def sts(c: Ctx) -> RemoteSts:
+    if not c.state.sts_control_url:
+        raise Skip("the fixtures run no fake STS (started with --no-cloud-upstreams)")
+    return RemoteSts(c.state.sts_control_url, c.suite.session)
+
+
 async def reset_all(c: Ctx) -> None:
     """Every fake forgets what it received and its scripts."""
     await c.fake.reset()
     for fake in (c.suite.bedrock, c.suite.vertex):
         if fake is not None:
             await fake.reset()
+    if c.state.sts_control_url:
+        await sts(c).reset()
 
 
 def parsed_events(raw: bytes) -> list[Event]:

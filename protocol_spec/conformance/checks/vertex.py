@@ -5,7 +5,7 @@ a Private Service Connect style ``base_url`` ending in ``/v1``) last in
 ``upstreams``. The fake Vertex answers only bearer tokens its fake Google
 token endpoint issued after verifying the account's signed assertion, so a
 request it answered 200 carried a real grant. A built-in model reaches Vertex
-when both Anthropic upstreams answer 404 and Bedrock 429.
+when both Anthropic upstreams answer 404 and both Bedrock upstreams 429.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from protocol_spec.conformance.checks.cloud_views import (
 from protocol_spec.conformance.checks.streaming import read_stream
 from protocol_spec.conformance.context import Ctx, header_value, obj, small_request
 from protocol_spec.conformance.fixtures import (
+    BEDROCK,
+    ROLE_UPSTREAM,
+    VERTEX,
     VERTEX_MODEL,
     VERTEX_MODEL_ID,
     VERTEX_PROJECT,
@@ -117,14 +120,16 @@ async def model_ids(c: Ctx) -> None:
     for model, vertex_id in BUILTIN_IDS.items():
         await reset_all(c)
         await c.fake.script(UPSTREAM_404, UPSTREAM_404)
-        await first.script(THROTTLING)
+        await first.script(THROTTLING, THROTTLING)
         answer = await c.messages(small_request(model))
-        c.status("VERTEX-2", answer, 200, f"built-in {model} after 404, 404 and Bedrock 429")
+        c.status("VERTEX-2", answer, 200, f"built-in {model} after 404, 404 and Bedrock 429 twice")
         paths = [r["path"] for r in await fake.received()]
         c.equal("VERTEX-2", paths, [MODELS_PATH + vertex_id + ":rawPredict"], f"built-in {model}: Vertex's id for it")
         order = [c.upstream_of(r) for r in await c.received()]
-        order += ["bedrock"] * len(await first.received()) + ["vertex"] * len(paths)
-        c.equal("MODEL-4", order, ["primary", "secondary", "bedrock", "vertex"], f"built-in {model} tried on every upstream in order")
+        order += [BEDROCK if r["principal"] == c.state.aws_access_key_id else ROLE_UPSTREAM for r in await first.received()]
+        order += [VERTEX] * len(paths)
+        expected = ["primary", "secondary", BEDROCK, ROLE_UPSTREAM, VERTEX]
+        c.equal("MODEL-4", order, expected, f"built-in {model} tried on every upstream in order")
 
 
 @check("Vertex: the SSE reply", "VERTEX-6")

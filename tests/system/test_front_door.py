@@ -1,4 +1,4 @@
-"""The fixtures' front door for oauth2.googleapis.com: TLS under a throwaway CA, to the fake token endpoint, on loopback only."""
+"""The fixtures' front door for fixed cloud host names: TLS under a throwaway CA, to the fakes, on loopback only."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import ssl
 import aiohttp
 import pytest
 
+from protocol_spec.fakes.front_door import GOOGLE_TOKEN_HOST, FrontDoor, sts_host
 from protocol_spec.fakes.google import FakeGoogleToken
-from protocol_spec.fakes.google_front import GOOGLE_TOKEN_HOST, GoogleFrontDoor
+from protocol_spec.fakes.sts import FakeSts
 
 
 @pytest.fixture
 async def front():
-    async with FakeGoogleToken() as token, GoogleFrontDoor(token.port) as door:
+    async with FakeGoogleToken() as token, FakeSts() as sts, FrontDoor({GOOGLE_TOKEN_HOST: token.port, sts_host("us-east-1"): sts.port}) as door:
         yield token, door
 
 
@@ -41,7 +42,16 @@ async def test_the_certificate_is_not_trusted_without_the_ca(front) -> None:
     assert token.attempts == 0
 
 
-@pytest.mark.parametrize("target", ["example.com:443", f"{GOOGLE_TOKEN_HOST}:8443", "127.0.0.1:443"])
+async def test_each_name_reaches_its_own_fake(front) -> None:
+    _, door = front
+    trust = ssl.create_default_context(cadata=door.ca_pem.decode())
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"https://{sts_host('us-east-1')}/", data=b"Action=AssumeRole", proxy=door.url, ssl=trust) as resp:
+            # The fake STS's own refusal of an unsigned call: it was the one that answered.
+            assert resp.status in (400, 403) and b"ErrorResponse" in await resp.read()
+
+
+@pytest.mark.parametrize("target", ["example.com:443", f"{GOOGLE_TOKEN_HOST}:8443", "127.0.0.1:443", "sts.eu-west-1.amazonaws.com:443"])
 async def test_any_other_tunnel_is_refused(front, target: str) -> None:
     _, door = front
     reader, writer = await asyncio.open_connection(door.host, door.port)

@@ -1,23 +1,26 @@
-"""Google's token host on loopback, for gateways that ignore a key file's ``token_uri``.
+"""Public cloud host names answered on loopback, for gateways that cannot be pointed elsewhere.
 
-A service-account key file names the token endpoint to post the signed
-assertion to (``token_uri``); google-auth honours it, so a fake endpoint on
-loopback is one line in the file. Anthropic's gateway does not: it always
-posts to ``https://oauth2.googleapis.com/token``, honouring ``HTTPS_PROXY``
-and trusting ``NODE_EXTRA_CA_CERTS`` (reference cag-cloud-upstreams §4).
+Some endpoints a cloud upstream needs are fixed in a gateway. Anthropic's
+gateway posts Google token grants to ``https://oauth2.googleapis.com/token``
+whatever the key file's ``token_uri`` says, and calls AssumeRole at
+``https://sts.<region>.amazonaws.com`` whatever ``AWS_ENDPOINT_URL_STS`` says;
+it honours ``HTTPS_PROXY`` and trusts ``NODE_EXTRA_CA_CERTS`` for both
+(reference cag-cloud-upstreams §4).
 
-:class:`GoogleFrontDoor` makes that name answer on loopback without touching
-DNS or the machine's trust store: it is an HTTP proxy that accepts only
-``CONNECT oauth2.googleapis.com:443``, completes the TLS handshake itself with
-a certificate for that name issued by a throwaway CA (:attr:`ca_pem`, valid a
-day), and pipes the decrypted bytes to a plain-HTTP fake
-(:class:`~protocol_spec.fakes.google.FakeGoogleToken`). Any other CONNECT
-target, and any request that is not a CONNECT, gets 403: nothing leaves
-loopback. ``tunnels`` lists the targets asked for, refused ones included.
+:class:`FrontDoor` makes such names answer on loopback without touching DNS
+or the machine's trust store: it is an HTTP proxy that accepts only
+``CONNECT <name>:443`` for the names it routes, completes the TLS handshake
+itself with a certificate for those names issued by a throwaway CA
+(:attr:`ca_pem`, valid a day), and pipes the decrypted bytes to the plain-HTTP
+fake on loopback that stands for that name
+(:class:`~protocol_spec.fakes.google.FakeGoogleToken`,
+:class:`~protocol_spec.fakes.sts.FakeSts`). Any other CONNECT target, and any
+request that is not a CONNECT, gets 403: nothing leaves loopback. ``tunnels``
+lists the targets asked for, refused ones included.
 
 Point a gateway at it with ``HTTPS_PROXY=<url>``, ``NO_PROXY=127.0.0.1,localhost``
 and ``NODE_EXTRA_CA_CERTS=<ca file>`` (or the trust setting of its runtime).
-It stands in for Google's front door, not for a corporate proxy: Gatehouse's
+It stands in for the clouds' front doors, not for a corporate proxy: Gatehouse's
 own proxy support is tested against proxy.py (tests/upstreams/test_egress_proxy.py).
 """
 
@@ -35,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["GOOGLE_TOKEN_HOST", "GoogleFrontDoor"]
+__all__ = ["GOOGLE_TOKEN_HOST", "FrontDoor", "sts_host"]
 
 GOOGLE_TOKEN_HOST = "oauth2.googleapis.com"
 MAX_HEAD_BYTES = 8192
@@ -43,24 +46,23 @@ HEAD_TIMEOUT_S = 10.0
 _CHUNK = 65536
 
 
-class GoogleFrontDoor:
-    """A CONNECT-only proxy that answers for ``names`` (port 443) with the server at ``target_port``."""
+def sts_host(region: str) -> str:
+    """AWS STS's regional endpoint name, where AssumeRole goes by default."""
+    return f"sts.{region}.amazonaws.com"
 
-    def __init__(
-        self,
-        target_port: int,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        target_host: str = "127.0.0.1",
-        names: tuple[str, ...] = (GOOGLE_TOKEN_HOST,),
-    ) -> None:
+
+class FrontDoor:
+    """A CONNECT-only proxy that answers for each name of ``routes`` (port 443) with the server at its port."""
+
+    def __init__(self, routes: dict[str, int], *, host: str = "127.0.0.1", port: int = 0, target_host: str = "127.0.0.1") -> None:
+        if not routes:
+            raise ValueError("a front door needs at least one name to answer for")
         self.host = host
         self.port = port
-        self.target = (target_host, target_port)
-        self.names = names
+        self.routes = dict(routes)
+        self.target_host = target_host
         self.tunnels: list[str] = []
-        self.ca_pem, cert_pem, key_pem = _issue(names)
+        self.ca_pem, cert_pem, key_pem = _issue(tuple(self.routes))
         self._tls = _server_context(cert_pem, key_pem)
         self._server: asyncio.Server | None = None
         # Both ends of every open tunnel: closing them is how close() ends the tunnels
@@ -77,7 +79,7 @@ class GoogleFrontDoor:
         path.write_bytes(self.ca_pem)
         return path
 
-    async def start(self) -> GoogleFrontDoor:
+    async def start(self) -> FrontDoor:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -93,7 +95,7 @@ class GoogleFrontDoor:
                     await asyncio.wait_for(self._done.wait(), 5.0)
             await server.wait_closed()
 
-    async def __aenter__(self) -> GoogleFrontDoor:
+    async def __aenter__(self) -> FrontDoor:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -124,7 +126,7 @@ class GoogleFrontDoor:
         authority = rest.partition(" ")[0]
         self.tunnels.append(authority)
         name, _, port = authority.rpartition(":")
-        if method != "CONNECT" or name not in self.names or port != "443":
+        if method != "CONNECT" or name not in self.routes or port != "443":
             writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             await writer.drain()
             return
@@ -132,7 +134,7 @@ class GoogleFrontDoor:
         await writer.drain()
         # From here the client speaks TLS to what it believes is Google.
         await writer.start_tls(self._tls)
-        inner_reader, inner_writer = await asyncio.open_connection(*self.target)
+        inner_reader, inner_writer = await asyncio.open_connection(self.target_host, self.routes[name])
         self._ends.add(inner_writer)
         try:
             await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
