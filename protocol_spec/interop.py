@@ -9,15 +9,26 @@ What it does, all on loopback, with every file under ``./interop/`` (ignored by 
    Node). An existing ``interop/npm`` is reused: delete it to update.
 2. Starts a throwaway PostgreSQL (``python -m gateway.devenv.postgres``: a
    subprocess, so this package still never imports ``gateway``) with one
-   database per gateway, and the suite's fixtures (fake upstream, test IdP).
+   database per gateway, and the suite's fixtures (fake Anthropic API, fake
+   Bedrock, fake Vertex and its Google token endpoint, test IdP).
 3. Boots ``claude gateway`` with the fixtures' ``gateway.yaml`` minus its
    ``gatehouse:`` section, runs the suite against it; then the same for
    ``gatehouse serve`` with the whole file. Each gateway is run twice (:data:`RUNS`),
    with the default profile (all of SPEC.md) and with ``--profile protocol``,
    each time freshly started on its own database; the two runs are compared
-   requirement by requirement (:func:`profile_drift`).
+   requirement by requirement (:func:`profile_drift`). Anthropic's gateway
+   posts Google token grants to ``https://oauth2.googleapis.com/token`` whatever
+   the key file says and calls AssumeRole at ``https://sts.us-east-1.amazonaws.com``
+   whatever ``AWS_ENDPOINT_URL_STS`` says, so it also gets the fixtures' front
+   door for those hosts (``HTTPS_PROXY``, ``NODE_EXTRA_CA_CERTS``:
+   :func:`~protocol_spec.conformance.fixtures.front_door_env`); Gatehouse, which
+   honours both, gets no proxy. The SSE-4
+   check waits for the protocol's 15 s ping on Anthropic's gateway and for the
+   1 s Gatehouse's section configures on Gatehouse.
 4. Runs the real ``claude -p`` through Gatehouse with ``ANTHROPIC_BASE_URL``
-   and checks the reply.
+   and checks the reply: once on a built-in model (the fake Anthropic API
+   answers) and once on a model only the Bedrock upstream serves (the fake
+   Bedrock answers, after verifying Gatehouse's SigV4 signature).
 5. Measures Anthropic's gateway's prices: for each row of Gatehouse's built-in
    table (``gateway/data/pricing.json``, read as a file), one request per token
    kind with a known usage, read back through its admin API, compared with the
@@ -53,6 +64,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from protocol_spec.conformance.fixtures import BEDROCK_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "interop"
@@ -125,6 +138,14 @@ NOTES: dict[str, tuple[str, str]] = {
     "MANAGED-5": (_DEPART, "the 304 carries no `ETag`; the protocol text has the checksum as the ETag of the answer"),
     "MANAGED-6": (_OURS, "an `If-None-Match` list is not searched; only a single exact value gets 304"),
     "MANAGED-11": (_OURS, "the 401 of `/managed/settings` has no `x-cc-gateway-version`"),
+    "BEDROCK-10": (_MISREAD, "a Bedrock frame failing its checksum ends the stream with `upstream error`, as an exception frame "
+                   "does; SPEC's `upstream stream interrupted` for it is Gatehouse's choice, not what was observed"),
+    "BEDROCK-11": (_MISREAD, "the client's own `x-stainless-*` values (e.g. `x-stainless-lang: conformance-lang`) reach Bedrock; "
+                   "the reference saw only the real client's, which equal what its SDK sends anyway"),
+    "BEDROCK-9": (_DEPART, "no CountTokens call after the client hangs up on a Bedrock stream before any usage came back (a SHOULD)"),
+    "VERTEX-6": (_DIFF, "SPEC §27.1: Vertex's stream is re-emitted without Vertex's own `ping` events"),
+    "MSG-47": (_DEPART, "`upstream_ttfb_ms` (1.5 s here) also bounds streaming and count_tokens requests to Bedrock and Vertex, as "
+               "its boot log says (\"older gateways applied it to provider: anthropic upstreams only\"); a non-streaming invoke waits"),
 }
 # The suite runs, each on a fresh gateway and database: run key -> (gateway, profile).
 # Each gateway is judged on the whole spec (``gatehouse``, the default) and under
@@ -139,7 +160,13 @@ GATEWAY_NAMES = {"anthropic": "Anthropic's gateway", "gatehouse": "Gatehouse"}
 PROTOCOL_SOURCES = ("protocol", "observed")
 
 # Requirements Gatehouse itself fails in this run, and what to fix (reported to the lead).
-GATEHOUSE_GAPS: dict[str, str] = {}
+GATEHOUSE_GAPS: dict[str, str] = {
+    "BEDROCK-7": "a count no upstream can make (an inference-profile ARN on Bedrock, nothing else mapped) answers 502 "
+    "`all upstreams failed (N attempted)`; the protocol wants 501 `not_supported` with `x-should-retry: false`, "
+    "which Anthropic's gateway sends (gateway/http/messages.py: a skipped upstream leaves no failure for final_error)",
+    "BEDROCK-9": "not built (a SHOULD): a request abandoned before Bedrock sent any usage is not counted with CountTokens, "
+    "so its input tokens are never metered",
+}
 # Prices that differ between Gatehouse's table and Anthropic's gateway, and why (as far as known).
 PRICE_NOTES: dict[str, str] = {
     "claude-3-haiku": "Anthropic's gateway charges the unknown-model rate ($5 / $25): the model is not in its table",
@@ -310,11 +337,15 @@ def start_gatehouse(config: Path, env: dict[str, str], run_dir: Path, name: str)
     return spawn(name, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], {**os.environ, **env}, run_dir)
 
 
-def run_suite(state_file: Path, admin_key: str, out: Path, run_dir: Path, name: str, profile: str = "gatehouse") -> dict[str, Any]:
+def run_suite(
+    state_file: Path, admin_key: str, out: Path, run_dir: Path, name: str, profile: str = "gatehouse", ping_interval_s: float | None = None
+) -> dict[str, Any]:
     argv = [
         sys.executable, "-m", "protocol_spec.conformance", "run", "--fixtures", str(state_file),
         "--signin", "device", "--admin-key", admin_key, "--profile", profile, "--json", str(out), "--quiet",
     ]
+    if ping_interval_s is not None:
+        argv += ["--ping-interval", str(ping_interval_s)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, cwd=run_dir)
     (run_dir / f"{name}-suite.txt").write_text(result.stdout + "\n" + result.stderr)
     if not out.exists():
@@ -327,18 +358,56 @@ def run_suite(state_file: Path, admin_key: str, out: Path, run_dir: Path, name: 
 # claude -p through Gatehouse
 
 
-def claude_p(claude: Path, base_url: str, config: Path, env: dict[str, str]) -> tuple[bool, str]:
+FAKE_REPLY = "Hello from the simulated upstream."
+# (row label, model): a built-in model the fake Anthropic API answers, and one only the Bedrock upstream serves.
+CLIENT_ROUTES = (("Anthropic API (fake)", "claude-sonnet-4-6"), ("Bedrock (fake, SigV4 checked)", BEDROCK_MODEL))
+
+
+def claude_p(claude: Path, base_url: str, config: Path, env: dict[str, str], model: str = "claude-sonnet-4-6") -> tuple[bool, str]:
     token = subprocess.run(
         [sys.executable, "-m", "gateway", "token", "--config", str(config), "--email", "alice@example.com", "--sub", "conf-alice", "--groups", "eng"],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.strip()
     extra = {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_AUTH_TOKEN": token}
-    out = subprocess.run(
-        [str(claude), "-p", "Say hi.", "--model", "claude-sonnet-4-6"],
-        env=_claude_env(extra), capture_output=True, text=True, timeout=CLAUDE_P_TIMEOUT_S, cwd=str(WORK),
-    )
-    reply = (out.stdout + out.stderr).strip()
-    return out.returncode == 0 and "Hello from the simulated upstream." in out.stdout, reply[-500:]
+    try:
+        out = subprocess.run(
+            [str(claude), "-p", "Say hi.", "--model", model],
+            env=_claude_env(extra), capture_output=True, text=True, timeout=CLAUDE_P_TIMEOUT_S, cwd=str(WORK),
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"no answer within {CLAUDE_P_TIMEOUT_S:g} s"
+    ok = out.returncode == 0 and FAKE_REPLY in out.stdout
+    # A good run shows its answer; a failed one everything it said (warnings go to stderr).
+    reply = out.stdout.strip() if ok else (out.stdout + out.stderr).strip()
+    return ok, reply[-500:]
+
+
+def claude_p_routes(claude: Path, state: Any, config: Path, env: dict[str, str]) -> list[tuple[str, bool, str]]:
+    """``claude -p`` once per :data:`CLIENT_ROUTES`; the Bedrock row also needs the fake Bedrock to have
+    served it, signed with the fixture's key (its ``/_fake/received`` log says so)."""
+    rows = []
+    for label, model in CLIENT_ROUTES:
+        bedrock = "Bedrock" in label
+        if bedrock:
+            if not state.bedrock_url:
+                rows.append((label, False, "the fixtures run no fake Bedrock"))
+                continue
+            _fake_call(state.bedrock_url, "/_fake/reset", b"")
+        ok, reply = claude_p(claude, state.public_url, config, env, model)
+        if bedrock:
+            served = [r for r in json.loads(_fake_call(state.bedrock_url, "/_fake/received"))
+                      if r.get("operation") in ("invoke", "stream") and r.get("principal") == state.aws_access_key_id]
+            ok = ok and bool(served)
+            reply = f"{reply} [{len(served)} signed Bedrock call(s): {', '.join(sorted({r['path'] for r in served}))}]"
+        rows.append((label, ok, reply))
+    return rows
+
+
+def _fake_call(base: str, path: str, body: bytes | None = None) -> bytes:
+    request = urllib.request.Request(base + path, data=body, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        data: bytes = resp.read()
+        return data
 
 
 # ---------------------------------------------------------------------------
@@ -560,6 +629,46 @@ def _profile_section(results: dict[str, Any], gateway: str) -> list[str]:
     return lines
 
 
+CLOUD_PREFIXES = ("BEDROCK-", "VERTEX-")
+
+
+def _cloud_section(results: dict[str, Any]) -> list[str]:
+    """Bedrock and Vertex (SPEC §22-23) on both gateways, with the checks' first finding for what did not pass."""
+    from protocol_spec import requirements
+
+    a, g = _outcomes(results.get("anthropic")), _outcomes(results.get("gatehouse"))
+    reqs = [r for r in requirements.load() if r.id.startswith(CLOUD_PREFIXES)]
+    lines = [
+        "## Bedrock and Vertex",
+        "",
+        "Both gateways had a Bedrock upstream (explicit keys, a configured header, a guardrail) and a Vertex upstream "
+        "(a service-account key file, a Private Service Connect style `base_url`) after the two Anthropic ones, on the "
+        "fixtures' fakes; checks reach them through custom models routed to them only, and through built-in models "
+        "after both Anthropic upstreams answer 404. A second Bedrock upstream on the same fake signs with credentials "
+        "from AssumeRole at a fake STS (`session_name: email`). Anthropic's gateway reached the fake Google token "
+        "endpoint and the fake STS through the fixtures' front door for `oauth2.googleapis.com` and "
+        "`sts.us-east-1.amazonaws.com` (a CONNECT proxy answering for those names with a throwaway CA, "
+        "`NODE_EXTRA_CA_CERTS`); Gatehouse through the key file's `token_uri` and `AWS_ENDPOINT_URL_STS`.",
+        "",
+    ]
+    for name, outcomes in (("Anthropic's gateway", a), ("Gatehouse", g)):
+        groups = {kind: [r.id for r in reqs if outcomes.get(r.id) == kind] for kind in ("PASS", "FAIL", "SKIP", "NOT_CHECKED")}
+        lines.append(
+            f"- **{name}**: PASS {', '.join(groups['PASS']) or 'none'}; FAIL {', '.join(groups['FAIL']) or 'none'}"
+            + (f"; SKIP {', '.join(groups['SKIP'])}" if groups["SKIP"] else "")
+            + f"; not checked {', '.join(groups['NOT_CHECKED']) or 'none'}."
+        )
+    lines += ["", "| ID | level | Anthropic's | Gatehouse | what did not pass |", "|---|---|---|---|---|"]
+    for req in reqs:
+        seen = [
+            f"{who}: {NOTES.get(req.id, ('', ''))[1] if who == 'Anthropic' and req.id in NOTES else _first_finding(results.get(key), req.id)}"
+            for who, key, outcomes in (("Anthropic", "anthropic", a), ("Gatehouse", "gatehouse", g))
+            if outcomes.get(req.id) in ("FAIL", "SKIP")
+        ]
+        lines.append(f"| {req.id} | {req.level} | {_mark(a, req.id)} | {_mark(g, req.id)} | {'; '.join(seen)} |")
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     from protocol_spec import requirements
 
@@ -576,7 +685,8 @@ def render(results: dict[str, Any]) -> str:
         f"| Anthropic's gateway | `claude gateway`, {results['claude_version']} |",
         f"| Gatehouse | {results['gatehouse_version']} (this checkout) |",
         f"| Python | {platform.python_version()} |",
-        "| Fixtures | `python -m protocol_spec.conformance fixtures` (fake upstream, oidc-provider-mock 0.3.4) |",
+        "| Fixtures | `python -m protocol_spec.conformance fixtures` (fake Anthropic API, fake Bedrock checking SigV4, fake Vertex "
+        "and Google token endpoint, oidc-provider-mock 0.3.4) |",
         "",
         "Both gateways ran the same `gateway.yaml` (Anthropic's without the `gatehouse:` section) and the same "
         "suite with `--signin device --admin-key`, twice each: with the default profile, which judges all of "
@@ -601,19 +711,24 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_profile_section(results, "gatehouse"),
         "",
+        *_cloud_section(results),
+        "",
         "## The real client through Gatehouse",
         "",
-        "`claude -p \"Say hi.\" --model claude-sonnet-4-6` with `ANTHROPIC_BASE_URL` set to Gatehouse and "
-        "`ANTHROPIC_AUTH_TOKEN` from `gatehouse token`; the fake upstream answers `Hello from the simulated upstream.`",
+        "`claude -p \"Say hi.\" --model <model>` with `ANTHROPIC_BASE_URL` set to Gatehouse and "
+        "`ANTHROPIC_AUTH_TOKEN` from `gatehouse token`, once on `claude-sonnet-4-6` (the fake Anthropic API answers) and "
+        "once on `claude-conformance-bedrock-1-0`, which only the Bedrock upstream serves (the fake Bedrock answers after "
+        "verifying Gatehouse's SigV4 signature; its request log must show the signed call). Both fakes answer "
+        "`Hello from the simulated upstream.`",
         "",
-        "| client | outcome | reply |",
-        "|---|---|---|",
+        "| client | route | outcome | reply |",
+        "|---|---|---|---|",
     ]
-    for version, ok, text in results.get("clients", []):
-        reply = text.strip().replace("|", "\\|").replace("\n", " ")[:120]
-        lines.append(f"| {version} | {'reply received' if ok else 'FAILED'} | `{reply}` |")
+    for version, route, ok, text in results.get("clients", []):
+        reply = text.strip().replace("|", "\\|").replace("\n", " ")[-220:]
+        lines.append(f"| {version} | {route} | {'reply received' if ok else 'FAILED'} | `{reply}` |")
     if not results.get("clients"):
-        lines.append("| - | not run (Gatehouse did not start) | |")
+        lines.append("| - | - | not run (Gatehouse did not start) | |")
     lines += [
         "",
         "## Where Anthropic's gateway does not pass",
@@ -713,26 +828,36 @@ def main(argv: list[str] | None = None) -> int:
         db_prices = create_database(pg_url, "interop_prices")
         fixtures_proc, state_file = start_fixtures(run_dir, dbs["gatehouse"])
         procs.append(fixtures_proc)
-        from protocol_spec.conformance.fixtures import load_state
+        from protocol_spec.conformance.fixtures import GATEHOUSE_PING_INTERVAL_S, front_door_env, load_state
 
         state = load_state(state_file)
         env = env_file(state.env_path)
         full = Path(state.config_path)
         without_ours = write_config(full, run_dir / "anthropic.yaml", drop=("gatehouse",))
 
+        # Only Anthropic's gateway needs the front door for Google's and STS's names (module docstring, step 3).
+        front = front_door_env(state.front_door_url, state.front_door_ca_path) if state.front_door_url else {}
+
         def starter(run: str, gateway: str) -> Any:
             own = {**env, "CONFORMANCE_POSTGRES_URL": dbs[run]}
             if gateway == "anthropic":
-                return lambda: start_anthropic(claude, without_ours, own, run_dir, run)
+                return lambda: start_anthropic(claude, without_ours, {**own, **front}, run_dir, run)
             return lambda: start_gatehouse(full, own, run_dir, run)
 
+        def clients() -> None:
+            rows = []
+            for binary in [claude, *map(Path, args.extra_client)]:
+                version = claude_version(binary)
+                rows += [(version, *row) for row in claude_p_routes(binary, state, full, env)]
+            results["clients"] = rows
+
         for run, (gateway, profile) in RUNS.items():
-            after = None
-            if run == "gatehouse":
-                after = lambda: results.__setitem__(  # noqa: E731
-                    "clients", [(claude_version(b), *claude_p(b, state.public_url, full, env)) for b in [claude, *map(Path, args.extra_client)]]
-                )
-            results[run] = _one_gateway(run, starter(run, gateway), state, state_file, run_dir, results, profile=profile, after=after)
+            after = clients if run == "gatehouse" else None
+            # Gatehouse's section sets a 1 s ping interval; Anthropic's gateway pings after the protocol's 15 s.
+            ping = GATEHOUSE_PING_INTERVAL_S if gateway == "gatehouse" else None
+            results[run] = _one_gateway(
+                run, starter(run, gateway), state, state_file, run_dir, results, profile=profile, after=after, ping_interval_s=ping
+            )
         if not args.skip_prices:
             _prices(claude, full, state, env, db_prices, run_dir, results)
     finally:
@@ -744,13 +869,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_gateway(
-    name: str, start: Any, state: Any, state_file: Path, run_dir: Path, results: dict[str, Any], *, profile: str, after: Any = None
+    name: str,
+    start: Any,
+    state: Any,
+    state_file: Path,
+    run_dir: Path,
+    results: dict[str, Any],
+    *,
+    profile: str,
+    after: Any = None,
+    ping_interval_s: float | None = None,
 ) -> dict[str, Any] | None:
     wait_port_free(state.gateway_port)
     proc = start()
     try:
         wait_ready(state.public_url, proc)
-        report = run_suite(state_file, state.admin_write_key, run_dir / f"{name}.json", run_dir, name, profile)
+        report = run_suite(state_file, state.admin_write_key, run_dir / f"{name}.json", run_dir, name, profile, ping_interval_s)
         if after is not None:
             after()
         return report

@@ -42,7 +42,8 @@ GATEWAY_START_S = 30.0
 # The whole run is meant to take well under a minute against Gatehouse.
 RUN_TIMEOUT_S = 120.0
 
-# MUST requirements Gatehouse is known to miss today, each with who fixes it.
+# MUST requirements Gatehouse is known to miss today, each with who fixes it. (SHOULDs may fail
+# without failing this test: BEDROCK-9, counting abandoned Bedrock requests, is not built.)
 # The test fails when a FAIL appears that is not listed here; delete an entry
 # as soon as the gap is closed (the test then also insists on exit status 0).
 KNOWN_GAPS: dict[str, str] = {

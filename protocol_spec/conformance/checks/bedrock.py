@@ -11,8 +11,14 @@ a built-in model reaches Bedrock when both Anthropic upstreams answer 404.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import msgspec
 
 from protocol_spec.conformance.checks.bearer import claims_for, mint
@@ -48,6 +54,7 @@ from protocol_spec.conformance.fixtures import (
 )
 from protocol_spec.conformance.verdicts import check
 from protocol_spec.fakes import Reply, error_reply
+from protocol_spec.fakes.bedrock_remote import RemoteBedrock
 from protocol_spec.fakes.bedrock_replies import (
     ACCESS_DENIED,
     THROTTLING,
@@ -88,6 +95,7 @@ UPSTREAM_404 = error_reply(404, "not_found_error", "model: not here")
 INTERRUPTED = {"type": "api_error", "message": "upstream stream interrupted"}
 EXCEPTION = {"type": "api_error", "message": "upstream error"}
 SILENCE_AFTER = 2  # frames before the silence of the ping check (message_start, content_block_start)
+ABANDON_WAIT_S = 3.0  # how long a count of an abandoned request may take to reach Bedrock (BEDROCK-9)
 
 
 def full_body(model: str = BEDROCK_MODEL) -> dict:
@@ -430,3 +438,38 @@ async def assumed_role(c: Ctx) -> None:
              observed=(answer.status, f"{served} Vertex request(s)", f"Bedrock requests signed by {sent}"))
     c.expect("MSG-46", answer.status == 200 and served == 1, "a credential the gateway cannot get counts as that upstream failing",
              observed=(answer.status, served))
+
+
+@check("Bedrock: an abandoned request is counted", "BEDROCK-9", timeout_s=30)
+async def abandoned_counted(c: Ctx) -> None:
+    fake = bedrock(c)
+    await reset_all(c)
+    # Headers, then silence: the client leaves before any usage has come back.
+    await fake.script(BedrockReply(answer=Reply(stall_after=0, stall_seconds=ABANDON_WAIT_S + 5)))
+    body = json.dumps(small_request(BEDROCK_MODEL, stream=True)).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {await c.bearer()}"}
+    async with aiohttp.ClientSession() as own:
+        request = asyncio.ensure_future(own.post(c.t.url("/v1/messages"), data=body, headers=headers))
+        arrived = await _until(lambda: _operations(fake), lambda ops: "stream" in ops, 5.0)
+        request.cancel()  # drops the connection: the client has gone
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await request
+    if "stream" not in arrived:
+        c.expect("BEDROCK-9", False, "the stream reached Bedrock", observed=arrived)
+        return
+    seen = await _until(lambda: _operations(fake), lambda ops: "count" in ops, ABANDON_WAIT_S)
+    c.expect("BEDROCK-9", "count" in seen, f"CountTokens for the abandoned request's input within {ABANDON_WAIT_S:g} s",
+             observed=seen, expected="stream, then count")
+
+
+async def _operations(fake: RemoteBedrock) -> list[str]:
+    return [r["operation"] for r in await fake.received()]
+
+
+async def _until(read: Callable[[], Awaitable[list[str]]], done: Callable[[list[str]], bool], within_s: float) -> list[str]:
+    deadline = time.monotonic() + within_s
+    value = await read()
+    while not done(value) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        value = await read()
+    return value
