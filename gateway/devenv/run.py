@@ -194,7 +194,15 @@ def main() -> int:
         port = free_port(port)
         url = f"http://127.0.0.1:{port}"
         env = dict(
-            os.environ,
+            # A cloud upstream added to the dev config must not send credential lookups to a
+            # metadata address (169.254.169.254) by accident: the chains stay off unless set.
+            {
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "GCE_METADATA_HOST": "127.0.0.1:9",
+                "GCE_METADATA_IP": "127.0.0.1:9",
+                "AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential",
+            },
+            **os.environ,
             CLAUDE_GATEWAY_ALLOW_LOOPBACK="1",
             GATEHOUSE_DEV_PORT=str(port),
             GATEHOUSE_DEV_OIDC_ISSUER=issuer,
