@@ -283,7 +283,6 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
 
 # The token endpoints the signers call are other hosts than the upstreams: NO_PROXY may
 # treat them differently, so each gets the proxy chosen for its own URL.
-GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 AZURE_AUTHORITY_URL = "https://login.microsoftonline.com/"
 
 
@@ -314,7 +313,8 @@ async def _start_signers(boot: Boot) -> tuple[Signer | None, ...]:
         elif kind == "google":
             from gateway.upstreams.google_credentials import GoogleSigner
 
-            signer = GoogleSigner(upstream, clock=boot.clock, proxy=boot.egress.proxy_for(GOOGLE_TOKEN_URL))
+            # Per URL: a key file may name its own token_uri.
+            signer = GoogleSigner(upstream, clock=boot.clock, proxy_for=boot.egress.proxy_for)
         elif kind == "azure":
             from gateway.upstreams.azure_credentials import AzureSigner
 

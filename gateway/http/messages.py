@@ -47,7 +47,7 @@ from gateway.http import spend_gate
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, authenticate, read_body
 from gateway.http.runtime import Runtime, UpstreamPlan
 from gateway.policy.policies import ALLOW_ALL
-from gateway.upstreams.bedrock import MalformedReply, count_reply
+from gateway.upstreams.bedrock import COUNT_UNAVAILABLE, MalformedReply, count_reply
 from gateway.upstreams.bodyview import View, decode_view, remove_member, thinking_budget
 from gateway.upstreams.eventstream import PING, EventStreamSse, StreamCorrupt
 from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Ask, ClientError, CredentialFailure, Endpoint, Shape
@@ -59,6 +59,13 @@ from gateway.upstreams.transport import UpstreamFailure
 # and a hostile or broken upstream must not make us buffer without bound.
 MAX_ERROR_BODY_BYTES = 1 << 20
 CLIENT_CLOSED = 499
+# The answer to a count no attempted upstream could make (SPEC BEDROCK-7).
+CANNOT_COUNT = ClientError(
+    501,
+    {"Content-Type": "application/json", "x-should-retry": "false"},
+    error_type="not_supported",
+    message=COUNT_UNAVAILABLE,
+)
 
 
 class Outcome:
@@ -259,8 +266,11 @@ async def _attempt(
     out = up.translator.outbound(ask, target.model)
     if out is None or (signer is not None and not signer.serves(ask)):
         # This upstream cannot serve this request (a count on an inference profile, a
-        # per-developer role session for a token without the claim, …).
+        # per-developer role session for a token without the claim, …). A count it
+        # cannot make is a 501 unless a later upstream counts (BEDROCK-7).
         rt.health.released(i)
+        if ask.endpoint is Endpoint.COUNT_TOKENS:
+            failures.append(CANNOT_COUNT)
         return None
     outcome.attempts += 1
     if signer is not None:

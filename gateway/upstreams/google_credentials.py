@@ -61,6 +61,7 @@ class GoogleSigner:
         *,
         clock: Callable[[], float] = time.time,
         proxy: str | None = None,
+        proxy_for: Callable[[str], str | None] | None = None,
         refresh_margin_s: float = REFRESH_MARGIN_S,
         discovery_retry_s: float = DISCOVERY_RETRY_S,
         log: Log = audit.log,
@@ -70,7 +71,9 @@ class GoogleSigner:
         self._clock = clock
         self._discovery_retry = discovery_retry_s
         self._log = log
-        self._http = _Http(proxy, os.environ)
+        # ``proxy_for`` (the gateway's egress rules) picks a proxy per URL: a key file's
+        # token_uri may be another host than Google's, which NO_PROXY treats its own way.
+        self._http = _Http(proxy_for or (lambda url: proxy), os.environ)
         self._credentials: Any = None  # a google.auth.credentials.Credentials once found
         self._problem: str | None = None
         self._discover_after = 0.0
@@ -162,28 +165,33 @@ def _reason(exc: Exception) -> str:
 
 
 class _Http:
-    """The urllib3 pools google-auth calls through: ``proxy`` for Google's endpoints,
-    direct for the metadata server. ``google`` is the transport to hand to google-auth."""
+    """The urllib3 pools google-auth calls through: for each URL the proxy ``proxy_for``
+    names (Google's endpoints), direct for the metadata server and for what no proxy
+    serves. ``google`` is the transport to hand to google-auth."""
 
-    def __init__(self, proxy: str | None, env: Any) -> None:
+    def __init__(self, proxy_for: Callable[[str], str | None], env: Any) -> None:
         self._direct = urllib3.PoolManager(timeout=_TIMEOUT, retries=False)
-        self._proxied = _proxy_manager(proxy) if proxy else None
+        self._proxy_for = proxy_for
+        self._proxied: dict[str, urllib3.ProxyManager] = {}
         configured = (env.get("GCE_METADATA_HOST"), env.get("GCE_METADATA_ROOT"), env.get("GCE_METADATA_IP"))
         self._metadata = frozenset(_METADATA_HOSTS) | {h for h in configured if h}
         self.google = google.auth.transport.urllib3.Request(self)
 
     def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> Any:
-        pool = self._direct
-        if self._proxied is not None:
-            parts = urlsplit(url)
-            if parts.netloc not in self._metadata and parts.hostname not in self._metadata:
-                pool = self._proxied
+        pool: urllib3.PoolManager = self._direct
+        parts = urlsplit(url)
+        if parts.netloc not in self._metadata and parts.hostname not in self._metadata:
+            proxy = self._proxy_for(url)
+            if proxy is not None:
+                if proxy not in self._proxied:
+                    self._proxied[proxy] = _proxy_manager(proxy)
+                pool = self._proxied[proxy]
         return pool.request(method, url, body=body, headers=headers, **kwargs)
 
     def clear(self) -> None:
         self._direct.clear()
-        if self._proxied is not None:
-            self._proxied.clear()
+        for pool in self._proxied.values():
+            pool.clear()
 
 
 def _proxy_manager(proxy: str) -> urllib3.ProxyManager:

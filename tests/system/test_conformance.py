@@ -46,11 +46,7 @@ RUN_TIMEOUT_S = 120.0
 # without failing this test: BEDROCK-9, counting abandoned Bedrock requests, is not built.)
 # The test fails when a FAIL appears that is not listed here; delete an entry
 # as soon as the gap is closed (the test then also insists on exit status 0).
-KNOWN_GAPS: dict[str, str] = {
-    "BEDROCK-7": "lead: a count_tokens no upstream can count (an inference-profile ARN on Bedrock, nothing else "
-    "mapped) answers 502 `all upstreams failed`, not 501 `not_supported` with x-should-retry: false "
-    "(gateway/http/messages.py: a skipped upstream leaves no failure for final_error to pick)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _wait_for_file(path: Path, proc: subprocess.Popen[str], log: Path, timeout_s: float) -> None:

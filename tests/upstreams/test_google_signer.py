@@ -395,3 +395,20 @@ async def test_the_metadata_server_is_never_asked_through_the_proxy(google, cloc
         await signer.close()
         assert metadata.headers_seen and not any("Via" in h for h in metadata.headers_seen)
         assert auth_proxy.access() == []
+
+
+async def test_the_proxy_is_chosen_per_url_so_no_proxy_reaches_a_key_files_own_token_uri(google, clock, tmp_path):
+    from gateway.upstreams.egress import Egress
+
+    key_file = tmp_path / "sa.json"
+    google.new_service_account(key_file)  # token_uri: the fake, on http://127.0.0.1
+    dead = "http://127.0.0.1:9"
+    exempt = Egress.from_env({"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "NO_PROXY": "127.0.0.1"}, allow_loopback=True)
+    signer = await started(vertex(key_file), clock, proxy_for=exempt.proxy_for)
+    assert google.is_live(await bearer(signer))
+    proxied = Egress.from_env({"HTTP_PROXY": dead, "HTTPS_PROXY": dead}, allow_loopback=True)
+    other = tmp_path / "other.json"
+    google.new_service_account(other)
+    refused = await started(vertex(other), clock, proxy_for=proxied.proxy_for)
+    with pytest.raises(CredentialFailure):
+        await bearer(refused)
