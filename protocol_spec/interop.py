@@ -138,10 +138,10 @@ NOTES: dict[str, tuple[str, str]] = {
     "MANAGED-5": (_DEPART, "the 304 carries no `ETag`; the protocol text has the checksum as the ETag of the answer"),
     "MANAGED-6": (_OURS, "an `If-None-Match` list is not searched; only a single exact value gets 304"),
     "MANAGED-11": (_OURS, "the 401 of `/managed/settings` has no `x-cc-gateway-version`"),
-    "BEDROCK-10": (_MISREAD, "a Bedrock frame failing its checksum ends the stream with `upstream error`, as an exception frame "
-                   "does; SPEC's `upstream stream interrupted` for it is Gatehouse's choice, not what was observed"),
-    "BEDROCK-11": (_MISREAD, "the client's own `x-stainless-*` values (e.g. `x-stainless-lang: conformance-lang`) reach Bedrock; "
-                   "the reference saw only the real client's, which equal what its SDK sends anyway"),
+    "BEDROCK-13": (_OURS, "a Bedrock frame failing its checksum ends the stream with `upstream error`, as an exception frame "
+                   "does; Gatehouse says `upstream stream interrupted`, as for any broken stream"),
+    "BEDROCK-14": (_OURS, "the client's own `x-stainless-*` values (e.g. `x-stainless-lang: conformance-lang`) reach Bedrock; "
+                   "Gatehouse sends none of the client's headers there"),
     "BEDROCK-9": (_DEPART, "no CountTokens call after the client hangs up on a Bedrock stream before any usage came back (a SHOULD)"),
     "VERTEX-6": (_DIFF, "SPEC §27.1: Vertex's stream is re-emitted without Vertex's own `ping` events"),
     "MSG-47": (_DEPART, "`upstream_ttfb_ms` (1.5 s here) also bounds streaming and count_tokens requests to Bedrock and Vertex, as "

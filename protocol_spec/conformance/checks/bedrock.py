@@ -75,7 +75,7 @@ BUILTIN_PATHS = {
     "claude-haiku-4-5": "/model/us.anthropic.claude-haiku-4-5-20251001-v1:0/invoke",
     "claude-sonnet-4-6": "/model/us.anthropic.claude-sonnet-4-6/invoke",
 }
-# Client headers with values no gateway would make up: none may reach Bedrock (BEDROCK-11).
+# Client headers with values no gateway would make up: none may reach Bedrock (BEDROCK-14).
 CLIENT_HEADERS = [
     ("anthropic-beta", ",".join(BETAS)),
     ("x-app", "cli-conformance"),
@@ -161,7 +161,7 @@ async def request_body(c: Ctx) -> None:
     c.expect("BEDROCK-4", REQUEST_TAGS_BETA not in records[0]["body"].decode("utf-8", "replace"), "no request-tags anywhere in the body")
 
 
-@check("Bedrock: signature and headers", "BEDROCK-3", "BEDROCK-11")
+@check("Bedrock: signature and headers", "BEDROCK-3", "BEDROCK-11", "BEDROCK-14")
 async def signature_and_headers(c: Ctx) -> None:
     fake = bedrock(c)
     await reset_all(c)
@@ -185,7 +185,7 @@ async def signature_and_headers(c: Ctx) -> None:
     carried = [name for name, value in headers if token in value]
     c.expect("BEDROCK-3", not carried, "nothing of the client's credential is sent", observed=carried, expected=[])
     reached = [(n, v) for n, v in CLIENT_HEADERS if v in header_values_of(headers, n)]
-    c.expect("BEDROCK-11", not reached, "none of the client's headers reach Bedrock", observed=reached, expected=[])
+    c.expect("BEDROCK-14", not reached, "none of the client's headers reach Bedrock", observed=reached, expected=[])
     c.expect("BEDROCK-11", header_value(headers, "anthropic-beta") is None, "no anthropic-beta header (betas travel in the body)",
              observed=header_value(headers, "anthropic-beta"))
     c.equal("BEDROCK-11", media(header_value(headers, "content-type")), "application/json", "content-type")
@@ -259,29 +259,29 @@ def ping_gap(chunks: list[tuple[float, bytes]]) -> float | None:
     return None
 
 
-@check("Bedrock: a stream that breaks after it started", "BEDROCK-10")
+@check("Bedrock: a stream that breaks after it started", "BEDROCK-10", "BEDROCK-13")
 async def stream_breaks(c: Ctx) -> None:
     fake = bedrock(c)
     other = vertex(c)
     # The pause after the first frame lets the reply start before it breaks (before that, failover).
     started = Reply(stall_after=1, stall_seconds=0.3)
     cases = (
-        ("an exception frame", msgspec.structs.replace(stream_exception(at=3), answer=started), EXCEPTION),
-        ("a frame failing its checksum", BedrockReply(corrupt_at=3, answer=started), INTERRUPTED),
+        ("BEDROCK-10", "an exception frame", msgspec.structs.replace(stream_exception(at=3), answer=started), EXCEPTION),
+        ("BEDROCK-13", "a frame failing its checksum", BedrockReply(corrupt_at=3, answer=started), INTERRUPTED),
     )
-    for what, reply, error in cases:
+    for req, what, reply, error in cases:
         await reset_all(c)
         await fake.script(reply)
         stream = await read_stream(c, small_request(CLOUDS_MODEL, stream=True))
         events = without_pings(parsed_events(stream.body))
         errors = [data for name, data in events if name == "error"]
         last = events[-1] if events else (None, None)
-        c.equal("BEDROCK-10", stream.status, 200, f"{what}: the reply had started")
-        c.expect("BEDROCK-10", last[0] == "error" and len(errors) == 1, f"{what}: one event: error ends the stream",
+        c.equal(req, stream.status, 200, f"{what}: the reply had started")
+        c.expect(req, last[0] == "error" and len(errors) == 1, f"{what}: one event: error ends the stream",
                  observed=[name for name, _ in events][-4:])
-        c.equal("BEDROCK-10", obj(obj(last[1]).get("error")), error, f"{what}: the error event's error")
-        c.expect("BEDROCK-10", all(name != "message_stop" for name, _ in events), f"{what}: no message_stop")
-        c.equal("BEDROCK-10", len(await other.received()), 0, f"{what}: not re-sent to the next upstream ({VERTEX})")
+        c.equal(req, obj(obj(last[1]).get("error")), error, f"{what}: the error event's error")
+        c.expect(req, all(name != "message_stop" for name, _ in events), f"{what}: no message_stop")
+        c.equal(req, len(await other.received()), 0, f"{what}: not re-sent to the next upstream ({VERTEX})")
 
 
 @check("Bedrock: errors keep their status, not their words", "BEDROCK-6", "MSG-22")
