@@ -29,13 +29,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
-import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -45,6 +44,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
+
+from protocol_spec.fakes.loopback import LoopbackServer
 
 __all__ = ["EXCHANGE_AUDIENCE", "FakeEntra", "FederatedIssuer", "TestCa"]
 
@@ -152,7 +153,7 @@ class _Grant:
     expires_at: float
 
 
-class FakeEntra:
+class FakeEntra(LoopbackServer):
     """Use as ``async with FakeEntra(TestCa(tmp_path)) as entra:``.
 
     Register clients with :meth:`add_secret_client` or :meth:`add_federated_client`.
@@ -160,12 +161,13 @@ class FakeEntra:
     says why each refused request was refused; ``requests`` lists ``METHOD path``.
     """
 
+    scheme = "https"  # ``url`` is the authority host, as AZURE_AUTHORITY_HOST takes it
+
     def __init__(
         self, ca: TestCa, host: str = "127.0.0.1", port: int = 0, *, clock: Callable[[], float] = time.time
     ) -> None:
         self.ca = ca
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.clock = clock
         self.expires_in = 3599
         self.down = False
@@ -180,35 +182,14 @@ class FakeEntra:
         self._secrets: dict[str, str] = {}
         self._federated: dict[str, tuple[FederatedIssuer, str]] = {}
         self._tokens: dict[str, _Grant] = {}
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> Self:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.create_server((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, ssl_context=self.ca.server_context()).start()
-        return self
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        """The authority host, as AZURE_AUTHORITY_HOST takes it."""
-        return f"https://{self.host}:{self.port}"
+    def _ssl_context(self) -> ssl.SSLContext:
+        return self.ca.server_context()
 
     # -- clients and tokens ------------------------------------------------
 

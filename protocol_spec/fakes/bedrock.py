@@ -27,7 +27,6 @@ import binascii
 import collections
 import re
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from multidict import CIMultiDict
 
 from protocol_spec.fakes.aws_auth import AwsKeyring, SignatureRejected, verify_sigv4
 from protocol_spec.fakes.bedrock_replies import BedrockReply, error_answer, new_request_id, render
+from protocol_spec.fakes.loopback import LoopbackServer
 from protocol_spec.fakes.replies import Prepared
 from protocol_spec.fakes.upstream import Received, _reset_connection
 
@@ -82,7 +82,7 @@ class BedrockReceived(Received):
         return plain
 
 
-class FakeBedrock:
+class FakeBedrock(LoopbackServer):
     """The fake server. Use as ``async with FakeBedrock(keyring) as fake:`` or start()/close().
 
     ``clock`` (epoch seconds) decides whether temporary credentials have
@@ -107,46 +107,25 @@ class FakeBedrock:
         self.region = region
         self.bearer_tokens = set(bearer_tokens)
         self.clock = clock
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.validate_body = validate_body
         self.record = record
         self.received: list[BedrockReceived] = []
         self._queue: collections.deque[BedrockReply] = collections.deque()
         self._default = default or BedrockReply()
         self._prepared: dict[tuple[str, str], Prepared] = {}
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> FakeBedrock:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+    def _app(self) -> web.Application:
+        return web.Application(client_max_size=MAX_BODY_BYTES)
+
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get(CONTROL_PREFIX + "received", self._control_received)
         app.router.add_post(CONTROL_PREFIX + "script", self._control_script)
         app.router.add_post(CONTROL_PREFIX + "reset", self._control_reset)
         app.router.add_post(CONTROL_PREFIX + "keys", self._control_keys)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        sock = socket.create_server((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeBedrock:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- scripting ---------------------------------------------------------
 

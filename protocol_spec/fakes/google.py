@@ -27,12 +27,11 @@ import base64
 import json
 import re
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +40,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
+from protocol_spec.fakes.loopback import LoopbackServer
 from protocol_spec.fakes.replies import Prepared, Reply, error_reply, prepare
 from protocol_spec.fakes.upstream import FakeUpstream, Received
 
@@ -69,43 +69,6 @@ DEFAULT_PROJECT = "lab-proj"
 _LIFETIME_REFUSAL = (
     "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe"
 )
-
-
-class _Loopback:
-    """Start/stop an aiohttp app on a loopback port; subclasses add routes."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self._runner: web.AppRunner | None = None
-
-    def _routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> Self:
-        app = web.Application()
-        self._routes(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.create_server((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +119,7 @@ class Grant(NamedTuple):
     expires_at: float
 
 
-class FakeGoogleToken(_Loopback):
+class FakeGoogleToken(LoopbackServer):
     """Google's OAuth 2.0 token endpoint for service accounts (``POST /token``).
 
     Scripting: ``expires_in`` (seconds, default 3600) of the next tokens,
@@ -292,7 +255,7 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
 # The Compute Engine metadata server.
 
 
-class FakeGceMetadata(_Loopback):
+class FakeGceMetadata(LoopbackServer):
     """What google-auth asks a GCE/GKE metadata server, answered from ``issuer``'s tokens.
 
     Point ``GCE_METADATA_HOST`` and ``GCE_METADATA_IP`` at :attr:`address`.

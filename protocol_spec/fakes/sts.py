@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
-import socket
 import string
 import time
 import uuid
@@ -32,6 +31,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from protocol_spec.fakes.aws_auth import AwsKeyring, SignatureRejected, verify_sigv4
+from protocol_spec.fakes.loopback import LoopbackServer
 
 __all__ = ["AssumeRoleCall", "FakeSts", "Outcome"]
 
@@ -67,7 +67,7 @@ class AssumeRoleCall:
     expires_at: datetime | None = None
 
 
-class FakeSts:
+class FakeSts(LoopbackServer):
     """Use as ``async with FakeSts(keyring) as sts:``; ``clock`` gives epoch seconds."""
 
     def __init__(
@@ -84,36 +84,12 @@ class FakeSts:
         self.region = region
         self.clock = clock
         self.delay = delay  # seconds each answer waits: lets concurrent callers pile up
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.calls: list[AssumeRoleCall] = []
         self._queue: collections.deque[Outcome] = collections.deque()
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> FakeSts:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.create_server((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeSts:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def script(self, *outcomes: Outcome) -> None:
         """Queue outcomes; each AssumeRole takes the oldest one, then "ok"."""
