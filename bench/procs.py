@@ -87,6 +87,15 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core spent not idle since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat", "rb") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    # guest time is already inside user time; leave it out.
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def rss_bytes(pids: Iterable[int]) -> int:
     total = 0
     for pid in pids:
@@ -160,6 +169,11 @@ class Watch:
     cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    # Every process on the machine, ours or not: what is left after the watched
+    # ones (and the load tool) is someone else's work competing for the cores.
+    machine_busy_s: float = 0.0
+    # The bench process itself (this sampler included), on the load cores.
+    self_cpu_s: float = 0.0
 
     def _pids(self, what: list[int] | Proc) -> list[int]:
         if isinstance(what, Proc):
@@ -170,6 +184,8 @@ class Watch:
         self._stop = threading.Event()
         self._start_cpu = {k: cpu_seconds(self._pids(v)) for k, v in self.procs.items()}
         self._t0 = time.monotonic()
+        self._busy0 = machine_busy_seconds()
+        self._self0 = time.process_time()
         self.peak_rss = {k: rss_bytes(self._pids(v)) for k, v in self.procs.items()}
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -184,6 +200,8 @@ class Watch:
         self._stop.set()
         self._thread.join()
         self.wall_s = time.monotonic() - self._t0
+        self.machine_busy_s = machine_busy_seconds() - self._busy0
+        self.self_cpu_s = time.process_time() - self._self0
         self.cpu_s = {k: cpu_seconds(self._pids(v)) - self._start_cpu[k] for k, v in self.procs.items()}
 
     def share(self, name: str) -> float:

@@ -15,8 +15,10 @@ Environment:
 
 Scenarios: 1 small JSON, 2 short SSE (both at concurrency 1/16/64/256),
 3a idle-heavy streams, 3b busy streams, 4 policy on vs off (read from 1 and 2),
-5 sign-in throughput, 6 --workers 2. Targets alternate inside each cell so
-drift hits every target alike. Nothing here asserts a figure.
+5 sign-in throughput, 6 --workers 2, cloud (JSON and SSE at concurrency 64,
+policy on, through a Bedrock and a Vertex upstream beside the Claude API one).
+Targets alternate inside each cell so drift hits every target alike. Nothing
+here asserts a figure.
 
 Ctrl-C or SIGTERM stops every process the run started (gateways, the simulated
 upstream, the IdP, PostgreSQL), then the run dies of that signal: raw.jsonl
@@ -39,17 +41,28 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs, report, stats
-from bench.targets import HERE, REPO, Lab, Target, find_claude
+from bench.report import NOISY_SHARE
+from bench.targets import CLOUDS, HERE, REPO, Lab, Target, find_claude
 from gateway.devenv.run import AskedStop, catch_stop_signals
 
 MODEL = "claude-sonnet-4-6"
 
 
-def body(stream: bool) -> str:
+def body(stream: bool, upstream: str = "anthropic") -> str:
+    """The request body; for a fake cloud hit directly, as the gateways translate it."""
     doc: dict[str, Any] = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
     if stream:
         doc["stream"] = True
+    if upstream == "bedrock":
+        doc = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": doc["messages"]}
+    elif upstream == "vertex":
+        del doc["model"]
+        doc["anthropic_version"] = "vertex-2023-10-16"
     return json.dumps(doc, separators=(",", ":"))
+
+
+def target_body(target: Target, stream: bool) -> str:
+    return body(stream, target.upstream if target.kind == "direct" else "anthropic")
 
 
 class Budget:
@@ -70,6 +83,8 @@ class Budget:
         self.poll_codes = 200 if quick else 1500
         self.poll_s = 10.0 if quick else 20.0
         self.profile_s = 8 if quick else 15
+        # The cloud cell is repeated (targets rotated each time) and reported as medians.
+        self.cloud_rounds = 2 if quick else 3
 
 
 class Runner:
@@ -94,7 +109,7 @@ class Runner:
 
     def load_side(self) -> dict[str, Any]:
         lab = self.lab
-        return {"upstream": lab.fake, "postgres": [lab.cluster.pid]}
+        return {"upstream": lab.fakes(), "postgres": [lab.cluster.pid]}
 
     def measure(self, target: Target, argv: list[str], *, env: dict[str, str] | None = None,
                 timeout: float) -> tuple[subprocess.CompletedProcess, procs.Watch, float]:
@@ -116,8 +131,13 @@ class Runner:
         # The load side owns one core; past 90 % of it the figures say more about
         # the load than about the target.
         load_share = load_cpu / watch.wall_s
+        # CPU the machine spent on anything but this cell and the bench's own bookkeeping
+        # (other jobs on a shared host): large values mean the cell competed with a neighbour.
+        other = (watch.machine_busy_s - load_cpu - (gw_cpu or 0.0) - watch.self_cpu_s) / watch.wall_s
         return {
             "target": target.name,
+            "upstream": target.upstream,
+            "baseline": target.baseline,
             "requests": requests,
             "rps": requests / elapsed if elapsed else 0.0,
             "gw_cpu_share": gw_cpu / watch.wall_s if gw_cpu is not None else None,
@@ -127,17 +147,21 @@ class Runner:
             "postgres_cpu_share": watch.share("postgres"),
             "load_cpu_share": load_share,
             "load_bound": load_share > 0.9 * len(self.lab.load_cores),
+            "bench_cpu_share": watch.self_cpu_s / watch.wall_s,
+            "other_cpu_share": max(other, 0.0),
+            "noisy": other > NOISY_SHARE,
             "peak_rss_mb": watch.peak_rss.get("gateway", 0) / 2**20 if "gateway" in watch.peak_rss else None,
             "notes": target.notes,
         }
 
-    def wrk_cell(self, scenario: str, mode: str, target: Target, conc: int) -> None:
-        env = dict(os.environ, BENCH_BODY=body(mode == "sse"), BENCH_TOKEN=target.token or "")
+    def wrk_cell(self, scenario: str, mode: str, target: Target, conc: int, round_no: int | None = None) -> None:
+        env = dict(os.environ, BENCH_BODY=target_body(target, mode == "sse"), BENCH_TOKEN=target.token or "",
+                   BENCH_PATH=target.path(mode == "sse"))
         duration = self.b.cell_s + self.b.warmup_s
         # wrk has no warm-up switch: run it for warm-up + cell and accept that the
         # first second is in the figures (the same for every target).
         argv = [self.wrk, "-t1", f"-c{conc}", f"-d{duration:g}s", "--timeout", "10s", "-s",
-                str(HERE / "lua" / "messages.lua"), f"http://127.0.0.1:{target.port}/v1/messages"]
+                str(HERE / "lua" / "messages.lua"), f"http://127.0.0.1:{target.port}{target.path(mode == 'sse')}"]
         done, watch, tool_cpu = self.measure(target, argv, env=env, timeout=duration + 30)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
         if line is None:
@@ -152,13 +176,17 @@ class Runner:
             "p50_ms": pct[50.0], "p90_ms": pct[90.0], "p99_ms": pct[99.0], "p999_ms": pct[99.9],
             "cdf_ms": sorted(pct.items()), "errors": errors,
         }
+        if round_no is not None:
+            row["round"] = round_no
         self.emit(row)
         self.log(f"{scenario} {mode} c{conc} {target.name}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.2f} "
                  f"p99 {row['p99_ms']:.2f} ms gw {row['cpu_us_per_req'] or 0:.0f} µs/req"
-                 f"{' LOAD-BOUND' if row['load_bound'] else ''}")
+                 f"{' LOAD-BOUND' if row['load_bound'] else ''}"
+                 f"{' NOISY (others %.0f %%)' % (row['other_cpu_share'] * 100) if row['noisy'] else ''}")
 
     def driver(self, target: Target, spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any], procs.Watch, float]:
-        spec = {"host": "127.0.0.1", "port": target.port, "path": "/v1/messages", "headers": target.headers, **spec}
+        stream = json.loads(spec.get("body") or "{}").get("stream") is True
+        spec = {"host": "127.0.0.1", "port": target.port, "path": target.path(stream), "headers": target.headers, **spec}
         argv = [sys.executable, "-m", "bench.driver", json.dumps(spec)]
         done, watch, tool_cpu = self.measure(target, argv, timeout=timeout)
         if done.returncode != 0:
@@ -166,8 +194,8 @@ class Runner:
         return json.loads(done.stdout), watch, tool_cpu
 
     def loop_cell(self, scenario: str, mode: str, target: Target, conc: int, *, duration: float,
-                  max_requests: int | None = None) -> None:
-        spec = {"mode": "loop", "body": body(mode == "sse"), "concurrency": conc, "duration_s": duration,
+                  max_requests: int | None = None, round_no: int | None = None) -> None:
+        spec = {"mode": "loop", "body": target_body(target, mode == "sse"), "concurrency": conc, "duration_s": duration,
                 "warmup_s": self.b.warmup_s, "hard_limit_s": duration + 60}
         if max_requests:
             spec["max_requests"] = max_requests
@@ -180,6 +208,8 @@ class Runner:
             **stats.summary(total, "ms"), **stats.summary(ttfb, "ms", prefix="ttfb_"),
             "cdf_ms": stats.cdf(total), "errors": res["errors"],
         }
+        if round_no is not None:
+            row["round"] = round_no
         self.emit(row)
         self.log(f"{scenario} {mode} c{conc} {target.name} (asyncio): p50 {row.get('p50_ms', 0):.2f} p99 {row.get('p99_ms', 0):.2f} ms, "
                  f"first byte p50 {row.get('ttfb_p50_ms', 0):.2f} p99 {row.get('ttfb_p99_ms', 0):.2f} ms")
@@ -290,6 +320,47 @@ class Runner:
                 # Ramp at most 500 new streams a second so the step is about holding, not connecting.
                 self.stream_cell("3a", t, streams, events=events, gap_s=1.0, ttft_s=0.5, ramp_s=max(1.0, streams / 500))
 
+    def scenario_cloud(self, targets: list[Target]) -> None:
+        """JSON and SSE at c64, policy on, through each upstream kind, all targets rotated in one cell."""
+        claude = self.peers.get("claude-gateway")
+        self.lab.start_clouds(front_door=claude is not None)
+        self.lab.set_upstream()
+        wanted = [Target(f"direct-{c}", "direct", upstream=c) for c in CLOUDS]
+        wanted += [Target(f"gatehouse-policy-{c}", "gatehouse", policy=True, upstream=c) for c in CLOUDS]
+        if claude is not None:
+            path = find_claude(claude, self.out)
+            wanted += [Target(f"claude-gateway-full-{c}", "claude", policy=True, upstream=c) for c in CLOUDS]
+        cloud = []
+        for t in wanted:
+            try:
+                self.lab.add(t, claude_bin=path if t.kind == "claude" else None)
+                cloud.append(t)
+                self.log(f"started {t.name} on port {t.port}")
+            except Exception as exc:  # reported, not fatal: the other cells still run
+                self.log(f"could not start {t.name}: {exc}")
+                self.emit({"scenario": "setup", "target": t.name, "error": str(exc)})
+        # The Claude API cell of the same run rides along, so drift hits all alike.
+        same_run = [t for t in targets if t.name in ("direct", "gatehouse-policy", "claude-gateway-full")]
+        every = same_run + cloud
+        for n in range(self.b.cloud_rounds):
+            for i, mode in enumerate(("json", "sse")):
+                for t in self.rotate(every, 2 * n + i):
+                    if self.wrk:
+                        self.wrk_cell("cloud", mode, t, 64, round_no=n)
+                    else:
+                        self.loop_cell("cloud", mode, t, 64, duration=self.b.cell_s, round_no=n)
+        stats = self.lab.bedrock_stats()
+        self.emit({"scenario": "cloud-fakes", "target": "bedrock", "bedrock": stats})
+        self.log(f"fake Bedrock signatures: {stats}")
+        if "profile" in self.scenarios:
+            for t in cloud:
+                if t.name == "gatehouse-policy-bedrock":
+                    self.profile(t)
+        for t in cloud:
+            if t.proc is not None:
+                t.proc.stop()
+            self.lab.targets.remove(t)
+
     def scenario_5(self, targets: list[Target]) -> None:
         for t in targets:
             if t.kind not in ("gatehouse", "claude") or t.policy:
@@ -339,6 +410,7 @@ class Runner:
         for mode in ("json", "sse"):
             folded = self.out / f"profile-{target.name}-{mode}.folded"
             env = dict(os.environ, BENCH_BODY=body(mode == "sse"), BENCH_TOKEN=target.token or "")
+            self.log(f"profiling {target.name} {mode} for {self.b.profile_s} s")
             spy = subprocess.Popen(
                 [pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(self.b.profile_s), "--rate", "250",
                  "--format", "raw", "--output", str(folded), "--nonblocking"],
@@ -408,6 +480,9 @@ class Runner:
                            "spend_in_hot_path": bool(n), "admin_accepted": self.lab.spend_supported})
                 if not n:
                     policy.notes.append("spend reservation is not in this build's hot path (admin: accepted, no spend rows written)")
+            # Before the stream scenarios, whose thousands of streams leave the heaps grown.
+            if "cloud" in self.scenarios:
+                self.scenario_cloud(targets)
             if "3b" in self.scenarios:
                 self.scenario_3b(targets)
             if "3a" in self.scenarios:
@@ -451,7 +526,7 @@ def main() -> None:
     out = Path(os.environ.get("BENCH_OUT") or HERE / "results" / f"{dt.date.today().isoformat()}-{host}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "raw.jsonl").unlink(missing_ok=True)
-    all_scenarios = "idle,1,2,3a,3b,5,6,profile"
+    all_scenarios = "idle,1,2,3a,3b,5,cloud,6,profile"
     scenarios = set((os.environ.get("BENCH_SCENARIOS") or all_scenarios).split(","))
     if os.environ.get("BENCH_PROFILE") == "0":
         scenarios.discard("profile")

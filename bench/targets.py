@@ -10,6 +10,15 @@ Targets:
   claude-gateway-full  the same with its admin: and managed: blocks
   litellm              LiteLLM's proxy, pass-through (no database)
 
+Cloud cells (scenario "cloud"): the same gateways with a Bedrock or a Vertex
+upstream instead of the Claude API, named ``<target>-bedrock`` and
+``<target>-vertex``, and ``direct-bedrock`` / ``direct-vertex`` (the fakes
+themselves) as their physical limit. The fake Bedrock recomputes one SigV4
+signature in ``BEDROCK_VERIFY_EVERY``; the fake Vertex checks every bearer
+against its fake token endpoint. Anthropic's gateway gets its Google token
+through the fakes' front door for oauth2.googleapis.com (it ignores the key
+file's ``token_uri``).
+
 Every gateway gets the same base file (bench/configs/base.yaml), its own
 database in the one PostgreSQL cluster, and the same JWT secret, so a token
 minted with ``gatehouse token`` is accepted by Gatehouse and by Anthropic's
@@ -21,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +43,9 @@ from typing import Any
 from bench import procs
 
 HERE = Path(__file__).resolve().parent
+# What the gateways send for claude-sonnet-4-6 (the built-in catalogs of both).
+BEDROCK_MODEL = "us.anthropic.claude-sonnet-4-6"
+VERTEX_MODEL = "claude-sonnet-4-6"
 REPO = HERE.parent
 CONFIGS = HERE / "configs"
 PEERS_DIR = HERE / ".peers"
@@ -44,6 +57,18 @@ ADMIN_READ_KEY = "bench-admin-read-key-0123456789abcdef01234"
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-0123456789"
 OIDC_SECRET = "bench-oidc-secret"
 UPSTREAM_KEY = "sk-ant-bench-upstream-key"
+# Throwaway AWS keys only the fake Bedrock knows, and a Bedrock API key the
+# direct-bedrock target (wrk, which cannot sign) presents instead.
+AWS_KEY = "AKIAGATEHOUSEBENCH001"
+AWS_SECRET = "gatehouse/bench+secret/0123456789abcdef"
+BEDROCK_API_KEY = "bedrock-api-key-gatehouse-bench-0123456789"
+# One signature recomputed with botocore in this many requests (plus the first):
+# checking all costs the fake ~100 µs each on the load core (bench/README.md).
+BEDROCK_VERIFY_EVERY = 50
+BEDROCK_REGION = "us-east-1"
+VERTEX_REGION = "us-east5"
+VERTEX_PROJECT = "lab-proj"
+CLOUDS = ("bedrock", "vertex")
 # A monthly organization cap far above anything the bench spends: every
 # request goes through reservation and settlement but none is refused.
 ORG_CAP = {"scope": {"type": "organization"}, "amount": "100000000000", "period": "monthly"}
@@ -56,7 +81,15 @@ BASE_ENV = {
     "GATEWAY_ADMIN_READ_KEY": ADMIN_READ_KEY,
     "CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1",
     "PYTHONUNBUFFERED": "1",
+    # No credential chain may look for a cloud metadata server from the bench.
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_IP": "127.0.0.1:9",
 }
+# Stripped from every target's environment: the lab is loopback only, and the one
+# target that needs a proxy (Anthropic's gateway on Vertex) is given its own.
+PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "all_proxy",
+              "no_proxy")
 
 
 @dataclass
@@ -64,6 +97,7 @@ class Target:
     name: str
     kind: str  # direct | gatehouse | claude | litellm
     policy: bool = False
+    upstream: str = "anthropic"  # anthropic | bedrock | vertex
     workers: int = 1
     port: int = 0
     proc: procs.Proc | None = None
@@ -76,6 +110,21 @@ class Target:
         if self.token:
             h["Authorization"] = f"Bearer {self.token}"
         return h
+
+    @property
+    def baseline(self) -> str:
+        """The direct target whose latency this one's added latency is measured against."""
+        return "direct" if self.upstream == "anthropic" else f"direct-{self.upstream}"
+
+    def path(self, stream: bool) -> str:
+        """Where a Messages request goes: the gateway's /v1/messages, or a fake cloud's own route."""
+        if self.kind != "direct" or self.upstream == "anthropic":
+            return "/v1/messages"
+        if self.upstream == "bedrock":
+            return f"/model/{BEDROCK_MODEL}/" + ("invoke-with-response-stream" if stream else "invoke")
+        verb = "streamRawPredict" if stream else "rawPredict"
+        return (f"/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_REGION}/publishers/anthropic/models/"
+                f"{VERTEX_MODEL}:{verb}")
 
 
 def fill(text: str, **values: str | int) -> str:
@@ -121,12 +170,23 @@ class Lab:
         self.idp: procs.Proc | None = None
         self.fake: procs.Proc | None = None
         self.fake_port = 0
+        # The cloud fakes, started only when a cloud cell asks (start_clouds).
+        self.bedrock: procs.Proc | None = None
+        self.bedrock_port = 0
+        self.google: procs.Proc | None = None
+        self.vertex_port = 0
+        self.google_token_port = 0
+        self.key_file: Path | None = None
+        # Anthropic's gateway reaches the fake token endpoint only as oauth2.googleapis.com,
+        # through this CONNECT port of the Google fakes' process, trusting this CA.
+        self.front_door_port = 0
+        self.front_door_ca: Path | None = None
         self.idp_port = 0
         self.targets: list[Target] = []
         # Every process started, registered before it is waited on: a stop
         # asked for half way through a start must still end it.
         self.started: list[procs.Proc] = []
-        self.env = dict(os.environ, **BASE_ENV)
+        self.env = {k: v for k, v in dict(os.environ, **BASE_ENV).items() if k not in PROXY_VARS}
         self.spend_supported: bool | None = None
 
     # ------------------------------------------------------------ infrastructure
@@ -150,6 +210,62 @@ class Lab:
         )
         wait_http(f"http://127.0.0.1:{self.idp_port}/.well-known/openid-configuration", self.idp)
         wait_http(f"http://127.0.0.1:{self.fake_port}/v1/models", self.fake)
+
+    def start_clouds(self, front_door: bool) -> None:
+        """The fake Bedrock and the fake Google (token endpoint + Vertex); with ``front_door``,
+        the CONNECT port Anthropic's gateway needs for its Google token."""
+        if self.bedrock is not None:
+            return
+        self.bedrock_port = procs.free_port()
+        self.bedrock = self.spawn(
+            "bedrock",
+            [sys.executable, "-m", "protocol_spec.fakes.bedrock_bench", "--port", str(self.bedrock_port),
+             "--region", BEDROCK_REGION, "--access-key", AWS_KEY, "--secret", AWS_SECRET,
+             "--bearer-token", BEDROCK_API_KEY, "--verify-every", str(BEDROCK_VERIFY_EVERY), "--no-record",
+             "--uvloop"],
+            cores=self.load_cores, env=self.env, log_path=str(self.logs / "bedrock.log"), cwd=str(REPO),
+        )
+        self.vertex_port, self.google_token_port = procs.free_port(), procs.free_port()
+        self.key_file = self.out / "raw" / "google-sa.json"
+        self.key_file.parent.mkdir(parents=True, exist_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "protocol_spec.fakes.google_process", "--vertex-port", str(self.vertex_port),
+                "--token-port", str(self.google_token_port), "--key-file", str(self.key_file), "--no-record", "--uvloop"]
+        if front_door:
+            self.front_door_port = procs.free_port()
+            self.front_door_ca = self.out / "raw" / "front-door-ca.pem"
+            self.front_door_ca.unlink(missing_ok=True)
+            argv += ["--front-door-port", str(self.front_door_port), "--ca-file", str(self.front_door_ca)]
+        self.google = self.spawn("google", argv, cores=self.load_cores, env=self.env,
+                                 log_path=str(self.logs / "google.log"), cwd=str(REPO))
+        # Connecting is enough: the fakes answer 403/401 to anything unsigned. The Google
+        # process opens Vertex last, after writing the key file and the CA.
+        wait_listening(self.bedrock_port, self.bedrock)
+        wait_listening(self.vertex_port, self.google)
+        if not self.key_file.exists() or (self.front_door_ca is not None and not self.front_door_ca.exists()):
+            raise RuntimeError(f"the Google fakes wrote no key file or CA; log: {self.logs / 'google.log'}")
+
+    def fakes(self) -> list[int]:
+        """Pids of every simulated upstream running (the load side's "upstream" share)."""
+        return [p.pid for p in (self.fake, self.bedrock, self.google) if p is not None and p.popen.poll() is None]
+
+    def bedrock_stats(self) -> dict[str, Any] | None:
+        try:
+            status, body = http("GET", f"http://127.0.0.1:{self.bedrock_port}/_fake/stats")
+        except OSError:
+            return None
+        return json.loads(body) if status == 200 else None
+
+    def vertex_token(self) -> str:
+        """A live bearer for direct-vertex: the bench signs its own assertion with the key file."""
+        import google.auth.transport.urllib3
+        import urllib3
+        from google.oauth2 import service_account
+
+        creds = service_account.Credentials.from_service_account_file(
+            str(self.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        creds.refresh(google.auth.transport.urllib3.Request(urllib3.PoolManager()))
+        return creds.token
 
     def spawn(self, name: str, argv: list[str], **kwargs: Any) -> procs.Proc:
         proc = procs.start(name, argv, **kwargs)
@@ -179,9 +295,15 @@ class Lab:
 
     # ------------------------------------------------------------ configs
 
+    def upstream_block(self, upstream: str) -> str:
+        block = (CONFIGS / f"upstream-{upstream}.yaml").read_text().rstrip("\n")
+        return fill(block, upstream=f"http://127.0.0.1:{self.fake_port}", bedrock=f"http://127.0.0.1:{self.bedrock_port}",
+                    aws_key=AWS_KEY, aws_secret=AWS_SECRET, vertex=f"http://127.0.0.1:{self.vertex_port}",
+                    key_file=str(self.key_file))
+
     def config_text(self, target: Target, port: int, db_url: str) -> str:
-        text = fill((CONFIGS / "base.yaml").read_text(), port=port, issuer=f"http://127.0.0.1:{self.idp_port}",
-                    postgres_url=db_url, upstream=f"http://127.0.0.1:{self.fake_port}")
+        text = fill((CONFIGS / "base.yaml").read_text(), upstreams=self.upstream_block(target.upstream), port=port,
+                    issuer=f"http://127.0.0.1:{self.idp_port}", postgres_url=db_url)
         if target.kind == "gatehouse":
             text += "\n" + (CONFIGS / "gatehouse.yaml").read_text()
         if target.policy:
@@ -213,7 +335,7 @@ class Lab:
     def add(self, target: Target, claude_bin: str | None = None) -> Target:
         """Start one target and wait until it is ready."""
         if target.kind == "direct":
-            target.port = self.fake_port
+            self._direct(target)
         elif target.kind == "gatehouse":
             self._start_gatehouse(target)
         elif target.kind == "claude":
@@ -224,6 +346,14 @@ class Lab:
             raise ValueError(target.kind)
         self.targets.append(target)
         return target
+
+    def _direct(self, target: Target) -> None:
+        if target.upstream == "anthropic":
+            target.port = self.fake_port
+        elif target.upstream == "bedrock":
+            target.port, target.token = self.bedrock_port, BEDROCK_API_KEY
+        else:
+            target.port, target.token = self.vertex_port, self.vertex_token()
 
     def _db(self, name: str) -> str:
         return self.cluster.create_database(name.replace("-", "_"))
@@ -276,6 +406,13 @@ class Lab:
             # Same per-process cap on concurrent upstream requests as Gatehouse's bench config.
             BUN_CONFIG_MAX_HTTP_REQUESTS="8192",
         )
+        if target.upstream == "vertex":
+            if self.front_door_ca is None:
+                raise RuntimeError("Anthropic's gateway on Vertex needs the front door (start_clouds(front_door=True))")
+            # It posts its Google token request to oauth2.googleapis.com whatever the key file says:
+            # through the front door (which tunnels only that name, to the fake), trusting its CA.
+            env.update(HTTPS_PROXY=f"http://127.0.0.1:{self.front_door_port}", NO_PROXY="127.0.0.1,localhost",
+                       NODE_EXTRA_CA_CERTS=str(self.front_door_ca))
         target.proc = self.spawn(target.name, [claude_bin, "gateway", "--config", str(cfg)], cores=self.gw_cores,
                                   env=env, log_path=str(self.logs / f"{target.name}.log"))
         wait_http(f"http://127.0.0.1:{target.port}/readyz", target.proc)
@@ -290,8 +427,8 @@ class Lab:
                 return t.token
         tmp = self.out / "configs" / "token-only.yaml"
         tmp.parent.mkdir(exist_ok=True)
-        tmp.write_text(fill((CONFIGS / "base.yaml").read_text(), port=1, issuer=f"http://127.0.0.1:{self.idp_port}",
-                            postgres_url="postgresql://x@127.0.0.1:1/x", upstream="http://127.0.0.1:1"))
+        tmp.write_text(fill((CONFIGS / "base.yaml").read_text(), upstreams=self.upstream_block("anthropic"), port=1,
+                            issuer=f"http://127.0.0.1:{self.idp_port}", postgres_url="postgresql://x@127.0.0.1:1/x"))
         return self.mint_token(tmp)
 
     def _start_litellm(self, target: Target) -> None:
@@ -313,6 +450,20 @@ class Lab:
         wait_http(f"http://127.0.0.1:{target.port}/health/liveliness", target.proc, timeout=120)
         target.token = LITELLM_MASTER_KEY
         target.notes.append("pass-through mode: no database, master-key auth, no budgets")
+
+
+def wait_listening(port: int, proc: procs.Proc, timeout: float = 30.0) -> None:
+    """Wait until something accepts connections on ``port`` (any HTTP status will do)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log: {proc.log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} did not listen on port {port} within {timeout:g}s")
 
 
 def find_claude(spec: str, out: Path) -> str:
