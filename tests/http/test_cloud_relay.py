@@ -192,11 +192,13 @@ async def test_foundry_with_a_key_reaches_only_mapped_deployments(gateway_factor
         models = "models:\n  - id: claude-sonnet-4-6\n    upstream_model: {foundry: lab-sonnet-deployment}\n"
         gw = await gateway_factory([block], models)
         await client(gw).messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=PROMPT)
-        assert fake.principals == ["key:foundry-key-1"]
+        async with client(gw).messages.stream(model="claude-sonnet-4-6", max_tokens=16, messages=PROMPT) as stream:
+            assert await stream.get_final_text()
+        assert fake.principals == ["key:foundry-key-1", "key:foundry-key-1"]
         assert fake.received[-1].path == "/anthropic/v1/messages"
         assert json.loads(fake.received[-1].body)["model"] == "lab-sonnet-deployment"
         status, _, body = await raw_post(gw, {"model": "claude-opus-4-7", "max_tokens": 16, "messages": PROMPT})
-        assert status == 400 and len(fake.received) == 1  # no deployment named for it: never sent
+        assert status == 400 and len(fake.received) == 2  # no deployment named for it: never sent
 
 
 # ---------------------------------------------------------------- Anthropic's multi-cloud example
