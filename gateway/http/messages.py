@@ -50,10 +50,19 @@ from gateway.policy.policies import ALLOW_ALL
 from gateway.upstreams.bedrock import COUNT_UNAVAILABLE, MalformedReply, count_reply
 from gateway.upstreams.bodyview import View, decode_view, remove_member, thinking_budget
 from gateway.upstreams.eventstream import PING, EventStreamSse, StreamCorrupt
-from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Ask, ClientError, CredentialFailure, Endpoint, Shape
+from gateway.upstreams.outbound import (
+    REQUEST_TAGS_BETA,
+    Ask,
+    ClientError,
+    CredentialFailure,
+    Endpoint,
+    Outbound,
+    Shape,
+)
 from gateway.upstreams.routing import Target
 from gateway.upstreams.sse import ZERO, UsageTap, UsageTotals, json_usage
 from gateway.upstreams.transport import UpstreamFailure
+from protocol_spec.cloud_wire import count_tokens_response_decoder
 
 # Upstream error bodies are read whole before failing over; they are small,
 # and a hostile or broken upstream must not make us buffer without bound.
@@ -73,7 +82,7 @@ class Outcome:
 
     __slots__ = (
         "status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error",
-        "billing_group", "upstream_model", "finished", "request_id",
+        "billing_group", "upstream_model", "finished", "request_id", "attempting",
     )
 
     def __init__(self, request_id: str) -> None:
@@ -89,6 +98,8 @@ class Outcome:
         self.billing_group: str | None = None
         self.upstream_model: str | None = None
         self.finished = False
+        # The upstream being tried and the id it gets, from the moment a call to it starts.
+        self.attempting: Target | None = None
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -97,6 +108,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     request_id = request[REQUEST_ID]
     outcome = Outcome(request_id)
     principal: Principal | None = None
+    ask: Ask | None = None
     ticket: spend_gate.Ticket | None = None
     rt.inflight += 1
     try:
@@ -167,12 +179,34 @@ async def messages(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         rt.inflight -= 1
-        if ticket is not None:
-            spend_gate.settle(
-                rt, ticket, outcome.upstream, outcome.upstream_model, outcome.usage,
-                outcome.status == 200 and outcome.finished,
+        recount = abandoned_count(rt, ask, outcome)
+        if recount is None:
+            close_books(rt, request, request_id, principal, outcome, ticket, t0)
+        else:
+            # Never awaited here: the handler may be being cancelled. The books close
+            # once the count is in (or has failed), off the request.
+            rt.tasks.spawn(
+                count_abandoned(rt, recount, request, request_id, principal, outcome, ticket, t0),
+                name=f"count {request_id}",
             )
-        record(rt, request, request_id, principal, outcome, t0)
+
+
+def close_books(
+    rt: Runtime,
+    request: web.Request,
+    request_id: str,
+    principal: Principal | None,
+    outcome: Outcome,
+    ticket: spend_gate.Ticket | None,
+    t0: float,
+) -> None:
+    """Settle the spend reservation and record the request. Never awaits."""
+    if ticket is not None:
+        spend_gate.settle(
+            rt, ticket, outcome.upstream, outcome.upstream_model, outcome.usage,
+            outcome.status == 200 and outcome.finished,
+        )
+    record(rt, request, request_id, principal, outcome, t0)
 
 
 def make_ask(request: web.Request, body: bytes, view: View, principal: Principal) -> Ask:
@@ -273,6 +307,7 @@ async def _attempt(
             failures.append(CANNOT_COUNT)
         return None
     outcome.attempts += 1
+    outcome.attempting = target
     if signer is not None:
         try:
             out = await signer.authorize(out, ask)
@@ -482,6 +517,72 @@ async def _next_events(resp: aiohttp.ClientResponse, decoder: EventStreamSse, pi
         events = decoder.feed(data)
         if events:
             return events
+
+
+# A count after the client left is bookkeeping: it may take this long before the
+# request is recorded without it.
+ABANDONED_COUNT_TIMEOUT_S = 10.0
+
+
+class Recount(NamedTuple):
+    target: Target
+    ask: Ask
+    out: Outbound
+
+
+def abandoned_count(rt: Runtime, ask: Ask | None, outcome: Outcome) -> Recount | None:
+    """For a Bedrock request the client abandoned before any usage came back: the
+    CountTokens call that prices its input, which Bedrock bills and CountTokens
+    counts for free (SPEC BEDROCK-9). None when there is nothing to count or no
+    way to (an inference-profile ARN)."""
+    target = outcome.attempting
+    if (
+        ask is None
+        or target is None
+        or ask.endpoint is not Endpoint.MESSAGES
+        or outcome.status != CLIENT_CLOSED
+        or outcome.usage.input_tokens
+        or rt.upstreams[target.upstream].provider != "bedrock"
+    ):
+        return None
+    counting = ask._replace(endpoint=Endpoint.COUNT_TOKENS, thinking_budget=thinking_budget(ask.body))
+    out = rt.upstreams[target.upstream].translator.outbound(counting, target.model)
+    return Recount(target, counting, out) if out is not None else None
+
+
+async def count_abandoned(
+    rt: Runtime,
+    recount: Recount,
+    request: web.Request,
+    request_id: str,
+    principal: Principal | None,
+    outcome: Outcome,
+    ticket: spend_gate.Ticket | None,
+    t0: float,
+) -> None:
+    up, signer = rt.upstreams[recount.target.upstream], rt.signers[recount.target.upstream]
+    try:
+        async with asyncio.timeout(ABANDONED_COUNT_TIMEOUT_S):
+            out = recount.out if signer is None else await signer.authorize(recount.out, recount.ask)
+            resp = await rt.transport.open(
+                "POST", out.url, out.headers, out.body, ABANDONED_COUNT_TIMEOUT_S, proxy=up.proxy
+            )
+            try:
+                body = await resp.read()
+            finally:
+                resp.close()
+        if resp.status == 200:
+            tokens = count_tokens_response_decoder.decode(body).input_tokens
+            outcome.usage = outcome.usage._replace(input_tokens=tokens)
+            # Left while Bedrock was still to answer: the input is billed all the same.
+            outcome.upstream = outcome.upstream or up.name
+            outcome.upstream_model = outcome.upstream_model or recount.target.model
+        else:
+            audit.log("warn", f"upstream {up.name} could not count an abandoned request ({resp.status}, request {request_id})")
+    except Exception as exc:
+        audit.log("warn", f"upstream {up.name} could not count an abandoned request (request {request_id}): {exc!r}")
+    finally:
+        close_books(rt, request, request_id, principal, outcome, ticket, t0)
 
 
 def record(

@@ -312,3 +312,41 @@ async def test_a_client_that_hangs_up_mid_stream_cancels_the_bedrock_call(gatewa
     await asyncio.wait_for(bedrock.received[-1].cancelled.wait(), 2.0)
     row = await usage_row(pg_url, request_id)
     assert (row["status"], row["upstream"]) == (499, "bedrock")
+
+
+async def test_a_request_abandoned_before_any_usage_is_counted_with_count_tokens(gateway_factory, bedrock, pg_url):
+    """SPEC BEDROCK-9: Bedrock bills the input of a request the client left; CountTokens,
+    which is free, prices it."""
+    import asyncio
+
+    import asyncpg
+
+    gw = await gateway_factory([bedrock_block(bedrock.url)])
+    bedrock.script(BedrockReply(answer=Reply(headers_delay=1.0)), BedrockReply(input_tokens=77))
+    async with aiohttp.ClientSession() as s:
+        pending = asyncio.ensure_future(
+            s.post(
+                gw.url + "/v1/messages",
+                json={"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": PROMPT, "stream": True},
+                headers=gw.auth(),
+            )
+        )
+        await bedrock.wait_received(1)
+        pending.cancel()  # hang up while Bedrock has not answered yet
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    counted = await bedrock.wait_received(2)
+    assert [r.operation for r in counted] == ["stream", "count"]
+    assert counted[1].model_id == "anthropic.claude-sonnet-4-6"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for _ in range(100):
+            row = await conn.fetchrow(
+                "SELECT * FROM usage_records WHERE status = 499 AND upstream = 'bedrock' ORDER BY ts DESC LIMIT 1"
+            )
+            if row is not None and row["input_tokens"] == 77:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    assert row is not None and row["input_tokens"] == 77
