@@ -1,0 +1,1 @@
+"""Unit tests of the OTLP relay's pure modules: destinations and the export queue."""
