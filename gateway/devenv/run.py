@@ -193,16 +193,16 @@ def main() -> int:
         port = int(os.environ.get("GATEHOUSE_DEV_PORT", "8080"))
         port = free_port(port)
         url = f"http://127.0.0.1:{port}"
+        # A cloud upstream added to the dev config must not send credential lookups to a
+        # metadata address (169.254.169.254) by accident: the chains stay off unless set.
+        quiet_chains = {
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "GCE_METADATA_HOST": "127.0.0.1:9",
+            "GCE_METADATA_IP": "127.0.0.1:9",
+            "AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential",
+        }
         env = dict(
-            # A cloud upstream added to the dev config must not send credential lookups to a
-            # metadata address (169.254.169.254) by accident: the chains stay off unless set.
-            {
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "GCE_METADATA_HOST": "127.0.0.1:9",
-                "GCE_METADATA_IP": "127.0.0.1:9",
-                "AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential",
-            },
-            **os.environ,
+            {**quiet_chains, **os.environ},
             CLAUDE_GATEWAY_ALLOW_LOOPBACK="1",
             GATEHOUSE_DEV_PORT=str(port),
             GATEHOUSE_DEV_OIDC_ISSUER=issuer,
