@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +32,7 @@ from protocol_spec.fakes.google import FakeGoogleToken, FakeVertex, google_error
 from protocol_spec.fakes.platforms import FakeClaudePlatformAws, FakeFoundry
 from protocol_spec.fakes.sts import FakeSts
 from protocol_spec.fakes.upstream import FakeUpstream
-from tests.harness import JWT_SECRET, free_port, start_gateway
+from tests.harness import JWT_SECRET, free_port
 
 PROMPT = [{"role": "user", "content": "hi"}]
 KEY, SECRET = "AKIACLOUDRELAYTEST01", "cloud/relay+secret"
@@ -204,10 +205,27 @@ async def test_foundry_with_a_key_reaches_only_mapped_deployments(gateway_factor
 # ---------------------------------------------------------------- Anthropic's multi-cloud example
 
 
+# Loaded by the gateway process below (it is on its PYTHONPATH): every address that
+# process looks up or connects to, in any thread, goes to a file the test reads.
+SITECUSTOMIZE = """
+import os, sys
+_out = open(os.environ["GATEHOUSE_TEST_SOCKETS"], "a", buffering=1)
+def _watch(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        _out.write(f"{args[1][0]}\\n")
+    elif event == "socket.getaddrinfo":
+        _out.write(f"{args[0]}\\n")
+sys.addaudithook(_watch)
+"""
+
+
 async def test_the_multi_cloud_example_boots_and_serves_through_every_upstream(pg_url, monkeypatch, tmp_path, google, vertex):
-    """conf/examples/cag/multi-upstream.yaml unchanged but for addresses: each upstream's
-    base_url points at its fake, and the credentials its `auth` asks for come from where
-    each provider's default chain looks (environment variables, a key file)."""
+    """conf/examples/cag/multi-upstream.yaml unchanged but for addresses, served by
+    `gatehouse serve` as shipped: each upstream's base_url points at its fake, and the
+    credentials its `auth` asks for come from where each provider's default chain looks
+    (environment variables, a key file). Nothing the gateway process does leaves loopback."""
+    from tests.system.test_process import spawn, wait_ready
+
     ring = AwsKeyring()
     ring.add(KEY, SECRET)
     (tmp_path / "ca").mkdir()
@@ -217,63 +235,77 @@ async def test_the_multi_cloud_example_boots_and_serves_through_every_upstream(p
         FakeSts(ring, region="us-west-2") as sts,
         FakeClaudePlatformAws(workspace_id="wrkspc_01corp", api_keys=["example-aws-platform-key"]) as platform,
         FakeEntra(ca) as entra,
+        FakeFoundry() as foundry,
         FakeUpstream() as anthropic_api,
     ):
-        # The AWS default chain (environment) and the region's STS; ADC for Vertex; Azure AD.
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
-        google.new_service_account(tmp_path / "adc.json")
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "adc.json"))
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.bundle))
-        monkeypatch.setenv("AZURE_AUTHORITY_HOST", entra.url)
+        foundry.bearer_ok = entra.is_live
         entra.add_secret_client(AZURE_CLIENT, AZURE_SECRET)
-        monkeypatch.setenv("AZURE_TENANT_ID", AZURE_TENANT)
-        monkeypatch.setenv("AZURE_CLIENT_ID", AZURE_CLIENT)
-        monkeypatch.setenv("AZURE_CLIENT_SECRET", AZURE_SECRET)
-        async with FakeFoundry(bearer_ok=entra.is_live) as foundry:
-            doc = yaml.safe_load(EXAMPLE.read_text())
-            urls = {
-                "bedrock-us": bedrock.url, "vertex": vertex.url + "/v1", "platform-aws": platform.url,
-                "foundry": foundry.url + "/anthropic", "anthropic": anthropic_api.url,
-            }
-            for up in doc["upstreams"]:
-                up["base_url"] = urls[up["name"]]
-            doc["listen"].update(port=free_port(), public_url="http://127.0.0.1")
-            doc["oidc"]["issuer"] = "http://127.0.0.1:9"
-            doc["store"]["postgres_url"] = pg_url
-            env = {
-                **os.environ, "CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1", "OIDC_CLIENT_ID": "gw", "OIDC_CLIENT_SECRET": "s",
-                "GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_POSTGRES_URL": pg_url,
-                "ANTHROPIC_AWS_API_KEY": "example-aws-platform-key", "ANTHROPIC_API_KEY": "sk-ant-example",
-            }
-            gw = await start_gateway(loads(yaml.safe_dump(doc), env, source=str(EXAMPLE)))
-            try:
-                sdk = client(gw, email="dev@corp.example.com")
-                # Down the list, one upstream at a time, by making each one before it refuse.
-                await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
-                assert bedrock.received[-1].principal not in (None, KEY)  # the assumed role's key
-                assert sts.calls[-1].session_name == "dev@corp.example.com"
-                sent = {k.lower(): v for k, v in bedrock.received[-1].headers}
-                assert sent["x-amzn-bedrock-guardrailidentifier"] == "gr-0123456789"
-                bedrock.script(THROTTLING)
-                await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
-                assert vertex.received[-1].path.endswith("/locations/us-east5/publishers/anthropic/models/claude-opus-4-7:rawPredict")
-                bedrock.script(THROTTLING)
-                vertex.script(google_error(503, "unavailable", "UNAVAILABLE"))
-                await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
-                assert platform.principals[-1] == "key:example-aws-platform-key"
-                # claude-sonnet-4-6 is mapped to a Foundry deployment; the others refuse first.
-                bedrock.script(THROTTLING)
-                vertex.script(google_error(503, "unavailable", "UNAVAILABLE"))
-                platform.script(error_reply(529, "overloaded_error", "busy"))
-                await sdk.messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=PROMPT)
-                assert foundry.principals[-1].startswith("bearer:")
-                assert json.loads(foundry.received[-1].body)["model"] == "corp-sonnet-deployment"
-                bedrock.script(THROTTLING)
-                vertex.script(google_error(503, "unavailable", "UNAVAILABLE"))
-                platform.script(error_reply(529, "overloaded_error", "busy"))
-                await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
-                assert anthropic_api.received[-1].header("X-Cost-Center") == "4711"
-            finally:
-                await gw.close()
+        google.new_service_account(tmp_path / "adc.json")
+        doc = yaml.safe_load(EXAMPLE.read_text())
+        urls = {
+            "bedrock-us": bedrock.url, "vertex": vertex.url + "/v1", "platform-aws": platform.url,
+            "foundry": foundry.url + "/anthropic", "anthropic": anthropic_api.url,
+        }
+        for up in doc["upstreams"]:
+            up["base_url"] = urls[up["name"]]
+        port = free_port()
+        doc["listen"].update(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}")
+        doc["oidc"]["issuer"] = "http://127.0.0.1:9"
+        config = tmp_path / "gateway.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        sockets = tmp_path / "sockets.txt"
+        env = {
+            **os.environ, "CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1", "OIDC_CLIENT_ID": "gw", "OIDC_CLIENT_SECRET": "s",
+            "GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_POSTGRES_URL": pg_url,
+            "ANTHROPIC_AWS_API_KEY": "example-aws-platform-key", "ANTHROPIC_API_KEY": "sk-ant-example",
+            # Where each provider's default chain looks: the AWS environment and the region's
+            # STS, Application Default Credentials, Azure's environment credential.
+            "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL_STS": sts.url,
+            "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "adc.json"),
+            "REQUESTS_CA_BUNDLE": str(ca.bundle), "AZURE_AUTHORITY_HOST": entra.url,
+            "AZURE_TENANT_ID": AZURE_TENANT, "AZURE_CLIENT_ID": AZURE_CLIENT, "AZURE_CLIENT_SECRET": AZURE_SECRET,
+            "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "GATEHOUSE_TEST_SOCKETS": str(sockets),
+        }
+        proc = spawn("serve", "--config", str(config), env=env)
+        try:
+            await wait_ready(port, proc, timeout=60)
+            from gateway.app.build import token_service
+
+            tokens = token_service(loads(config.read_text(), env, source=str(config)))
+            bearer = tokens.mint(sub="user-dev", email="dev@corp.example.com", now=int(time.time()))
+            sdk = anthropic.AsyncAnthropic(
+                base_url=f"http://127.0.0.1:{port}", auth_token=bearer, api_key=None, max_retries=0, timeout=30
+            )
+            # Down the list, one upstream at a time, by making each one before it refuse.
+            await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
+            assert bedrock.received[-1].principal not in (None, KEY)  # the assumed role's key
+            assert sts.calls[-1].session_name == "dev@corp.example.com"
+            sent = {k.lower(): v for k, v in bedrock.received[-1].headers}
+            assert sent["x-amzn-bedrock-guardrailidentifier"] == "gr-0123456789"
+            bedrock.script(THROTTLING)
+            await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
+            assert vertex.received[-1].path.endswith("/locations/us-east5/publishers/anthropic/models/claude-opus-4-7:rawPredict")
+            bedrock.script(THROTTLING)
+            vertex.script(google_error(503, "unavailable", "UNAVAILABLE"))
+            await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
+            assert platform.principals[-1] == "key:example-aws-platform-key"
+            # claude-sonnet-4-6 is mapped to a Foundry deployment; the others refuse first.
+            bedrock.script(THROTTLING)
+            vertex.script(google_error(503, "unavailable", "UNAVAILABLE"))
+            platform.script(error_reply(529, "overloaded_error", "busy"))
+            await sdk.messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=PROMPT)
+            assert foundry.principals[-1].startswith("bearer:")
+            assert json.loads(foundry.received[-1].body)["model"] == "corp-sonnet-deployment"
+            bedrock.script(THROTTLING)
+            vertex.script(google_error(503, "unavailable", "UNAVAILABLE"))
+            platform.script(error_reply(529, "overloaded_error", "busy"))
+            await sdk.messages.create(model="claude-opus-4-7", max_tokens=16, messages=PROMPT)
+            assert anthropic_api.received[-1].header("X-Cost-Center") == "4711"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    outside = sorted({h for h in sockets.read_text().split() if not _loopback(h)})
+    assert sockets.read_text() and not outside, f"the gateway process left loopback: {outside}"
