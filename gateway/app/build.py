@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from gateway.db.listener import Listener
     from gateway.db.store import Store
     from gateway.spend.store import SpendStore
+    from gateway.telemetry.relay import Relay
+    from gateway.upstreams.transport import Transport
 
 # Errors aiohttp raises itself (unknown route, wrong method) → our envelope.
 _HTTP_KINDS = {404: Kind.NOT_FOUND, 405: Kind.INVALID_REQUEST, 413: Kind.TOO_LARGE}
@@ -217,6 +219,9 @@ def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncI
             if started.oidc is not None:
                 await started.oidc.close()
             await rt.recorder.drain(10.0)
+            if rt.relay is not None:
+                # What collectors can still take; the relay logs what it could not deliver.
+                await rt.relay.drain(5.0)
             await rt.transport.close()
             for signer in rt.signers:
                 if signer is not None:
@@ -245,6 +250,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         egress=boot.egress,
     )
     await transport.start()
+    relay = _start_relay(boot, transport)
     signers = await _start_signers(boot)
     own_store = shared_store is None
     if shared_store is None:
@@ -272,6 +278,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
     rt = Runtime.complete(
         boot,
         transport=transport,
+        relay=relay,
         signers=signers,
         store=store,
         recorder=recorder,
@@ -284,6 +291,25 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
 # The token endpoints the signers call are other hosts than the upstreams: NO_PROXY may
 # treat them differently, so each gets the proxy chosen for its own URL.
 AZURE_AUTHORITY_URL = "https://login.microsoftonline.com/"
+
+
+def _start_relay(boot: Boot, transport: Transport) -> Relay | None:
+    """The OTLP relay to ``telemetry.forward_to``, sending through the upstreams' transport
+    (same address guard, same egress proxy rules)."""
+    from gateway.telemetry.destinations import destinations, url_warnings
+    from gateway.telemetry.relay import Relay
+
+    telemetry = boot.config.telemetry
+    if telemetry is None or not telemetry.forward_to:
+        return None
+    dests = destinations(telemetry)
+    relay = Relay(dests, transport, egress=boot.egress)
+    relay.start()
+    signals = sorted({signal for d in dests for signal in d.urls})
+    audit.log("info", f"telemetry: relaying {', '.join(signals) or 'nothing'} to {len(dests)} destination(s)")
+    for warning in url_warnings(telemetry):
+        audit.log("warn", warning)
+    return relay
 
 
 def _loopback_url(url: str) -> bool:

@@ -6,7 +6,8 @@
   JSON, the upstreams this replica is skipping for now.
 * ``/``: name and version.
 * ``/v1/models``: the catalog, in the Anthropic list shape.
-* ``/v1/metrics|logs|traces``: accepted and discarded until telemetry lands.
+* ``/v1/metrics|logs|traces``: OTLP exports, queued for ``telemetry.forward_to``
+  (gateway/telemetry/relay.py) and answered 200 at once.
 * ``/managed/settings``: "not configured" until policy lands.
 """
 
@@ -71,8 +72,13 @@ async def models(request: web.Request) -> web.Response:
 
 async def telemetry_ingest(request: web.Request) -> web.Response:
     _authenticate(request)
-    await read_body(request, request.app[RUNTIME].limits.max_request_bytes)
-    # Accepted and discarded until the telemetry relay forwards it.
+    rt = request.app[RUNTIME]
+    body = await read_body(request, rt.limits.max_request_bytes)
+    # Queued for every destination that takes this signal, as received (bytes, content
+    # type and encoding); answered 200 at once whether it is forwarded or not.
+    if rt.relay is not None:
+        signal = request.path.rsplit("/", 1)[1]
+        rt.relay.submit(signal, body, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
     return web.Response(status=200)
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from gateway.spend.budget import AllowanceTracker
     from gateway.spend.pricing import Pricing
     from gateway.spend.store import SpendStore
+    from gateway.telemetry.relay import Relay
     from gateway.upstreams.transport import Transport
 
 
@@ -108,6 +109,7 @@ class Runtime(Boot):
     """A :class:`Boot` with its edges open: what every handler reads, complete from the first request."""
 
     transport: Transport
+    relay: Relay | None  # with telemetry.forward_to
     signers: tuple[Signer | None, ...]  # per upstream: the credential edge, None when the translator carries it
     store: Store
     recorder: Recorder
@@ -123,6 +125,7 @@ class Runtime(Boot):
         boot: Boot,
         *,
         transport: Transport,
+        relay: Relay | None,
         signers: tuple[Signer | None, ...],
         store: Store,
         recorder: Recorder,
@@ -133,6 +136,7 @@ class Runtime(Boot):
         return cls(
             **{f.name: getattr(boot, f.name) for f in fields(Boot)},
             transport=transport,
+            relay=relay,
             signers=signers,
             store=store,
             recorder=recorder,

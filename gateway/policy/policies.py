@@ -338,6 +338,7 @@ class Policies:
         base_index = next((i for i, m in enumerate(self._matchers) if m.everyone), None)
         base = (policies[base_index].cli or {}) if base_index is not None else {}
         aliases = _builtin_aliases()
+        telemetry = telemetry_env(cfg)
         self._served: tuple[Matched, ...] = tuple(
             _compile(
                 i,
@@ -345,6 +346,7 @@ class Policies:
                 pricing_rows,
                 aliases,
                 catalog_ids,
+                telemetry,
             )
             for i, p in enumerate(policies)
         )
@@ -426,16 +428,38 @@ def _domain_of(email: str | None) -> str | None:
     return email.rsplit("@", 1)[1].lower()
 
 
+def telemetry_env(cfg: Any) -> dict[str, str] | None:
+    """What every served policy's ``env`` gains so signed-in clients export OTLP to this
+    gateway (SPEC TEL-6): only with ``telemetry.forward_to`` and ``listen.public_url``."""
+    telemetry, public_url = cfg.telemetry, cfg.listen.public_url
+    if telemetry is None or not telemetry.forward_to or not public_url:
+        return None
+    wanted = {signal for d in telemetry.forward_to for signal in ("metrics", "logs", "traces") if getattr(d, signal)}
+    return {
+        "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
+        "OTEL_METRICS_EXPORTER": "otlp" if "metrics" in wanted else "none",
+        "OTEL_LOGS_EXPORTER": "otlp" if "logs" in wanted else "none",
+        "OTEL_TRACES_EXPORTER": "otlp" if "traces" in wanted else "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": public_url.rstrip("/"),
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+
+
 def _compile(
     index: int,
     settings: dict[str, Any],
     pricing_rows: Mapping[str, Any] | None,
     aliases: Mapping[str, str],
     catalog: tuple[str, ...],
+    telemetry: Mapping[str, str] | None = None,
 ) -> Matched:
     if pricing_rows is not None and "modelPricing" not in settings:
         # A policy that sets modelPricing (even {} to opt out) keeps its own.
         settings["modelPricing"] = copy.deepcopy(dict(pricing_rows))
+    if telemetry is not None:
+        # A policy's own env value wins; the checksum covers what is added.
+        own = settings.get("env")
+        settings["env"] = {**telemetry, **(own if isinstance(own, dict) else {})}
     checksum = canonical_json.checksum(settings)
     # The settings go out as the very canonical bytes the checksum covers (Raw is
     # copied, never re-encoded); uuid names the served document, so it is the

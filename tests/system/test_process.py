@@ -142,15 +142,17 @@ async def test_undefined_variable_fails_boot_naming_it(tmp_path, pg_url):
 
 
 async def test_serve_refuses_features_not_supported_yet(tmp_path, pg_url):
-    cfg = write_config(tmp_path, pg_url, "http://127.0.0.1:9", free_port(), "telemetry:\n  forward_to:\n    - url: https://otel.example.com\n")
+    feature = "telemetry.forward_to[0].auth.google (Google credentials for an OTLP destination) is not supported yet"
+    extra = "telemetry:\n  forward_to:\n    - url: https://otel.example.com\n      auth: {google: {}}\n"
+    cfg = write_config(tmp_path, pg_url, "http://127.0.0.1:9", free_port(), extra)
     out = subprocess.run([*GATEHOUSE, "serve", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
-    assert "telemetry.forward_to (the OTLP relay) is not supported yet" in out.stderr
+    assert feature in out.stderr
     # check-config refuses the same file, the same way, after printing it.
     check = subprocess.run([*GATEHOUSE, "check-config", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
     assert check.returncode == 2
-    assert "gatehouse: telemetry.forward_to (the OTLP relay) is not supported yet" in check.stderr
-    assert "telemetry.forward_to (the OTLP relay)" in check.stdout.split("not supported by Gatehouse yet", 1)[1]
+    assert f"gatehouse: {feature}" in check.stderr
+    assert feature in check.stdout.split("not supported by Gatehouse yet", 1)[1]
     assert "sk-ant-upstream-secret-value" not in check.stdout and JWT_SECRET not in check.stdout
 
 

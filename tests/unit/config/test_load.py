@@ -523,7 +523,9 @@ UNSUPPORTED_CASES: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] 
     ("enforcement", lambda d: put(d, admin=ADMIN, enforcement={"fail_closed_on_error": True}), []),
     ("enforcement_off", lambda d: put(d, enforcement={"fail_closed_on_error": False}), []),
     ("pricing", lambda d: put(d, admin=ADMIN, pricing={}), []),
-    ("telemetry", lambda d: put(d, telemetry={"forward_to": [{"url": "https://o.example.com"}]}), ["telemetry.forward_to"]),
+    ("telemetry", lambda d: put(d, telemetry={"forward_to": [{"url": "https://o.example.com"}]}), []),
+    ("telemetry_google", lambda d: put(d, telemetry={"forward_to": [{"url": "https://o.example.com", "auth": {"google": {}}}]}),
+     ["telemetry.forward_to[0].auth.google"]),
     ("telemetry_empty", lambda d: put(d, telemetry={}), []),
     ("load_test_on", lambda d: put(d, load_test_mode={"enabled": True}), ["load_test_mode"]),
     ("load_test_off", lambda d: put(d, load_test_mode={"enabled": False}), []),
@@ -765,8 +767,9 @@ def test_an_empty_value_followed_by_a_hashtag_is_warned_about() -> None:
 
 
 def test_unsupported_features_name_the_feature() -> None:
-    cfg = loads(doc(lambda d: (d["upstreams"].append(MANTLE), put(d, telemetry={"forward_to": [{"url": "https://o.example.com"}]}))), ENV)
+    google = {"forward_to": [{"url": "https://o.example.com", "auth": {"google": {}}}]}
+    cfg = loads(doc(lambda d: (d["upstreams"].append(MANTLE), put(d, telemetry=google))), ENV)
     assert config.unsupported_features(cfg) == [
         "upstreams[1] (provider: mantle; Bedrock's Mantle endpoint is not described well enough to build and test against) is not supported yet",
-        "telemetry.forward_to (the OTLP relay) is not supported yet",
+        "telemetry.forward_to[0].auth.google (Google credentials for an OTLP destination) is not supported yet",
     ]
