@@ -22,6 +22,7 @@ generating) and still record the request, with status 499.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -179,16 +180,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         rt.inflight -= 1
+        close = functools.partial(close_books, rt, request, request_id, principal, outcome, ticket, t0)
         recount = abandoned_count(rt, ask, outcome)
         if recount is None:
-            close_books(rt, request, request_id, principal, outcome, ticket, t0)
+            close()
         else:
             # Never awaited here: the handler may be being cancelled. The books close
             # once the count is in (or has failed), off the request.
-            rt.tasks.spawn(
-                count_abandoned(rt, recount, request, request_id, principal, outcome, ticket, t0),
-                name=f"count {request_id}",
-            )
+            rt.tasks.spawn(count_abandoned(rt, recount, outcome, request_id, close), name=f"count {request_id}")
 
 
 def close_books(
@@ -551,14 +550,7 @@ def abandoned_count(rt: Runtime, ask: Ask | None, outcome: Outcome) -> Recount |
 
 
 async def count_abandoned(
-    rt: Runtime,
-    recount: Recount,
-    request: web.Request,
-    request_id: str,
-    principal: Principal | None,
-    outcome: Outcome,
-    ticket: spend_gate.Ticket | None,
-    t0: float,
+    rt: Runtime, recount: Recount, outcome: Outcome, request_id: str, close: Callable[[], None]
 ) -> None:
     up, signer = rt.upstreams[recount.target.upstream], rt.signers[recount.target.upstream]
     try:
@@ -582,7 +574,7 @@ async def count_abandoned(
     except Exception as exc:
         audit.log("warn", f"upstream {up.name} could not count an abandoned request (request {request_id}): {exc!r}")
     finally:
-        close_books(rt, request, request_id, principal, outcome, ticket, t0)
+        close()
 
 
 def record(
