@@ -11,8 +11,10 @@ Messages name paths, never configured values that could be secrets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from gateway.config import schema as s
 from gateway.config import settings_keys
@@ -265,6 +267,31 @@ def _check_telemetry(tel: s.Telemetry, ctx: _Context, issues: Issues) -> None:
         if problem:
             issues.add(f"{path}.url", problem)
         check_headers(dest.headers, f"{path}.headers", reserved=False, issues=issues)
+    for name, value in tel.resource_attributes.items():
+        _check_resource_attribute(name, value, dotted("telemetry.resource_attributes", name), issues)
+
+
+# OTEL_RESOURCE_ATTRIBUTES (protocol §9.2): names the client sets itself are reserved, so
+# an operator's attribute can never pass for a person's identity or the client's own facts.
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_RESERVED_ATTRIBUTE_PREFIXES = ("user.", "enduser.", "identity.")
+_RESERVED_ATTRIBUTES = frozenset(
+    {"service.name", "service.version", "claude.deployment_mode", "host.arch", "os.type", "os.version", "wsl.version"}
+)
+_ATTRIBUTE_VALUE_FORBIDDEN = frozenset(',;=\\"% ')
+MAX_ATTRIBUTE_VALUE_CHARS = 255
+
+
+def _check_resource_attribute(name: str, value: str, path: str, issues: Issues) -> None:
+    low = name.lower()
+    if not _ATTRIBUTE_NAME.fullmatch(name):
+        issues.add(path, "attribute names use only letters, digits, '.', '_' and '-'")
+    elif low in _RESERVED_ATTRIBUTES or low.startswith(_RESERVED_ATTRIBUTE_PREFIXES):
+        issues.add(path, "reserved: the client sets this attribute itself (user.*, enduser.*, identity.*, service.*, …)")
+    if not value or any(not (" " < ch <= "~") or ch in _ATTRIBUTE_VALUE_FORBIDDEN for ch in value):
+        issues.add(path, 'must be non-empty printable ASCII without spaces or any of , ; = \\ " %')
+    elif len(quote(value, safe="")) > MAX_ATTRIBUTE_VALUE_CHARS:
+        issues.add(path, f"must be at most {MAX_ATTRIBUTE_VALUE_CHARS} characters once percent-encoded")
 
 
 def _check_admin(admin: s.Admin, ctx: _Context, issues: Issues) -> None:

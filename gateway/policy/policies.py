@@ -435,7 +435,7 @@ def telemetry_env(cfg: Any) -> dict[str, str] | None:
     if telemetry is None or not telemetry.forward_to or not public_url:
         return None
     wanted = {signal for d in telemetry.forward_to for signal in ("metrics", "logs", "traces") if getattr(d, signal)}
-    return {
+    env = {
         "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
         "OTEL_METRICS_EXPORTER": "otlp" if "metrics" in wanted else "none",
         "OTEL_LOGS_EXPORTER": "otlp" if "logs" in wanted else "none",
@@ -443,6 +443,10 @@ def telemetry_env(cfg: Any) -> dict[str, str] | None:
         "OTEL_EXPORTER_OTLP_ENDPOINT": public_url.rstrip("/"),
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
     }
+    if telemetry.resource_attributes:
+        # Values were checked at boot: nothing in them needs escaping in k=v,k=v.
+        env["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(f"{k}={v}" for k, v in telemetry.resource_attributes.items())
+    return env
 
 
 def _compile(

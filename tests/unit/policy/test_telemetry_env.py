@@ -42,3 +42,11 @@ def test_every_policy_gains_the_exporter_env_and_its_own_values_win():
     }
     assert p._served[0].settings["env"]["OTEL_METRICS_EXPORTER"] == "console"
     assert p._served[0].checksum != policies("")._served[0].checksum
+
+
+def test_resource_attributes_are_pushed_as_otel_resource_attributes():
+    p = policies(
+        "telemetry:\n  forward_to:\n    - {url: https://otel.example.com}\n"
+        "  resource_attributes: {deployment.environment: prod, team: tools}\n"
+    )
+    assert p._served[1].settings["env"]["OTEL_RESOURCE_ATTRIBUTES"] == "deployment.environment=prod,team=tools"
