@@ -42,10 +42,11 @@ from gateway.upstreams.routing import Routes
 if TYPE_CHECKING:
     from gateway.auth.oidc import OidcClient
     from gateway.auth.revocations import RevocationWatcher
-    from gateway.config.schema import Config
+    from gateway.config.schema import Config, UpstreamAuth
     from gateway.db.listener import Listener
     from gateway.db.store import Store
     from gateway.spend.store import SpendStore
+    from gateway.telemetry.destinations import Destination
     from gateway.telemetry.relay import Relay
     from gateway.upstreams.transport import Transport
 
@@ -250,7 +251,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         egress=boot.egress,
     )
     await transport.start()
-    relay = _start_relay(boot, transport)
+    relay = await _start_relay(boot, transport)
     signers = await _start_signers(boot)
     own_store = shared_store is None
     if shared_store is None:
@@ -293,7 +294,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
 AZURE_AUTHORITY_URL = "https://login.microsoftonline.com/"
 
 
-def _start_relay(boot: Boot, transport: Transport) -> Relay | None:
+async def _start_relay(boot: Boot, transport: Transport) -> Relay | None:
     """The OTLP relay to ``telemetry.forward_to``, sending through the upstreams' transport
     (same address guard, same egress proxy rules)."""
     from gateway.telemetry.destinations import destinations, url_warnings
@@ -303,13 +304,38 @@ def _start_relay(boot: Boot, transport: Transport) -> Relay | None:
     if telemetry is None or not telemetry.forward_to:
         return None
     dests = destinations(telemetry)
-    relay = Relay(dests, transport, egress=boot.egress)
+    signers = _telemetry_signers(boot, dests)
+    for signer in signers.values():
+        await signer.start()
+    relay = Relay(dests, transport, egress=boot.egress, signers=signers)
     relay.start()
     signals = sorted({signal for d in dests for signal in d.urls})
     audit.log("info", f"telemetry: relaying {', '.join(signals) or 'nothing'} to {len(dests)} destination(s)")
     for warning in url_warnings(telemetry):
         audit.log("warn", warning)
     return relay
+
+
+class _GoogleIdentity(NamedTuple):
+    """What GoogleSigner reads of an upstream, for a collector: the gateway's own ADC."""
+
+    name: str
+    auth: UpstreamAuth
+
+
+def _telemetry_signers(boot: Boot, dests: tuple[Destination, ...]) -> dict[str, Signer]:
+    """``auth: {google: {}}`` destinations get a bearer from the gateway's Google
+    credentials (Application Default Credentials), refreshed like Vertex's."""
+    from gateway.config.schema import UpstreamAuth
+    from gateway.upstreams.google_credentials import GoogleSigner
+
+    assert boot.config.telemetry is not None
+    signers: dict[str, Signer] = {}
+    for config, dest in zip(boot.config.telemetry.forward_to, dests, strict=True):
+        if config.auth is not None and config.auth.google is not None:
+            identity = _GoogleIdentity(f"telemetry {dest.name}", UpstreamAuth())
+            signers[dest.name] = GoogleSigner(identity, clock=boot.clock, proxy_for=boot.egress.proxy_for)
+    return signers
 
 
 def _loopback_url(url: str) -> bool:

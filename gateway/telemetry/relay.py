@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 import aiohttp
@@ -43,6 +43,7 @@ from gateway.telemetry.queue import (
     worth_logging,
 )
 from gateway.upstreams.egress import Egress
+from gateway.upstreams.outbound import Ask, CredentialFailure, Endpoint, Outbound, Signer
 from gateway.upstreams.transport import Transport, UpstreamFailure
 
 # Anthropic's gateway gives a collector 10 s to answer an export; so do we, for
@@ -55,6 +56,10 @@ DEFAULT_BACKOFF = Backoff()
 COUNTERS = (
     "queued", "queued_bytes", "peak_queued_bytes", "sent", "retried", "rejected", "dropped", "dropped_bytes",
 )
+
+
+# A signer is asked on behalf of a developer's request; an export is the gateway's own.
+_NO_ASK = Ask(Endpoint.MESSAGES, "", b"", "", False, {}, (), None, None)
 
 
 class _Lane:
@@ -97,8 +102,11 @@ class Relay:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         log: Callable[[str, str], None] = audit.log,
+        signers: Mapping[str, Signer] | None = None,
     ) -> None:
         proxy = (egress or Egress()).proxy_for
+        # By destination name: the gateway's own credential for it (``auth: {google: {}}``).
+        self._signers = dict(signers or {})
         self._lanes = [_Lane(d, max_queue_bytes, proxy) for d in destinations]
         self._transport = transport
         self._timeout_s = send_timeout_s
@@ -198,6 +206,14 @@ class Relay:
         """One try: (outcome, what to log, the collector's Retry-After in seconds)."""
         url = lane.dest.urls[export.signal]
         headers = outbound_headers(lane.dest, export.content_type, export.content_encoding)
+        signer = self._signers.get(lane.dest.name)
+        if signer is not None:
+            try:
+                signed = await signer.authorize(Outbound(url, headers, export.body), _NO_ASK)
+            except CredentialFailure as exc:
+                # The gateway's credential trouble: kept and retried like a collector outage.
+                return Outcome.FAILED, f"no credential: {exc.detail}", None
+            url, headers = signed.url, signed.headers
         try:
             resp = await self._transport.open(
                 "POST", url, headers, export.body, self._timeout_s, proxy=lane.proxies[export.signal]

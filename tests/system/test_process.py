@@ -142,8 +142,8 @@ async def test_undefined_variable_fails_boot_naming_it(tmp_path, pg_url):
 
 
 async def test_serve_refuses_features_not_supported_yet(tmp_path, pg_url):
-    feature = "telemetry.forward_to[0].auth.google (Google credentials for an OTLP destination) is not supported yet"
-    extra = "telemetry:\n  forward_to:\n    - url: https://otel.example.com\n      auth: {google: {}}\n"
+    feature = "managed.policies[0].desktop (the Claude Desktop overlay, /user/bootstrap) is not supported yet"
+    extra = "managed:\n  policies:\n    - match: {}\n      desktop: {}\n"
     cfg = write_config(tmp_path, pg_url, "http://127.0.0.1:9", free_port(), extra)
     out = subprocess.run([*GATEHOUSE, "serve", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2

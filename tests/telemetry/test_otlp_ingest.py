@@ -79,3 +79,27 @@ async def test_a_collector_that_is_down_holds_the_exports_until_it_is_back(gatew
         assert [r.body for r in collector.received] == [bytes([i]) * 10 for i in range(3)]
     finally:
         await collector.close()
+
+
+async def test_a_google_destination_gets_a_bearer_from_the_gateways_own_credentials(
+    gateway_factory, fake_upstream, monkeypatch, tmp_path
+):
+    from protocol_spec.fakes.google import FakeGoogleToken
+
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    async with FakeGoogleToken() as google:
+        google.new_service_account(tmp_path / "adc.json")
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "adc.json"))
+        collector = await Collector().start()
+        try:
+            extra = f"telemetry:\n  forward_to:\n    - url: {collector.url}\n      auth: {{google: {{}}}}\n"
+            gw = await gateway_factory([fake_upstream.url], extra)
+            assert (await post(gw, "/v1/metrics", EXPORT, {**gw.auth(), "Content-Type": "application/x-protobuf"}))[0] == 200
+            await wait_for(collector, 1)
+            scheme, _, token = (collector.received[0].header("Authorization") or "").partition(" ")
+            assert scheme == "Bearer" and google.is_live(token)
+            assert collector.received[0].body == EXPORT
+        finally:
+            await collector.close()
