@@ -342,7 +342,7 @@ def run_suite(
 ) -> dict[str, Any]:
     argv = [
         sys.executable, "-m", "protocol_spec.conformance", "run", "--fixtures", str(state_file),
-        "--signin", "device", "--admin-key", admin_key, "--profile", profile, "--json", str(out), "--quiet",
+        "--signin", "device", f"--admin-key={admin_key}", "--profile", profile, "--json", str(out), "--quiet",
     ]
     if ping_interval_s is not None:
         argv += ["--ping-interval", str(ping_interval_s)]

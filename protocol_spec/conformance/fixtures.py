@@ -261,7 +261,9 @@ def load_state(path: str | Path) -> FixtureState:
 
 def new_secrets() -> dict[str, str]:
     # Admin keys must be at least 32 characters (SPEC ADMIN-11); token_urlsafe(32) gives 43.
-    values = {name: secrets.token_urlsafe(32) for name in ENV_NAMES if name != "postgres_url"}
+    # A leading letter: a value starting with "-" (one in 32 of them) reads as an option
+    # on a command line (`run --admin-key "$KEY"`).
+    values = {name: "k" + secrets.token_urlsafe(32) for name in ENV_NAMES if name != "postgres_url"}
     # Shaped like AWS's: an SDK may check the form of an access key id.
     values["aws_access_key_id"] = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
     values["aws_secret_access_key"] = secrets.token_urlsafe(30)

@@ -169,7 +169,7 @@ def test_gatehouse_passes_every_checked_must(gatehouse: dict[str, Any], tmp_path
             "--base-url", state.public_url,
             "--fixtures", str(gatehouse["state_file"]),
             "--signin", "device",
-            "--admin-key", gatehouse["env"][ENV_NAMES["admin_write_key"]],
+            f"--admin-key={gatehouse['env'][ENV_NAMES['admin_write_key']]}",
             "--json", str(report_file),
             "--ping-interval", str(GATEHOUSE_PING_INTERVAL_S),
         ],
