@@ -188,7 +188,10 @@ async def test_a_request_whose_values_the_store_refuses_is_refused_alone(pg_clus
     # still reaches the store. PostgreSQL cannot hold NUL: that request alone gets a clear 400,
     # the requests batched with it (other people's) are admitted and served.
     db = pg_cluster.create_database("failmode_poison")
-    gw = await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], ADMIN + "    leases: false\n"))
+    # The store is up here: a generous timeout, so halving a refused batch down to the one
+    # bad request never runs past it on a busy machine (which would let requests through unjudged).
+    admin = ADMIN.replace("store_timeout_ms: 300", "store_timeout_ms: 10000")
+    gw = await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], admin + "    leases: false\n"))
     try:
         async with aiohttp.ClientSession() as s:
             limit = {"scope": {"type": "organization"}, "amount": "100000", "period": "monthly"}
