@@ -26,7 +26,6 @@ import base64
 import binascii
 import collections
 import re
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from multidict import CIMultiDict
 
 from protocol_spec.fakes.aws_auth import AwsKeyring, SignatureRejected, verify_sigv4
 from protocol_spec.fakes.bedrock_replies import BedrockReply, error_answer, new_request_id, render
-from protocol_spec.fakes.loopback import LoopbackServer
+from protocol_spec.fakes.loopback import LoopbackServer, run, until_signalled
 from protocol_spec.fakes.replies import Prepared
 from protocol_spec.fakes.upstream import Received, _reset_connection
 
@@ -366,25 +365,16 @@ async def serve(args: argparse.Namespace) -> None:
         record=not args.no_record,
     )
     await fake.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     print(f"listening on {fake.url}", flush=True)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await fake.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    run(serve(args), use_uvloop=args.uvloop)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ which verifies everything.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
-import signal
 from typing import Any
 
 import msgspec
@@ -36,6 +34,7 @@ from aiohttp import web
 from protocol_spec.fakes.aws_auth import ALGORITHM, INVALID_TOKEN, AwsKeyring, SignatureRejected
 from protocol_spec.fakes.bedrock import SERVICE, BedrockReceived, FakeBedrock
 from protocol_spec.fakes.bedrock_replies import BedrockReply
+from protocol_spec.fakes.loopback import run, until_signalled
 from protocol_spec.fakes.replies import Reply
 
 __all__ = ["SampledFakeBedrock", "main"]
@@ -134,13 +133,9 @@ async def serve(args: argparse.Namespace) -> None:
         record=not args.no_record,
     )
     await fake.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     print(f"listening on {fake.url}", flush=True)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         print("stats " + msgspec.json.encode(fake.stats()).decode(), flush=True)
         await fake.close()
@@ -148,12 +143,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    run(serve(args), use_uvloop=args.uvloop)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ Prints ``token on URL``, ``vertex on URL`` (and ``front door on URL``) once all 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from pathlib import Path
 
 from protocol_spec.fakes.front_door import GOOGLE_TOKEN_HOST, FrontDoor
 from protocol_spec.fakes.google import FakeGoogleToken, FakeVertex
+from protocol_spec.fakes.loopback import run, until_signalled
 
 __all__ = ["main"]
 
@@ -63,15 +62,11 @@ async def serve(args: argparse.Namespace) -> None:
             await door.start()
         # Vertex listens last: once it answers, the key file and the CA are written.
         await vertex.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         print(f"token on {token.url}", flush=True)
         print(f"vertex on {vertex.url}", flush=True)
         if door is not None:
             print(f"front door on {door.url}", flush=True)
-        await stop.wait()
+        await until_signalled()
         tunnels = f" tunnels={door.tunnels}" if door is not None else ""
         print(f"stats grants={token.grants} refusals={len(token.refusals)} vertex_refused={vertex.refused}{tunnels}",
               flush=True)
@@ -84,12 +79,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    run(serve(args), use_uvloop=args.uvloop)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ and stops the runner, and works as an async context manager.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 import ssl
-from typing import Self
+from collections.abc import Coroutine
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -56,3 +59,22 @@ class LoopbackServer:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+async def until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM: how every fake run as its own process ends."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def run(main: Coroutine[Any, Any, None], *, use_uvloop: bool) -> None:
+    """Run a fake process's main coroutine, on uvloop when asked (the bench's fast mode)."""
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)

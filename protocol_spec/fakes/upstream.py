@@ -16,7 +16,6 @@ import asyncio
 import base64
 import collections
 import contextlib
-import signal
 import socket
 import struct
 import time
@@ -27,6 +26,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from protocol_spec.fakes.loopback import run, until_signalled
 from protocol_spec.fakes.replies import (
     Prepared,
     Reply,
@@ -415,25 +415,16 @@ def _default_from_args(args: argparse.Namespace) -> Reply:
 async def serve(args: argparse.Namespace) -> None:
     fake = FakeUpstream(args.host, args.port, default=_default_from_args(args), record=not args.no_record)
     await fake.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     print(f"listening on {fake.url}", flush=True)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await fake.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(serve(args))
-    else:
-        asyncio.run(serve(args))
+    run(serve(args), use_uvloop=args.uvloop)
 
 
 if __name__ == "__main__":
