@@ -22,7 +22,7 @@ admin:
   write_keys: [{id: t, key: "admin-write-key-0123456789abcdef0123456789"}]
 gatehouse:
   spend:
-    store_timeout_ms: 300
+    store_timeout_ms: 1000
 """
 
 
@@ -190,7 +190,7 @@ async def test_a_request_whose_values_the_store_refuses_is_refused_alone(pg_clus
     db = pg_cluster.create_database("failmode_poison")
     # The store is up here: a generous timeout, so halving a refused batch down to the one
     # bad request never runs past it on a busy machine (which would let requests through unjudged).
-    admin = ADMIN.replace("store_timeout_ms: 300", "store_timeout_ms: 10000")
+    admin = ADMIN.replace("store_timeout_ms: 1000", "store_timeout_ms: 10000")
     gw = await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], admin + "    leases: false\n"))
     try:
         async with aiohttp.ClientSession() as s:
