@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from gateway.config import schema as s
 from gateway.config import settings_keys
@@ -258,17 +258,38 @@ def _check_managed(managed: s.Managed, ctx: _Context, issues: Issues) -> None:
 def _check_telemetry(tel: s.Telemetry, ctx: _Context, issues: Issues) -> None:
     for i, dest in enumerate(tel.forward_to):
         path = f"telemetry.forward_to[{i}]"
-        scheme, host = scheme_host(dest.url)
-        # Like the other gateway, a loopback *name* passes here (the run-time
-        # address check still stops exports to it); literal IPs are checked now.
-        problem = url_problem(dest.url, ctx.allow_loopback or host_address(host) is None)
-        if problem is None and scheme != "https" and not is_loopback_host(host):
-            problem = "must be an https:// URL (http:// only for a loopback collector)"
-        if problem:
-            issues.add(f"{path}.url", problem)
+        _check_collector_url(dest.url, f"{path}.url", ctx, issues)
+        if dest.gatehouse.protocol == "grpc" and urlsplit(dest.url).path.strip("/"):
+            # gRPC calls go to fixed service paths; a base path would be silently ignored.
+            issues.add(f"{path}.url", "a gRPC collector is named by scheme, host and port only (no path)")
         check_headers(dest.headers, f"{path}.headers", reserved=False, issues=issues)
     for name, value in tel.resource_attributes.items():
         _check_resource_attribute(name, value, dotted("telemetry.resource_attributes", name), issues)
+
+
+def _check_collector_url(url: str, path: str, ctx: _Context, issues: Issues) -> None:
+    scheme, host = scheme_host(url)
+    # Like the other gateway, a loopback *name* passes here (the run-time
+    # address check still stops exports to it); literal IPs are checked now.
+    problem = url_problem(url, ctx.allow_loopback or host_address(host) is None)
+    if problem is None and scheme != "https" and not is_loopback_host(host):
+        problem = "must be an https:// URL (http:// only for a loopback collector)"
+    if problem:
+        issues.add(path, problem)
+
+
+def _check_gatehouse(ours: s.Gatehouse, ctx: _Context, issues: Issues) -> None:
+    tel = ours.telemetry
+    for signal, otlp in (("metrics", tel.metrics.otlp), ("traces", tel.traces.otlp)):
+        if otlp is not None:
+            path = f"gatehouse.telemetry.{signal}.otlp"
+            _check_collector_url(otlp.endpoint, f"{path}.endpoint", ctx, issues)
+            check_headers(otlp.headers, f"{path}.headers", reserved=False, issues=issues)
+    listen = tel.metrics.prometheus.listen
+    if listen is not None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            issues.add("gatehouse.telemetry.metrics.prometheus.listen", "must be host:port, e.g. 0.0.0.0:9464")
 
 
 # OTEL_RESOURCE_ATTRIBUTES (protocol §9.2): names the client sets itself are reserved, so
@@ -360,4 +381,5 @@ _SECTION_RULES: dict[str, Callable[[Any, _Context, Issues], None]] = {
     "access_control": _check_access,
     "enforcement": _check_enforcement,
     "pricing": _check_pricing,
+    "gatehouse": _check_gatehouse,
 }

@@ -211,6 +211,15 @@ class ExportAuth(_Section, frozen=True):
     google: GoogleExportAuth | None = None
 
 
+class ForwardToGatehouse(_Section, frozen=True):
+    """Ours only, on a ``forward_to`` entry: how exports reach this destination."""
+
+    # http: OTLP/HTTP, the client's bytes as sent (the reference's only way).
+    # grpc: OTLP/gRPC export calls to the collector's gRPC port; protobuf bodies
+    # go as sent, JSON bodies are converted (gateway/telemetry/).
+    protocol: Literal["http", "grpc"] = "http"
+
+
 class ForwardTo(_Section, frozen=True):
     url: NonEmpty
     headers: dict[str, str] = field(default_factory=dict)
@@ -218,6 +227,7 @@ class ForwardTo(_Section, frozen=True):
     logs: bool = False
     traces: bool = False
     auth: ExportAuth | None = None
+    gatehouse: ForwardToGatehouse = field(default_factory=ForwardToGatehouse)
 
 
 class Telemetry(_Section, frozen=True):
@@ -374,6 +384,51 @@ class GatehouseConnections(_Section, frozen=True):
     keepalive_idle_timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 75
 
 
+class GatehouseOtlp(_Section, frozen=True):
+    """Where the gateway sends its own metrics or traces (not the clients' relayed exports)."""
+
+    # The collector's base URL: https:// (http:// only for loopback, and loopback
+    # only under CLAUDE_GATEWAY_ALLOW_LOOPBACK=1, as for every outbound address).
+    endpoint: NonEmpty
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class GatehousePrometheus(_Section, frozen=True):
+    enabled: bool = False
+    # host:port of a listener of its own that serves only GET /metrics, without
+    # auth (keep it off the public network). Unset: GET /metrics on the main
+    # listener, answered only with an admin key (read or write).
+    listen: str | None = None
+
+
+class GatehouseMetrics(_Section, frozen=True):
+    prometheus: GatehousePrometheus = field(default_factory=GatehousePrometheus)
+    otlp: GatehouseOtlp | None = None
+    export_interval_seconds: Annotated[float, Meta(ge=1, le=3600)] = 60
+    # Tokens and cost labelled by person (their email) as well as by model and
+    # group. Off by default: one series per person is heavy, and it is personal data.
+    by_user: bool = False
+
+
+class GatehouseTraces(_Section, frozen=True):
+    # Tracing is on when an exporter is configured.
+    otlp: GatehouseOtlp | None = None
+    # Share of requests traced when the client sent no sampled traceparent.
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.01
+
+
+class GatehouseTelemetry(_Section, frozen=True):
+    # Overwrite user.id, user.email, user.groups and identity.source on every
+    # relayed export's resources from the bearer's claims, so a modified client
+    # cannot report as someone else. Costs a decode and re-encode per export.
+    stamp_identity: bool = False
+    # Per destination: exports kept while a collector is down; the oldest go first.
+    queue_max_bytes: Annotated[int, Meta(ge=65_536, le=4 << 30)] = 64 << 20
+    metrics: GatehouseMetrics = field(default_factory=GatehouseMetrics)
+    traces: GatehouseTraces = field(default_factory=GatehouseTraces)
+
+
 class Gatehouse(_Section, frozen=True):
     # Operational log lines as text or JSON (gateway/audit.py). The environment's
     # CLAUDE_GATEWAY_LOG_FORMAT, when set, wins; neither set means text.
@@ -382,6 +437,7 @@ class Gatehouse(_Section, frozen=True):
     connections: GatehouseConnections = field(default_factory=GatehouseConnections)
     spend: GatehouseSpend = field(default_factory=GatehouseSpend)
     signin: GatehouseSignin = field(default_factory=GatehouseSignin)
+    telemetry: GatehouseTelemetry = field(default_factory=GatehouseTelemetry)
 
 
 # ---------------------------------------------------------------- the whole file

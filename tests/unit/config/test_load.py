@@ -346,6 +346,46 @@ def test_telemetry_urls() -> None:
     assert paths_of(dest("https://169.254.169.254"), ENV) == ["telemetry.forward_to[0].url"]
 
 
+def test_gatehouse_telemetry_options() -> None:
+    grpc = {"url": "https://otel.example.com:4317", "gatehouse": {"protocol": "grpc"}}
+    ours = {
+        "stamp_identity": True,
+        "queue_max_bytes": 1 << 20,
+        "metrics": {
+            "prometheus": {"enabled": True, "listen": "127.0.0.1:9464"},
+            "otlp": {"endpoint": "https://otel.example.com:4317", "headers": {"x-tenant": "t"}},
+        },
+        "traces": {"otlp": {"endpoint": "https://otel.example.com:4318", "protocol": "http/protobuf"}, "sample_ratio": 0.5},
+    }
+    cfg = loads(doc(lambda d: put(d, telemetry={"forward_to": [grpc]}, gatehouse={"telemetry": ours})), ENV)
+    assert cfg.telemetry is not None and cfg.telemetry.forward_to[0].gatehouse.protocol == "grpc"
+    tel = cfg.gatehouse.telemetry
+    assert tel.stamp_identity and tel.queue_max_bytes == 1 << 20 and tel.traces.sample_ratio == 0.5
+    assert tel.metrics.otlp is not None and tel.metrics.otlp.protocol == "grpc"
+    # Defaults: the reference's HTTP relay, 64 MiB per destination, nothing of ours exported.
+    plain = loads(doc(), ENV).gatehouse.telemetry
+    assert (plain.stamp_identity, plain.queue_max_bytes, plain.metrics.otlp, plain.traces.otlp) == (False, 64 << 20, None, None)
+    assert not plain.metrics.prometheus.enabled
+
+    bad = {
+        "queue_max_bytes": 10,
+        "metrics": {"prometheus": {"listen": "9464"}, "otlp": {"endpoint": "http://collector.example.com:4317"}},
+        "traces": {"otlp": {"endpoint": "https://169.254.169.254"}, "sample_ratio": 2},
+    }
+    paths = paths_of(doc(lambda d: put(d, gatehouse={"telemetry": bad})), ENV)
+    assert "gatehouse.telemetry.queue_max_bytes" in paths and "gatehouse.telemetry.traces.sample_ratio" in paths
+    paths = paths_of(doc(lambda d: put(d, gatehouse={"telemetry": {**bad, "queue_max_bytes": 1 << 20, "traces": {"otlp": bad["traces"]["otlp"]}}})), ENV)
+    assert paths == [
+        "gatehouse.telemetry.metrics.otlp.endpoint",
+        "gatehouse.telemetry.traces.otlp.endpoint",
+        "gatehouse.telemetry.metrics.prometheus.listen",
+    ]
+    with_path = {**grpc, "url": "https://otel.example.com:4317/v1"}
+    assert paths_of(doc(lambda d: put(d, telemetry={"forward_to": [with_path]})), ENV) == ["telemetry.forward_to[0].url"]
+    wrong = {**grpc, "gatehouse": {"protocol": "thrift"}}
+    assert paths_of(doc(lambda d: put(d, telemetry={"forward_to": [wrong]})), ENV) == ["telemetry.forward_to[0].gatehouse.protocol"]
+
+
 def test_oidc_may_be_left_out_only_for_cri() -> None:
     cfg = loads(doc(lambda d: (d.pop("oidc"), put(d, cri={"enabled": True}))), ENV)
     assert cfg.oidc is None and cfg.cri is not None and cfg.cri.enabled
