@@ -307,7 +307,8 @@ async def _start_relay(boot: Boot, transport: Transport) -> Relay | None:
     signers = _telemetry_signers(boot, dests)
     for signer in signers.values():
         await signer.start()
-    relay = Relay(dests, transport, egress=boot.egress, signers=signers)
+    max_bytes = boot.config.gatehouse.telemetry.queue_max_bytes
+    relay = Relay(dests, transport, egress=boot.egress, signers=signers, max_queue_bytes=max_bytes)
     relay.start()
     signals = sorted({signal for d in dests for signal in d.urls})
     audit.log("info", f"telemetry: relaying {', '.join(signals) or 'nothing'} to {len(dests)} destination(s)")
