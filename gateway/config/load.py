@@ -288,7 +288,6 @@ UNSUPPORTED: tuple[tuple[str, str | Callable[[Any], str], Callable[[Any], bool]]
     ("upstreams[*].auth.federation_rule_id", "workload identity federation", bool),
     ("oidc.google_groups", "Google Workspace group lookup", bool),
     ("oidc.client_assertion", "private_key_jwt client authentication", bool),
-    ("managed.policies[*].desktop", "the Claude Desktop overlay, /user/bootstrap", lambda d: d is not None),
     ("load_test_mode", "load-test mode", lambda m: bool(m and m["enabled"])),
     ("cri", "customer-routed inference", lambda c: bool(c and c["enabled"])),
 )

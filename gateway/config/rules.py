@@ -65,6 +65,13 @@ def _prepare_policy(raw: dict[str, Any], path: str, issues: Issues) -> dict[str,
         # with its replacement); named as written, cli or settings.
         for issue_path, message in settings_keys.check(cli, f"{path}.{written}"):
             issues.add(issue_path, message)
+    desktop = policy.get("desktop")
+    if isinstance(desktop, dict):
+        from gateway.config import desktop_keys
+
+        # Desktop's flat keys: unknown, gateway-computed, MDM-only and legacy keys stop the boot.
+        for issue_path, message in desktop_keys.check(desktop, f"{path}.desktop"):
+            issues.add(issue_path, message)
     return policy
 
 

@@ -3,11 +3,16 @@
 
 Everything a response needs was computed at boot by :class:`gateway.policy.policies.Policies`;
 these handlers authenticate, pick the caller's policy (a cached lookup) and
-choose between 200, 304 and 404 (SPEC §17.1). No store access, so settings
-keep flowing while the database is down (MANAGED-12).
+choose between 200, 304 and 404 (SPEC §17.1). Claude Desktop's bootstrap
+(§17.4) is derived from the same policies by :mod:`gateway.policy.desktop`,
+once per policy. No store access, so settings keep flowing while the database
+is down (MANAGED-12).
 """
 
 from __future__ import annotations
+
+import weakref
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +21,7 @@ from gateway import audit
 from gateway.errors import GatewayError, Kind
 from gateway.http.keys import REQUEST_ID, RUNTIME, authenticate
 from gateway.http.sightings import ChecksumSightings
+from gateway.policy.desktop import Denied, DesktopBootstrap
 from gateway.policy.policies import Policies
 
 __all__ = [
@@ -75,21 +81,48 @@ async def managed_settings(request: web.Request) -> web.Response:
 
 
 async def user_bootstrap(request: web.Request) -> web.Response:
-    """Claude Desktop's overlay endpoint; its response format is not known yet, so
-    every caller is told plainly that nothing is configured here."""
+    """Claude Desktop's configuration (SPEC §17.4): 200 with the caller's bootstrap, or 404
+    when no policy of theirs opts in. Per person and carrying their identity, so never
+    stored by anything in between, and audited either way."""
+    rt = request.app[RUNTIME]
     try:
-        principal = authenticate(request.app[RUNTIME], request.headers.get("Authorization"))
+        principal = authenticate(rt, request.headers.get("Authorization"))
     except GatewayError as err:
         err.headers = {**(err.headers or {}), **_version()}
         raise
+    answer = _desktop(rt.config, request.app[POLICIES]).answer(principal, f"{request.scheme}://{request.host}")
+    headers = {**_version(), **NO_STORE}
+    if isinstance(answer, Denied):
+        audit.emit(
+            "desktop_bootstrap.denied",
+            request_id=request[REQUEST_ID],
+            sub=principal.sub,
+            email=principal.email,
+            reason=answer.reason,
+            policy_index=answer.policy_index,
+        )
+        raise GatewayError(Kind.NOT_CONFIGURED, answer.message, headers=headers)
     audit.emit(
-        "desktop_bootstrap.denied", request_id=request[REQUEST_ID], sub=principal.sub, reason="not_configured"
+        "desktop_bootstrap.serve",
+        request_id=request[REQUEST_ID],
+        sub=principal.sub,
+        email=principal.email,
+        policy_index=answer.policy_index,
     )
-    raise GatewayError(
-        Kind.NOT_CONFIGURED,
-        "this gateway does not serve Claude Desktop settings: no desktop configuration is available",
-        headers={**_version(), "Cache-Control": "no-store"},
-    )
+    return web.Response(body=answer.body, content_type="application/json", headers=headers)
+
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# One DesktopBootstrap per Policies (so per app), made on the first Desktop request: it
+# keeps what each policy's bootstrap holds, and dies with the app.
+_BOOTSTRAPS: weakref.WeakKeyDictionary[Policies, DesktopBootstrap] = weakref.WeakKeyDictionary()
+
+
+def _desktop(cfg: Any, policies: Policies) -> DesktopBootstrap:
+    found = _BOOTSTRAPS.get(policies)
+    if found is None:
+        found = _BOOTSTRAPS[policies] = DesktopBootstrap(cfg, policies)
+    return found
 
 
 SIGHTINGS: web.AppKey[ChecksumSightings] = web.AppKey("checksum_sightings", ChecksumSightings)

@@ -566,7 +566,7 @@ UNSUPPORTED_CASES: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] 
     ("mantle", lambda d: d["upstreams"].append(MANTLE), ["upstreams[1]"]),
     ("wif", lambda d: up()(d).update(auth={"federation_rule_id": "r", "organization_id": "o", "identity_token_file": "/t"}),
      ["upstreams[0].auth.federation_rule_id"]),
-    ("managed_desktop", lambda d: put(d, managed={"policies": [{"match": {}, "desktop": {}}]}), ["managed.policies[0].desktop"]),
+    ("managed_desktop", lambda d: put(d, managed={"policies": [{"match": {}, "desktop": {}}]}), []),
     ("admin", lambda d: put(d, admin=ADMIN), []),
     ("enforcement", lambda d: put(d, admin=ADMIN, enforcement={"fail_closed_on_error": True}), []),
     ("enforcement_off", lambda d: put(d, enforcement={"fail_closed_on_error": False}), []),
@@ -815,9 +815,8 @@ def test_an_empty_value_followed_by_a_hashtag_is_warned_about() -> None:
 
 
 def test_unsupported_features_name_the_feature() -> None:
-    desktop = {"policies": [{"match": {}, "desktop": {}}]}
-    cfg = loads(doc(lambda d: (d["upstreams"].append(MANTLE), put(d, managed=desktop))), ENV)
+    cfg = loads(doc(lambda d: (d["upstreams"].append(MANTLE), put(d, load_test_mode={"enabled": True}))), ENV)
     assert config.unsupported_features(cfg) == [
         "upstreams[1] (provider: mantle; Bedrock's Mantle endpoint is not described well enough to build and test against) is not supported yet",
-        "managed.policies[0].desktop (the Claude Desktop overlay, /user/bootstrap) is not supported yet",
+        "load_test_mode (load-test mode) is not supported yet",
     ]

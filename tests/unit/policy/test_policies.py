@@ -552,7 +552,7 @@ def test_the_key_list_is_dated_and_covers_the_documented_keys():
     assert keys.open == {"env", "pluginConfigs", "permissions"}
 
 
-def test_desktop_parses_but_is_reported_unsupported():
-    cfg = config([{"match": {}, "desktop": {"anything": {"goes": 1}}}])
-    assert unsupported(cfg) == ["managed.policies[0].desktop"]
-    assert unsupported(config([{"match": {}, "cli": {}}])) == []
+def test_desktop_blocks_are_served_and_checked():
+    # Served since the Desktop bootstrap landed (tests/unit/policy/test_desktop.py); keys are checked at boot.
+    assert unsupported(config([{"match": {}, "desktop": {}}])) == []
+    assert boot_issues([{"match": {}, "desktop": {"anything": {"goes": 1}}}])[0][0] == "managed.policies[0].desktop.anything"
