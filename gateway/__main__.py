@@ -105,11 +105,14 @@ def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
 
     ``in_container`` is what :func:`running_in_container` finds unless given.
     """
+    from gateway.policy import desktop
     from gateway.policy.policies import Policies
     from gateway.upstreams.routing import Routes
 
     catalog = tuple(e.id for e in Routes(cfg.upstreams, cfg.models, cfg.auto_include_builtin_models).catalog)
-    warnings = [*cfg.load_warnings, *Policies(cfg, catalog, None).warnings, *_egress_warnings(cfg)]
+    warnings = [
+        *cfg.load_warnings, *Policies(cfg, catalog, None).warnings, *desktop.boot_warnings(cfg), *_egress_warnings(cfg)
+    ]
     if not cfg.access_control.allow_cidrs and cfg.listen.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(
             "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
