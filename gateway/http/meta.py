@@ -7,17 +7,21 @@
 * ``/``: name and version.
 * ``/v1/models``: the catalog, in the Anthropic list shape.
 * ``/v1/metrics|logs|traces``: OTLP exports, queued for ``telemetry.forward_to``
-  (gateway/telemetry/relay.py) and answered 200 at once.
+  (gateway/telemetry/relay.py) and answered 200 at once; with
+  ``gatehouse.telemetry.stamp_identity`` the caller's identity is stamped on
+  them first (gateway/telemetry/stamp.py).
 * ``/managed/settings``: "not configured" until policy lands.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from aiohttp import web
 
 import gateway
+from gateway import audit
 from gateway.auth.tokens import Principal
 from gateway.errors import GatewayError, Kind
 from gateway.http.keys import RUNTIME, authenticate, read_body
@@ -71,15 +75,45 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def telemetry_ingest(request: web.Request) -> web.Response:
-    _authenticate(request)
+    principal = _authenticate(request)
     rt = request.app[RUNTIME]
     body = await read_body(request, rt.limits.max_request_bytes)
     # Queued for every destination that takes this signal, as received (bytes, content
     # type and encoding); answered 200 at once whether it is forwarded or not.
     if rt.relay is not None:
         signal = request.path.rsplit("/", 1)[1]
-        rt.relay.submit(signal, body, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
+        content_type, encoding = request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
+        if rt.config.gatehouse.telemetry.stamp_identity and rt.relay.wants(signal):
+            stamped = _stamped(signal, body, content_type, encoding, principal)
+            if stamped is None:
+                return web.Response(status=200)
+            body = stamped
+        rt.relay.submit(signal, body, content_type, encoding)
     return web.Response(status=200)
+
+
+# Exports dropped because they could not be stamped, by signal, in this process.
+unstampable_exports: Counter[str] = Counter()
+
+
+def _stamped(signal: str, body: bytes, content_type: str | None, encoding: str | None, caller: Principal) -> bytes | None:
+    """The export with the caller's identity on every resource, or None when it cannot
+    be stamped: then it is dropped (counted, logged), never relayed unstamped."""
+    # Imported here: the protobuf classes load only in a gateway that stamps.
+    from gateway.telemetry.stamp import UnstampableError, stamp
+
+    try:
+        return stamp(signal, body, content_type, encoding, caller)
+    except UnstampableError as exc:
+        unstampable_exports[signal] += 1
+        count = unstampable_exports.total()
+        if count == 1 or count % 100 == 0:  # the first and every 100th, not each one
+            audit.log(
+                "warn",
+                f"telemetry relay: dropped a {signal} export of {len(body)} bytes from {caller.sub}: "
+                f"it cannot be stamped with the caller's identity ({exc}); {count} dropped so far",
+            )
+        return None
 
 
 async def oauth_usage(request: web.Request) -> web.Response:
