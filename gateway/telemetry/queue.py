@@ -15,7 +15,14 @@ keeps what fits and retries it in order:
   and are never retried (the reference's payload rejections); everything else —
   408, 429, 5xx, other statuses, refused or broken connections, timeouts — is a
   failure, retried with capped exponential backoff and jitter, or after the
-  collector's ``Retry-After`` (bounded) when it sent one.
+  collector's ``Retry-After`` (bounded) when it sent one;
+* over gRPC the status codes the OTLP specification calls retryable
+  (CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS)
+  are failures, after the collector's RetryInfo delay when it gave one;
+  RESOURCE_EXHAUSTED is one only with a RetryInfo (without, it means the
+  message is over the collector's size limit, which no retry cures); every
+  other code is a rejection, and so is an export that cannot be made into an
+  OTLP request at all (see :mod:`gateway.telemetry.otlp_body`).
 
 Delivery is at least once: a collector that stored a payload but failed to
 answer gets it again.
@@ -107,6 +114,30 @@ class Outcome(enum.Enum):
     DELIVERED = "delivered"
     REJECTED = "rejected"  # the payload is wrong; retrying cannot help
     FAILED = "failed"  # the destination is; retry later
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one try at delivering an export came to."""
+
+    outcome: Outcome
+    detail: str  # for the log line: the status and the start of the collector's answer
+    retry_after_s: float | None = None  # the collector's own wait (Retry-After, RetryInfo)
+    partial: bool = False  # delivered, but the collector refused some items (OTLP partial_success)
+
+
+# The OTLP specification's table ("OTLP/gRPC Response", "Failures"), by StatusCode name.
+RETRYABLE_GRPC_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"})
+
+
+def classify_grpc(code: str, has_retry_info: bool = False) -> Outcome:
+    """The outcome of one gRPC Export call ending with status ``code`` (a
+    ``grpc.StatusCode`` name); ``has_retry_info`` when the status carried a RetryInfo."""
+    if code == "OK":
+        return Outcome.DELIVERED
+    if code in RETRYABLE_GRPC_CODES or (code == "RESOURCE_EXHAUSTED" and has_retry_info):
+        return Outcome.FAILED
+    return Outcome.REJECTED
 
 
 def classify(status: int | None) -> Outcome:

@@ -7,14 +7,18 @@ retry rules are in :mod:`gateway.telemetry.queue`).
   whatever state the destinations are in.
 * Destinations are independent: each has its own queue, sender, backoff and
   counters; a dead collector costs at most its queue bound in memory.
-* Exports go through the gateway's one outbound :class:`Transport`, so they get
-  the upstreams' address guard (resolved addresses checked at run time) and the
-  proxy :class:`Egress` chose for the URL at boot. The bytes, content type and
-  encoding are the client's; the headers are the destination's own (the
-  client's bearer never leaves).
+* Each destination speaks its protocol (``gatehouse.protocol``): OTLP/HTTP
+  posts the client's bytes, type and encoding as they came
+  (:mod:`~gateway.telemetry.http_export`); OTLP/gRPC sends them as an Export
+  call, converted only when they are not plain protobuf
+  (:mod:`~gateway.telemetry.grpc_export`). Either way the address guard and the
+  egress proxy apply, and the headers are the destination's own (the client's
+  bearer never leaves). Everything else here (queues, order, backoff, drain,
+  counters) is the same for both.
 * :meth:`Relay.drain` at shutdown cuts short any backoff in progress, lets the
   senders work until their queues are empty or the timeout passes, then stops
-  them; what is left is counted as dropped and logged.
+  them and closes the gRPC channels; what is left is counted as dropped and
+  logged.
 
 Time is injected (``sleep`` for backoff, ``rng`` for jitter, ``now`` for HTTP
 dates) so tests drive an outage without waiting out real backoff.
@@ -27,34 +31,31 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
-import aiohttp
-
 from gateway import audit
-from gateway.errors import Kind
-from gateway.telemetry.destinations import Destination, outbound_headers
+from gateway.telemetry.destinations import Destination, grpc_metadata, outbound_headers
+from gateway.telemetry.grpc_export import GrpcExport, system_roots
+from gateway.telemetry.http_export import HttpExport
+from gateway.telemetry.otlp_body import BodyRejected, export_request
 from gateway.telemetry.queue import (
     DEFAULT_MAX_QUEUE_BYTES,
+    Attempt,
     Backoff,
     Export,
     ExportQueue,
     Outcome,
-    classify,
-    parse_retry_after,
     worth_logging,
 )
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.outbound import Ask, CredentialFailure, Endpoint, Outbound, Signer
-from gateway.upstreams.transport import Transport, UpstreamFailure
+from gateway.upstreams.transport import Transport
 
 # Anthropic's gateway gives a collector 10 s to answer an export; so do we, for
-# the response headers and again for its (small) body.
+# the response headers and again for its (small) body, or for a whole gRPC call.
 SEND_TIMEOUT_S = 10.0
-# What we read of a collector's answer: enough for an error message, and it lets
-# the connection go back to the pool when the body is this small.
-ANSWER_READ_BYTES = 64 * 1024
 DEFAULT_BACKOFF = Backoff()
 COUNTERS = (
-    "queued", "queued_bytes", "peak_queued_bytes", "sent", "retried", "rejected", "dropped", "dropped_bytes",
+    "queued", "queued_bytes", "peak_queued_bytes", "sent", "partial", "retried", "rejected", "dropped",
+    "dropped_bytes",
 )
 
 
@@ -69,6 +70,9 @@ class _Lane:
         self.dest = dest
         self.queue = ExportQueue(max_bytes)
         self.proxies = {signal: proxy(url) for signal, url in dest.urls.items()}
+        self.grpc: GrpcExport | None = None  # the channel of a gRPC destination
+        # The export being retried and its request bytes, so a retry does not convert again.
+        self.converted: tuple[Export, bytes] | None = None
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -103,20 +107,39 @@ class Relay:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         log: Callable[[str, str], None] = audit.log,
         signers: Mapping[str, Signer] | None = None,
+        grpc_roots: bytes | None = None,
     ) -> None:
+        """``grpc_roots``: PEM CA certificates for TLS gRPC destinations; by
+        default the ones HTTPS destinations are checked against."""
         proxy = (egress or Egress()).proxy_for
         # By destination name: the gateway's own credential for it (``auth: {google: {}}``).
         self._signers = dict(signers or {})
-        self._lanes = [_Lane(d, max_queue_bytes, proxy) for d in destinations]
-        self._transport = transport
-        self._timeout_s = send_timeout_s
+        self._http = HttpExport(transport, send_timeout_s, now)
         self._backoff = backoff
         self._rng = rng
         self._sleep = sleep
-        self._now = now
         self._log = log
         self._flushing = asyncio.Event()
         self._stopped = False
+        self._lanes = [_Lane(d, max_queue_bytes, proxy) for d in destinations]
+        for lane in self._lanes:
+            if lane.dest.protocol == "grpc" and lane.dest.urls:
+                lane.grpc = self._grpc_export(lane, transport, send_timeout_s, grpc_roots)
+
+    def _grpc_export(self, lane: _Lane, transport: Transport, timeout_s: float, roots: bytes | None) -> GrpcExport:
+        signal, url = next(iter(lane.dest.urls.items()))  # one origin: every signal's URL says it
+        _, left_out = grpc_metadata(lane.dest.headers)
+        if left_out:
+            self._log(
+                "warn",
+                f"telemetry relay: {lane.dest.name}: header(s) {', '.join(left_out)} cannot be sent as gRPC "
+                "metadata (reserved by gRPC or HTTP/2, or a -bin header whose value is not base64) and are left out",
+            )
+        tls = url.startswith("https:")
+        return GrpcExport(
+            url, check_target=transport.check_target, timeout_s=timeout_s, proxy=lane.proxies[signal],
+            roots=(roots or system_roots()) if tls else None,
+        )
 
     # ------------------------------------------------------------ the caller's side
 
@@ -166,6 +189,7 @@ class Relay:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(lane.grpc.close() for lane in self._lanes if lane.grpc is not None))
         left = 0
         for lane in self._lanes:
             lane.task = None
@@ -190,7 +214,7 @@ class Relay:
             # In flight until settled: a drain that cancels us counts it as left.
             export = lane.in_flight = lane.queue.pop()
             try:
-                outcome, detail, retry_after = await self._deliver(lane, export)
+                attempt = await self._deliver(lane, export)
             except Exception as exc:  # a bug must not stop this destination for good
                 lane.in_flight = None
                 self._log("error", f"telemetry relay: {lane.dest.name}: export dropped on an internal error: {exc!r}")
@@ -198,64 +222,60 @@ class Relay:
                 lane.counts["dropped_bytes"] += export.size
                 continue
             lane.in_flight = None
-            wait = self._settle(lane, export, outcome, detail, retry_after)
+            wait = self._settle(lane, export, attempt)
             if wait is not None:
                 await self._pause(wait)
 
-    async def _deliver(self, lane: _Lane, export: Export) -> tuple[Outcome, str, float | None]:
-        """One try: (outcome, what to log, the collector's Retry-After in seconds)."""
+    async def _deliver(self, lane: _Lane, export: Export) -> Attempt:
+        """One try, over the destination's protocol."""
         url = lane.dest.urls[export.signal]
-        headers = outbound_headers(lane.dest, export.content_type, export.content_encoding)
+        if lane.grpc is None:
+            headers, body = outbound_headers(lane.dest, export.content_type, export.content_encoding), export.body
+        else:
+            try:
+                body = await self._grpc_request(lane, export)
+            except BodyRejected as exc:
+                return Attempt(Outcome.REJECTED, f"not an OTLP export: {exc}")
+            headers = dict(lane.dest.headers)
         signer = self._signers.get(lane.dest.name)
         if signer is not None:
             try:
-                signed = await signer.authorize(Outbound(url, headers, export.body), _NO_ASK)
+                signed = await signer.authorize(Outbound(url, headers, body), _NO_ASK)
             except CredentialFailure as exc:
                 # The gateway's credential trouble: kept and retried like a collector outage.
-                return Outcome.FAILED, f"no credential: {exc.detail}", None
+                return Attempt(Outcome.FAILED, f"no credential: {exc.detail}")
             url, headers = signed.url, signed.headers
-        try:
-            resp = await self._transport.open(
-                "POST", url, headers, export.body, self._timeout_s, proxy=lane.proxies[export.signal]
+        if lane.grpc is None:
+            return await self._http.send(url, headers, body, lane.proxies[export.signal])
+        metadata, _ = grpc_metadata(headers.items())
+        return await lane.grpc.send(export.signal, metadata, body)
+
+    async def _grpc_request(self, lane: _Lane, export: Export) -> bytes:
+        """The export as an Export*ServiceRequest, made once however often it is tried."""
+        if lane.converted is None or lane.converted[0] is not export:
+            # gunzip and JSON parsing take a while on a large body: off the loop.
+            body = await asyncio.to_thread(
+                export_request, export.signal, export.body, export.content_type, export.content_encoding
             )
-        except UpstreamFailure as exc:
-            if exc.kind is Kind.UNSAFE_UPSTREAM_ADDRESS:
-                return Outcome.FAILED, f"the address guard refused it: {exc.detail}", None
-            return Outcome.FAILED, exc.detail, None
-        try:
-            answer = await self._read_answer(resp)
-        finally:
-            resp.release()
-        outcome = classify(resp.status)
-        retry_after = None
-        if outcome is Outcome.FAILED:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._now())
-        detail = f"HTTP {resp.status}" + (f": {answer[:200]!r}" if answer else "")
-        return outcome, detail, retry_after
+            lane.converted = (export, body)
+        return lane.converted[1]
 
-    async def _read_answer(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The start of the collector's answer; the status already decided the
-        outcome, so a body that breaks off or stalls changes nothing."""
-        answer = b""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                while len(answer) < ANSWER_READ_BYTES:
-                    chunk = await resp.content.read(ANSWER_READ_BYTES - len(answer))
-                    if not chunk:
-                        return answer
-                    answer += chunk
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            pass
-        resp.close()  # not read to the end: this connection cannot be reused
-        return answer
-
-    def _settle(
-        self, lane: _Lane, export: Export, outcome: Outcome, detail: str, retry_after: float | None
-    ) -> float | None:
+    def _settle(self, lane: _Lane, export: Export, attempt: Attempt) -> float | None:
         """Count and log one try's outcome; returns the wait before the next try, if any."""
-        name = lane.dest.name
+        name, outcome, detail = lane.dest.name, attempt.outcome, attempt.detail
+        if outcome is not Outcome.FAILED:
+            lane.converted = None
         if outcome is Outcome.DELIVERED:
             lane.counts["sent"] += 1
+            if attempt.partial:
+                # Delivered: the collector kept the rest, and the spec forbids a retry.
+                lane.counts["partial"] += 1
+                if worth_logging(lane.counts["partial"]):
+                    self._log(
+                        "warn",
+                        f"telemetry relay: {name} accepted a {export.signal} export only in part ({detail}); "
+                        f"{lane.counts['partial']} so far",
+                    )
             if lane.failures:
                 self._log("info", f"telemetry relay: {name} delivers again after {lane.failures} failed tries")
             lane.failures = 0
@@ -274,7 +294,7 @@ class Relay:
         lane.failures += 1
         lane.counts["retried"] += 1
         self._dropped(lane, lane.queue.push_front(export), "its queue filled while retrying")
-        wait = self._backoff.wait(lane.failures, self._rng(), retry_after)
+        wait = self._backoff.wait(lane.failures, self._rng(), attempt.retry_after_s)
         if worth_logging(lane.failures):
             self._log(
                 "warn",

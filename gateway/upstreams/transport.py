@@ -271,6 +271,14 @@ class Transport:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure(Kind.UPSTREAM_CONNECT, f"{type(exc).__name__}: {exc}") from None
 
+    async def check_target(self, url: str) -> None:
+        """Judge ``url``'s host as a proxied target is judged (every address it
+        resolves to must pass; in proxy-only egress, its name alone), for a client
+        that resolves and connects by itself (gRPC). Raises :class:`RefusedAddress`
+        or :class:`UnresolvedTarget`; a verdict holds for :data:`TARGET_CHECK_TTL_S`."""
+        assert self._guard is not None, "transport not started"
+        await self._guard.check(url)
+
     async def _open_proxied(
         self, method: str, url: str, headers: dict[str, str], body: bytes, ttfb_s: float, proxy: str
     ) -> aiohttp.ClientResponse:

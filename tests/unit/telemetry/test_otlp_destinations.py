@@ -1,9 +1,11 @@
 """Destinations from ``telemetry.forward_to``: URLs, opt-in, headers (reference §9.1)."""
 
-from gateway.config.schema import ForwardTo, Telemetry
+from gateway.config.schema import ForwardTo, ForwardToGatehouse, Telemetry
 from gateway.telemetry.destinations import (
     DEFAULT_CONTENT_TYPE,
     destinations,
+    grpc_metadata,
+    grpc_url,
     outbound_headers,
     shown,
     signal_url,
@@ -88,3 +90,29 @@ def test_a_base_that_already_names_a_signal_path_is_warned_about():
     assert "https://c.example.com/v1/metrics/v1/metrics" in warnings[0]
     assert warnings[1].startswith("telemetry.forward_to[1].url ends in /v1")
     assert url_warnings(None) == []
+
+
+def test_a_grpc_destination_calls_each_signals_export_method():
+    entry = ForwardTo(url="https://otel.example.com:4317", logs=True, traces=True,
+                      gatehouse=ForwardToGatehouse(protocol="grpc"))
+    (dest,) = destinations(Telemetry(forward_to=(entry,)))
+    assert dest.protocol == "grpc" and dest.name == "forward_to[0] https://otel.example.com:4317"
+    assert dict(dest.urls) == {
+        "metrics": "https://otel.example.com:4317/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        "logs": "https://otel.example.com:4317/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        "traces": "https://otel.example.com:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    }
+    assert grpc_url("http://[::1]:4317/", "metrics").startswith("http://[::1]:4317/opentelemetry.proto")
+    assert destinations(Telemetry(forward_to=(ForwardTo(url="https://c.example.com"),)))[0].protocol == "http"
+
+
+def test_grpc_metadata_is_the_headers_in_lower_case_without_reserved_names():
+    metadata, left_out = grpc_metadata([
+        ("Authorization", "Bearer collector-key"), ("X-Scope-OrgID", "tenant-1"), ("Host", "h"), ("TE", "trailers"),
+        ("Connection", "close"), ("grpc-timeout", "1S"), ("User-Agent", "me"), ("X-Token-Bin", "AAEC"),
+        ("X-Junk-Bin", "not base64!"),
+    ])
+    assert metadata == (
+        ("authorization", "Bearer collector-key"), ("x-scope-orgid", "tenant-1"), ("x-token-bin", b"\x00\x01\x02"),
+    )
+    assert left_out == ["Host", "TE", "Connection", "grpc-timeout", "User-Agent", "X-Junk-Bin"]

@@ -12,6 +12,7 @@ from gateway.telemetry.queue import (
     ExportQueue,
     Outcome,
     classify,
+    classify_grpc,
     parse_retry_after,
     worth_logging,
 )
@@ -120,3 +121,18 @@ def test_retry_after_parses_seconds_and_http_dates():
     assert parse_retry_after(format_datetime(now - timedelta(seconds=42), usegmt=True), now) == 0.0
     for bad in (None, "", "soon", "-3", "1.5", "Mon, 99 Foo 2026 00:00:00 GMT"):
         assert parse_retry_after(bad, now) is None
+
+
+def test_grpc_codes_follow_the_otlp_table():
+    assert classify_grpc("OK") is Outcome.DELIVERED
+    for code in ("CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"):
+        assert classify_grpc(code) is Outcome.FAILED
+    for code in (
+        "UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED",
+        "FAILED_PRECONDITION", "UNIMPLEMENTED", "INTERNAL",
+    ):
+        assert classify_grpc(code) is Outcome.REJECTED
+    # RESOURCE_EXHAUSTED is a throttle only when the collector says when to come back;
+    # without a RetryInfo it is a message over the collector's size limit.
+    assert classify_grpc("RESOURCE_EXHAUSTED") is Outcome.REJECTED
+    assert classify_grpc("RESOURCE_EXHAUSTED", has_retry_info=True) is Outcome.FAILED
