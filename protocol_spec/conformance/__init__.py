@@ -8,12 +8,16 @@ Two commands
 ------------
 
 1. ``python -m protocol_spec.conformance fixtures --config-out gateway.yaml
-   [--gateway-port N] [--postgres-url URL] [--no-gatehouse-section] [--no-cloud-upstreams]``
+   [--gateway-port N] [--postgres-url URL] [--no-gatehouse-section] [--no-cloud-upstreams]
+   [--no-telemetry]``
 
    Starts, on 127.0.0.1, the fake Anthropic upstream
    (:mod:`protocol_spec.fakes`), unless ``--no-cloud-upstreams`` a fake
    Bedrock runtime, a fake STS, a fake Vertex AI and its fake Google token
-   endpoint (:mod:`protocol_spec.conformance.cloud_fixtures`), and a test IdP
+   endpoint (:mod:`protocol_spec.conformance.cloud_fixtures`), unless
+   ``--no-telemetry`` a fake OTLP/HTTP collector with two sinks, one per
+   ``telemetry.forward_to`` destination
+   (:mod:`protocol_spec.fakes.otlp_collector`), and a test IdP
    (oidc-provider-mock, through :mod:`protocol_spec.idp_process`) with five
    users: a normal one, a member of ``contractors``, one whose email is
    unverified, a member of the admin group, and one from a domain the config
@@ -22,7 +26,8 @@ Two commands
    * ``gateway.yaml``: a complete configuration (two Anthropic upstreams on
      the fake, two Bedrock upstreams (one through an assumed role) and a
      Vertex upstream on theirs, custom models,
-     managed policies, an admin block, limits); valid for Anthropic's gateway
+     managed policies, an admin block, limits, two telemetry destinations
+     on the collector); valid for Anthropic's gateway
      too once its ``gatehouse:`` section is removed;
    * ``gateway.env``: what the gateway's environment needs
      (``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, secrets, the database URL,

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="no Bedrock or Vertex upstream in the config (for gateways that serve only the Anthropic API; the cloud checks then SKIP)",
     )
+    fx.add_argument(
+        "--no-telemetry",
+        dest="telemetry",
+        action="store_false",
+        help="no fake OTLP collector and no telemetry section in the config (the telemetry relay checks then SKIP)",
+    )
     fx.add_argument("--quiet", action="store_true", help="do not print the config and env")
     run = commands.add_parser("run", help="run the checks against a gateway started with the fixtures' config")
     run.add_argument("--base-url", default=None, help="the gateway's URL (default: the fixtures' public_url)")
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 quiet=args.quiet,
                 gatehouse_section=args.gatehouse_section,
                 cloud_upstreams=args.cloud_upstreams,
+                telemetry=args.telemetry,
             )
         )
     from protocol_spec.conformance import runner

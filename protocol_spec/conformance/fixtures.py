@@ -11,6 +11,9 @@ starts, on loopback:
   fake Vertex AI that takes only bearers its fake Google token endpoint
   issued, and a front door that answers for ``oauth2.googleapis.com`` and
   ``sts.us-east-1.amazonaws.com`` on loopback;
+* unless ``--no-telemetry``, a fake OTLP/HTTP collector
+  (:class:`protocol_spec.fakes.otlp_collector.OtlpCollector`) with one sink
+  per ``telemetry.forward_to`` destination (:data:`COLLECTOR_SINKS`);
 * oidc-provider-mock (:class:`protocol_spec.idp_process.IdpProcess`) with the
   users of :data:`USERS`;
 
@@ -19,7 +22,8 @@ then writes its files side by side and stays up until interrupted:
 * ``gateway.yaml``: a complete configuration in the shared ``gateway.yaml``
   schema (two Anthropic upstreams on the fake, a Bedrock and a Vertex
   upstream on theirs, custom models, managed policies, an ``admin`` block,
-  limits), valid for Anthropic's gateway as well, plus a ``gatehouse:``
+  limits, two telemetry destinations on the collector's sinks), valid for
+  Anthropic's gateway as well, plus a ``gatehouse:``
   section that other gateways may delete (or leave out with
   ``--no-gatehouse-section``);
 * ``gateway.env``: the environment the gateway needs (secrets, the database
@@ -167,6 +171,19 @@ BLOCKED_MESSAGE = "ask the platform team"
 # Generous sign-in rate limits, so that repeated runs against one database never trip them.
 RATE_LIMIT_MAX = 500
 
+# Telemetry (SPEC §21): two telemetry.forward_to destinations, each a sink of the fake collector.
+# The first takes metrics and logs, with headers (one expanded from the environment) and a
+# path under its base URL; the second gives only a URL, so it gets the per-signal defaults
+# (metrics). Traces go to nobody.
+FULL_SINK = "full"
+DEFAULTS_SINK = "defaults"
+COLLECTOR_SINKS = (FULL_SINK, DEFAULTS_SINK)
+FULL_SINK_PATH = "/otlp"
+COLLECTOR_HEADER = ("x-conformance-collector", "full")
+RESOURCE_ATTRIBUTES = {"deployment.environment": "conformance", "team.name": "platform"}
+# The contractors policy sets its own value, which wins over the pushed one (TEL-6).
+CONTRACTOR_RESOURCE_ATTRIBUTES = "deployment.environment=contractors"
+
 # Models the recorded transcripts and the checks use; the base policy allows them all.
 BASE_MODELS = (
     "claude-opus-5-5", "claude-opus-4-7", "claude-sonnet-4-6", "claude-haiku-4-5", CUSTOM_MODEL, PAIR_MODEL, *CLOUD_MODELS,
@@ -181,7 +198,7 @@ CONTRACTOR_SETTINGS: dict[str, Any] = {
     # Claude Code starts on a model this policy does not allow; name the one to use.
     "model": "claude-haiku-4-5",
     "permissions": {"allow": ["Read"], "deny": ["Bash"]},
-    "env": {"CONFORMANCE_ROLE": "contractor"},
+    "env": {"CONFORMANCE_ROLE": "contractor", "OTEL_RESOURCE_ATTRIBUTES": CONTRACTOR_RESOURCE_ATTRIBUTES},
 }
 # What SPEC MANAGED-20 makes of the contractor policy merged onto the base
 # (deny lists are united; their order is not specified, so checks compare sets).
@@ -189,7 +206,12 @@ CONTRACTOR_MERGED: dict[str, Any] = {
     "availableModels": ["claude-haiku-4-5"],
     "model": "claude-haiku-4-5",
     "permissions": {"allow": ["Read"], "deny": ["WebFetch", "Bash"]},
-    "env": {"CONFORMANCE_POLICY": "base", "CONFORMANCE_TEXT": "ünïcødé ✓ \"q\"", "CONFORMANCE_ROLE": "contractor"},
+    "env": {
+        "CONFORMANCE_POLICY": "base",
+        "CONFORMANCE_TEXT": "ünïcødé ✓ \"q\"",
+        "CONFORMANCE_ROLE": "contractor",
+        "OTEL_RESOURCE_ATTRIBUTES": CONTRACTOR_RESOURCE_ATTRIBUTES,
+    },
 }
 
 ENV_NAMES = {
@@ -201,6 +223,7 @@ ENV_NAMES = {
     "admin_read_key": "CONFORMANCE_ADMIN_READ_KEY",
     "aws_access_key_id": "CONFORMANCE_AWS_ACCESS_KEY_ID",
     "aws_secret_access_key": "CONFORMANCE_AWS_SECRET_ACCESS_KEY",
+    "collector_key": "CONFORMANCE_COLLECTOR_KEY",
     "postgres_url": "CONFORMANCE_POSTGRES_URL",
 }
 ADMIN_WRITE_KEY_ID = "conformance-write"
@@ -242,6 +265,12 @@ class FixtureState(msgspec.Struct, kw_only=True):
     # The fake STS's AssumeRole log and script (cloud_fixtures.StsControl).
     sts_control_url: str = ""
     aws_access_key_id: str = ""
+    # The fake collector's control URL and, per sink, the destination URL the config gives
+    # the gateway ("" and {} with --no-telemetry: the telemetry relay checks SKIP).
+    collector_url: str = ""
+    collector_sinks: dict[str, str] = msgspec.field(default_factory=dict)
+    # The secret the first destination's Authorization header is expanded from.
+    collector_key: str = ""
 
 
 def state_path_for(config_out: Path) -> Path:
@@ -358,14 +387,60 @@ def _models(clouds: CloudUrls | None) -> str:
     return text
 
 
+def collector_destinations(sink_urls: dict[str, str]) -> dict[str, str]:
+    """The ``forward_to`` URL of each sink: the first one's has a path under the listener."""
+    return {name: url + (FULL_SINK_PATH if name == FULL_SINK else "") for name, url in sink_urls.items()}
+
+
+def _telemetry(destinations: dict[str, str]) -> str:
+    env = ENV_NAMES
+    attributes = "".join(f"\n    {name}: {_q(value)}" for name, value in RESOURCE_ATTRIBUTES.items())
+    return f"""\
+telemetry:
+  forward_to:
+    - url: {destinations[FULL_SINK]}
+      metrics: true
+      logs: true
+      headers:
+        Authorization: "Bearer ${{{env["collector_key"]}}}"
+        {COLLECTOR_HEADER[0]}: {COLLECTOR_HEADER[1]}
+    - url: {destinations[DEFAULTS_SINK]}
+  resource_attributes:{attributes}
+"""
+
+
+def pushed_telemetry_env(public_url: str) -> dict[str, str]:
+    """What SPEC TEL-6 adds to every served policy's ``env`` for the fixture's telemetry block."""
+    return {
+        "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        # Neither destination opts in to traces.
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": public_url.rstrip("/"),
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_RESOURCE_ATTRIBUTES": ",".join(f"{k}={v}" for k, v in RESOURCE_ATTRIBUTES.items()),
+    }
+
+
 def upstream_names(clouds: CloudUrls | None) -> list[str]:
     return [PRIMARY, SECONDARY] + ([BEDROCK, ROLE_UPSTREAM, VERTEX] if clouds is not None else [])
 
 
 def render_config(
-    *, port: int, fake_url: str, idp_url: str, gatehouse_section: bool = True, clouds: CloudUrls | None = None
+    *,
+    port: int,
+    fake_url: str,
+    idp_url: str,
+    gatehouse_section: bool = True,
+    clouds: CloudUrls | None = None,
+    collector: dict[str, str] | None = None,
 ) -> str:
-    """The fixture gateway.yaml; secrets are ``${VAR}`` references into gateway.env."""
+    """The fixture gateway.yaml; secrets are ``${VAR}`` references into gateway.env.
+
+    ``collector`` maps each of :data:`COLLECTOR_SINKS` to its listener's URL; without
+    it the config has no ``telemetry`` section.
+    """
     env = ENV_NAMES
     public_url = f"http://{HOST}:{port}"
     text = f"""\
@@ -424,6 +499,8 @@ rate_limits:
   device_authorization: {{max: {RATE_LIMIT_MAX}, window_seconds: 600}}
   device_verify: {{max: {RATE_LIMIT_MAX}, window_seconds: 600}}
 """
+    if collector is not None:
+        text += _telemetry(collector_destinations(collector))
     if gatehouse_section:
         # Health memory off: the failover checks make the same upstream fail many times in a
         # row on purpose, and the protocol's failover rules (MSG-28 to MSG-31) assume every
@@ -498,10 +575,17 @@ def write_files(
     values: dict[str, str],
     gatehouse_section: bool = True,
     clouds: CloudUrls | None = None,
+    collector: tuple[str, dict[str, str]] | None = None,
 ) -> FixtureState:
-    """Write gateway.yaml, gateway.env and gateway.fixtures.json; return the state."""
+    """Write gateway.yaml, gateway.env and gateway.fixtures.json; return the state.
+
+    ``collector`` is the fake collector's control URL and its sinks' URLs.
+    """
+    sinks = collector[1] if collector else None
     config_out.write_text(
-        render_config(port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section, clouds=clouds)
+        render_config(
+            port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section, clouds=clouds, collector=sinks
+        )
     )
     env = render_env(values, postgres_url, clouds)
     front = front_door_env(clouds.front_door_url, clouds.front_door_ca_path) if clouds and clouds.front_door_url else None
@@ -531,6 +615,9 @@ def write_files(
         front_door_ca_path=clouds.front_door_ca_path if clouds else "",
         sts_control_url=clouds.sts_control_url if clouds else "",
         aws_access_key_id=values["aws_access_key_id"] if clouds else "",
+        collector_url=collector[0] if collector else "",
+        collector_sinks=collector_destinations(sinks) if sinks else {},
+        collector_key=values["collector_key"] if collector else "",
     )
     state_file = state_path_for(config_out)
     state_file.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
@@ -546,9 +633,11 @@ async def serve(
     quiet: bool,
     gatehouse_section: bool = True,
     cloud_upstreams: bool = True,
+    telemetry: bool = True,
 ) -> int:
     """Run the fixtures until SIGINT/SIGTERM. Returns the exit status."""
     from protocol_spec.conformance.cloud_fixtures import CloudFakes
+    from protocol_spec.fakes.otlp_collector import OtlpCollector
     from protocol_spec.fakes.upstream import FakeUpstream
     from protocol_spec.idp_process import IdpProcess
 
@@ -557,10 +646,14 @@ async def serve(
     fake = FakeUpstream(HOST, 0)
     values = new_secrets()
     cloud_fakes = CloudFakes(config_out, values["aws_access_key_id"], values["aws_secret_access_key"]) if cloud_upstreams else None
+    collector = OtlpCollector(COLLECTOR_SINKS, HOST) if telemetry else None
     state_file = state_path_for(config_out)
     try:
         await fake.start()
         clouds = await cloud_fakes.start() if cloud_fakes is not None else None
+        if collector is not None:
+            await collector.start()
+        sinks = (collector.control_url, {name: collector.url(name) for name in COLLECTOR_SINKS}) if collector else None
         state = write_files(
             config_out,
             port=gateway_port or free_port(),
@@ -570,11 +663,14 @@ async def serve(
             values=values,
             gatehouse_section=gatehouse_section,
             clouds=clouds,
+            collector=sinks,
         )
         if not quiet:
             print(config_out.read_text(), flush=True)
             print(Path(state.env_path).read_text(), flush=True)
         clouds_line = "" if clouds is None else f"fake Bedrock {clouds.bedrock_url}\nfake Vertex {clouds.vertex_url}\n"
+        if collector is not None:
+            clouds_line += f"fake OTLP collector {collector.control_url} (control)\n"
         print(
             f"fake upstream {fake.url}\n{clouds_line}test IdP {idp.issuer}\nconfig {state.config_path}\n"
             f"env {state.env_path}\nstate {state_file.resolve()}\n"
@@ -593,6 +689,8 @@ async def serve(
     finally:
         state_file.unlink(missing_ok=True)
         await fake.close()
+        if collector is not None:
+            await collector.close()
         if cloud_fakes is not None:
             await cloud_fakes.close()
         await asyncio.to_thread(idp.stop)

@@ -217,8 +217,9 @@ def test_fixture_config_is_valid_for_gatehouse_and_without_its_section(tmp_path:
     key_file = tmp_path / "sa.json"
     key_file.write_text("{}")
     clouds = CloudUrls(bedrock_url="http://127.0.0.1:18300", vertex_url="http://127.0.0.1:18400", service_account_path=str(key_file))
-    urls = {"port": 18080, "fake_url": "http://127.0.0.1:18200", "idp_url": "http://127.0.0.1:18100"}
-    text = render_config(**urls, clouds=clouds)
+    urls: dict[str, Any] = {"port": 18080, "fake_url": "http://127.0.0.1:18200", "idp_url": "http://127.0.0.1:18100"}
+    sinks = {"full": "http://127.0.0.1:18500", "defaults": "http://127.0.0.1:18501"}
+    text = render_config(**urls, clouds=clouds, collector=sinks)
     env = {name: "x" * 40 for name in ENV_NAMES.values()} | {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}
     env[ENV_NAMES["postgres_url"]] = "postgresql://u@127.0.0.1:5432/db"
     path = tmp_path / "gateway.yaml"
@@ -233,12 +234,18 @@ def test_fixture_config_is_valid_for_gatehouse_and_without_its_section(tmp_path:
     assert all(routes[model] == CLOUD_MODELS[model] for model in CLOUD_MODELS)
     assert cfg.gatehouse.upstream.ping_interval_seconds == GATEHOUSE_PING_INTERVAL_S
     assert not unsupported_reasons(cfg)
-    bare = render_config(**urls, gatehouse_section=False, clouds=clouds)
-    assert "gatehouse:" not in bare
+    assert cfg.telemetry is not None
+    assert [(d.url, d.metrics, d.logs, d.traces) for d in cfg.telemetry.forward_to] == [
+        ("http://127.0.0.1:18500/otlp", True, True, False), ("http://127.0.0.1:18501", True, False, False),
+    ]
+    assert cfg.telemetry.forward_to[0].headers["Authorization"] == "Bearer " + env[ENV_NAMES["collector_key"]]
+    bare = render_config(**urls, gatehouse_section=False, clouds=clouds, collector=sinks)
+    assert "gatehouse" not in bare, "no Gatehouse-only key anywhere, forward_to entries included"
     assert yaml.safe_load(bare).keys() == yaml.safe_load(text).keys() - {"gatehouse"}
     anthropic_only = yaml.safe_load(render_config(**urls))
     assert [u["name"] for u in anthropic_only["upstreams"]] == ["primary", "secondary"]
     assert {m["id"] for m in anthropic_only["models"]}.isdisjoint(CLOUD_MODELS)
+    assert "telemetry" not in anthropic_only, "no collector, no telemetry section"
 
 
 def test_the_suites_own_canonical_serialization_reproduces_the_spec_vectors() -> None:

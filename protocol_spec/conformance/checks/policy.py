@@ -18,11 +18,13 @@ from protocol_spec.conformance.fixtures import (
     CUSTOM_DESCRIPTION,
     CUSTOM_LABEL,
     CUSTOM_MODEL,
+    pushed_telemetry_env,
 )
 from protocol_spec.conformance.target import Answer
 from protocol_spec.conformance.verdicts import Skip, check
 
 SETTINGS = "/managed/settings"
+PUSHED_ENV_KEYS = frozenset(pushed_telemetry_env("http://unused"))
 
 
 def _not_offered(answer: Answer) -> bool:
@@ -38,8 +40,20 @@ async def _settings(c: Ctx, role: str, headers: dict[str, str] | None = None) ->
     return answer
 
 
+def _without_pushed(got: Any, want: dict[str, Any]) -> Any:
+    """``got`` less the telemetry env a gateway pushes beside the policy's own (TEL-6, judged in
+    :mod:`.telemetry`); a key the policy sets itself stays, since its value must win."""
+    if not isinstance(got, dict) or not isinstance(got.get("env"), dict):
+        return got
+    own = want.get("env", {})
+    env = {k: v for k, v in got["env"].items() if k in own or k not in PUSHED_ENV_KEYS}
+    return {**got, "env": env}
+
+
 def _same_policy(got: Any, want: dict[str, Any]) -> bool:
-    """Settings equal ``want``, deny lists compared as sets (their order is not specified)."""
+    """Settings equal ``want`` plus any pushed telemetry env, deny lists compared as sets
+    (their order is not specified)."""
+    got = _without_pushed(got, want)
     if not isinstance(got, dict) or set(got) != set(want):
         return False
     for key, value in want.items():
