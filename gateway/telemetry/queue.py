@@ -126,8 +126,13 @@ class Attempt:
     partial: bool = False  # delivered, but the collector refused some items (OTLP partial_success)
 
 
-# The OTLP specification's table ("OTLP/gRPC Response", "Failures"), by StatusCode name.
-RETRYABLE_GRPC_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"})
+# The OTLP specification's table ("OTLP/gRPC Response", "Failures"), by StatusCode name,
+# plus the two credential codes: the HTTP path retries 401 and 403 (only the payload
+# rejections of REJECTED_STATUSES are final), and an export kept while a collector's
+# credential is rotated or a Google token is refreshed is the point of the queue.
+RETRYABLE_GRPC_CODES = frozenset(
+    {"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+)
 
 
 def classify_grpc(code: str, has_retry_info: bool = False) -> Outcome:

@@ -127,9 +127,10 @@ def test_grpc_codes_follow_the_otlp_table():
     assert classify_grpc("OK") is Outcome.DELIVERED
     for code in ("CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"):
         assert classify_grpc(code) is Outcome.FAILED
+    # Credential refusals are kept and retried, as 401 and 403 are over HTTP.
+    assert classify_grpc("UNAUTHENTICATED") is classify_grpc("PERMISSION_DENIED") is Outcome.FAILED
     for code in (
-        "UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED",
-        "FAILED_PRECONDITION", "UNIMPLEMENTED", "INTERNAL",
+        "UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "UNIMPLEMENTED", "INTERNAL",
     ):
         assert classify_grpc(code) is Outcome.REJECTED
     # RESOURCE_EXHAUSTED is a throttle only when the collector says when to come back;
