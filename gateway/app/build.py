@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import audit
-from gateway.app import jobs
+from gateway.app import jobs, observability
 from gateway.auth.tokens import TokenService
 from gateway.client_text import quoted
 from gateway.db.store import is_data_error
@@ -124,6 +124,7 @@ def build_boot(
         pricing=pricing,
         allowances=allowances,
         clock=clock,
+        metrics=observability.metrics_for(cfg),
     )
 
 
@@ -167,6 +168,8 @@ def build(
 
         app[admin_api.ADMIN] = admin_api.AdminContext(cfg, clock=clock)
         add_routes(app, "admin")
+    if observability.prometheus_on_main_listener(cfg):
+        add_routes(app, "metrics")
     app.cleanup_ctx.append(_lifecycle(store))
     return app
 
@@ -198,6 +201,7 @@ def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncI
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         rt, started = await _start(app, app[BOOT], shared_store)
         app[RUNTIME] = rt
+        scrapes = await observability.serve_scrapes(rt)
         scheduled = jobs.schedule(app, rt, rt.spend)
         scheduled.start()
         try:
@@ -223,6 +227,8 @@ def _lifecycle(shared_store: Store | None) -> Callable[[web.Application], AsyncI
             if rt.relay is not None:
                 # What collectors can still take; the relay logs what it could not deliver.
                 await rt.relay.drain(5.0)
+            # The gateway's own last export, now that everything it counts has ended.
+            await observability.close(rt, scrapes)
             await rt.transport.close()
             for signer in rt.signers:
                 if signer is not None:
@@ -255,7 +261,9 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
     signers = await _start_signers(boot)
     own_store = shared_store is None
     if shared_store is None:
-        store = await Store.open(cfg.store, log=audit.log)
+        # The gateway's own metrics time every statement (when metrics are on).
+        on_statement = boot.metrics.statement if boot.metrics.enabled else None
+        store = await Store.open(cfg.store, log=audit.log, on_statement=on_statement)
         await store.migrate()
     else:
         store = shared_store
@@ -276,6 +284,7 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         spend = await _start_spend(boot, store, listener)
     if listener.channels:
         await listener.start()
+    publishers = observability.open_publishers(boot)
     rt = Runtime.complete(
         boot,
         transport=transport,
@@ -285,7 +294,10 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         recorder=recorder,
         revocations=revocations,
         spend=spend,
+        instruments=publishers.instruments,
+        tracer=publishers.tracer,
     )
+    observability.watch_runtime(boot.metrics, rt)
     return rt, _Started(own_store, oidc, discovery, listener)
 
 
@@ -297,12 +309,13 @@ AZURE_AUTHORITY_URL = "https://login.microsoftonline.com/"
 async def _start_relay(boot: Boot, transport: Transport) -> Relay | None:
     """The OTLP relay to ``telemetry.forward_to``, sending through the upstreams' transport
     (same address guard, same egress proxy rules)."""
-    from gateway.telemetry.destinations import destinations, url_warnings
-    from gateway.telemetry.relay import Relay
-
     telemetry = boot.config.telemetry
     if telemetry is None or not telemetry.forward_to:
         return None
+    # Only now: the relay brings grpc with it, which a gateway without forward_to never loads.
+    from gateway.telemetry.destinations import destinations, url_warnings
+    from gateway.telemetry.relay import Relay
+
     dests = destinations(telemetry)
     signers = _telemetry_signers(boot, dests)
     for signer in signers.values():

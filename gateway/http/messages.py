@@ -46,6 +46,7 @@ from gateway.errors import (
 )
 from gateway.http import spend_gate
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, authenticate, read_body
+from gateway.http.own_telemetry import request_ended
 from gateway.http.runtime import Runtime, UpstreamPlan
 from gateway.policy.policies import ALLOW_ALL
 from gateway.upstreams.bedrock import COUNT_UNAVAILABLE, MalformedReply, count_reply
@@ -83,7 +84,8 @@ class Outcome:
 
     __slots__ = (
         "status", "upstream", "upstream_request_id", "model", "ms_headers", "usage", "attempts", "error",
-        "billing_group", "upstream_model", "finished", "request_id", "attempting",
+        "billing_group", "upstream_model", "finished", "request_id", "attempting", "attempt_at", "first_byte_at",
+        "failures",
     )
 
     def __init__(self, request_id: str) -> None:
@@ -101,6 +103,14 @@ class Outcome:
         self.finished = False
         # The upstream being tried and the id it gets, from the moment a call to it starts.
         self.attempting: Target | None = None
+        # For the gateway's own metrics and traces (monotonic clock readings, failed attempts).
+        self.attempt_at: float | None = None
+        self.first_byte_at: float | None = None
+        self.failures: list[tuple[str, str]] = []
+
+    def failed(self, upstream: str, kind: str) -> None:
+        """An upstream attempt that failed, for the gateway's own metrics and traces."""
+        self.failures.append((upstream, kind))
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -307,18 +317,21 @@ async def _attempt(
         return None
     outcome.attempts += 1
     outcome.attempting = target
+    outcome.attempt_at = time.monotonic()
     if signer is not None:
         try:
             out = await signer.authorize(out, ask)
         except CredentialFailure as failure:
             # Our credential trouble: a 500 from that upstream, never the client's 401/403.
             rt.health.released(i)
+            outcome.failed(up.name, "credential")
             audit.log("warn", f"upstream {up.name}: no credential, trying next (request {rid}): {failure.detail}")
             return None
     try:
         resp = await rt.transport.open("POST", out.url, out.headers, out.body, up.ttfb_s, proxy=up.proxy)
     except UpstreamFailure as failure:
         _note_health(rt, i, ok=False)
+        outcome.failed(up.name, failure.kind.name.lower())
         audit.log("warn", f"upstream {up.name} failed, trying next (request {rid}): {failure.detail}")
         return None
     outcome.ms_headers = (time.monotonic() - t0) * 1000
@@ -333,6 +346,7 @@ async def _attempt(
         finally:
             resp.close()
         _note_health(rt, i, ok=resp.status < 500)
+        outcome.failed(up.name, f"status_{resp.status}")
         err = up.translator.client_error(ask, resp.status, resp.headers, err_body)
         if err.log is not None:
             audit.log("warn", f"{err.log} (request {rid})")
@@ -346,12 +360,15 @@ async def _attempt(
         first = await _first_bytes(resp, up, decoder.feed)
         if first is None or decoder.ended:  # broke, or an exception frame, before anything was relayed
             _note_health(rt, i, ok=False)
+            outcome.failed(up.name, "stream_start")
             return None
         _note_health(rt, i, ok=True)
         return Opened(resp, up, out.shape, first, decoder)
     if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
         first = await _first_bytes(resp, up, None)
         _note_health(rt, i, ok=first is not None)
+        if first is None:
+            outcome.failed(up.name, "stream_start")
         return Opened(resp, up, out.shape, first) if first is not None else None
     _note_health(rt, i, ok=True)
     return Opened(resp, up, out.shape, None)
@@ -458,10 +475,13 @@ async def relay_stream(
     tap = UsageTap()
     await out.prepare(request)  # commit point: from here on, no failover
     chunk = opened.first
+    rt.streams += 1
     try:
         while chunk:
             tap.feed(chunk)
             await out.write(chunk)
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = time.monotonic()
             if ticket is not None:
                 action = spend_gate.after_chunk(rt, ticket, tap.delta_bytes)
                 if action == spend_gate.WAIT and ticket.pending is not None:
@@ -477,11 +497,13 @@ async def relay_stream(
                 else:
                     chunk = await _next_events(resp, decoder, rt.ping_interval_s)
                     if decoder.ended:  # the upstream's exception frame, now an error event
+                        outcome.failed(opened.up.name, "stream_error")
                         audit.log("warn", f"upstream {opened.up.name} ended the stream with an error (request {request_id}): {decoder.failure}")
                         tap.feed(chunk)
                         await out.write(chunk)
                         break
             except (aiohttp.ClientError, TimeoutError, OSError, StreamCorrupt) as exc:
+                outcome.failed(opened.up.name, "stream_interrupted")
                 audit.log("warn", f"upstream stream interrupted (request {request_id}): {exc!r}")
                 if isinstance(exc, StreamCorrupt) and exc.before:
                     # Good events decoded ahead of the broken frame still reach the client.
@@ -496,6 +518,7 @@ async def relay_stream(
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         outcome.status = CLIENT_CLOSED
     finally:
+        rt.streams -= 1
         outcome.usage = tap.totals()
     return out
 
@@ -585,6 +608,7 @@ def record(
     Never awaits: it runs in ``finally`` even while the handler is being cancelled.
     """
     ms_total = (time.monotonic() - t0) * 1000
+    request_ended(rt, request, principal, outcome, t0)
     if principal is None:
         # Nobody to attribute a request to: this is a refused credential, not inference.
         audit.emit(

@@ -3,7 +3,9 @@
 Each row is a method, a path, its handler and the section it belongs to:
 ``core`` routes are always registered (sign-in handlers answer 404 when the
 config has no ``oidc:``), ``admin`` routes only when the config has an
-``admin:`` section, so without it those paths are a plain 404.
+``admin:`` section, so without it those paths are a plain 404; ``metrics``
+(Prometheus text behind an admin credential) only with
+``gatehouse.telemetry.metrics.prometheus.enabled`` and no listener of its own.
 
 aiohttp matches routes in registration order, which is table order: the admin
 API's literal paths (``/effective``, ``/audit``) come before ``/{id}`` so they
@@ -17,7 +19,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
-from gateway.http import admin, managed, messages, meta, signin
+from gateway.http import admin, managed, messages, meta, own_telemetry, signin
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,6 +67,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", SPEND_LIMITS + "/audit", admin.guarded(admin.audit_trail, write=False), "admin"),
     Route("GET", SPEND_LIMITS + "/{id}", admin.guarded(admin.get_limit, write=False), "admin"),
     Route("DELETE", SPEND_LIMITS + "/{id}", admin.guarded(admin.delete_limit, write=True), "admin"),
+    # The gateway's own metrics for Prometheus (gateway.http.own_telemetry).
+    Route("GET", "/metrics", own_telemetry.metrics, "metrics"),
 )
 
 

@@ -12,8 +12,8 @@ Built in two steps, each complete:
   access lists, policies, prices, allowances, sightings, the task set.
 * :class:`Runtime` is a ``Boot`` plus the edges that need the running loop (the
   database pool, the outbound HTTP session, the usage recorder, the revocation
-  watcher, the spend store). The startup hook opens those and makes the
-  runtime in one function (``gateway.app.build._start``); only then is it set
+  watcher, the spend store, the publishers of the gateway's own metrics and
+  traces). The startup hook opens those and makes the runtime in one function (``gateway.app.build._start``); only then is it set
   on the app, so a handler never sees a runtime with an edge missing. The
   edges that exist only with some config sections are ``X | None`` from the
   start and stay so: ``revocations`` with ``oidc``, ``spend`` with ``admin``.
@@ -34,6 +34,7 @@ from gateway.db.tasks import TaskSet
 from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
 from gateway.policy.policies import Policies
+from gateway.telemetry.own_metrics import OwnMetrics, Unmetered
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.health import Health
 from gateway.upstreams.outbound import Signer, Translator
@@ -47,7 +48,9 @@ if TYPE_CHECKING:
     from gateway.spend.budget import AllowanceTracker
     from gateway.spend.pricing import Pricing
     from gateway.spend.store import SpendStore
+    from gateway.telemetry.instruments import Instruments
     from gateway.telemetry.relay import Relay
+    from gateway.telemetry.tracing import RequestTracer
     from gateway.upstreams.transport import Transport
 
 
@@ -102,6 +105,8 @@ class Boot:
     allowances: AllowanceTracker | None  # with admin: or pricing:
     billing_group_tag: str | None = None
     clock: Callable[[], float] = time.time
+    # The gateway's own metrics, counted in process (Unmetered: none configured).
+    metrics: OwnMetrics = field(default_factory=Unmetered)
 
 
 @dataclass(kw_only=True)
@@ -115,9 +120,13 @@ class Runtime(Boot):
     recorder: Recorder
     revocations: RevocationWatcher | None  # with oidc:
     spend: SpendStore | None  # with admin:
+    # Publish ``metrics`` (with gatehouse.telemetry.metrics) / trace requests (with traces.otlp).
+    instruments: Instruments | None = None
+    tracer: RequestTracer | None = None
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     inflight: int = 0
+    streams: int = 0  # streamed replies being relayed (committed, not yet ended)
 
     @classmethod
     def complete(
@@ -131,6 +140,8 @@ class Runtime(Boot):
         recorder: Recorder,
         revocations: RevocationWatcher | None,
         spend: SpendStore | None,
+        instruments: Instruments | None = None,
+        tracer: RequestTracer | None = None,
     ) -> Runtime:
         """``boot`` with its edges; called once, at startup."""
         return cls(
@@ -142,4 +153,6 @@ class Runtime(Boot):
             recorder=recorder,
             revocations=revocations,
             spend=spend,
+            instruments=instruments,
+            tracer=tracer,
         )

@@ -49,7 +49,8 @@ from gateway.auth.sealing import Sealer, derive_key
 from gateway.db.store import StoreUnavailable
 from gateway.errors import GatewayError, Kind, OAuthError, Party
 from gateway.http.forms import FormInvalid, parse_form
-from gateway.http.keys import CLIENT_IP, REQUEST_ID
+from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME
+from gateway.telemetry.own_metrics import SIGNIN_TOKENS
 from protocol_spec.wire import UNSET, AuthorizationServerMetadata, DeviceAuthorization, TokenResponse, encoder
 
 if TYPE_CHECKING:
@@ -381,6 +382,27 @@ async def token(request: web.Request) -> web.Response:
     if form is None:
         raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
     grant_type = form.get("grant_type")
+    label = {DEVICE_GRANT: "device_code", "refresh_token": "refresh_token"}.get(grant_type or "", "other")
+    try:
+        pair, email = await _grant(si, grant_type, form, ip)
+    except OAuthError as err:
+        # authorization_pending is most device-code polls: a sign-in still in the browser.
+        request.app[RUNTIME].metrics.add(SIGNIN_TOKENS, (label, err.error))
+        raise
+    request.app[RUNTIME].metrics.add(SIGNIN_TOKENS, (label, "issued"))
+    doc = TokenResponse(
+        access_token=pair.access_token,
+        token_type="Bearer",
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token or UNSET,
+        email=email if email and email.strip() else UNSET,
+    )
+    return web.Response(body=encoder.encode(doc), headers=JSON_NO_STORE)
+
+
+async def _grant(
+    si: SignIn, grant_type: str | None, form: dict[str, str], ip: str | None
+) -> tuple[TokenPair, str | None]:
     try:
         if grant_type == DEVICE_GRANT:
             pair, email = await _device_grant(si, form.get("device_code"), ip)
@@ -395,14 +417,7 @@ async def token(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         audit.log("error", f"token endpoint: {exc}")
         raise OAuthError("temporarily_unavailable", "sign-in storage is unavailable") from None
-    doc = TokenResponse(
-        access_token=pair.access_token,
-        token_type="Bearer",
-        expires_in=pair.expires_in,
-        refresh_token=pair.refresh_token or UNSET,
-        email=email if email and email.strip() else UNSET,
-    )
-    return web.Response(body=encoder.encode(doc), headers=JSON_NO_STORE)
+    return pair, email
 
 
 async def _device_grant(si: SignIn, device_code: str | None, ip: str | None) -> tuple[TokenPair, str | None]:

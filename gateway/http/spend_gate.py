@@ -27,6 +27,7 @@ from gateway.spend import caps as spend
 from gateway.spend.budget import StreamBudget
 from gateway.spend.pricing import Rates
 from gateway.spend.settlements import Owed
+from gateway.telemetry.own_metrics import SPEND_ADMISSIONS, SPEND_REFUSALS
 from gateway.upstreams.sse import BYTES_PER_TOKEN_ESTIMATE, UsageTotals
 from protocol_spec.wire import encoder
 
@@ -113,6 +114,7 @@ async def admit(
         admission = await store.reserve(request_id=request_id, principal=principal, model=model, amount_micro=estimate, now=_now(rt))
     except Owed:
         # Nothing was reserved and nothing is owed for it: serving it would be serving uncharged.
+        rt.metrics.add(SPEND_REFUSALS, ("settlements_owed",))
         raise SpendRefused(Kind.SPEND_UNCHECKED, spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
     except StoreRefused as exc:
         raise GatewayError(Kind.INVALID_REQUEST, str(exc)) from None
@@ -120,7 +122,9 @@ async def admit(
         if switches.fail_closed_on_error:
             # A reservation may have been stored just before the failure: release it.
             rt.tasks.spawn(store.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
+            rt.metrics.add(SPEND_REFUSALS, ("store_unavailable",))
             raise SpendRefused(Kind.SPEND_UNCHECKED, spend.FAIL_CLOSED_MESSAGE, spend.fail_closed_headers()) from None
+        rt.metrics.add(SPEND_ADMISSIONS, ("unjudged",))
         audit.log("warn", f"spend check failed, letting the request through (request {request_id}): {exc}")
         # Served unjudged, still charged: the relay settles it with its cost (which also releases
         # a reservation stored just before the failure), owed until the store takes it.
@@ -132,7 +136,10 @@ async def admit(
     if not admission.admitted:
         assert admission.blocked is not None
         rt.tasks.spawn(store.settle(request_id, 0, _now(rt), principal=principal, model=model), "spend-settle")
+        rt.metrics.add(SPEND_REFUSALS, ("over_limit",))
         raise SpendRefused(Kind.OVER_SPEND_LIMIT, admission.blocked.message, dict(admission.blocked.headers))
+    via = "lease" if admission.leased else "database" if admission.reserved_micro > 0 else "uncapped"
+    rt.metrics.add(SPEND_ADMISSIONS, (via,))
     return Ticket(
         request_id, principal, model, rates, spend.success_headers(admission.snapshots), budget, admission.reserved_micro > 0
     )

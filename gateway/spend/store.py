@@ -80,6 +80,7 @@ class Admission(NamedTuple):
     # empty for someone without any cap (no database call was made).
     snapshots: list[sp.Snapshot]
     reserved_micro: int = 0  # what this request holds (0 when nothing was reserved)
+    leased: bool = False  # admitted from a lease in memory, with no database round trip
 
 
 class _Flight(NamedTuple):
@@ -302,7 +303,7 @@ class SpendStore:
                 if self._leases.wants((sub, groups), amount, mono):  # half spent: ask for the next
                     assert self._keeper is not None
                     self._keeper.ask((sub, groups), plan, amount, room(lease.snapshots), now)
-                return Admission(True, None, lease.snapshots, amount)
+                return Admission(True, None, lease.snapshots, amount, leased=True)
         self._flights[request_id] = _Flight(sub, groups, model, plan.keys, True)
         # Giving up here does not withdraw the request from its batch: the
         # settle() that must follow releases whatever gets reserved.

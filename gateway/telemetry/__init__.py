@@ -5,4 +5,10 @@ bound is lost while a collector restarts.
 
 ``destinations`` and ``queue`` are pure (where to send, what to keep, when to
 try again); ``relay`` is the edge that owns the sender tasks.
+
+The gateway's own telemetry (``gatehouse.telemetry.metrics`` and ``traces``):
+``own_metrics`` is pure (the in-process counters and histograms the hot path
+feeds, and the list of what is exported); ``instruments`` is the edge that
+publishes them through the OpenTelemetry SDK (Prometheus text, OTLP);
+``tracing`` makes each request's span and exports it over OTLP.
 """

@@ -49,6 +49,7 @@ class Health:
         self.max_s = max_s
         self.clock = clock
         self._states = [_State() for _ in names]
+        self.cooldowns = [0] * len(names)  # cooldowns started, per upstream (the gateway's own metrics)
 
     def admit(self, i: int) -> bool:
         """May a request try upstream ``i`` now? Claims the probe when a cooldown is over."""
@@ -77,6 +78,7 @@ class Health:
             return None
         cooldown = min(self.base_s * (2**st.trips), self.max_s)
         st.trips += 1
+        self.cooldowns[i] += 1
         st.until = self.clock() + cooldown
         return (
             f"upstream {self.names[i]} failed {st.failures} times in a row; "

@@ -37,7 +37,7 @@ PURE_EXCEPT_EDGES = {
     "admin": {"retention", "store"},
     "spend": {"store", "settlements", "lease_keeper"},
     "auth": {"oidc", "session_store", "device_store", "revocations"},
-    "telemetry": {"relay", "stamp", "grpc_export", "http_export", "otlp_body"},
+    "telemetry": {"relay", "stamp", "grpc_export", "http_export", "otlp_body", "instruments", "tracing"},
     "upstreams": {"transport", "aws_credentials", "google_credentials", "token_cache", "azure_credentials"},
     "errors": set(),
     "client_text": set(),
