@@ -100,11 +100,12 @@ def _stamped(signal: str, body: bytes, content_type: str | None, encoding: str |
     """The export with the caller's identity on every resource, or None when it cannot
     be stamped: then it is dropped (counted, logged), never relayed unstamped."""
     # Imported here: the protobuf classes load only in a gateway that stamps.
-    from gateway.telemetry.stamp import UnstampableError, stamp
+    from gateway.telemetry.otlp_body import BodyRejected
+    from gateway.telemetry.stamp import stamp
 
     try:
         return stamp(signal, body, content_type, encoding, caller)
-    except UnstampableError as exc:
+    except BodyRejected as exc:
         unstampable_exports[signal] += 1
         count = unstampable_exports.total()
         if count == 1 or count % 100 == 0:  # the first and every 100th, not each one

@@ -6,8 +6,9 @@ A client posts ``http/protobuf`` or ``http/json``, gzip-compressed or not
 
 * ``application/x-protobuf`` without encoding is already the request: its bytes
   go as they are, never decoded or re-encoded (:func:`export_request`);
-* gzip is undone under a bound (:data:`MAX_DECOMPRESSED_BYTES`): a few kB of
-  gzip can expand to gigabytes, and the bound turns that into a rejection;
+* gzip (and HTTP ``deflate``, the zlib format) is undone under a bound
+  (:data:`MAX_DECOMPRESSED_BYTES`): a few kB of gzip can expand to gigabytes,
+  and the bound turns that into a rejection;
 * ``application/json`` is read with opentelemetry-proto's own message classes
   through protobuf's JSON mapping, with the deviations OTLP/JSON makes from it
   (opentelemetry-proto ``docs/specification.md``, "JSON Protobuf Encoding"):
@@ -23,8 +24,9 @@ Anything that cannot be made into a request raises :class:`BodyRejected` with
 a short reason fit for a log line. It is the payload's fault, so the relay
 counts it as rejected and never retries it.
 
-Pure: bytes in, bytes out. The stamping of identities (``stamp.py``) shares
-:func:`gunzip`, :func:`parse` and :data:`REQUEST_TYPES`.
+Pure: bytes in, bytes out. The stamping of identities (``stamp.py``) reads
+bodies with the same steps: :func:`media_type`, :func:`decoded` and
+:func:`from_protobuf`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ _REJECTED_FIELD = {"metrics": "rejected_data_points", "logs": "rejected_log_reco
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+# Read as protobuf too: the type some encoders write (the relay forwards it as it came).
+_PROTOBUF_ALIASES = frozenset({PROTOBUF, "application/protobuf"})
+# zlib's window bits per HTTP content coding: gzip has a header and trailer
+# around the deflate stream; HTTP "deflate" is the zlib format (RFC 9110 §8.4.1.2).
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 # The bytes fields OTLP/JSON writes in hex: trace and span ids, in every message.
 _HEX_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
@@ -80,8 +87,8 @@ def export_request(
 ) -> bytes:
     """The serialized request for ``signal``. A plain protobuf body is returned as
     it is (the same object): its bytes are the request, unchecked and untouched."""
-    kind = _media_type(content_type)
-    data = _decoded(body, content_encoding, limit)
+    kind = media_type(content_type)
+    data = decoded(body, content_encoding, limit)
     if kind == PROTOBUF:
         return data
     return _from_json(signal, data).SerializeToString()
@@ -92,10 +99,15 @@ def parse(
     limit: int = MAX_DECOMPRESSED_BYTES,
 ) -> Message:
     """The export as a request message, whatever its type and encoding."""
-    kind = _media_type(content_type)
-    data = _decoded(body, content_encoding, limit)
+    kind = media_type(content_type)
+    data = decoded(body, content_encoding, limit)
     if kind == JSON:
         return _from_json(signal, data)
+    return from_protobuf(signal, data)
+
+
+def from_protobuf(signal: str, data: bytes) -> Message:
+    """``data`` (not compressed) read as ``signal``'s request message."""
     message = _request_type(signal)()
     try:
         message.ParseFromString(data)
@@ -108,21 +120,31 @@ def gunzip(body: bytes, limit: int) -> bytes:
     """``body`` decompressed (every gzip member, as ``gzip.decompress`` reads them),
     or :class:`BodyRejected` when it is not gzip, is cut short, or would exceed
     ``limit`` bytes. Never holds more than ``limit + 1`` bytes of output."""
-    out = bytearray()
-    data = body
-    while True:
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            out += inflater.decompress(data, limit - len(out) + 1)
-        except zlib.error as exc:
-            raise BodyRejected(f"not valid gzip ({exc})") from None
-        if len(out) > limit:
-            raise BodyRejected(f"decompresses to more than {limit} bytes")
-        if not inflater.eof:
-            raise BodyRejected("gzip data cut short")
-        data = inflater.unused_data
-        if not data:
-            return bytes(out)
+    return _inflate(body, "gzip", limit)
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/x-protobuf`` (also when the client sent none, as the relay
+    assumes for HTTP destinations) or ``application/json``; anything else is
+    rejected, as an OTLP/HTTP collector answers it with 415."""
+    kind = (content_type or PROTOBUF).split(";", 1)[0].strip().lower()
+    if kind in _PROTOBUF_ALIASES:
+        return PROTOBUF
+    if kind != JSON:
+        raise BodyRejected(f"content type {kind[:60]!r} is neither {PROTOBUF} nor {JSON}")
+    return kind
+
+
+def decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """``body`` without its content coding (none, gzip or deflate), at most ``limit`` bytes."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        if len(body) > limit:
+            raise BodyRejected(f"larger than {limit} bytes")
+        return body
+    if encoding in WBITS:
+        return _inflate(body, encoding, limit)
+    raise BodyRejected(f"content encoding {encoding[:40]!r} is not supported (only gzip and deflate)")
 
 
 def partial_success(signal: str, response: bytes) -> tuple[int, str] | None:
@@ -143,25 +165,26 @@ def partial_success(signal: str, response: bytes) -> tuple[int, str] | None:
 # ---------------------------------------------------------------- the steps
 
 
-def _media_type(content_type: str | None) -> str:
-    """``application/x-protobuf`` (also when the client sent none, as the relay
-    assumes for HTTP destinations) or ``application/json``; anything else is
-    rejected, as an OTLP/HTTP collector answers it with 415."""
-    kind = (content_type or PROTOBUF).split(";", 1)[0].strip().lower()
-    if kind not in (PROTOBUF, JSON):
-        raise BodyRejected(f"content type {kind[:60]!r} is neither {PROTOBUF} nor {JSON}")
-    return kind
-
-
-def _decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
-    encoding = (content_encoding or "").strip().lower()
-    if encoding in ("", "identity"):
-        if len(body) > limit:
-            raise BodyRejected(f"larger than {limit} bytes")
-        return body
-    if encoding == "gzip":
-        return gunzip(body, limit)
-    raise BodyRejected(f"content encoding {encoding[:40]!r} is not supported (only gzip)")
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Never holds more than ``limit + 1`` bytes of output. A gzip body may be
+    several members one after another (RFC 1952 §2.2); a zlib stream is one."""
+    out = bytearray()
+    data = body
+    while True:
+        inflater = zlib.decompressobj(wbits=WBITS[encoding])
+        try:
+            out += inflater.decompress(data, limit - len(out) + 1)
+        except zlib.error as exc:
+            raise BodyRejected(f"not valid {encoding} ({exc})") from None
+        if len(out) > limit:
+            raise BodyRejected(f"decompresses to more than {limit} bytes")
+        if not inflater.eof:
+            raise BodyRejected(f"{encoding} data cut short")
+        data = inflater.unused_data
+        if not data:
+            return bytes(out)
+        if encoding == "deflate":
+            raise BodyRejected("bytes after the end of the deflate stream")
 
 
 def _request_type(signal: str) -> type[Message]:

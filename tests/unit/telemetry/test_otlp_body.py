@@ -98,6 +98,15 @@ def test_a_gzip_protobuf_body_is_decompressed_and_sent_unchanged():
     assert export_request("metrics", gzip.compress(raw), PROTOBUF, " GZIP ") == raw
 
 
+def test_a_deflate_body_is_decompressed_too_and_application_protobuf_is_protobuf():
+    raw = ExportMetricsServiceRequest().SerializeToString() + b"\x0a\x00"  # one empty ResourceMetrics
+    assert export_request("metrics", zlib.compress(raw), "application/protobuf", "deflate") == raw
+    with pytest.raises(BodyRejected, match="bytes after the end of the deflate stream"):
+        export_request("metrics", zlib.compress(raw) * 2, PROTOBUF, "deflate")
+    with pytest.raises(BodyRejected, match="not valid deflate"):
+        export_request("metrics", gzip.compress(raw), PROTOBUF, "deflate")
+
+
 def test_parse_decodes_protobuf_and_refuses_what_is_not():
     message = ExportLogsServiceRequest()
     message.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "hello"

@@ -18,7 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from bench.stamp import as_otlp_json, claude_code_logs, claude_code_metrics
 from gateway.auth.tokens import Principal
-from gateway.telemetry.stamp import IDENTITY_KEYS, MAX_INFLATED_BYTES, UnstampableError, inflate, stamp
+from gateway.telemetry.otlp_body import MAX_DECOMPRESSED_BYTES, BodyRejected
+from gateway.telemetry.stamp import IDENTITY_KEYS, stamp
 
 ADA = Principal("00u-ada", "ada@example.com", "Ada", ("eng", "ml-platform"), None, 0)
 ADA_STAMP = [
@@ -208,18 +209,21 @@ def test_a_deflate_body_stays_deflate():
 
 
 def test_inflating_stops_at_the_bound():
-    assert inflate(gzip.compress(b"x" * 1000), 31, limit=1000) == b"x" * 1000
-    with pytest.raises(UnstampableError, match="more than 999 bytes"):
-        inflate(gzip.compress(b"x" * 1000), 31, limit=999)
+    body = claude_code_metrics().SerializeToString()
+    assert stamp("metrics", gzip.compress(body), PROTOBUF, "gzip", ADA, limit=len(body))
+    with pytest.raises(BodyRejected, match=f"more than {len(body) - 1} bytes"):
+        stamp("metrics", gzip.compress(body), PROTOBUF, "gzip", ADA, limit=len(body) - 1)
     # The second member is what crosses it.
-    with pytest.raises(UnstampableError, match="more than"):
-        inflate(gzip.compress(b"x" * 600) * 2, 31, limit=1000)
+    with pytest.raises(BodyRejected, match="more than"):
+        stamp("metrics", gzip.compress(body) * 2, PROTOBUF, "gzip", ADA, limit=len(body) + 1)
+    with pytest.raises(BodyRejected, match=f"more than {len(body) - 1} bytes"):
+        stamp("metrics", zlib.compress(body), PROTOBUF, "deflate", ADA, limit=len(body) - 1)
 
 
 def test_a_zip_bomb_is_refused_at_the_real_bound():
-    bomb = gzip.compress(b"\x00" * (MAX_INFLATED_BYTES + 1), compresslevel=1)
+    bomb = gzip.compress(b"\x00" * (MAX_DECOMPRESSED_BYTES + 1), compresslevel=1)
     assert len(bomb) < 1024 * 1024
-    with pytest.raises(UnstampableError, match="inflates to more than"):
+    with pytest.raises(BodyRejected, match="decompresses to more than"):
         stamp("metrics", bomb, PROTOBUF, "gzip", ADA)
 
 
@@ -227,7 +231,7 @@ def test_a_zip_bomb_is_refused_at_the_real_bound():
 
 
 @pytest.mark.parametrize("signal, body, content_type, encoding, why", [
-    ("metrics", b"\x0a\xff\xff\xff\xff\x0f", PROTOBUF, None, "not an OTLP metrics export request"),
+    ("metrics", b"\x0a\xff\xff\xff\xff\x0f", PROTOBUF, None, "not a protobuf ExportMetricsServiceRequest"),
     ("logs", b"{not json", "application/json", None, "not a JSON document"),
     ("logs", b"\xff\xfe{}", "application/json", None, "not a JSON document"),
     ("logs", b'["resourceLogs"]', "application/json", None, "is a JSON object"),
@@ -238,19 +242,20 @@ def test_a_zip_bomb_is_refused_at_the_real_bound():
      "not key/value objects"),
     ("logs", b'{"resourceLogs": [{"resource": {"attributes": [{"key": ["user.id"]}]}}]}', "application/json", None,
      "not key/value objects"),
-    ("metrics", b"user.id=forged", "text/plain", None, "neither OTLP protobuf nor JSON"),
-    ("metrics", b"\x00", "application/octet-stream", None, "neither OTLP protobuf nor JSON"),
-    ("metrics", b"\x00", PROTOBUF, "br", "is not gzip or deflate"),
-    ("metrics", b"\x00", PROTOBUF, "gzip, gzip", "is not gzip or deflate"),
+    ("metrics", b"user.id=forged", "text/plain", None, "neither application/x-protobuf nor application/json"),
+    ("metrics", b"\x00", "application/octet-stream", None, "neither application/x-protobuf nor application/json"),
+    ("metrics", b"\x00", PROTOBUF, "br", "'br' is not supported"),
+    ("metrics", b"\x00", PROTOBUF, "gzip, gzip", "'gzip, gzip' is not supported"),
     ("metrics", gzip.compress(b"\x00" * 100)[:-9], PROTOBUF, "gzip", "cut short"),
-    ("metrics", b"\x1f\x8b not gzip", PROTOBUF, "gzip", "broken compressed body"),
-    ("metrics", gzip.compress(b"") + b"trailing", PROTOBUF, "gzip", "broken compressed body"),
+    ("metrics", b"\x1f\x8b not gzip", PROTOBUF, "gzip", "not valid gzip"),
+    ("metrics", gzip.compress(b"") + b"trailing", PROTOBUF, "gzip", "not valid gzip"),
+    ("metrics", b"\x78\x9c not zlib", PROTOBUF, "deflate", "not valid deflate"),
     ("metrics", zlib.compress(b"") + b"trailing", PROTOBUF, "deflate", "bytes after the end"),
     ("metrics", b"", PROTOBUF, "gzip", "cut short"),
-    ("profiles", b"", PROTOBUF, None, "unknown signal"),
+    ("profiles", b"", PROTOBUF, None, "no OTLP signal named 'profiles'"),
 ])
 def test_what_cannot_be_stamped_is_refused(signal, body, content_type, encoding, why):
-    with pytest.raises(UnstampableError, match=why):
+    with pytest.raises(BodyRejected, match=why):
         stamp(signal, body, content_type, encoding, ADA)
 
 
@@ -267,7 +272,7 @@ def test_a_damaged_export_is_either_stamped_or_refused():
         damaged[rng.randrange(len(body))] = rng.randrange(256)
         try:
             out = ExportMetricsServiceRequest.FromString(stamp("metrics", bytes(damaged), PROTOBUF, None, ADA))
-        except UnstampableError:
+        except BodyRejected:
             outcomes["refused"] += 1
             continue
         outcomes["stamped"] += 1
