@@ -28,7 +28,11 @@ What it does, all on loopback, with every file under ``./interop/`` (ignored by 
 4. Runs the real ``claude -p`` through Gatehouse with ``ANTHROPIC_BASE_URL``
    and checks the reply: once on a built-in model (the fake Anthropic API
    answers) and once on a model only the Bedrock upstream serves (the fake
-   Bedrock answers, after verifying Gatehouse's SigV4 signature).
+   Bedrock answers, after verifying Gatehouse's SigV4 signature); then once
+   signed in to Gatehouse as a gateway (:func:`claude_p_telemetry`), so that it
+   fetches managed settings, turns telemetry on from the environment they push
+   (SPEC TEL-6) and exports through Gatehouse to the fixtures' OTLP collector,
+   whose log shows what arrived and whom each export names (TEL-7).
 5. Measures Anthropic's gateway's prices: for each row of Gatehouse's built-in
    table (``gateway/data/pricing.json``, read as a file), one request per token
    kind with a known usage, read back through its admin API, compared with the
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
@@ -65,7 +70,7 @@ from typing import Any
 
 import yaml
 
-from protocol_spec.conformance.fixtures import BEDROCK_MODEL
+from protocol_spec.conformance.fixtures import BEDROCK_MODEL, RESOURCE_ATTRIBUTES, USERS
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "interop"
@@ -144,6 +149,8 @@ NOTES: dict[str, tuple[str, str]] = {
                    "Gatehouse sends none of the client's headers there"),
     "BEDROCK-9": (_DEPART, "no CountTokens call after the client hangs up on a Bedrock stream before any usage came back (a SHOULD)"),
     "VERTEX-6": (_DIFF, "SPEC §27.1: Vertex's stream is re-emitted without Vertex's own `ping` events"),
+    "TEL-8": (_DIFF, "SPEC §27.1: each export is tried once; those sent while a destination answers 503 are lost, none arrives "
+              "when it is back"),
     "MSG-47": (_DEPART, "`upstream_ttfb_ms` (1.5 s here) also bounds streaming and count_tokens requests to Bedrock and Vertex, as "
                "its boot log says (\"older gateways applied it to provider: anthropic upstreams only\"); a non-streaming invoke waits"),
 }
@@ -359,15 +366,22 @@ def run_suite(
 
 
 FAKE_REPLY = "Hello from the simulated upstream."
+CLIENT_USER = USERS["normal"]
 # (row label, model): a built-in model the fake Anthropic API answers, and one only the Bedrock upstream serves.
 CLIENT_ROUTES = (("Anthropic API (fake)", "claude-sonnet-4-6"), ("Bedrock (fake, SigV4 checked)", BEDROCK_MODEL))
 
 
-def claude_p(claude: Path, base_url: str, config: Path, env: dict[str, str], model: str = "claude-sonnet-4-6") -> tuple[bool, str]:
-    token = subprocess.run(
-        [sys.executable, "-m", "gateway", "token", "--config", str(config), "--email", "alice@example.com", "--sub", "conf-alice", "--groups", "eng"],
+def gatehouse_token(config: Path, env: dict[str, str]) -> str:
+    """A Gatehouse bearer for the fixtures' normal user (``gatehouse token``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "--config", str(config), "--email", CLIENT_USER["email"], "--sub", CLIENT_USER["sub"],
+         "--groups", ",".join(CLIENT_USER["groups"])],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.strip()
+
+
+def claude_p(claude: Path, base_url: str, config: Path, env: dict[str, str], model: str = "claude-sonnet-4-6") -> tuple[bool, str]:
+    token = gatehouse_token(config, env)
     extra = {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_AUTH_TOKEN": token}
     try:
         out = subprocess.run(
@@ -401,6 +415,142 @@ def claude_p_routes(claude: Path, state: Any, config: Path, env: dict[str, str])
             reply = f"{reply} [{len(served)} signed Bedrock call(s): {', '.join(sorted({r['path'] for r in served}))}]"
         rows.append((label, ok, reply))
     return rows
+
+
+# ---------------------------------------------------------------------------
+# claude -p with telemetry on, signed in to Gatehouse as a gateway
+
+
+# What a client signed in through the gateway stamps on every export (SPEC TEL-7).
+TELEMETRY_IDENTITY = {
+    "user.id": CLIENT_USER["sub"],
+    "user.email": CLIENT_USER["email"],
+    "user.groups": ",".join(CLIENT_USER["groups"]),
+    "identity.source": "gateway-oidc",
+}
+TELEMETRY_WAIT_S = 15.0
+# The client flushes what it has at exit; a one-second interval only makes a slow run export
+# sooner. The local endpoint is one the client must ignore once signed in to a gateway
+# (TEL-7): nothing listens on port 9.
+TELEMETRY_CLIENT_ENV = {
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    "OTEL_LOGS_EXPORT_INTERVAL": "1000",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+}
+# Inside a private mount namespace: /etc gets an overlay (the machine's own /etc is never
+# written) holding the managed settings that make the client sign in to a gateway (they are
+# honoured only from a managed source on the machine, protocol.md §3.1), then the client runs.
+# Exit 97: the namespace or the overlay could not be made.
+MANAGED_ETC_SCRIPT = (
+    'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/upper,workdir=$1/work" /etc || exit 97; '
+    'mkdir -p /etc/claude-code && cp "$1/managed-settings.json" /etc/claude-code/managed-settings.json || exit 97; '
+    'shift; exec "$@"'
+)
+NAMESPACE_FAILED = 97
+
+
+@dataclass
+class TelemetryRun:
+    """What ``claude -p`` with telemetry on made arrive at the collector."""
+
+    ok: bool
+    summary: str
+    # (destination, path, bytes, data points or log records, what they say of the user)
+    exports: list[tuple[str, str, int, int, str]] = field(default_factory=list)
+
+
+def _signed_in_home(home: Path, base_url: str, token: str) -> None:
+    """A client home holding a gateway sign-in, as ``/login`` stores it (reference client-wire §1b)."""
+    shutil.rmtree(home, ignore_errors=True)
+    (home / ".claude").mkdir(parents=True)
+    credentials = {
+        "gatewayTrust": {"127.0.0.1": "http-loopback"},
+        "enterpriseGateway": {
+            "url": base_url, "jwt": token, "expiresAt": int(time.time() * 1000) + 3_600_000,
+            "tokenEndpoint": base_url + "/oauth/token", "idpRefreshToken": "", "vouchedAtLogin": False,
+        },
+    }
+    path = home / ".claude" / ".credentials.json"
+    path.write_text(json.dumps(credentials))
+    path.chmod(0o600)
+
+
+def _in_managed_namespace(argv: list[str], base_url: str) -> list[str]:
+    overlay = WORK / "managed-etc"
+    shutil.rmtree(overlay, ignore_errors=True)
+    for part in ("upper", "work"):
+        (overlay / part).mkdir(parents=True)
+    managed = {"forceLoginMethod": "gateway", "forceLoginGatewayUrl": base_url}
+    (overlay / "managed-settings.json").write_text(json.dumps(managed))
+    # As root a mount namespace is enough; otherwise a user namespace maps us to root in it.
+    unshare = ["unshare", "--mount", "--propagation", "private"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    return [*unshare, "sh", "-c", MANAGED_ETC_SCRIPT, "sh", str(overlay), *argv]
+
+
+def _exports_seen(records: list[dict[str, Any]], token: str) -> tuple[list[tuple[str, str, int, int, str]], list[str]]:
+    """One row per export, and what is wrong with them (an export not stamped as TEL-7 says, a leaked bearer)."""
+    from protocol_spec.conformance import otlp
+
+    rows, wrong = [], []
+    for record in records:
+        headers = {k.lower(): v for k, v in record["headers"]}
+        signal_name = record["path"].rsplit("/", 1)[-1]
+        message = otlp.decode(signal_name, record["body"], headers.get("content-encoding"))
+        if any(token in value for value in headers.values()):
+            wrong.append(f"{record['sink']}: the client's bearer reached the collector")
+        if message is None:
+            rows.append((record["sink"], record["path"], len(record["body"]), 0, "not an OTLP protobuf export"))
+            wrong.append(f"{record['sink']} {record['path']}: not an OTLP protobuf export")
+            continue
+        resources = [attrs for kind, attrs in otlp.attribute_sets(message) if kind == "resource"]
+        if not resources or any(attrs.get(k) != v for attrs in resources for k, v in RESOURCE_ATTRIBUTES.items()):
+            wrong.append(f"{record['sink']} {record['path']}: the resource lacks the pushed OTEL_RESOURCE_ATTRIBUTES {RESOURCE_ATTRIBUTES}")
+        stamps = otlp.identity_of(message, tuple(TELEMETRY_IDENTITY))
+        off = [s for s in stamps if s != TELEMETRY_IDENTITY]
+        seen = "; ".join(f"{k}={v}" for k, v in (off[0] if off else TELEMETRY_IDENTITY).items())
+        rows.append((record["sink"], record["path"], len(record["body"]), len(stamps), ("NOT ALL: " if off else "") + seen))
+        if off or not stamps:
+            wrong.append(f"{record['sink']} {record['path']}: {len(off)} of {len(stamps)} not stamped as {TELEMETRY_IDENTITY}")
+    return rows, wrong
+
+
+def claude_p_telemetry(claude: Path, state: Any, config: Path, env: dict[str, str]) -> TelemetryRun:
+    """``claude -p`` signed in to Gatehouse as a gateway, telemetry from the pushed env, exports checked at the collector."""
+    if not state.collector_url:
+        return TelemetryRun(False, "the fixtures run no OTLP collector")
+    token = gatehouse_token(config, env)
+    home = WORK / "home-gateway"
+    _signed_in_home(home, state.public_url, token)
+    _fake_call(state.collector_url, "/_fake/reset", b"{}")
+    extra = {**TELEMETRY_CLIENT_ENV, "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude")}
+    argv = _in_managed_namespace([str(claude), "-p", "Say hi.", "--model", "claude-sonnet-4-6"], state.public_url)
+    try:
+        out = subprocess.run(argv, env=_claude_env(extra), capture_output=True, text=True, timeout=CLAUDE_P_TIMEOUT_S, cwd=str(WORK))
+    except (subprocess.TimeoutExpired, OSError) as err:
+        return TelemetryRun(False, f"claude -p did not finish: {err}")
+    if out.returncode == NAMESPACE_FAILED:
+        return TelemetryRun(False, f"not run: no private mount namespace with an overlay on /etc here ({out.stderr.strip()[-200:]})")
+    replied = out.returncode == 0 and FAKE_REPLY in out.stdout
+    # Metrics and logs to the first destination, metrics to the second (the fixtures' forward_to).
+    wanted = {"full": ("metrics", "logs"), "defaults": ("metrics",)}
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + TELEMETRY_WAIT_S
+    for sink, signals in wanted.items():
+        left = max(deadline - time.monotonic(), 0.1)
+        query = f"/_fake/wait?sink={sink}&count={len(signals)}&timeout={left:.1f}&status=200"
+        records += json.loads(_fake_call(state.collector_url, query))["records"]
+    for record in records:
+        record["body"] = base64.b64decode(record.pop("body_b64"))
+    rows, wrong = _exports_seen(records, token)
+    for sink, signals in wanted.items():
+        got = sorted({r["path"].rsplit("/", 1)[-1] for r in records if r["sink"] == sink and r["status"] == 200})
+        if got != sorted(signals):
+            wrong.append(f"{sink} destination received {got or 'nothing'}, expected {list(signals)}")
+    reply = out.stdout.strip() if replied else (out.stdout + out.stderr).strip()[-300:]
+    ok = replied and not wrong
+    summary = f"reply: {reply[:120]!r}; " + ("; ".join(wrong) if wrong else f"{len(records)} exports, every one stamped as TEL-7 says, "
+                                                                       "with the pushed resource attributes")
+    return TelemetryRun(ok, summary, rows)
 
 
 def _fake_call(base: str, path: str, body: bytes | None = None) -> bytes:
@@ -630,6 +780,7 @@ def _profile_section(results: dict[str, Any], gateway: str) -> list[str]:
 
 
 CLOUD_PREFIXES = ("BEDROCK-", "VERTEX-")
+TELEMETRY_PREFIX = "TEL-"
 
 
 def _cloud_section(results: dict[str, Any]) -> list[str]:
@@ -666,6 +817,68 @@ def _cloud_section(results: dict[str, Any]) -> list[str]:
             if outcomes.get(req.id) in ("FAIL", "SKIP")
         ]
         lines.append(f"| {req.id} | {req.level} | {_mark(a, req.id)} | {_mark(g, req.id)} | {'; '.join(seen)} |")
+    return lines
+
+
+def _by_outcome(reqs: list[Any], outcomes: dict[str, str]) -> str:
+    groups = {kind: [r.id for r in reqs if outcomes.get(r.id) == kind] for kind in ("PASS", "FAIL", "SKIP", "NOT_CHECKED")}
+    return (
+        f"PASS {', '.join(groups['PASS']) or 'none'}; FAIL {', '.join(groups['FAIL']) or 'none'}"
+        + (f"; SKIP {', '.join(groups['SKIP'])}" if groups["SKIP"] else "")
+        + f"; not checked {', '.join(groups['NOT_CHECKED']) or 'none'}"
+    )
+
+
+def _telemetry_section(results: dict[str, Any]) -> list[str]:
+    """SPEC §21 on both gateways, and the real client's exports through Gatehouse."""
+    from protocol_spec import requirements
+
+    a, g = _outcomes(results.get("anthropic")), _outcomes(results.get("gatehouse"))
+    reqs = [r for r in requirements.load() if r.id.startswith(TELEMETRY_PREFIX)]
+    lines = [
+        "## Telemetry",
+        "",
+        "Both gateways had two `telemetry.forward_to` destinations on the fixtures' fake OTLP/HTTP collector: one taking "
+        "metrics and logs, with a path under its base URL and two headers (one `${VAR}` expanded), one with only a URL "
+        "(so metrics alone), and `resource_attributes`; the checks send OTLP exports and judge what each destination "
+        "received, byte for byte, while the collector fails, stalls, rejects and recovers on script. TEL-5 (https and the "
+        "address guard) needs a destination off loopback and TEL-7 describes the client, so the suite does not judge them; "
+        "the real client's run below shows TEL-7 through Gatehouse.",
+        "",
+        f"- **Anthropic's gateway**: {_by_outcome(reqs, a)}.",
+        f"- **Gatehouse**: {_by_outcome(reqs, g)}.",
+        "",
+        "| ID | level | source | Anthropic's | Gatehouse | what did not pass |",
+        "|---|---|---|---|---|---|",
+    ]
+    for req in reqs:
+        seen = [
+            f"{who}: {NOTES[req.id][1] if who == 'Anthropic' and req.id in NOTES else _first_finding(results.get(key), req.id)}"
+            for who, key, outcomes in (("Anthropic", "anthropic", a), ("Gatehouse", "gatehouse", g))
+            if outcomes.get(req.id) in ("FAIL", "SKIP")
+        ]
+        lines.append(f"| {req.id} | {req.level} | {req.source} | {_mark(a, req.id)} | {_mark(g, req.id)} | {'; '.join(seen)} |")
+    lines += [
+        "",
+        "### The real client's telemetry through Gatehouse",
+        "",
+        "`claude -p \"Say hi.\" --model claude-sonnet-4-6` signed in to Gatehouse as a gateway: managed settings "
+        "`forceLoginMethod: gateway` and `forceLoginGatewayUrl` on an overlay of `/etc` in a private mount namespace (the "
+        "machine's `/etc` untouched), and the stored sign-in `/login` writes, holding a `gatehouse token` bearer for "
+        f"`{CLIENT_USER['email']}`. Nothing in the client's environment turns telemetry on: it comes from the environment "
+        "Gatehouse's managed settings push (TEL-6); the environment sets only one-second export intervals and a local "
+        "`OTEL_EXPORTER_OTLP_ENDPOINT` on a closed port, which a signed-in client ignores (TEL-7).",
+        "",
+    ]
+    run = results.get("telemetry_client")
+    if run is None:
+        lines.append("Not run (Gatehouse did not start).")
+        return lines
+    version, outcome = run
+    lines += [f"{version}: **{'exports received, stamped' if outcome.ok else 'FAILED'}**: {outcome.summary}", ""]
+    if outcome.exports:
+        lines += ["| destination | path | bytes | points / records | identity stamped on every one |", "|---|---|---|---|---|"]
+        lines += [f"| {sink} | `{path}` | {size} | {count} | {who} |" for sink, path, size, count, who in outcome.exports]
     return lines
 
 
@@ -712,6 +925,8 @@ def render(results: dict[str, Any]) -> str:
         *_profile_section(results, "gatehouse"),
         "",
         *_cloud_section(results),
+        "",
+        *_telemetry_section(results),
         "",
         "## The real client through Gatehouse",
         "",
@@ -850,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
                 version = claude_version(binary)
                 rows += [(version, *row) for row in claude_p_routes(binary, state, full, env)]
             results["clients"] = rows
+            results["telemetry_client"] = (claude_version(claude), claude_p_telemetry(claude, state, full, env))
 
         for run, (gateway, profile) in RUNS.items():
             after = clients if run == "gatehouse" else None

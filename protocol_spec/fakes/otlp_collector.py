@@ -185,6 +185,7 @@ class OtlpCollector:
         self.records: list[Record] = []
         self._seq = 0
         self._changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
         self._control: web.AppRunner | None = None
         self.control_port = 0
 
@@ -237,7 +238,10 @@ class OtlpCollector:
         return record
 
     def changed(self) -> None:
-        asyncio.get_running_loop().create_task(self._notify())
+        # Held here until done: the loop keeps only a weak reference to a task.
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._changed:
