@@ -3,8 +3,9 @@
     python -m bench.stamp             # the machine, then one JSON line per case
 
 What ``gatehouse.telemetry.stamp_identity: true`` adds to each export the gateway
-relays: decode, rewrite the resource attributes, encode (and inflate and
-compress again for gzip). The exports are shaped like what the real client sends
+relays: decode, write the identity on the resources and check every attribute
+list below them (each point and record carries the client's ``user.id``, so each
+is looked at), encode (and inflate and compress again for gzip). The exports are shaped like what the real client sends
 (cag-telemetry.md §5: one metrics export of about 2.8 kB with 4 metrics and 7
 data points, one logs export of about 5 kB with 7 records), as protobuf, OTLP/JSON
 and gzip, plus a 100-resource export for the per-resource cost. Pinned to one
@@ -13,6 +14,7 @@ core; the median of several timed batches, in µs per export.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -114,11 +116,30 @@ def claude_code_logs() -> ExportLogsServiceRequest:
     return request
 
 
-def as_otlp_json(message: Message) -> bytes:
-    """OTLP/JSON as the JavaScript exporters write it (lowerCamelCase, enums as numbers)."""
+def as_otlp_json(message: Message, *, proto_names: bool = False) -> bytes:
+    """OTLP/JSON as the JavaScript exporters write it (lowerCamelCase, enums as
+    numbers, trace and span ids in hex), or with the proto field names."""
     from google.protobuf.json_format import MessageToDict
 
-    return json.dumps(MessageToDict(message, use_integers_for_enums=True), separators=(",", ":")).encode()
+    document = MessageToDict(message, use_integers_for_enums=True, preserving_proto_field_name=proto_names)
+    _hex_ids(document)
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
+
+
+def _hex_ids(node: object) -> None:
+    """protobuf's JSON mapping writes bytes in base64; OTLP/JSON writes ids in hex."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _ID_KEYS and isinstance(value, str):
+                node[key] = base64.b64decode(value).hex()
+            else:
+                _hex_ids(value)
+    elif isinstance(node, list):
+        for item in node:
+            _hex_ids(item)
 
 
 def per_call_us(fn: Callable[[], object], calls: int, batches: int = 7) -> float:

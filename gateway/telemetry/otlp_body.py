@@ -36,8 +36,8 @@ import binascii
 import json
 import re
 import zlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -210,53 +210,81 @@ def _from_json(signal: str, data: bytes) -> Message:
     return message
 
 
+class Route(NamedTuple):
+    """One field on the way: ``wanted`` when it is a field sought, else a message
+    field to descend into (some field sought lies below it). Plain values, not
+    the descriptor: a walk reads them for every message it visits."""
+
+    name: str
+    wanted: bool
+    repeated: bool
+    message_type: Descriptor | None  # what a message field holds
+
+
+def _route(field: FieldDescriptor, wanted: bool) -> Route:
+    return Route(field.name, wanted, field.is_repeated, field.message_type)
+
+
+class FieldRoutes:
+    """For one kind of field (``wanted`` says which), the fields of each message
+    type that hold one or lead to one, so a walk visits only those. The schema
+    has cycles (``AnyValue`` holds key/value lists of ``AnyValue``): a message
+    type is looked at once, and a field sought is never descended into."""
+
+    def __init__(self, wanted: Callable[[FieldDescriptor], bool]) -> None:
+        self._wanted = wanted
+        self._of: dict[str, tuple[Route, ...]] = {}
+        self._by_key: dict[str, dict[str, Route]] = {}
+
+    def of(self, descriptor: Descriptor) -> tuple[Route, ...]:
+        """The routes out of ``descriptor``'s messages, in field order."""
+        routes = self._of.get(descriptor.full_name)
+        if routes is None:
+            routes = self._of[descriptor.full_name] = tuple(
+                _route(f, self._wanted(f)) for f in descriptor.fields
+                if self._wanted(f) or (f.type == FieldDescriptor.TYPE_MESSAGE and self._leads(f.message_type, set()))
+            )
+        return routes
+
+    def by_json_key(self, descriptor: Descriptor) -> dict[str, Route]:
+        """The same routes by OTLP/JSON key: lowerCamelCase and the proto name, as
+        the collector's JSON reader (and protobuf's) take either."""
+        keyed = self._by_key.get(descriptor.full_name)
+        if keyed is None:
+            keyed = self._by_key[descriptor.full_name] = {}
+            routes = {route.name: route for route in self.of(descriptor)}
+            for field in descriptor.fields:
+                if field.name in routes:
+                    keyed[field.json_name] = keyed[field.name] = routes[field.name]
+        return keyed
+
+    def _leads(self, descriptor: Descriptor, seen: set[str]) -> bool:
+        if descriptor.full_name in seen:
+            return False
+        seen.add(descriptor.full_name)
+        return any(
+            self._wanted(f) or (f.type == FieldDescriptor.TYPE_MESSAGE and self._leads(f.message_type, seen))
+            for f in descriptor.fields
+        )
+
+
+_ID_ROUTES = FieldRoutes(lambda f: f.type == FieldDescriptor.TYPE_BYTES and f.name in _HEX_FIELDS)
+
+
 def _hex_ids_to_base64(node: dict[str, Any], descriptor: Descriptor) -> None:
     """Rewrite, in place, every hex trace/span id under ``node`` into the base64
     protobuf's JSON mapping reads. Only fields that can lead to an id are
     visited, so attribute values (however deep) are left to ParseDict."""
     for key, value in node.items():
-        route = _routes(descriptor).get(key)
+        route = _ID_ROUTES.by_json_key(descriptor).get(key)
         if route is None:
             continue
-        if route is _ID:
+        if route.wanted:
             node[key] = _hex_to_base64(key, value)
             continue
         for child in value if isinstance(value, list) else (value,):
             if isinstance(child, dict):  # anything else is ParseDict's to refuse
-                _hex_ids_to_base64(child, route)
-
-
-_ID = object()  # the route of an id field itself
-_ROUTES: dict[str, dict[str, Any]] = {}
-
-
-def _routes(descriptor: Descriptor) -> dict[str, Any]:
-    """JSON key (camelCase and snake_case) → ``_ID`` or the message type to descend
-    into, for the fields of ``descriptor`` that hold or lead to an id."""
-    cached = _ROUTES.get(descriptor.full_name)
-    if cached is None:
-        cached = _ROUTES[descriptor.full_name] = {}  # set first: the schema has cycles (AnyValue)
-        for field in descriptor.fields:
-            target: Any = None
-            if field.type == FieldDescriptor.TYPE_BYTES and field.name in _HEX_FIELDS:
-                target = _ID
-            elif field.type == FieldDescriptor.TYPE_MESSAGE and _leads_to_ids(field.message_type, set()):
-                target = field.message_type
-            if target is not None:
-                cached[field.json_name] = cached[field.name] = target
-    return cached
-
-
-def _leads_to_ids(descriptor: Descriptor, seen: set[str]) -> bool:
-    if descriptor.full_name in seen:
-        return False
-    seen.add(descriptor.full_name)
-    for field in descriptor.fields:
-        if field.type == FieldDescriptor.TYPE_BYTES and field.name in _HEX_FIELDS:
-            return True
-        if field.type == FieldDescriptor.TYPE_MESSAGE and _leads_to_ids(field.message_type, seen):
-            return True
-    return False
+                _hex_ids_to_base64(child, route.message_type)
 
 
 def _hex_to_base64(key: str, value: Any) -> str:

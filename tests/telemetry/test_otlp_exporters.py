@@ -1,6 +1,7 @@
 """The OpenTelemetry SDK's own OTLP/HTTP exporters as clients of a real gateway
 relaying to a loopback collector: verbatim without stamping, the server's identity
-with it, per-signal opt-in; and a thousand exporters at once against a stalled
+with it (on the resources, and in place of forged claims on points, records and
+spans), per-signal opt-in; and a thousand exporters at once against a stalled
 collector (every client answered, the queue within its bound, drops counted, the
 gateway serving /v1/messages meanwhile)."""
 
@@ -36,9 +37,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from bench.stamp import claude_code_metrics
 from gateway.http import meta
 from gateway.http.keys import RUNTIME
-from gateway.telemetry.stamp import IDENTITY_KEYS
+from gateway.telemetry.stamp import IDENTITY_KEYS, INSTALLATION_ID
 from tests.harness import free_port
 from tests.telemetry.collector import Collector
+from tests.telemetry.otlp_attributes import claims_below, without_identity
 
 MESSAGES = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 # What a modified client might claim on its resource.
@@ -114,7 +116,8 @@ def export_with_the_sdk(base: str, bearer: str, sent: Sent, *, compression: Comp
     reader = PeriodicExportingMetricReader(metrics, export_interval_millis=math.inf)  # no timer: flushed by hand
     meters = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     meter = meters.get_meter("com.anthropic.claude_code", "2.1.328")
-    meter.create_counter("claude_code.session.count").add(1, {"session.id": "s-1", "user.id": "9f2c" * 16})
+    meter.create_counter("claude_code.session.count").add(
+        1, {"session.id": "s-1", "user.id": "9f2c" * 16, "user.email": "ceo@example.com"})
     meter.create_counter("claude_code.token.usage", unit="tokens").add(1834, {"type": "input", "model": "claude-sonnet-4-6"})
     meters.force_flush()
     meters.shutdown()
@@ -131,7 +134,8 @@ def export_with_the_sdk(base: str, bearer: str, sent: Sent, *, compression: Comp
     tracers = TracerProvider(resource=resource, shutdown_on_exit=False)
     tracers.add_span_processor(SimpleSpanProcessor(
         OTLPSpanExporter(endpoint=f"{base}/v1/traces", headers=headers, compression=compression, session=sent.session(), timeout=10)))
-    tracers.get_tracer("com.anthropic.claude_code").start_span("claude_code.request", attributes={"model": "x"}).end()
+    tracers.get_tracer("com.anthropic.claude_code").start_span(
+        "claude_code.request", attributes={"model": "x", "user.id": "someone-else", "user.groups": "admins"}).end()
     tracers.shutdown()
 
 
@@ -147,14 +151,10 @@ def identity_of(message: Message, path: str) -> list[dict[str, str]]:
     ]
 
 
-def without_identity(message: Message, path: str) -> Message:
-    copy = type(message)()
-    copy.CopyFrom(message)
-    for entry in getattr(copy, FIELDS[path]):
-        kept = [kv for kv in entry.resource.attributes if kv.key not in IDENTITY_KEYS]
-        del entry.resource.attributes[:]
-        entry.resource.attributes.extend(kept)
-    return copy
+def corrected_claims(message: Message, email: str, sub: str) -> list[tuple[str, str, str]]:
+    """The claims below the resources of a sent export, as stamping must leave them."""
+    kept = {"user.email": lambda v: email, "user.id": lambda v: v if INSTALLATION_ID.fullmatch(v) else sub}
+    return [(where, key, kept[key](value)) for where, key, value in claims_below(message) if key in kept]
 
 
 # ------------------------------------------------------------ stamping off: verbatim
@@ -200,14 +200,20 @@ async def test_with_stamping_every_export_carries_the_servers_identity(gateway_f
         encoding = r.header("Content-Encoding")
         assert encoding == ("gzip" if compression is Compression.Gzip else None)
         got = decoded(r.path, r.body, encoding)
-        assert identity_of(got, r.path) == [ada]  # the forged email, id and source are gone
-        # Everything else is what the SDK sent, point-level attributes included.
+        assert identity_of(got, r.path) == [ada]  # the forged email, id and source are gone from the resource
         original = decoded(r.path, sent.bodies[r.path][0], encoding)
-        assert without_identity(got, r.path) == without_identity(original, r.path)
+        # Below the resources: the forged email is the caller's, a forged id the sub, the
+        # installation hash kept, groups and source gone.
+        assert claims_below(original) and claims_below(got) == corrected_claims(original, "ada@example.com", "00u-ada")
+        # Everything else is what the SDK sent.
+        assert without_identity(got) == without_identity(original)
     assert [r.path for r in metrics_only.received] == ["/v1/metrics"]  # per-signal opt-in still holds
-    log_record = decoded("/v1/logs", everything.bodies("/v1/logs")[0], everything.received[1].header("Content-Encoding"))
-    point_attrs = {kv.key: kv.value.string_value for kv in log_record.resource_logs[0].scope_logs[0].log_records[0].attributes}
-    assert point_attrs["user.email"] == "point-level@example.com"  # the resource is stamped, not each record
+    claims = {r.path: claims_below(decoded(r.path, r.body, r.header("Content-Encoding"))) for r in everything.received}
+    assert claims == {
+        "/v1/metrics": [("sum point", "user.id", "9f2c" * 16), ("sum point", "user.email", "ada@example.com")],
+        "/v1/logs": [("log record", "user.email", "ada@example.com")],
+        "/v1/traces": [("span", "user.id", "00u-ada")],
+    }
 
 
 async def test_an_export_that_cannot_be_stamped_is_answered_200_and_never_relayed(gateway_factory, fake_upstream, collectors):

@@ -11,7 +11,6 @@ import os
 import zlib
 
 import pytest
-from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
@@ -31,6 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bench.stamp import as_otlp_json
 from gateway.telemetry.otlp_body import (
     MAX_DECOMPRESSED_BYTES,
     REQUEST_TYPES,
@@ -188,7 +188,7 @@ def test_json_from_real_sdk_spans_equals_their_protobuf_encoding():
             child.add_event("tool", {"name": "Bash"})
     expected = encode_spans(exporter.get_finished_spans())
     got = ExportTraceServiceRequest.FromString(
-        export_request("traces", json.dumps(otlp_json(expected)).encode(), JSON, None)
+        export_request("traces", as_otlp_json(expected), JSON, None)
     )
     assert got == expected
     assert got.resource_spans[0].scope_spans[0].spans[0].parent_span_id  # the child's parent went through hex
@@ -278,26 +278,3 @@ def test_partial_success_is_read_per_signal():
     assert partial_success("metrics", ExportMetricsServiceResponse().SerializeToString()) is None
     assert partial_success("metrics", b"") is None
     assert partial_success("metrics", b"\xff\xff") is None
-
-
-# ------------------------------------------------------------ helpers
-
-
-def otlp_json(message) -> dict:
-    """``message`` as an OTLP/JSON exporter writes it: protobuf's JSON mapping, enums
-    as integers, and ids in hex instead of base64."""
-    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
-
-    def hexify(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("traceId", "spanId", "parentSpanId"):
-                    node[key] = base64.b64decode(value).hex()
-                else:
-                    hexify(value)
-        elif isinstance(node, list):
-            for item in node:
-                hexify(item)
-
-    hexify(doc)
-    return doc

@@ -1,6 +1,7 @@
 """Identity stamping of relayed exports: every resource gets the caller's identity,
-whatever the client wrote there; everything else survives; what cannot be read
-is refused, never passed through."""
+whatever the client wrote there; below the resources, every attribute list of
+every kind names the caller or no one; everything else survives; what cannot be
+read is refused, never passed through."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import gzip
 import json
 import os
 import random
+import re
 import zlib
 
 import pytest
-from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from bench.stamp import as_otlp_json, claude_code_logs, claude_code_metrics
+from bench.stamp import INSTALLATION, as_otlp_json, claude_code_logs, claude_code_metrics
 from gateway.auth.tokens import Principal
-from gateway.telemetry.otlp_body import MAX_DECOMPRESSED_BYTES, BodyRejected
+from gateway.telemetry.otlp_body import MAX_DECOMPRESSED_BYTES, BodyRejected, parse
 from gateway.telemetry.stamp import IDENTITY_KEYS, stamp
+from tests.telemetry.otlp_attributes import attribute_lists, claims_below, without_identity
 
 ADA = Principal("00u-ada", "ada@example.com", "Ada", ("eng", "ml-platform"), None, 0)
 ADA_STAMP = [
@@ -40,17 +42,6 @@ def add_attrs(entry, pairs: list[tuple[str, str]]) -> None:
         entry.resource.attributes.add(key=key).value.string_value = value
 
 
-def without_identity(message: Message, field: str) -> Message:
-    """A copy with the identity attributes taken off every resource."""
-    copy = type(message)()
-    copy.CopyFrom(message)
-    for entry in getattr(copy, field):
-        kept = [kv for kv in entry.resource.attributes if kv.key not in IDENTITY_KEYS]
-        del entry.resource.attributes[:]
-        entry.resource.attributes.extend(kept)
-    return copy
-
-
 # ------------------------------------------------------------ protobuf
 
 
@@ -66,9 +57,9 @@ def test_every_resource_of_a_protobuf_export_gets_the_callers_identity_and_nothi
         assert resource_attrs(entry)[5:] == ADA_STAMP
     assert resource_attrs(out.resource_metrics[3]) == ADA_STAMP
     # Only the resource changed: data points (and the client's own per-point user.id) are as sent.
-    assert without_identity(out, "resource_metrics") == without_identity(request, "resource_metrics")
+    assert without_identity(out) == without_identity(request)
     point = out.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points[0]
-    assert {kv.key: kv.value.string_value for kv in point.attributes}["user.id"] == "9f2c" * 16
+    assert {kv.key: kv.value.string_value for kv in point.attributes}["user.id"] == INSTALLATION
 
 
 @pytest.mark.parametrize("signal, message, field", [
@@ -83,7 +74,7 @@ def test_logs_and_traces_are_stamped_too(signal, message, field):
     out = type(message).FromString(stamp(signal, message.SerializeToString(), PROTOBUF, None, ADA))
     entry = getattr(out, field)[0]
     assert [a for a in resource_attrs(entry) if a[0] in IDENTITY_KEYS] == ADA_STAMP
-    assert without_identity(out, field) == without_identity(message, field)
+    assert without_identity(out) == without_identity(message)
 
 
 def test_a_missing_content_type_is_read_as_protobuf_and_parameters_and_case_do_not_matter():
@@ -100,6 +91,204 @@ def test_fields_this_proto_version_does_not_know_survive_the_round_trip():
 
 def test_an_empty_protobuf_export_has_no_resource_to_stamp():
     assert stamp("metrics", b"", PROTOBUF, None, ADA) == b""
+
+
+# ------------------------------------------------------------ below the resource
+
+NOW_NS = 1_765_100_060_000_000_000
+_METRIC_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+# What a modified client might write on any attribute list; the real client's own
+# keys around it must survive in place.
+FORGED_BELOW = [("model", "claude-sonnet-4-6"), ("user.email", "ceo@example.com"), ("user.groups", "admins"),
+                ("identity.source", "trust-me"), ("user.id", "00u-ceo"), ("type", "input")]
+
+
+def forge(attributes, user_id: str = "00u-ceo") -> None:
+    for key, value in FORGED_BELOW:
+        attributes.add(key=key).value.string_value = user_id if key == "user.id" else value
+
+
+def corrected(user_id: str = "00u-ada", email: str | None = "ada@example.com") -> list[tuple[str, str]]:
+    """What a forged list reads after stamping: the email and id in place, the rest gone."""
+    mine = [("user.email", email)] if email else []
+    return [("model", "claude-sonnet-4-6"), *mine, ("user.id", user_id), ("type", "input")]
+
+
+def pairs(attributes) -> list[tuple[str, str]]:
+    return [(kv.key, kv.value.string_value) for kv in attributes]
+
+
+def every_kind_of_metric() -> ExportMetricsServiceRequest:
+    """Each metric kind with a forged point and one carrying the installation hash,
+    exemplars, metadata and scope attributes, all forged."""
+    request = ExportMetricsServiceRequest()
+    scope = request.resource_metrics.add().scope_metrics.add()
+    scope.scope.name = "com.anthropic.claude_code"
+    forge(scope.scope.attributes)
+    for kind in _METRIC_KINDS:
+        metric = scope.metrics.add(name=f"claude_code.{kind}")
+        forge(metric.metadata)
+        for user_id in ("00u-ceo", INSTALLATION):
+            point = getattr(metric, kind).data_points.add(time_unix_nano=NOW_NS)
+            forge(point.attributes, user_id)
+            if kind != "summary":
+                exemplar = point.exemplars.add(as_double=1.0, trace_id=bytes(range(16)), span_id=bytes(range(8)))
+                forge(exemplar.filtered_attributes)
+    return request
+
+
+def forged_logs() -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    scope = request.resource_logs.add().scope_logs.add()
+    forge(scope.scope.attributes)
+    for user_id in ("00u-ceo", INSTALLATION):
+        record = scope.log_records.add(time_unix_nano=NOW_NS, trace_id=bytes(range(16)), span_id=bytes(range(8)))
+        record.body.string_value = "claude_code.api_request"
+        forge(record.attributes, user_id)
+    return request
+
+
+def forged_spans() -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    forge(scope.scope.attributes)
+    for user_id in ("00u-ceo", INSTALLATION):
+        span = scope.spans.add(name="claude_code.request", trace_id=os.urandom(16), span_id=os.urandom(8),
+                               parent_span_id=os.urandom(8), start_time_unix_nano=NOW_NS)
+        forge(span.attributes, user_id)
+        forge(span.events.add(name="tool", time_unix_nano=NOW_NS).attributes)
+        forge(span.links.add(trace_id=os.urandom(16), span_id=os.urandom(8)).attributes)
+    return request
+
+
+LISTS_OF = {
+    "metrics": {"scope", *(f"claude_code.{k} metadata" for k in _METRIC_KINDS), *(f"{k} point" for k in _METRIC_KINDS),
+                *(f"{k} exemplar" for k in _METRIC_KINDS[:-1])},
+    "logs": {"scope", "log record"},
+    "traces": {"scope", "span", "span event", "span link"},
+}
+FORGED_EXPORTS = [("metrics", every_kind_of_metric), ("logs", forged_logs), ("traces", forged_spans)]
+
+
+def expected_lists(request) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per attribute list of the sent request: what it must read after stamping."""
+    return [
+        (where, corrected(INSTALLATION if ("user.id", INSTALLATION) in pairs(attrs) else "00u-ada"))
+        for where, attrs in attribute_lists(request)
+    ]
+
+
+@pytest.mark.parametrize("signal, make", FORGED_EXPORTS)
+def test_every_attribute_list_below_the_resource_names_the_caller_or_no_one(signal, make):
+    request = make()
+    out = type(request).FromString(stamp(signal, request.SerializeToString(), PROTOBUF, None, ADA))
+    got = [(where, pairs(attrs)) for where, attrs in attribute_lists(out)]
+    assert got == expected_lists(request)
+    assert {where for where, _ in got} == LISTS_OF[signal]  # every kind was there to be stamped
+    assert resource_attrs(getattr(out, type(out).DESCRIPTOR.fields[0].name)[0]) == ADA_STAMP
+    assert without_identity(out) == without_identity(request)  # nothing else changed
+
+
+@pytest.mark.parametrize("proto_names", [False, True], ids=["lowerCamelCase", "proto names"])
+@pytest.mark.parametrize("signal, make", FORGED_EXPORTS)
+def test_otlp_json_below_the_resource_reads_as_the_protobuf_stamp(signal, make, proto_names):
+    request = make()
+    stamped_json = stamp(signal, as_otlp_json(request, proto_names=proto_names), "application/json", None, ADA)
+    stamped_protobuf = stamp(signal, request.SerializeToString(), PROTOBUF, None, ADA)
+    assert parse(signal, stamped_json, "application/json", None) == type(request).FromString(stamped_protobuf)
+
+
+@pytest.mark.parametrize("content_type", [PROTOBUF, "application/json"])
+def test_without_an_email_the_clients_point_level_email_is_removed(content_type):
+    request = forged_logs()
+    body = request.SerializeToString() if content_type == PROTOBUF else as_otlp_json(request)
+    bare = Principal("00u-bob", None, None, (), None, 0)
+    out = parse("logs", stamp("logs", body, content_type, None, bare), content_type, None)
+    assert [pairs(a) for _, a in attribute_lists(out)] == [
+        corrected("00u-bob", None), corrected("00u-bob", None), corrected(INSTALLATION, None)]
+
+
+@pytest.mark.parametrize("content_type", [PROTOBUF, "application/json"])
+@pytest.mark.parametrize("sent, kept", [
+    (INSTALLATION, True),
+    ("0" * 64, True),
+    (INSTALLATION.upper(), False),  # the client writes lower-case hex
+    (INSTALLATION[:-1], False),
+    (INSTALLATION + "0", False),
+    ("", False),
+    (7, False),  # an int value: not a hash whatever its digits
+    (None, False),  # a key with no value
+])
+def test_a_point_level_user_id_is_kept_only_as_an_installation_hash(content_type, sent, kept):
+    request = ExportLogsServiceRequest()
+    kv = request.resource_logs.add().scope_logs.add().log_records.add().attributes.add(key="user.id")
+    if isinstance(sent, int):
+        kv.value.int_value = sent
+    elif sent is not None:
+        kv.value.string_value = sent
+    body = request.SerializeToString() if content_type == PROTOBUF else as_otlp_json(request)
+    out = parse("logs", stamp("logs", body, content_type, None, ADA), content_type, None)
+    attributes = out.resource_logs[0].scope_logs[0].log_records[0].attributes
+    assert pairs(attributes) == [("user.id", sent if kept else "00u-ada")]
+    assert attributes[0].value.WhichOneof("value") == "string_value"
+
+
+def test_a_replaced_value_keeps_nothing_of_the_old_one():
+    # A forged email whose value also holds field 99, a variant of a newer AnyValue:
+    # protobuf keeps it as an unknown field, and a newer reader would take it.
+    request = ExportLogsServiceRequest()
+    kv = request.resource_logs.add().scope_logs.add().log_records.add().attributes.add(key="user.email")
+    kv.value.MergeFromString(b"\x0a\x0fceo@example.com" + b"\x9a\x06\x08ceo-too!")
+    body = request.SerializeToString()
+    assert b"ceo-too!" in body
+    out = stamp("logs", body, PROTOBUF, None, ADA)
+    assert b"ceo" not in out
+    record = ExportLogsServiceRequest.FromString(out).resource_logs[0].scope_logs[0].log_records[0]
+    assert pairs(record.attributes) == [("user.email", "ada@example.com")]
+
+
+def test_key_value_lists_inside_values_and_log_bodies_are_data_and_left_alone():
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add()
+    record.body.kvlist_value.values.add(key="user.email").value.string_value = "quoted@example.com"
+    nested = record.attributes.add(key="request").value.kvlist_value.values.add(key="user.id")
+    nested.value.string_value = "as-sent"
+    out = ExportLogsServiceRequest.FromString(stamp("logs", request.SerializeToString(), PROTOBUF, None, ADA))
+    assert claims_below(out) == [] and without_identity(out) == without_identity(request)
+
+
+def test_an_export_without_identity_keys_below_the_resource_is_not_walked_and_still_right():
+    request = claude_code_logs()
+    for _, attributes in attribute_lists(request):
+        kept = [kv for kv in attributes if kv.key != "user.id"]
+        del attributes[:]
+        attributes.extend(kept)
+    out = ExportLogsServiceRequest.FromString(stamp("logs", request.SerializeToString(), PROTOBUF, None, ADA))
+    assert claims_below(out) == [] and without_identity(out) == without_identity(request)
+
+
+def json_record(**fields) -> bytes:
+    return json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [fields]}]}]}).encode()
+
+
+@pytest.mark.parametrize("body, why", [
+    (json_record(attributes={"user.email": "ceo@example.com"}), "attributes that are not key/value objects"),
+    (json_record(attributes=[{"key": 1}]), "attributes that are not key/value objects"),
+    (json_record(attributes=["user.email"]), "attributes that are not key/value objects"),
+    (json.dumps({"resourceLogs": [{"scopeLogs": {"logRecords": []}}]}).encode(), "scopeLogs is not a list"),
+    (json.dumps({"resourceLogs": [{"scope_logs": [{"log_records": ["x"]}]}]}).encode(), "log_records holds something"),
+    (json.dumps({"resourceLogs": [{"scopeLogs": [{"scope": []}]}]}).encode(), "scope holds something"),
+])
+def test_otlp_json_of_the_wrong_shape_where_attributes_may_lie_is_refused(body, why):
+    with pytest.raises(BodyRejected, match=why):
+        stamp("logs", body, "application/json", None, ADA)
+
+
+def test_otlp_json_nulls_are_defaults_and_pass():
+    body = json.dumps({"resourceLogs": [{"scopeLogs": None}, {"scopeLogs": [{"scope": None, "logRecords": [
+        {"attributes": None}]}]}]}).encode()
+    out = json.loads(stamp("logs", body, "application/json", None, ADA))
+    assert out["resourceLogs"][1]["scopeLogs"] == [{"scope": None, "logRecords": [{"attributes": None}]}]
 
 
 # ------------------------------------------------------------ the identity
@@ -157,10 +346,14 @@ def test_an_otlp_json_export_is_stamped_as_json_and_keeps_everything_else():
         *stamp_json,
     ]
     assert second["resource"] == {"attributes": stamp_json}
-    # The rest is the client's document: hex ids stay hex, point-level attributes stay, unknown keys stay.
+    # The record's forged email now names the caller, where it stood.
+    record = out["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    assert record["attributes"][0] == {"key": "user.email", "value": {"stringValue": "ada@example.com"}}
+    # The rest is the client's document: hex ids stay hex, other attributes stay, unknown keys stay.
     for doc in (out, sent):
         for entry in doc["resourceLogs"]:
             entry.pop("resource", None)
+        doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["attributes"].pop(0)
     assert out == sent
 
 
@@ -278,4 +471,7 @@ def test_a_damaged_export_is_either_stamped_or_refused():
         outcomes["stamped"] += 1
         for entry in out.resource_metrics:
             assert [a for a in resource_attrs(entry) if a[0] in IDENTITY_KEYS] == ADA_STAMP
+        for _, key, value in claims_below(out):  # a damaged hash may still be 64 hex digits: kept
+            assert (key, value) in {("user.id", "00u-ada"), ("user.email", "ada@example.com")} or (
+                key == "user.id" and re.fullmatch("[0-9a-f]{64}", value))
     assert outcomes["stamped"] > 0 and outcomes["refused"] > 0
