@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
@@ -84,7 +85,7 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
         signal = request.path.rsplit("/", 1)[1]
         content_type, encoding = request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
         if rt.config.gatehouse.telemetry.stamp_identity and rt.relay.wants(signal):
-            stamped = _stamped(signal, body, content_type, encoding, principal)
+            stamped = await _stamped(signal, body, content_type, encoding, principal)
             if stamped is None:
                 return web.Response(status=200)
             body = stamped
@@ -94,17 +95,24 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
 
 # Exports dropped because they could not be stamped, by signal, in this process.
 unstampable_exports: Counter[str] = Counter()
+# Bodies up to this size, not compressed, are stamped on the event loop: the real
+# client's exports are a few kB, stamped in less time than a hop to a thread
+# takes. Larger or compressed ones (which may inflate to MAX_STAMPED_BYTES) are
+# stamped in a worker thread, so that one cannot stall every other request.
+STAMP_ON_LOOP_BYTES = 64 * 1024
 
 
-def _stamped(signal: str, body: bytes, content_type: str | None, encoding: str | None, caller: Principal) -> bytes | None:
-    """The export with the caller's identity on every resource, or None when it cannot
-    be stamped: then it is dropped (counted, logged), never relayed unstamped."""
+async def _stamped(signal: str, body: bytes, content_type: str | None, encoding: str | None, caller: Principal) -> bytes | None:
+    """The export with the caller's identity stamped (gateway/telemetry/stamp.py), or None
+    when it cannot be stamped: then it is dropped (counted, logged), never relayed unstamped."""
     # Imported here: the protobuf classes load only in a gateway that stamps.
     from gateway.telemetry.otlp_body import BodyRejected
     from gateway.telemetry.stamp import stamp
 
     try:
-        return stamp(signal, body, content_type, encoding, caller)
+        if len(body) <= STAMP_ON_LOOP_BYTES and not encoding:
+            return stamp(signal, body, content_type, encoding, caller)
+        return await asyncio.to_thread(stamp, signal, body, content_type, encoding, caller)
     except BodyRejected as exc:
         unstampable_exports[signal] += 1
         count = unstampable_exports.total()

@@ -42,9 +42,9 @@ Rules:
   only identity attributes change, the rest is re-encoded as it was read. The
   same table of attribute lists (:data:`ATTRIBUTE_LISTS`, from the message
   descriptors) drives both, under either JSON spelling of a field.
-* ``gzip`` and ``deflate`` bodies are inflated (within the bound of
-  :func:`~gateway.telemetry.otlp_body.decoded`) and compressed again in the same
-  encoding, so the ``Content-Encoding`` the relay forwards stays true. Content
+* A body that is, or inflates to, more than :data:`MAX_STAMPED_BYTES` is refused.
+  ``gzip`` and ``deflate`` bodies are inflated (never past that bound) and
+  compressed again in the same encoding, so the ``Content-Encoding`` the relay forwards stays true. Content
   types, encodings and protobuf are read by :mod:`~gateway.telemetry.otlp_body`,
   as for gRPC destinations.
 * A body this module cannot read (a content type or encoding it does not know,
@@ -68,7 +68,6 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.telemetry.otlp_body import (
-    MAX_DECOMPRESSED_BYTES,
     PROTOBUF,
     REQUEST_TYPES,
     WBITS,
@@ -81,6 +80,13 @@ from gateway.telemetry.otlp_body import (
 
 IDENTITY_SOURCE = "gateway-oidc"
 IDENTITY_KEYS = frozenset({"user.id", "user.email", "user.groups", "identity.source"})
+# The most a stamped export may decode to. Stamping holds its thread for some
+# 10-25 µs a kB (bench/stamp.py; the more points and attributes, the more), so
+# this bounds one export to about 0.1 s of CPU. The real client's exports are a
+# few kB, and an SDK's batches (512 spans or records) stay well under 1 MiB.
+# Past it an export is refused like one that cannot be read: relayed unstamped
+# it could carry any identity.
+MAX_STAMPED_BYTES = 4 * 1024 * 1024
 # zlib's own default: a stamped export is re-compressed once per request, and
 # level 9 costs several times more CPU for a few percent of a few kB.
 COMPRESS_LEVEL = 6
@@ -145,7 +151,7 @@ def identity_attributes(identity: Identity) -> list[tuple[str, str]]:
 
 def stamp(
     signal: str, body: bytes, content_type: str | None, content_encoding: str | None, identity: Identity,
-    limit: int = MAX_DECOMPRESSED_BYTES,
+    limit: int = MAX_STAMPED_BYTES,
 ) -> bytes:
     """``body`` with the caller's identity on every resource and no other identity
     below it, in the same content type and encoding; raises :class:`BodyRejected`

@@ -1,6 +1,7 @@
-"""Every attribute list below the resources of an OTLP export request, written
-out per signal by hand (not from the message descriptors, so that it checks the
-stamp's own table rather than repeating it)."""
+"""OTLP export requests for the stamping tests: every attribute list below the
+resources, written out per signal by hand (not from the message descriptors, so
+that it checks the stamp's own table rather than repeating it), and exports of
+an exact size."""
 
 from __future__ import annotations
 
@@ -70,3 +71,14 @@ def without_identity(request: Message) -> Message:
         del attributes[:]
         attributes.extend(kept)
     return copy
+
+
+def padded_to(request: Message, size: int) -> bytes:
+    """``request`` serialized to exactly ``size`` bytes, a resource attribute
+    ``padding`` making up the difference."""
+    (field,) = request.DESCRIPTOR.fields
+    padding = getattr(request, field.name)[0].resource.attributes.add(key="padding").value
+    padding.string_value = ""
+    while request.ByteSize() != size:  # the string's length prefix may grow a byte: settles in a step or two
+        padding.string_value = "x" * (len(padding.string_value) + size - request.ByteSize())
+    return request.SerializeToString()

@@ -37,10 +37,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from bench.stamp import claude_code_metrics
 from gateway.http import meta
 from gateway.http.keys import RUNTIME
-from gateway.telemetry.stamp import IDENTITY_KEYS, INSTALLATION_ID
+from gateway.telemetry.stamp import IDENTITY_KEYS, INSTALLATION_ID, MAX_STAMPED_BYTES
 from tests.harness import free_port
 from tests.telemetry.collector import Collector
-from tests.telemetry.otlp_attributes import claims_below, without_identity
+from tests.telemetry.otlp_attributes import claims_below, padded_to, without_identity
 
 MESSAGES = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 # What a modified client might claim on its resource.
@@ -238,6 +238,28 @@ async def test_an_export_that_cannot_be_stamped_is_answered_200_and_never_relaye
     stamped_log = json.loads(c.received[1].body)["resourceLogs"][0]["resource"]["attributes"]
     assert {a["key"]: a["value"]["stringValue"] for a in stamped_log}["user.email"] == "dev@example.com"
     assert meta.unstampable_exports - before == {"metrics": 1, "logs": 2}
+
+
+async def test_large_exports_are_stamped_up_to_the_bound_and_dropped_past_it(gateway_factory, fake_upstream, collectors):
+    c = await collectors()
+    gw = await gateway_factory([fake_upstream.url], config(f"{{url: {c.url}}}", stamp=True))
+    before = meta.unstampable_exports.copy()
+    big = padded_to(claude_code_metrics(), 1024 * 1024)  # stamped in a worker thread, as is anything compressed
+    past = padded_to(claude_code_metrics(), MAX_STAMPED_BYTES + 1)
+    gzipped = {"Content-Encoding": "gzip"}
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        for body, headers in [(past, {}), (big, {}), (gzip.compress(past), gzipped), (gzip.compress(big), gzipped)]:
+            async with s.post(gw.url + "/v1/metrics", data=body, headers={
+                    **gw.auth(), "Content-Type": "application/x-protobuf", **headers}) as r:
+                assert (r.status, await r.read()) == (200, b"")
+    await until(lambda: len(c.received) == 2)
+    assert meta.unstampable_exports - before == {"metrics": 2}  # both past the bound, never relayed
+    for r in c.received:
+        got = decoded("/v1/metrics", r.body, r.header("Content-Encoding"))
+        attrs = {kv.key: kv.value.string_value for kv in got.resource_metrics[0].resource.attributes}
+        assert (attrs["user.email"], attrs["identity.source"]) == ("dev@example.com", "gateway-oidc")
+        assert len(attrs["padding"]) > 1024 * 1000
+    assert [r.header("Content-Encoding") for r in c.received] == [None, "gzip"]
 
 
 # ------------------------------------------------------------ a thousand exporters at once

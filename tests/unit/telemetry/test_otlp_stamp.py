@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from bench.stamp import INSTALLATION, as_otlp_json, claude_code_logs, claude_code_metrics
 from gateway.auth.tokens import Principal
 from gateway.telemetry.otlp_body import MAX_DECOMPRESSED_BYTES, BodyRejected, parse
-from gateway.telemetry.stamp import IDENTITY_KEYS, stamp
-from tests.telemetry.otlp_attributes import attribute_lists, claims_below, without_identity
+from gateway.telemetry.stamp import IDENTITY_KEYS, MAX_STAMPED_BYTES, stamp
+from tests.telemetry.otlp_attributes import attribute_lists, claims_below, padded_to, without_identity
 
 ADA = Principal("00u-ada", "ada@example.com", "Ada", ("eng", "ml-platform"), None, 0)
 ADA_STAMP = [
@@ -414,10 +414,24 @@ def test_inflating_stops_at_the_bound():
 
 
 def test_a_zip_bomb_is_refused_at_the_real_bound():
-    bomb = gzip.compress(b"\x00" * (MAX_DECOMPRESSED_BYTES + 1), compresslevel=1)
-    assert len(bomb) < 1024 * 1024
-    with pytest.raises(BodyRejected, match="decompresses to more than"):
+    bomb = gzip.compress(b"\x00" * (MAX_STAMPED_BYTES + 1), compresslevel=1)
+    assert len(bomb) < 100 * 1024
+    with pytest.raises(BodyRejected, match=f"decompresses to more than {MAX_STAMPED_BYTES} bytes"):
         stamp("metrics", bomb, PROTOBUF, "gzip", ADA)
+
+
+def test_an_export_is_stamped_up_to_the_bound_and_refused_past_it():
+    at_bound = padded_to(claude_code_metrics(), MAX_STAMPED_BYTES)
+    out = ExportMetricsServiceRequest.FromString(stamp("metrics", at_bound, PROTOBUF, None, ADA))
+    assert resource_attrs(out.resource_metrics[0])[-4:] == ADA_STAMP
+    past = padded_to(claude_code_metrics(), MAX_STAMPED_BYTES + 1)
+    with pytest.raises(BodyRejected, match=f"larger than {MAX_STAMPED_BYTES} bytes"):
+        stamp("metrics", past, PROTOBUF, None, ADA)
+    with pytest.raises(BodyRejected, match=f"decompresses to more than {MAX_STAMPED_BYTES} bytes"):
+        stamp("metrics", gzip.compress(past), PROTOBUF, "gzip", ADA)
+    with pytest.raises(BodyRejected, match="larger than"):
+        stamp("logs", json.dumps({"resourceLogs": [], "pad": "x" * MAX_STAMPED_BYTES}).encode(), "application/json", None, ADA)
+    assert MAX_STAMPED_BYTES < MAX_DECOMPRESSED_BYTES  # tighter than what the relay itself would convert
 
 
 # ------------------------------------------------------------ what cannot be stamped
