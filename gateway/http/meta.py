@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 import gateway
-from gateway import audit
 from gateway.auth.tokens import Principal
 from gateway.errors import GatewayError, Kind
 from gateway.http.keys import RUNTIME, authenticate, read_body
 from protocol_spec.wire import ModelInfo, ModelList, ServerInfo, encoder
+
+if TYPE_CHECKING:
+    from gateway.telemetry.relay import Relay
 
 JSON = "application/json"
 # Name and version are fixed for the life of the process: encoded once.
@@ -85,7 +87,7 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
         signal = request.path.rsplit("/", 1)[1]
         content_type, encoding = request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
         if rt.config.gatehouse.telemetry.stamp_identity and rt.relay.wants(signal):
-            stamped = await _stamped(signal, body, content_type, encoding, principal)
+            stamped = await _stamped(rt.relay, signal, body, content_type, encoding, principal)
             if stamped is None:
                 return web.Response(status=200)
             body = stamped
@@ -93,8 +95,6 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-# Exports dropped because they could not be stamped, by signal, in this process.
-unstampable_exports: Counter[str] = Counter()
 # Bodies up to this size, not compressed, are stamped on the event loop: the real
 # client's exports are a few kB, stamped in less time than a hop to a thread
 # takes. Larger or compressed ones (which may inflate to MAX_STAMPED_BYTES) are
@@ -102,9 +102,12 @@ unstampable_exports: Counter[str] = Counter()
 STAMP_ON_LOOP_BYTES = 64 * 1024
 
 
-async def _stamped(signal: str, body: bytes, content_type: str | None, encoding: str | None, caller: Principal) -> bytes | None:
+async def _stamped(
+    relay: Relay, signal: str, body: bytes, content_type: str | None, encoding: str | None, caller: Principal,
+) -> bytes | None:
     """The export with the caller's identity stamped (gateway/telemetry/stamp.py), or None
-    when it cannot be stamped: then it is dropped (counted, logged), never relayed unstamped."""
+    when it cannot be stamped: then the relay counts and logs it, and it is never
+    relayed unstamped."""
     # Imported here: the protobuf classes load only in a gateway that stamps.
     from gateway.telemetry.otlp_body import BodyRejected
     from gateway.telemetry.stamp import stamp
@@ -114,14 +117,7 @@ async def _stamped(signal: str, body: bytes, content_type: str | None, encoding:
             return stamp(signal, body, content_type, encoding, caller)
         return await asyncio.to_thread(stamp, signal, body, content_type, encoding, caller)
     except BodyRejected as exc:
-        unstampable_exports[signal] += 1
-        count = unstampable_exports.total()
-        if count == 1 or count % 100 == 0:  # the first and every 100th, not each one
-            audit.log(
-                "warn",
-                f"telemetry relay: dropped a {signal} export of {len(body)} bytes from {caller.sub}: "
-                f"it cannot be stamped with the caller's identity ({exc}); {count} dropped so far",
-            )
+        relay.refused(signal, len(body), f"it cannot be stamped with the identity of {caller.sub} ({exc})")
         return None
 
 

@@ -5,6 +5,9 @@ retry rules are in :mod:`gateway.telemetry.queue`).
 * :meth:`Relay.submit` is synchronous: the ingest handler hands the export over
   and answers 200 at once. It never awaits and never blocks on a destination,
   whatever state the destinations are in.
+* :meth:`Relay.refused` is how the ingest reports an export it would not hand
+  over (with identity stamping on, one that could not be stamped): never queued,
+  it is counted as ``unstampable`` on each destination that takes its signal.
 * Destinations are independent: each has its own queue, sender, backoff and
   counters; a dead collector costs at most its queue bound in memory.
 * Each destination speaks its protocol (``gatehouse.protocol``): OTLP/HTTP
@@ -55,7 +58,7 @@ SEND_TIMEOUT_S = 10.0
 DEFAULT_BACKOFF = Backoff()
 COUNTERS = (
     "queued", "queued_bytes", "peak_queued_bytes", "sent", "partial", "retried", "rejected", "dropped",
-    "dropped_bytes",
+    "dropped_bytes", "unstampable",
 )
 
 
@@ -121,6 +124,7 @@ class Relay:
         self._log = log
         self._flushing = asyncio.Event()
         self._stopped = False
+        self._refused = 0  # exports refused before queueing, across destinations (for the log's cadence)
         self._lanes = [_Lane(d, max_queue_bytes, proxy) for d in destinations]
         for lane in self._lanes:
             if lane.dest.protocol == "grpc" and lane.dest.urls:
@@ -161,9 +165,27 @@ class Relay:
             lane.idle.clear()
             lane.wake.set()
 
+    def refused(self, signal: str, size: int, why: str) -> None:
+        """An export the ingest would not queue (with identity stamping on, one that
+        could not be stamped): counted as ``unstampable`` for every destination that
+        takes ``signal``, and logged the first time and every 100th."""
+        names = []
+        for lane in self._lanes:
+            if lane.dest.url_for(signal) is not None:
+                lane.counts["unstampable"] += 1
+                names.append(lane.dest.name)
+        self._refused += 1
+        if worth_logging(self._refused):
+            self._log(
+                "warn",
+                f"telemetry relay: dropped a {signal} export ({size} bytes) meant for {', '.join(names) or 'no destination'}: "
+                f"{why}; {self._refused} dropped so far",
+            )
+
     def counters(self) -> dict[str, dict[str, int]]:
         """Per destination name: queued, queued_bytes, peak_queued_bytes, sent,
-        retried (failed tries), rejected, dropped, dropped_bytes."""
+        partial, retried (failed tries), rejected, dropped, dropped_bytes, and
+        unstampable (exports refused before queueing, see :meth:`refused`)."""
         return {lane.dest.name: lane.snapshot() for lane in self._lanes}
 
     # ------------------------------------------------------------ lifecycle

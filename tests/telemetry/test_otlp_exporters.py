@@ -35,7 +35,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from bench.stamp import claude_code_metrics
-from gateway.http import meta
 from gateway.http.keys import RUNTIME
 from gateway.telemetry.stamp import IDENTITY_KEYS, INSTALLATION_ID, MAX_STAMPED_BYTES
 from tests.harness import free_port
@@ -217,9 +216,9 @@ async def test_with_stamping_every_export_carries_the_servers_identity(gateway_f
 
 
 async def test_an_export_that_cannot_be_stamped_is_answered_200_and_never_relayed(gateway_factory, fake_upstream, collectors):
-    c = await collectors()
-    gw = await gateway_factory([fake_upstream.url], config(f"{{url: {c.url}, logs: true}}", stamp=True))
-    before = meta.unstampable_exports.copy()
+    c, metrics_only = await collectors(), await collectors()
+    gw = await gateway_factory([fake_upstream.url], config(f"{{url: {c.url}, logs: true}}", f"{{url: {metrics_only.url}}}", stamp=True))
+    relay = gw.app[RUNTIME].relay
     good = claude_code_metrics().SerializeToString()
     forged_json = json.dumps({"resourceLogs": [{"resource": {"attributes": [
         {"key": "user.email", "value": {"stringValue": "ceo@example.com"}}]}}]}).encode()
@@ -233,17 +232,19 @@ async def test_an_export_that_cannot_be_stamped_is_answered_200_and_never_relaye
         ]:
             async with s.post(gw.url + path, data=body, headers={**gw.auth(), **headers}) as r:
                 assert (r.status, await r.read()) == (200, b"")
-    await until(lambda: len(c.received) == 2)
+    await until(lambda: len(c.received) == 2 and len(metrics_only.received) == 1)
     assert [r.path for r in c.received] == ["/v1/metrics", "/v1/logs"]  # only the two it could stamp
     stamped_log = json.loads(c.received[1].body)["resourceLogs"][0]["resource"]["attributes"]
     assert {a["key"]: a["value"]["stringValue"] for a in stamped_log}["user.email"] == "dev@example.com"
-    assert meta.unstampable_exports - before == {"metrics": 1, "logs": 2}
+    # Counted for each destination that would have taken the signal: the second takes metrics only.
+    assert [counts["unstampable"] for counts in relay.counters().values()] == [3, 1]
+    assert all(counts["dropped"] == 0 for counts in relay.counters().values())  # never queued, so not a queue drop
 
 
 async def test_large_exports_are_stamped_up_to_the_bound_and_dropped_past_it(gateway_factory, fake_upstream, collectors):
     c = await collectors()
     gw = await gateway_factory([fake_upstream.url], config(f"{{url: {c.url}}}", stamp=True))
-    before = meta.unstampable_exports.copy()
+    relay = gw.app[RUNTIME].relay
     big = padded_to(claude_code_metrics(), 1024 * 1024)  # stamped in a worker thread, as is anything compressed
     past = padded_to(claude_code_metrics(), MAX_STAMPED_BYTES + 1)
     gzipped = {"Content-Encoding": "gzip"}
@@ -253,7 +254,7 @@ async def test_large_exports_are_stamped_up_to_the_bound_and_dropped_past_it(gat
                     **gw.auth(), "Content-Type": "application/x-protobuf", **headers}) as r:
                 assert (r.status, await r.read()) == (200, b"")
     await until(lambda: len(c.received) == 2)
-    assert meta.unstampable_exports - before == {"metrics": 2}  # both past the bound, never relayed
+    assert relay.counters()[f"forward_to[0] {c.url}"]["unstampable"] == 2  # both past the bound, never relayed
     for r in c.received:
         got = decoded("/v1/metrics", r.body, r.header("Content-Encoding"))
         attrs = {kv.key: kv.value.string_value for kv in got.resource_metrics[0].resource.attributes}

@@ -166,6 +166,25 @@ async def test_a_signal_nobody_wants_is_discarded(transport, collectors, relays)
     assert c.bodies() == [b"m"]
 
 
+async def test_an_export_refused_before_queueing_is_counted_per_destination_and_logged_sparingly(transport, collectors, relays):
+    a, b = await collectors(), await collectors()
+    logs: list[tuple[str, str]] = []
+    relay = relays([ForwardTo(url=a.url, logs=True), ForwardTo(url=b.url)], transport,
+                   log=lambda level, msg: logs.append((level, msg)))
+    for i in range(250):
+        relay.refused("logs" if i % 2 else "metrics", 100 + i, "it cannot be stamped (a reason)")
+    counts = relay.counters()
+    assert [c["unstampable"] for c in counts.values()] == [250, 125]  # b takes metrics only
+    assert all(c["queued"] == c["dropped"] == c["sent"] == 0 for c in counts.values())
+    assert all(isinstance(v, int) for c in counts.values() for v in c.values())  # flat: name -> int
+    assert len(logs) == 3  # the first, the 100th, the 200th
+    assert logs[0] == ("warn", f"telemetry relay: dropped a metrics export (100 bytes) meant for forward_to[0] {a.url}, "
+                               f"forward_to[1] {b.url}: it cannot be stamped (a reason); 1 dropped so far")
+    assert logs[1][1].startswith(f"telemetry relay: dropped a logs export (199 bytes) meant for forward_to[0] {a.url}:")
+    assert a.received == [] and b.received == []
+    await stop(relay)
+
+
 # ------------------------------------------------------------ outages
 
 
