@@ -22,11 +22,13 @@ Rules:
   - ``user.groups`` and ``identity.source`` are removed (they belong to the
     resource);
   - ``user.id`` is kept when it is the client's installation hash, 64 lower-case
-    hex digits: the real client puts that on every point and log record
-    (cag-telemetry.md §5), and it names an installation, not a person. Any
-    other value becomes the caller's ``sub``, which a signed-in client sends
-    there anyway (§9.4). An IdP whose ``sub`` is itself 64 hex digits cannot be
-    told apart from a hash here: the resource's ``user.id`` is the one to trust.
+    hex digits: the real client, not signed in to a gateway, puts that on every
+    point and log record (cag-telemetry.md §5), and it names an installation,
+    not a person. Any other value becomes the caller's ``sub``: signed in, the
+    client's ``user.id`` is the ``sub`` (§9.4; INTEROP.md saw it on every point
+    and record), so a true one is left as it was. An IdP whose ``sub`` is itself
+    64 hex digits cannot be told apart from a hash here: the resource's
+    ``user.id`` is the one to trust.
 
   Key/value lists inside attribute values and log bodies are data, not
   attributes, and are left alone, as are fields this version of
@@ -83,7 +85,8 @@ IDENTITY_KEYS = frozenset({"user.id", "user.email", "user.groups", "identity.sou
 # The most a stamped export may decode to. Stamping holds its thread for some
 # 10-25 µs a kB (bench/stamp.py; the more points and attributes, the more), so
 # this bounds one export to about 0.1 s of CPU. The real client's exports are a
-# few kB, and an SDK's batches (512 spans or records) stay well under 1 MiB.
+# few kB, and an SDK's batches (512 spans or records by default) are mostly
+# well under 1 MiB.
 # Past it an export is refused like one that cannot be read: relayed unstamped
 # it could carry any identity.
 MAX_STAMPED_BYTES = 4 * 1024 * 1024
