@@ -156,6 +156,7 @@ def write(out: Path) -> None:
         md.append("")
     md += scenario_4(rows, idx)
     md += cloud_section(rows, idx)
+    md += metrics_section(rows)
     signin = [r for r in rows if r.get("scenario") == "5"]
     if signin:
         md += ["## 5. Sign-in throughput", "",
@@ -177,6 +178,10 @@ def write(out: Path) -> None:
             md += [f"| {share:.1f} % | `{frame}` |" for frame, share in r["top"]["self"][:15]]
             md += ["", "Inclusive share of selected gateway frames:", "", "| share | frame |", "|---:|---|"]
             md += [f"| {share:.1f} % | `{frame}` |" for frame, share in r["top"]["inclusive"][:15]]
+            folded = out / f"profile-{r['target']}-{r['mode']}.folded"
+            if r["target"] == METRICS_ON and folded.exists():
+                md += ["", f"Samples in the gateway's own telemetry (counting, publishing, statement timing): "
+                       f"{own_telemetry_share(folded):.2f} %."]
             md.append("")
     plots = make_plots(rows, out)
     md += ["## Plots", ""] + ([f"![{p}]({p})" for p in plots] or ["(matplotlib not installed: no plots)"]) + [""]
@@ -323,6 +328,45 @@ def cloud_section(rows: list[dict[str, Any]], idx: dict) -> list[str]:
             lines += [f"Fake Bedrock: {s['requests']} requests, {sample}, {s['signatures_refused']} of them refused; the "
                       "others were checked for a SigV4 scope naming a known key, the region and `bedrock`.", ""]
     return lines
+
+
+METRICS_OFF, METRICS_ON = "gatehouse-policy", "gatehouse-policy-metrics"
+
+
+def metrics_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The gateway's own metrics off vs on (scenario "metrics"): medians over rounds and the CPU ratio."""
+    cell = [r for r in rows if r.get("scenario") == "metrics"]
+    if not cell:
+        return []
+    lines = ["## The gateway's own metrics: off vs on (c64, policy on)", "",
+             "Each round runs both targets in turn (order rotated); figures are medians over the rounds, CPU ranges "
+             "in brackets. 'CPU on/off' is the on-target's gateway CPU per request over the off-target's (the issue's "
+             "bound: at most 1.10). Each on-cell ends with a scrape of GET /metrics.", "",
+             "| mode | target | rounds | req/s | p50 ms | p99 ms | gw CPU µs/req | CPU on/off | others % | flags |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for mode in ("json", "sse"):
+        medians = {}
+        for target in (METRICS_OFF, METRICS_ON):
+            rs = [r for r in cell if r["mode"] == mode and r["target"] == target]
+            if rs:
+                medians[target] = (rs, {k: _median([r.get(k) for r in rs]) for k in (
+                    "rps", "p50_ms", "p99_ms", "cpu_us_per_req", "other_cpu_share")})
+        off = medians.get(METRICS_OFF, (None, {}))[1].get("cpu_us_per_req")
+        for target, (rs, m) in medians.items():
+            cpu_range = _range([r.get("cpu_us_per_req") for r in rs])
+            ratio = m["cpu_us_per_req"] / off if target == METRICS_ON and off and m["cpu_us_per_req"] else None
+            flags = [f for f in ("load-bound" if any(r.get("load_bound") for r in rs) else "",
+                                 f"{sum(bool(r.get('noisy')) for r in rs)} noisy" if any(r.get("noisy") for r in rs) else "") if f]
+            cpu = fmt(m["cpu_us_per_req"]) + (f" ({cpu_range[0]:.0f}–{cpu_range[1]:.0f})" if cpu_range and len(rs) > 1 else "")
+            lines.append(f"| {mode} | {target} | {len(rs)} | {fmt(m['rps'])} | {fmt(m['p50_ms'])} | {fmt(m['p99_ms'])} | "
+                         f"{cpu} | {fmt(ratio) if ratio else '–'} | {fmt(_pct(m['other_cpu_share']))} | {', '.join(flags)} |")
+    scrapes = [r for r in rows if r.get("scenario") == "metrics-scrape"]
+    if scrapes:
+        ms = _median([r.get("scrape_ms") for r in scrapes])
+        lines += ["", f"Scrapes: {len(scrapes)}, median {fmt(ms)} ms for {scrapes[-1].get('series_lines')} lines "
+                  f"({scrapes[-1].get('scrape_bytes')} bytes); requests counted per cell: "
+                  + ", ".join(f"{r.get('requests_counted', 0):.0f}" for r in scrapes) + "."]
+    return [*lines, ""]
 
 
 def cloud_checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
@@ -510,6 +554,25 @@ def _short(frame: str) -> str:
     parts = path.split("/")
     start = len(parts) - 1 - parts[::-1].index("gateway") if "gateway" in parts[:-1] else len(parts) - 2
     return f"{name} ({'/'.join(parts[max(start, 0):])})" if where else name
+
+
+# Frames of the gateway's own metrics and traces: the hot-path counting, the SDK and Prometheus
+# rendering at scrape time, and asyncpg's query logger that times statements for them.
+OWN_TELEMETRY_FRAMES = ("telemetry/own_metrics.py", "http/own_telemetry.py", "telemetry/instruments.py",
+                        "telemetry/tracing.py", "opentelemetry/", "prometheus_client/", "_time_and_log", "logged (")
+
+
+def own_telemetry_share(folded: Path) -> float:
+    """Percent of samples with an own-telemetry frame anywhere in their stack."""
+    hit = total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        if any(k in stack for k in OWN_TELEMETRY_FRAMES):
+            hit += int(count)
+    return hit * 100 / total if total else 0.0
 
 
 def top_frames(folded: Path, n: int) -> dict[str, list[tuple[str, float]]]:

@@ -16,7 +16,9 @@ Environment:
 Scenarios: 1 small JSON, 2 short SSE (both at concurrency 1/16/64/256),
 3a idle-heavy streams, 3b busy streams, 4 policy on vs off (read from 1 and 2),
 5 sign-in throughput, 6 --workers 2, cloud (JSON and SSE at concurrency 64,
-policy on, through a Bedrock and a Vertex upstream beside the Claude API one).
+policy on, through a Bedrock and a Vertex upstream beside the Claude API one),
+metrics (JSON and SSE at concurrency 64, policy on, the gateway's own metrics
+off and on, scraped after each cell).
 Targets alternate inside each cell so drift hits every target alike. Nothing
 here asserts a figure.
 
@@ -42,7 +44,7 @@ from typing import Any
 
 from bench import procs, report, stats
 from bench.report import NOISY_SHARE
-from bench.targets import CLOUDS, HERE, REPO, Lab, Target, find_claude
+from bench.targets import CLOUDS, HERE, REPO, Lab, Target, find_claude, scrape
 from gateway.devenv.run import AskedStop, catch_stop_signals
 
 MODEL = "claude-sonnet-4-6"
@@ -85,6 +87,8 @@ class Budget:
         self.profile_s = 8 if quick else 15
         # The cloud cell is repeated (targets rotated each time) and reported as medians.
         self.cloud_rounds = 2 if quick else 3
+        # Metrics off vs on differ by a few %: more rounds than the cloud cells to see it through drift.
+        self.metrics_rounds = 2 if quick else 6
 
 
 class Runner:
@@ -361,6 +365,63 @@ class Runner:
                 t.proc.stop()
             self.lab.targets.remove(t)
 
+    def scenario_metrics(self, targets: list[Target]) -> None:
+        """JSON and SSE at c64, policy on: the gateway's own metrics off (gatehouse-policy) and on
+        (gatehouse-policy-metrics), rotated over rounds like the cloud cells; each on-cell ends with
+        a Prometheus scrape whose request count must match what wrk got answered."""
+        off = next((t for t in targets if t.name == "gatehouse-policy"), None)
+        on = Target("gatehouse-policy-metrics", "gatehouse", policy=True, metrics=True)
+        try:
+            self.lab.add(on)
+        except Exception as exc:
+            self.log(f"could not start {on.name}: {exc}")
+            self.emit({"scenario": "setup", "target": on.name, "error": str(exc)})
+            return
+        self.log(f"started {on.name} on port {on.port}")
+        self.lab.set_upstream()
+        pair = [t for t in (off, on) if t is not None]
+        # Two targets: each goes first in every other round of each mode (drift hits both alike).
+        for n in range(self.b.metrics_rounds):
+            for i, mode in enumerate(("json", "sse")):
+                for t in self.rotate(pair, n + i):
+                    before = self.counted(t)
+                    if self.wrk:
+                        self.wrk_cell("metrics", mode, t, 64, round_no=n)
+                    else:
+                        self.loop_cell("metrics", mode, t, 64, duration=self.b.cell_s, round_no=n)
+                    if t is on:
+                        self.emit({"scenario": "metrics-scrape", "target": t.name, "mode": mode, "round": n,
+                                   **self.scrape_row(t, before)})
+        if "profile" in self.scenarios:
+            # Where the on-target's extra CPU goes, immune to a noisy neighbour: the share of
+            # samples in the metrics code (report.own_telemetry_share).
+            self.profile(on)
+        if on.proc is not None:
+            on.proc.stop()
+        self.lab.targets.remove(on)
+
+    def counted(self, target: Target) -> float | None:
+        """gatehouse_requests_total summed, from a scrape (None for a target without metrics)."""
+        if not target.metrics:
+            return None
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, text = scrape(target)
+        for family in text_string_to_metric_families(text.decode()):
+            if family.name == "gatehouse_requests":
+                return sum(s.value for s in family.samples)
+        return 0.0
+
+    def scrape_row(self, target: Target, before: float | None) -> dict[str, Any]:
+        ms, text = scrape(target)
+        after = self.counted(target)
+        row = {"scrape_ms": ms, "scrape_bytes": len(text), "series_lines": text.count(b"\n")}
+        if before is not None and after is not None:
+            row["requests_counted"] = after - before
+        self.log(f"metrics scrape {target.name}: {ms:.1f} ms, {len(text)} bytes, "
+                 f"{row.get('requests_counted', 0):.0f} requests counted in the cell")
+        return row
+
     def scenario_5(self, targets: list[Target]) -> None:
         for t in targets:
             if t.kind not in ("gatehouse", "claude") or t.policy:
@@ -483,6 +544,8 @@ class Runner:
             # Before the stream scenarios, whose thousands of streams leave the heaps grown.
             if "cloud" in self.scenarios:
                 self.scenario_cloud(targets)
+            if "metrics" in self.scenarios:
+                self.scenario_metrics(targets)
             if "3b" in self.scenarios:
                 self.scenario_3b(targets)
             if "3a" in self.scenarios:
@@ -526,7 +589,7 @@ def main() -> None:
     out = Path(os.environ.get("BENCH_OUT") or HERE / "results" / f"{dt.date.today().isoformat()}-{host}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "raw.jsonl").unlink(missing_ok=True)
-    all_scenarios = "idle,1,2,3a,3b,5,cloud,6,profile"
+    all_scenarios = "idle,1,2,3a,3b,5,cloud,metrics,6,profile"
     scenarios = set((os.environ.get("BENCH_SCENARIOS") or all_scenarios).split(","))
     if os.environ.get("BENCH_PROFILE") == "0":
         scenarios.discard("profile")

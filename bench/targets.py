@@ -6,6 +6,8 @@ Targets:
   gatehouse-policy     Gatehouse with managed: (model allowlist) and admin:
                        (spend limits) when this build accepts admin:
   gatehouse-2w         Gatehouse --workers 2, policy on
+  gatehouse-policy-metrics  gatehouse-policy with its own metrics on (Prometheus
+                       at GET /metrics; scenario "metrics")
   claude-gateway       Anthropic's gateway, same file minus gatehouse:
   claude-gateway-full  the same with its admin: and managed: blocks
   litellm              LiteLLM's proxy, pass-through (no database)
@@ -99,6 +101,7 @@ class Target:
     policy: bool = False
     upstream: str = "anthropic"  # anthropic | bedrock | vertex
     workers: int = 1
+    metrics: bool = False  # the gateway's own metrics on (configs/metrics.yaml)
     port: int = 0
     proc: procs.Proc | None = None
     token: str | None = None
@@ -306,6 +309,8 @@ class Lab:
                     issuer=f"http://127.0.0.1:{self.idp_port}", postgres_url=db_url)
         if target.kind == "gatehouse":
             text += "\n" + (CONFIGS / "gatehouse.yaml").read_text()
+            if target.metrics:  # under gatehouse:, which gatehouse.yaml leaves open
+                text += (CONFIGS / "metrics.yaml").read_text()
         if target.policy:
             policy = (CONFIGS / "policy.yaml").read_text()
             if target.kind == "gatehouse" and not self.gatehouse_accepts_admin(text, policy):
@@ -450,6 +455,16 @@ class Lab:
         wait_http(f"http://127.0.0.1:{target.port}/health/liveliness", target.proc, timeout=120)
         target.token = LITELLM_MASTER_KEY
         target.notes.append("pass-through mode: no database, master-key auth, no budgets")
+
+
+def scrape(target: Target) -> tuple[float, bytes]:
+    """One Prometheus scrape of a metrics-on target: (milliseconds, the text)."""
+    t0 = time.perf_counter()
+    status, text = http("GET", f"http://127.0.0.1:{target.port}/metrics", headers={"x-api-key": ADMIN_READ_KEY},
+                        timeout=30.0)
+    if status != 200:
+        raise RuntimeError(f"GET /metrics answered {status}: {text[:200]!r}")
+    return (time.perf_counter() - t0) * 1000, text
 
 
 def wait_listening(port: int, proc: procs.Proc, timeout: float = 30.0) -> None:

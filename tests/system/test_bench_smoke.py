@@ -51,7 +51,7 @@ class Tiny(Budget):
 
 
 def test_every_scenario_once(tmp_path):
-    runner = Runner(tmp_path, Tiny(), peers={}, scenarios={"idle", "1", "2", "3a", "3b", "5", "6"})
+    runner = Runner(tmp_path, Tiny(), peers={}, scenarios={"idle", "1", "2", "3a", "3b", "5", "metrics", "6"})
     runner.wrk = None  # the asyncio driver stands in, so CI needs no wrk
     (tmp_path / "machine.json").write_text(json.dumps({"cpus": 2, "quick": True}))
     runner.run()
@@ -63,9 +63,13 @@ def test_every_scenario_once(tmp_path):
         assert ("1", target) in seen and ("2", target) in seen
     assert ("3a", "gatehouse-policy") in seen and ("3b", "gatehouse") in seen
     assert ("5", "gatehouse") in seen and ("idle", "gatehouse-minimal") in seen
+    assert ("metrics", "gatehouse-policy-metrics") in seen and ("metrics", "gatehouse-policy") in seen
+    scrapes = [r for r in rows if r["scenario"] == "metrics-scrape"]
+    assert scrapes and all(r["requests_counted"] > 0 for r in scrapes)
     assert all(not r.get("errors") for r in rows if r.get("scenario") in ("1", "2", "3a", "3b"))
     table = (tmp_path / "table.md").read_text()
     assert "## 4. Policy on vs off" in table and "## 5. Sign-in throughput" in table
+    assert "## The gateway's own metrics: off vs on" in table
 
 
 def test_percentiles_and_profile_summary(tmp_path):
