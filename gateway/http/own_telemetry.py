@@ -19,11 +19,13 @@ The text comes from the SDK's Prometheus reader through ``prometheus_client``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from gateway import audit
 from gateway.errors import GatewayError, Kind
 from gateway.http import admin
 from gateway.http.keys import REQUEST_ID, RUNTIME
@@ -74,11 +76,21 @@ def request_ended(
     if not metrics.enabled and tracer is None:
         return
     now = time.monotonic()
-    if metrics.enabled:
-        metrics.observe_request(finished(rt, request.path, principal, outcome, t0, now))
-    if tracer is not None:
-        carrier = {name: value for name in TRACE_HEADERS if (value := request.headers.get(name)) is not None}
-        tracer.record(carrier, request_span(request.path, request[REQUEST_ID], outcome, t0, now))
+    try:
+        if metrics.enabled:
+            metrics.observe_request(finished(rt, request.path, principal, outcome, t0, now))
+        if tracer is not None:
+            carrier = {name: value for name in TRACE_HEADERS if (value := request.headers.get(name)) is not None}
+            tracer.record(carrier, request_span(request.path, request[REQUEST_ID], outcome, t0, now))
+    except Exception as exc:
+        # The audit event and the usage row come next in messages.record: a telemetry bug
+        # must never cost them. Logged the first time and every 1,000th after.
+        _failures[0] += 1
+        if _failures[0] % 1000 == 1:
+            audit.log("error", f"the gateway's own telemetry failed for a request ({_failures[0]} so far): {exc!r}")
+
+
+_failures = [0]
 
 
 def finished(
@@ -165,12 +177,14 @@ async def metrics(request: web.Request) -> web.Response:
         # No admin: section, so no key can be right.
         raise GatewayError(Kind.AUTH_INVALID, "missing or invalid admin credentials")
     admin.authorize(request, context, write=False)
-    return _text(request.app[RUNTIME].instruments)
+    return await _text(request.app[RUNTIME].instruments)
 
 
-def _text(instruments: Instruments | None) -> web.Response:
+async def _text(instruments: Instruments | None) -> web.Response:
     assert instruments is not None  # the route exists only with Prometheus enabled
-    body, content_type = instruments.prometheus_text()
+    # Rendering a busy gateway's series takes tens of milliseconds (bench/own_metrics.py):
+    # in a thread, so requests in flight are not held for it (the tables allow reads from any thread).
+    body, content_type = await asyncio.to_thread(instruments.prometheus_text)
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
 
@@ -178,7 +192,7 @@ def scrape_app(instruments: Instruments) -> web.Application:
     """The ``prometheus.listen`` listener: GET /metrics, nothing else, no auth."""
 
     async def scrape(request: web.Request) -> web.Response:
-        return _text(instruments)
+        return await _text(instruments)
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)

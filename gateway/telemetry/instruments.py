@@ -25,6 +25,7 @@ event loop) and stops the thread.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -176,6 +177,9 @@ class Instruments:
 
         self.metrics = metrics
         self.registry: CollectorRegistry | None = None
+        # The Prometheus reader hands each collection over through a queue of its own:
+        # two scrapes at once would take each other's.
+        self._scraping = threading.Lock()
         now = clock_ns or time.time_ns
         scope = InstrumentationScope(SCOPE, version)
         readers: list[MetricReader] = []
@@ -222,7 +226,8 @@ class Instruments:
     def prometheus_text(self) -> tuple[bytes, str]:
         """The Prometheus text exposition now, and its content type."""
         assert self.registry is not None, "Prometheus is not enabled"
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        with self._scraping:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def shutdown(self, timeout_s: float) -> None:
         """Export once more, then stop (blocks up to about ``timeout_s``)."""

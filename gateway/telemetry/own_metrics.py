@@ -286,13 +286,14 @@ class OwnMetrics:
         for failed, kind in r.failures:
             self.add(UPSTREAM_ERRORS, (failed, self._kind(kind)))
         group = self._group(r.group)
-        by = (group,) if not self.by_user else (group, self._user(r.user))
+        user = (self._user(r.user),) if self.by_user else ()
+        tokens = self._counts[self.tokens.name]
         for kind, count in zip(USAGE_TYPES, r.usage, strict=True):
             if count:
-                labels = (model, by[0], kind, *by[1:])
-                self.add(self.tokens, labels, count)
+                key = (model, group, kind) + user
+                tokens[key] = tokens.get(key, 0) + count
         if r.cost_usd:
-            self.add(self.cost, (model, *by), r.cost_usd)
+            self.add(self.cost, (model, group) + user, r.cost_usd)
 
     def statement(self, name: str, seconds: float, ok: bool) -> None:
         """One SQL statement's time (the database layer calls this; ``name`` is its sql/ file)."""
