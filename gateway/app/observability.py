@@ -110,12 +110,6 @@ def open_publishers(boot: Boot) -> Publishers:
             exporter=exporter,
             export_interval_s=tel.metrics.export_interval_seconds,
         )
-        if prometheus_on_main_listener(boot.config) and boot.config.admin is None:
-            audit.log(
-                "warn",
-                "gatehouse.telemetry.metrics.prometheus: GET /metrics on the main listener needs an admin key, "
-                "and there is no admin: section; every scrape is refused (set prometheus.listen instead)",
-            )
     if tel.traces.otlp is not None:
         from gateway.telemetry.tracing import RequestTracer
 

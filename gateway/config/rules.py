@@ -293,6 +293,13 @@ def _check_gatehouse(ours: s.Gatehouse, ctx: _Context, issues: Issues) -> None:
             _check_collector_url(otlp.endpoint, f"{path}.endpoint", ctx, issues)
             check_headers(otlp.headers, f"{path}.headers", reserved=False, issues=issues)
     listen = tel.metrics.prometheus.listen
+    if tel.metrics.prometheus.enabled and listen is None and not ctx.has_admin:
+        # On the main listener /metrics answers only an admin key: without admin: no scrape could succeed.
+        issues.add(
+            "gatehouse.telemetry.metrics.prometheus",
+            "GET /metrics on the main listener needs an admin key and there is no admin: section; "
+            "add one, or set prometheus.listen to serve it on a listener of its own",
+        )
     if listen is not None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

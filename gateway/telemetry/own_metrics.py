@@ -151,7 +151,8 @@ RELAY_QUEUE_BYTES = Spec(
 )
 RELAY_EXPORTS = Spec(
     "gatehouse.relay.exports", "counter", "{export}",
-    "Relayed exports by outcome: sent, retried (a failed try), rejected (not retried), dropped (queue full or drain)",
+    "Relayed exports by outcome: sent, retried (a failed try), rejected (not retried), dropped (queue full or "
+    "drain), partial (delivered, some items refused), unstampable (not readable for identity stamping)",
     ("destination", "outcome"),
 )
 RELAY_DROPPED_BYTES = Spec(
@@ -342,6 +343,9 @@ class Unmetered(OwnMetrics):
 # ------------------------------------------------------------------ readers of other parts' state
 
 
+RELAY_OUTCOMES = ("sent", "retried", "rejected", "dropped", "partial", "unstampable")
+
+
 def relay_tables(counters: Mapping[str, Mapping[str, int]]) -> dict[str, Table]:
     """The relay's per-destination counters (``Relay.counters()``) as the four relay metrics' tables."""
     queue: Table = {}
@@ -352,7 +356,7 @@ def relay_tables(counters: Mapping[str, Mapping[str, int]]) -> dict[str, Table]:
         queue[(dest,)] = c.get("queued", 0)
         queued_bytes[(dest,)] = c.get("queued_bytes", 0)
         dropped_bytes[(dest,)] = c.get("dropped_bytes", 0)
-        for outcome in ("sent", "retried", "rejected", "dropped"):
+        for outcome in RELAY_OUTCOMES:
             exports[(dest, outcome)] = c.get(outcome, 0)
     return {
         RELAY_QUEUE_EXPORTS.name: queue,

@@ -137,12 +137,15 @@ def test_unmetered_counts_nothing():
 
 def test_the_relay_and_the_pool_read_as_tables():
     counters = {"forward_to[0] https://c": {"queued": 2, "queued_bytes": 10, "sent": 5, "retried": 1,
-                                           "rejected": 0, "dropped": 3, "dropped_bytes": 30, "peak_queued_bytes": 99}}
+                                           "rejected": 0, "dropped": 3, "dropped_bytes": 30, "peak_queued_bytes": 99,
+                                           "unstampable": 4}}
     tables = om.relay_tables(counters)
     d = "forward_to[0] https://c"
     assert tables[om.RELAY_QUEUE_EXPORTS.name] == {(d,): 2}
     assert tables[om.RELAY_QUEUE_BYTES.name] == {(d,): 10}
-    assert tables[om.RELAY_EXPORTS.name] == {(d, "sent"): 5, (d, "retried"): 1, (d, "rejected"): 0, (d, "dropped"): 3}
+    assert tables[om.RELAY_EXPORTS.name] == {
+        (d, "sent"): 5, (d, "retried"): 1, (d, "rejected"): 0, (d, "dropped"): 3, (d, "partial"): 0, (d, "unstampable"): 4
+    }
     assert tables[om.RELAY_DROPPED_BYTES.name] == {(d,): 30}
     assert om.pool_table(5, 2) == {("busy",): 3, ("idle",): 2}
     assert om.pool_table(0, 1) == {("busy",): 0, ("idle",): 1}  # a connection closing between the two reads
