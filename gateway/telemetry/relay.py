@@ -115,7 +115,8 @@ class Relay:
         """``grpc_roots``: PEM CA certificates for TLS gRPC destinations; by
         default the ones HTTPS destinations are checked against."""
         proxy = (egress or Egress()).proxy_for
-        # By destination name: the gateway's own credential for it (``auth: {google: {}}``).
+        # By destination name: the gateway's own credential for it (``auth: {google: {}}``),
+        # started by the caller; the relay owns it from here and closes it at drain.
         self._signers = dict(signers or {})
         self._http = HttpExport(transport, send_timeout_s, now)
         self._backoff = backoff
@@ -212,6 +213,8 @@ class Relay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(lane.grpc.close() for lane in self._lanes if lane.grpc is not None))
+        # The gateway's own credentials for collectors (auth: {google: {}}) go with the senders.
+        await asyncio.gather(*(signer.close() for signer in self._signers.values()), return_exceptions=True)
         left = 0
         for lane in self._lanes:
             lane.task = None
