@@ -104,6 +104,7 @@ def build_boot(
         egress=egress,
         health=health,
         ping_interval_s=gh.upstream.ping_interval_seconds,
+        stamp_identity=gh.telemetry.stamp_identity,
         limits=Limits(cfg.limits.max_request_bytes, cfg.limits.max_request_header_bytes, cfg.limits.max_url_length),
         idle_read_timeout_s=idle_read_timeout_s or gh.upstream.idle_read_timeout_seconds,
         spend_switches=SpendSwitches(

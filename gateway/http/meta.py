@@ -86,7 +86,7 @@ async def telemetry_ingest(request: web.Request) -> web.Response:
     if rt.relay is not None:
         signal = request.path.rsplit("/", 1)[1]
         content_type, encoding = request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
-        if rt.config.gatehouse.telemetry.stamp_identity and rt.relay.wants(signal):
+        if rt.stamp_identity and rt.relay.wants(signal):
             stamped = await _stamped(rt.relay, signal, body, content_type, encoding, principal)
             if stamped is None:
                 return web.Response(status=200)

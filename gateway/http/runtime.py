@@ -94,6 +94,7 @@ class Boot:
     egress: Egress  # HTTPS_PROXY / NO_PROXY, read once at boot
     health: Health  # which upstreams this replica skips for a while (transport failures)
     ping_interval_s: float  # silence after which a re-emitted (Bedrock) stream gets a ping
+    stamp_identity: bool  # relayed exports get the bearer's identity (gatehouse.telemetry.stamp_identity)
     limits: Limits
     idle_read_timeout_s: float
     spend_switches: SpendSwitches
