@@ -157,6 +157,7 @@ def write(out: Path) -> None:
     md += scenario_4(rows, idx)
     md += cloud_section(rows, idx)
     md += metrics_section(rows)
+    md += telemetry_section(rows)
     signin = [r for r in rows if r.get("scenario") == "5"]
     if signin:
         md += ["## 5. Sign-in throughput", "",
@@ -367,6 +368,139 @@ def metrics_section(rows: list[dict[str, Any]]) -> list[str]:
                   f"({scrapes[-1].get('scrape_bytes')} bytes); requests counted per cell: "
                   + ", ".join(f"{r.get('requests_counted', 0):.0f}" for r in scrapes) + "."]
     return [*lines, ""]
+
+
+TELEMETRY_HOW = {"relay": "relayed as received", "stamp": "identity stamped"}
+
+
+def telemetry_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scenario "telemetry": per target, mode and round, the cell without the exporters, the one
+    with them, and the exporters' run during the latter, with the ratios of the pair."""
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("scenario") == "telemetry":
+            cells[(r["target"], r["mode"], r.get("round"), "on" if r.get("exporting") else "off")] = r
+        elif r.get("scenario") == "telemetry-exports":
+            cells[(r["target"], r["mode"], r.get("round"), "exports")] = r
+    pairs = []
+    for (target, mode, round_no, kind), off in cells.items():
+        on, exports = cells.get((target, mode, round_no, "on")), cells.get((target, mode, round_no, "exports"))
+        if kind != "off" or on is None:
+            continue
+        pair = {"target": target, "mode": mode, "round": round_no, "off": off, "on": on, "exports": exports,
+                "p99_ratio": _ratio(on.get("p99_ms"), off.get("p99_ms")),
+                "cpu_ratio": _ratio(on.get("cpu_us_per_req"), off.get("cpu_us_per_req")), "cpu_us_per_export": None}
+        # The on-cell's gateway CPU beyond what its requests cost in the off-cell, over the exports
+        # answered while it was measured: the relay's cost per export, as noisy as the pair.
+        if exports and exports.get("in_window") and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
+            extra_us = (on["cpu_us_per_req"] - off["cpu_us_per_req"]) * on["requests"]
+            pair["cpu_us_per_export"] = extra_us / exports["in_window"]
+            pair["exports_per_s"] = exports["in_window"] / exports["window_s"]
+        pairs.append(pair)
+    return pairs
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _spread(values: list[Any]) -> float | None:
+    """(max − min) / median, in percent: how far one setup moves from round to round (two rounds at least)."""
+    present, mid = [v for v in values if v is not None], _median(values)
+    return (max(present) - min(present)) / mid * 100 if len(present) > 1 and mid else None
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:.0f} %" if value is not None else "–"
+
+
+def _med_range(values: list[Any], digits: int = 2) -> str:
+    mid, span = _median(values), _range(values)
+    if mid is None or span is None:
+        return "–"
+    return f"{fmt(mid, digits)} ({fmt(span[0], digits)}–{fmt(span[1], digits)})"
+
+
+def telemetry_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Telemetry relayed beside inference load: the hot path with the exporters on vs off."""
+    pairs = telemetry_pairs(rows)
+    if not pairs:
+        return []
+    lines = ["## Telemetry relayed beside inference load (c64, policy on)", "",
+             "Each gateway relays clients' metrics and logs (`telemetry.forward_to`) to a counting OTLP sink on the "
+             "load core. In every round each cell runs twice on the same gateway, back to back: without the simulated "
+             "clients and with them exporting (the order alternates). 'on/off' columns are medians of the per-round "
+             "ratios (range in brackets). The gateway's CPU in an on-cell includes the relay's work (ingest, stamping, "
+             "sending to the sink), all divided by the inference requests; 'µs per export' is the on-cell's CPU beyond "
+             "the off-cell's per-request cost, over the exports answered while it was measured. 'Off spread' is the "
+             "off-cells' own range over their median: how far the same cell moves between rounds without any change.", "",
+             "| target | mode | rounds | req/s off / on | p50 ms off / on | p99 ms off / on | p99 on/off | "
+             "gw CPU µs/req off / on | CPU on/off | off spread p99 / CPU | exports/s | µs per export | others % off / on | flags |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    keys = sorted({(p["target"], p["mode"]) for p in pairs}, key=lambda k: (k[0], k[1] != "json"))
+    for target, mode in keys:
+        ps = [p for p in pairs if p["target"] == target and p["mode"] == mode]
+        off, on = [p["off"] for p in ps], [p["on"] for p in ps]
+
+        def both(key: str, digits: int = 2, off: list = off, on: list = on) -> str:
+            return f"{fmt(_median([r.get(key) for r in off]), digits)} / {fmt(_median([r.get(key) for r in on]), digits)}"
+
+        flags = [f for f in (
+            "load-bound" if any(r.get("load_bound") for r in off + on) else "",
+            f"{sum(bool(r.get('noisy')) for r in off + on)} of {len(off + on)} cells noisy" if any(r.get("noisy") for r in off + on) else "",
+            f"{sum(r.get('errors') or 0 for r in off + on)} errors" if any(r.get("errors") for r in off + on) else "") if f]
+        spread = " / ".join(_percent(_spread([r.get(k) for r in off])) for k in ("p99_ms", "cpu_us_per_req"))
+        others = f"{fmt(_pct(_median([r.get('other_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('other_cpu_share') for r in on])), 0)}"
+        lines.append(
+            f"| {target} | {mode} | {len(ps)} | {both('rps')} | {both('p50_ms')} | {both('p99_ms')} | "
+            f"{_med_range([p['p99_ratio'] for p in ps])} | {both('cpu_us_per_req')} | {_med_range([p['cpu_ratio'] for p in ps])} | "
+            f"{spread} | {fmt(_median([p.get('exports_per_s') for p in ps]), 0)} | "
+            f"{_med_range([p['cpu_us_per_export'] for p in ps], 0)} | {others} | {', '.join(flags)} |")
+    lines += ["", *telemetry_exports(rows)]
+    return [*lines, ""]
+
+
+def telemetry_exports(rows: list[dict[str, Any]]) -> list[str]:
+    """What the simulated clients sent, what the gateway answered and what reached the sink."""
+    runs = [r for r in rows if r.get("scenario") in ("telemetry-exports", "telemetry-alone")]
+    if not runs:
+        return []
+    first = runs[0]
+    lines = [f"Exports: {first['clients']:,} simulated clients, each sending one metrics export "
+             f"({first['export_bytes']['metrics']} bytes) and one logs export ({first['export_bytes']['logs']} bytes) "
+             f"every {first['interval_s']:g} s, offered {first['offered_per_s']:.0f} exports/s. 'Lost' = answered 200 "
+             "but never received by the sink (after waiting for the relay to drain, 'settle').", "",
+             "| target | cells | exports sent | sent/s | answered 200 | other answers, errors | sink received | stamped | "
+             "lost | bytes answered 200 → at the sink | export p50 / p99 ms | late p99 ms | settle s (max) | exporters + sink % of a core |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for where, scenario in (("with wrk", "telemetry-exports"), ("alone", "telemetry-alone")):
+        for target in sorted({r["target"] for r in runs if r["scenario"] == scenario}):
+            rs = [r for r in runs if r["scenario"] == scenario and r["target"] == target]
+            other: Counter[str] = Counter()
+            for r in rs:
+                other.update({k: v for k, v in r["statuses"].items() if k != "200"})
+                other.update(r["errors"])
+                other.update({"unfinished": r.get("unfinished", 0)} if r.get("unfinished") else {})
+
+            def total(key: str, rs: list = rs) -> int:
+                return sum(r.get(key) or 0 for r in rs)
+
+            lines.append(
+                f"| {target} | {len(rs)} {where} | {total('sent_total'):,} | {fmt(_median([r['sent_per_s'] for r in rs]), 0)} | "
+                f"{total('ok_total'):,} | {', '.join(f'{k}: {v}' for k, v in sorted(other.items())) or 'none'} | "
+                f"{total('sink_exports'):,} | {total('sink_stamped'):,} | {total('lost'):,} | "
+                f"{total('sent_bytes'):,} → {total('sink_bytes'):,} | {fmt(_median([r.get('p50_ms') for r in rs]))} / "
+                f"{fmt(_median([r.get('p99_ms') for r in rs]))} | {fmt(_median([r.get('late_p99_ms') for r in rs]))} | "
+                f"{fmt(max(r['settle_s'] for r in rs))} | {fmt(_pct(_median([r.get('telemetry_cpu_share') for r in rs])), 1)} |")
+    alone = [r for r in runs if r["scenario"] == "telemetry-alone"]
+    if alone:
+        lines += ["", "The exporters alone (no inference load): the gateway's CPU per export, without a subtraction.", "",
+                  "| target | how | exports measured | seconds | gateway % of a core | gateway CPU µs per export |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in alone:
+            lines.append(f"| {r['target']} | {TELEMETRY_HOW.get(r.get('variant') or '', '–')} | {r.get('in_window', 0):,} | "
+                         f"{fmt(r['wall_s'], 1)} | {fmt(_pct(r['gw_cpu_share']), 1)} | {fmt(r.get('cpu_us_per_export'), 0)} |")
+    return lines
 
 
 def cloud_checks(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:

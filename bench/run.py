@@ -18,7 +18,9 @@ Scenarios: 1 small JSON, 2 short SSE (both at concurrency 1/16/64/256),
 5 sign-in throughput, 6 --workers 2, cloud (JSON and SSE at concurrency 64,
 policy on, through a Bedrock and a Vertex upstream beside the Claude API one),
 metrics (JSON and SSE at concurrency 64, policy on, the gateway's own metrics
-off and on, scraped after each cell).
+off and on, scraped after each cell), telemetry (JSON and SSE at concurrency 64,
+policy on, on a gateway relaying clients' telemetry, with 5,000 simulated clients
+exporting every 60 s and without, in paired rounds; then the exporters alone).
 Targets alternate inside each cell so drift hits every target alike. Nothing
 here asserts a figure.
 
@@ -40,14 +42,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from bench import procs, report, stats
+from bench import procs, relay_load, report, stats
 from bench.report import NOISY_SHARE
 from bench.targets import CLOUDS, HERE, REPO, Lab, Target, find_claude, scrape
 from gateway.devenv.run import AskedStop, catch_stop_signals
 
 MODEL = "claude-sonnet-4-6"
+T = TypeVar("T")
 
 
 def body(stream: bool, upstream: str = "anthropic") -> str:
@@ -89,6 +92,13 @@ class Budget:
         self.cloud_rounds = 2 if quick else 3
         # Metrics off vs on differ by a few %: more rounds than the cloud cells to see it through drift.
         self.metrics_rounds = 2 if quick else 6
+        # Telemetry relayed beside inference load: signed-in clients each exporting metrics and
+        # logs once a minute (about 83 + 83 exports/s), on vs off in paired rounds like metrics.
+        self.telemetry_rounds = 2 if quick else 6
+        self.telemetry_clients = 5000
+        self.telemetry_interval_s = 60.0
+        # The exporters alone (no wrk): the gateway's CPU per export without a subtraction.
+        self.telemetry_alone_s = 5.0 if quick else 10.0
 
 
 class Runner:
@@ -101,6 +111,10 @@ class Runner:
         self.lab = Lab(out, log=self.log)
         self.started = time.monotonic()
         self.wrk = shutil.which("wrk")
+        # Load-side processes beside the lab's own while a cell runs (the telemetry exporters).
+        self.extra_load: list[int] = []
+        # CLOCK_MONOTONIC bounds of the last measured interval.
+        self.window: tuple[float, float] | None = None
 
     def log(self, msg: str) -> None:
         print(f"[bench {time.monotonic() - self.started:7.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -113,7 +127,11 @@ class Runner:
 
     def load_side(self) -> dict[str, Any]:
         lab = self.lab
-        return {"upstream": lab.fakes(), "postgres": [lab.cluster.pid]}
+        side: dict[str, Any] = {"upstream": lab.fakes(), "postgres": [lab.cluster.pid]}
+        telemetry = [p.pid for p in (lab.sink,) if p is not None and p.popen.poll() is None] + self.extra_load
+        if telemetry:  # the OTLP sink and the exporters, when the telemetry scenario runs
+            side["telemetry"] = telemetry
+        return side
 
     def measure(self, target: Target, argv: list[str], *, env: dict[str, str] | None = None,
                 timeout: float) -> tuple[subprocess.CompletedProcess, procs.Watch, float]:
@@ -123,15 +141,17 @@ class Runner:
             watched["gateway"] = target.proc
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with procs.Watch(watched) as watch:
+            t0 = time.monotonic()
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                                   preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores), cwd=str(REPO))
+            self.window = (t0, time.monotonic())
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         tool_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         return done, watch, tool_cpu
 
     def common(self, target: Target, watch: procs.Watch, tool_cpu: float, requests: int, elapsed: float) -> dict[str, Any]:
         gw_cpu = watch.cpu_s.get("gateway")
-        load_cpu = tool_cpu + watch.cpu_s["upstream"] + watch.cpu_s["postgres"]
+        load_cpu = tool_cpu + sum(cpu for name, cpu in watch.cpu_s.items() if name != "gateway")
         # The load side owns one core; past 90 % of it the figures say more about
         # the load than about the target.
         load_share = load_cpu / watch.wall_s
@@ -156,9 +176,11 @@ class Runner:
             "noisy": other > NOISY_SHARE,
             "peak_rss_mb": watch.peak_rss.get("gateway", 0) / 2**20 if "gateway" in watch.peak_rss else None,
             "notes": target.notes,
+            **({"telemetry_cpu_share": watch.share("telemetry")} if "telemetry" in watch.cpu_s else {}),
         }
 
-    def wrk_cell(self, scenario: str, mode: str, target: Target, conc: int, round_no: int | None = None) -> None:
+    def wrk_cell(self, scenario: str, mode: str, target: Target, conc: int, round_no: int | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         env = dict(os.environ, BENCH_BODY=target_body(target, mode == "sse"), BENCH_TOKEN=target.token or "",
                    BENCH_PATH=target.path(mode == "sse"))
         duration = self.b.cell_s + self.b.warmup_s
@@ -170,7 +192,7 @@ class Runner:
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
         if line is None:
             self.log(f"wrk failed for {target.name}: {done.stdout[-300:]} {done.stderr[-300:]}")
-            return
+            return None
         w = json.loads(line.removeprefix("BENCH_JSON "))
         pct = {float(p): us / 1000 for p, us in w["percentiles_us"]}
         errors = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
@@ -178,15 +200,16 @@ class Runner:
             "scenario": scenario, "mode": mode, "concurrency": conc, "tool": "wrk",
             **self.common(target, watch, tool_cpu, w["requests"], w["duration_us"] / 1e6),
             "p50_ms": pct[50.0], "p90_ms": pct[90.0], "p99_ms": pct[99.0], "p999_ms": pct[99.9],
-            "cdf_ms": sorted(pct.items()), "errors": errors,
+            "cdf_ms": sorted(pct.items()), "errors": errors, **(extra or {}),
         }
         if round_no is not None:
             row["round"] = round_no
         self.emit(row)
-        self.log(f"{scenario} {mode} c{conc} {target.name}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.2f} "
+        self.log(f"{scenario} {mode} c{conc} {target.name}{_label(extra)}: {row['rps']:.0f} req/s p50 {row['p50_ms']:.2f} "
                  f"p99 {row['p99_ms']:.2f} ms gw {row['cpu_us_per_req'] or 0:.0f} µs/req"
                  f"{' LOAD-BOUND' if row['load_bound'] else ''}"
                  f"{' NOISY (others %.0f %%)' % (row['other_cpu_share'] * 100) if row['noisy'] else ''}")
+        return row
 
     def driver(self, target: Target, spec: dict[str, Any], timeout: float) -> tuple[dict[str, Any], procs.Watch, float]:
         stream = json.loads(spec.get("body") or "{}").get("stream") is True
@@ -198,7 +221,8 @@ class Runner:
         return json.loads(done.stdout), watch, tool_cpu
 
     def loop_cell(self, scenario: str, mode: str, target: Target, conc: int, *, duration: float,
-                  max_requests: int | None = None, round_no: int | None = None) -> None:
+                  max_requests: int | None = None, round_no: int | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
         spec = {"mode": "loop", "body": target_body(target, mode == "sse"), "concurrency": conc, "duration_s": duration,
                 "warmup_s": self.b.warmup_s, "hard_limit_s": duration + 60}
         if max_requests:
@@ -210,13 +234,15 @@ class Runner:
             "scenario": scenario, "mode": mode, "concurrency": conc, "tool": "asyncio",
             **self.common(target, watch, tool_cpu, res["requests"], res["elapsed_s"]),
             **stats.summary(total, "ms"), **stats.summary(ttfb, "ms", prefix="ttfb_"),
-            "cdf_ms": stats.cdf(total), "errors": res["errors"],
+            "cdf_ms": stats.cdf(total), "errors": res["errors"], **(extra or {}),
         }
         if round_no is not None:
             row["round"] = round_no
         self.emit(row)
-        self.log(f"{scenario} {mode} c{conc} {target.name} (asyncio): p50 {row.get('p50_ms', 0):.2f} p99 {row.get('p99_ms', 0):.2f} ms, "
-                 f"first byte p50 {row.get('ttfb_p50_ms', 0):.2f} p99 {row.get('ttfb_p99_ms', 0):.2f} ms")
+        self.log(f"{scenario} {mode} c{conc} {target.name}{_label(extra)} (asyncio): p50 {row.get('p50_ms', 0):.2f} "
+                 f"p99 {row.get('p99_ms', 0):.2f} ms, first byte p50 {row.get('ttfb_p50_ms', 0):.2f} "
+                 f"p99 {row.get('ttfb_p99_ms', 0):.2f} ms")
+        return row
 
     def stream_cell(self, scenario: str, target: Target, streams: int, *, events: int, gap_s: float,
                     ttft_s: float, ramp_s: float) -> None:
@@ -285,7 +311,7 @@ class Runner:
         t.proc.stop()
         self.lab.targets.remove(t)
 
-    def rotate(self, targets: list[Target], i: int) -> list[Target]:
+    def rotate(self, targets: list[T], i: int) -> list[T]:
         return targets[i % len(targets):] + targets[: i % len(targets)]
 
     def scenario_1_2(self, targets: list[Target]) -> None:
@@ -399,6 +425,115 @@ class Runner:
         if on.proc is not None:
             on.proc.stop()
         self.lab.targets.remove(on)
+
+    def scenario_telemetry(self, targets: list[Target]) -> None:
+        """JSON and SSE at c64, policy on, on gateways relaying clients' metrics and logs to the
+        lab's OTLP sink (as received, and with identity stamping): each cell twice per round, with
+        the simulated clients exporting and without, the order alternating; then the exporters alone."""
+        try:
+            self.lab.start_sink()
+        except Exception as exc:
+            self.log(f"could not start the OTLP sink: {exc}")
+            self.emit({"scenario": "setup", "target": "otlp-sink", "error": str(exc)})
+            return
+        relays = []
+        for name, how in (("gatehouse-policy-telemetry", "relay"), ("gatehouse-policy-telemetry-stamp", "stamp")):
+            t = Target(name, "gatehouse", policy=True, telemetry=how)
+            try:
+                self.lab.add(t)
+                relays.append(t)
+                self.log(f"started {t.name} on port {t.port}")
+            except Exception as exc:  # reported, not fatal
+                self.log(f"could not start {t.name}: {exc}")
+                self.emit({"scenario": "setup", "target": t.name, "error": str(exc)})
+        self.lab.set_upstream()
+        for n in range(self.b.telemetry_rounds):
+            for i, mode in enumerate(("json", "sse")):
+                for t in relays:
+                    # Exporting and not, back to back on the same gateway; who goes first alternates.
+                    for exporting in self.rotate([False, True], n + i):
+                        self.telemetry_cell(mode, t, exporting, n)
+        for t in relays:
+            self.exporters_alone(t)
+        for t in relays:
+            if t.proc is not None:
+                t.proc.stop()
+            self.lab.targets.remove(t)
+
+    def telemetry_cell(self, mode: str, target: Target, exporting: bool, round_no: int) -> None:
+        extra = {"exporting": exporting, "variant": target.telemetry}
+        if not exporting:
+            self.cell("telemetry", mode, target, round_no, extra)
+            return
+        before = self.lab.sink_stats()
+        run = self.start_exporters(target, f"{target.name}-{mode}-{round_no}")
+        try:
+            row = self.cell("telemetry", mode, target, round_no, extra)
+        finally:
+            self.extra_load.remove(run.pid)
+            result = run.stop()
+        self.emit_exports("telemetry-exports", target, result, before, self.window, mode=mode, round=round_no,
+                          telemetry_cpu_share=(row or {}).get("telemetry_cpu_share"))
+
+    def cell(self, scenario: str, mode: str, target: Target, round_no: int,
+             extra: dict[str, Any]) -> dict[str, Any] | None:
+        if self.wrk:
+            return self.wrk_cell(scenario, mode, target, 64, round_no=round_no, extra=extra)
+        return self.loop_cell(scenario, mode, target, 64, duration=self.b.cell_s, round_no=round_no, extra=extra)
+
+    def start_exporters(self, target: Target, tag: str) -> relay_load.ExporterProcess:
+        run = relay_load.ExporterProcess(self.lab, target, clients=self.b.telemetry_clients,
+                                         interval_s=self.b.telemetry_interval_s,
+                                         bound_s=self.b.cell_s + self.b.telemetry_alone_s + 120, tag=tag)
+        self.extra_load.append(run.pid)
+        try:
+            run.wait_ready()
+        except Exception:
+            self.extra_load.remove(run.pid)
+            raise
+        return run
+
+    def exporters_alone(self, target: Target) -> None:
+        """The exporters and nothing else for a while: the gateway's CPU per export, measured
+        without subtracting one noisy cell from another."""
+        before = self.lab.sink_stats()
+        run = self.start_exporters(target, f"{target.name}-alone")
+        try:
+            watched = {**self.load_side(), "gateway": target.proc}
+            with procs.Watch(watched) as watch:
+                t0 = time.monotonic()
+                time.sleep(self.b.telemetry_alone_s)
+                window = (t0, time.monotonic())
+        finally:
+            self.extra_load.remove(run.pid)
+            result = run.stop()
+        row = self.exports_fields(target, result, before, window)
+        gw, exports = watch.cpu_s.get("gateway", 0.0), row.get("in_window", 0)
+        row.update({"scenario": "telemetry-alone", "gw_cpu_s": gw, "gw_cpu_share": watch.share("gateway"),
+                    "cpu_us_per_export": gw / exports * 1e6 if exports else None,
+                    "telemetry_cpu_share": watch.share("telemetry"), "wall_s": watch.wall_s})
+        self.emit(row)
+        self.log_exports(row)
+        self.log(f"telemetry {target.name}, exporters alone: {exports} exports in {watch.wall_s:.1f} s, gateway "
+                 f"{row['gw_cpu_share'] * 100:.1f} % of a core, {row['cpu_us_per_export'] or 0:.0f} µs per export")
+
+    def emit_exports(self, scenario: str, target: Target, result: dict[str, Any], before: dict[str, Any],
+                     window: tuple[float, float] | None, **keys: Any) -> None:
+        row = {"scenario": scenario, **keys, **self.exports_fields(target, result, before, window)}
+        self.emit(row)
+        self.log_exports(row)
+
+    def exports_fields(self, target: Target, result: dict[str, Any], before: dict[str, Any],
+                       window: tuple[float, float] | None) -> dict[str, Any]:
+        """An exporter run's figures, once the sink has received what the gateway accepted."""
+        sink, waited = relay_load.settle(self.lab, before, sum(result["ok"].values()))
+        return {"target": target.name, "variant": target.telemetry,
+                **relay_load.exports_row(result, sink, waited, window)}
+
+    def log_exports(self, row: dict[str, Any]) -> None:
+        self.log(f"{row['scenario']} {row['target']} {row.get('mode', '')}: {row['sent_total']} exports sent "
+                 f"({row['sent_per_s']:.0f}/s), {row['ok_total']} answered 200, sink got {row['sink_exports']} "
+                 f"({row['sink_stamped']} stamped), lost {row['lost']}, export p99 {row.get('p99_ms', 0):.1f} ms")
 
     def counted(self, target: Target) -> float | None:
         """gatehouse_requests_total summed, from a scrape (None for a target without metrics)."""
@@ -546,6 +681,8 @@ class Runner:
                 self.scenario_cloud(targets)
             if "metrics" in self.scenarios:
                 self.scenario_metrics(targets)
+            if "telemetry" in self.scenarios:
+                self.scenario_telemetry(targets)
             if "3b" in self.scenarios:
                 self.scenario_3b(targets)
             if "3a" in self.scenarios:
@@ -565,6 +702,13 @@ class Runner:
         trim_logs(self.out / "logs")
         report.write(self.out)
         self.log(f"done: {self.out / 'table.md'}")
+
+
+def _label(extra: dict[str, Any] | None) -> str:
+    """How a telemetry cell is named in the log: with or without the exporters running."""
+    if not extra or "exporting" not in extra:
+        return ""
+    return " (exporters on)" if extra["exporting"] else " (exporters off)"
 
 
 def trim_logs(folder: Path, keep_lines: int = 200) -> None:
@@ -589,7 +733,7 @@ def main() -> None:
     out = Path(os.environ.get("BENCH_OUT") or HERE / "results" / f"{dt.date.today().isoformat()}-{host}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "raw.jsonl").unlink(missing_ok=True)
-    all_scenarios = "idle,1,2,3a,3b,5,cloud,metrics,6,profile"
+    all_scenarios = "idle,1,2,3a,3b,5,cloud,metrics,telemetry,6,profile"
     scenarios = set((os.environ.get("BENCH_SCENARIOS") or all_scenarios).split(","))
     if os.environ.get("BENCH_PROFILE") == "0":
         scenarios.discard("profile")

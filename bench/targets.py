@@ -8,6 +8,10 @@ Targets:
   gatehouse-2w         Gatehouse --workers 2, policy on
   gatehouse-policy-metrics  gatehouse-policy with its own metrics on (Prometheus
                        at GET /metrics; scenario "metrics")
+  gatehouse-policy-telemetry  gatehouse-policy relaying clients' metrics and logs
+                       (telemetry.forward_to) to the counting OTLP sink; and
+  gatehouse-policy-telemetry-stamp  the same with identity stamping (scenario
+                       "telemetry")
   claude-gateway       Anthropic's gateway, same file minus gatehouse:
   claude-gateway-full  the same with its admin: and managed: blocks
   litellm              LiteLLM's proxy, pass-through (no database)
@@ -102,6 +106,9 @@ class Target:
     upstream: str = "anthropic"  # anthropic | bedrock | vertex
     workers: int = 1
     metrics: bool = False  # the gateway's own metrics on (configs/metrics.yaml)
+    # Clients' telemetry relayed to the lab's OTLP sink (configs/telemetry.yaml): "relay" as
+    # received, "stamp" with the caller's identity stamped on (configs/stamp.yaml).
+    telemetry: str | None = None
     port: int = 0
     proc: procs.Proc | None = None
     token: str | None = None
@@ -185,6 +192,9 @@ class Lab:
         self.front_door_port = 0
         self.front_door_ca: Path | None = None
         self.idp_port = 0
+        # The counting OTLP sink of the telemetry scenario (start_sink).
+        self.sink: procs.Proc | None = None
+        self.sink_port = 0
         self.targets: list[Target] = []
         # Every process started, registered before it is waited on: a stop
         # asked for half way through a start must still end it.
@@ -247,6 +257,24 @@ class Lab:
         wait_listening(self.vertex_port, self.google)
         if not self.key_file.exists() or (self.front_door_ca is not None and not self.front_door_ca.exists()):
             raise RuntimeError(f"the Google fakes wrote no key file or CA; log: {self.logs / 'google.log'}")
+
+    def start_sink(self) -> None:
+        """The OTLP sink the telemetry targets relay to (bench/otlp_sink.py), on the load core."""
+        if self.sink is not None:
+            return
+        self.sink_port = procs.free_port()
+        self.sink = self.spawn(
+            "otlp-sink", [sys.executable, "-m", "bench.otlp_sink", "--port", str(self.sink_port), "--uvloop"],
+            cores=self.load_cores, env=self.env, log_path=str(self.logs / "otlp-sink.log"), cwd=str(REPO),
+        )
+        wait_http(f"http://127.0.0.1:{self.sink_port}/_sink/stats", self.sink)
+
+    def sink_stats(self) -> dict[str, Any]:
+        """What the sink has received so far, per signal (counts only grow)."""
+        status, body = http("GET", f"http://127.0.0.1:{self.sink_port}/_sink/stats")
+        if status != 200:
+            raise RuntimeError(f"the OTLP sink answered {status}")
+        return json.loads(body)
 
     def fakes(self) -> list[int]:
         """Pids of every simulated upstream running (the load side's "upstream" share)."""
@@ -311,6 +339,10 @@ class Lab:
             text += "\n" + (CONFIGS / "gatehouse.yaml").read_text()
             if target.metrics:  # under gatehouse:, which gatehouse.yaml leaves open
                 text += (CONFIGS / "metrics.yaml").read_text()
+            if target.telemetry == "stamp":  # also under gatehouse: (one telemetry: key there)
+                if target.metrics:
+                    raise ValueError(f"{target.name}: own metrics and stamping both write gatehouse.telemetry")
+                text += (CONFIGS / "stamp.yaml").read_text()
         if target.policy:
             policy = (CONFIGS / "policy.yaml").read_text()
             if target.kind == "gatehouse" and not self.gatehouse_accepts_admin(text, policy):
@@ -319,6 +351,8 @@ class Lab:
             text += "\n" + policy
         elif target.kind == "gatehouse" and target.name == "gatehouse-minimal":
             text = text.split("\ngatehouse:", 1)[0] + "\n"
+        if target.telemetry:
+            text += "\n" + fill((CONFIGS / "telemetry.yaml").read_text(), sink=f"http://127.0.0.1:{self.sink_port}")
         return text
 
     def gatehouse_accepts_admin(self, base: str, policy: str) -> bool:

@@ -15,8 +15,10 @@ import sys
 import time
 
 import pytest
+from aiohttp import web
 
-from bench import driver, procs, report, stats
+from bench import driver, exporters, procs, report, stats
+from bench.otlp_sink import sink_app
 from bench.run import Budget, Runner, body
 from bench.targets import REPO
 from gateway.devenv.postgres import _alive
@@ -48,10 +50,13 @@ class Tiny(Budget):
         self.signin_s = 0.3
         self.poll_codes = 5
         self.poll_s = 1.0
+        self.telemetry_rounds = 1
+        self.telemetry_clients, self.telemetry_interval_s = 20, 1.0  # 40 exports/s
+        self.telemetry_alone_s = 0.5
 
 
 def test_every_scenario_once(tmp_path):
-    runner = Runner(tmp_path, Tiny(), peers={}, scenarios={"idle", "1", "2", "3a", "3b", "5", "metrics", "6"})
+    runner = Runner(tmp_path, Tiny(), peers={}, scenarios={"idle", "1", "2", "3a", "3b", "5", "metrics", "telemetry", "6"})
     runner.wrk = None  # the asyncio driver stands in, so CI needs no wrk
     (tmp_path / "machine.json").write_text(json.dumps({"cpus": 2, "quick": True}))
     runner.run()
@@ -66,10 +71,82 @@ def test_every_scenario_once(tmp_path):
     assert ("metrics", "gatehouse-policy-metrics") in seen and ("metrics", "gatehouse-policy") in seen
     scrapes = [r for r in rows if r["scenario"] == "metrics-scrape"]
     assert scrapes and all(r["requests_counted"] > 0 for r in scrapes)
-    assert all(not r.get("errors") for r in rows if r.get("scenario") in ("1", "2", "3a", "3b"))
+    assert all(not r.get("errors") for r in rows if r.get("scenario") in ("1", "2", "3a", "3b", "telemetry"))
+    relays = ("gatehouse-policy-telemetry", "gatehouse-policy-telemetry-stamp")
+    cells = {(r["target"], r["mode"], r["exporting"]) for r in rows if r["scenario"] == "telemetry"}
+    assert cells == {(t, m, on) for t in relays for m in ("json", "sse") for on in (False, True)}
+    runs = [r for r in rows if r["scenario"] in ("telemetry-exports", "telemetry-alone")]
+    assert len(runs) == 6
+    for r in runs:
+        # Every export sent was answered 200 and reached the sink; stamped exactly when asked.
+        assert r["sent_total"] > 0 and r["ok_total"] == r["sent_total"] and r["lost"] == 0, r
+        assert r["sink_stamped"] == (r["sink_exports"] if r["variant"] == "stamp" else 0), r
+        if r["variant"] == "relay":  # relayed as received, byte for byte
+            assert r["sink_bytes"] == r["sent_bytes"]
+    assert all(r["in_window"] > 0 for r in runs)
     table = (tmp_path / "table.md").read_text()
     assert "## 4. Policy on vs off" in table and "## 5. Sign-in throughput" in table
     assert "## The gateway's own metrics: off vs on" in table
+    assert "## Telemetry relayed beside inference load" in table and "The exporters alone" in table
+
+
+def test_exporters_keep_their_schedule():
+    clients, interval = 3, 60.0
+    step = interval / (2 * clients)
+    # Each client's metrics export, then its logs export half a slot later, clients in turn.
+    assert [exporters.slot(k, clients, interval) for k in range(7)] == [
+        (0.0, "metrics", 0), (step, "logs", 0), (2 * step, "metrics", 1), (3 * step, "logs", 1),
+        (4 * step, "metrics", 2), (5 * step, "logs", 2), (6 * step, "metrics", 0),
+    ]
+    assert exporters.slot(2 * clients, clients, interval)[0] == interval  # the next minute
+
+
+async def _sink_runner() -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(sink_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+async def _sink_stats(port: int) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/_sink/stats") as resp:
+        return await resp.json()
+
+
+async def test_exporters_reach_the_sink_each_once():
+    runner, port = await _sink_runner()
+    try:
+        # 30 exports due within 5 ms: the schedule costs the test no waiting.
+        spec = {"host": "127.0.0.1", "port": port, "token": "t", "clients": 10, "interval_s": 0.003, "max_exports": 30}
+        result = await exporters.run_exporters(spec)
+        got = await _sink_stats(port)
+    finally:
+        await runner.cleanup()
+    assert result["sent"] == result["ok"] == {"metrics": 15, "logs": 15} and not result["errors"]
+    assert len(result["ok_at"]) == 30
+    sizes = result["export_bytes"]
+    for sig in ("metrics", "logs"):
+        assert got[sig] == {"exports": 15, "bytes": 15 * sizes[sig], "stamped": 0}
+    assert got["traces"]["exports"] == 0 and got["other"]["requests"] == 0
+
+
+async def test_exporters_stop_when_asked_and_report_failures():
+    import asyncio
+
+    runner, port = await _sink_runner()
+    await runner.cleanup()  # nobody listens on that port any more
+    stop = asyncio.Event()
+    # One client a minute: the first export is due at once, the next in 30 s.
+    spec = {"host": "127.0.0.1", "port": port, "token": "t", "clients": 1, "interval_s": 60.0}
+    task = asyncio.create_task(exporters.run_exporters(spec, stop))
+    await asyncio.sleep(0)  # the first export goes out; the schedule waits for the second
+    stop.set()
+    result = await asyncio.wait_for(task, 10)  # long before the second export is due
+    assert result["sent"] == {"metrics": 1} and result["ok"] == {} and result["ok_at"] == []
+    assert sum(result["errors"].values()) == 1
 
 
 def test_percentiles_and_profile_summary(tmp_path):
