@@ -17,7 +17,9 @@ Two commands
    endpoint (:mod:`protocol_spec.conformance.cloud_fixtures`), unless
    ``--no-telemetry`` a fake OTLP/HTTP collector with two sinks, one per
    ``telemetry.forward_to`` destination
-   (:mod:`protocol_spec.fakes.otlp_collector`), and a test IdP
+   (:mod:`protocol_spec.fakes.otlp_collector`) and, with the ``gatehouse:``
+   section, a fake OTLP/gRPC collector for a third destination and Gatehouse's
+   own request spans (:mod:`protocol_spec.fakes.otlp_grpc_collector`), and a test IdP
    (oidc-provider-mock, through :mod:`protocol_spec.idp_process`) with five
    users: a normal one, a member of ``contractors``, one whose email is
    unverified, a member of the admin group, and one from a domain the config
@@ -28,7 +30,10 @@ Two commands
      Vertex upstream on theirs, custom models,
      managed policies, an admin block, limits, two telemetry destinations
      on the collector); valid for Anthropic's gateway
-     too once its ``gatehouse:`` section is removed;
+     too once what only Gatehouse reads is removed: its ``gatehouse:``
+     section and the ``forward_to`` entry that has a ``gatehouse:`` key (the
+     gRPC destination; :func:`~protocol_spec.conformance.fixtures.without_gatehouse`
+     does both, ``--no-gatehouse-section`` writes neither);
    * ``gateway.env``: what the gateway's environment needs
      (``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, secrets, the database URL,
      ``AWS_ENDPOINT_URL_STS``), and in a comment the proxy settings a gateway

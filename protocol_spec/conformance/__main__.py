@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-gatehouse-section",
         dest="gatehouse_section",
         action="store_false",
-        help="leave Gatehouse's own `gatehouse:` section out of the config (for gateways that refuse unknown keys)",
+        help="leave out what only Gatehouse reads: its `gatehouse:` section and the gRPC telemetry destination "
+        "(for gateways that refuse unknown keys; the checks of Gatehouse's telemetry extensions then SKIP)",
     )
     fx.add_argument(
         "--no-cloud-upstreams",

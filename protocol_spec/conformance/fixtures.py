@@ -13,7 +13,11 @@ starts, on loopback:
   ``sts.us-east-1.amazonaws.com`` on loopback;
 * unless ``--no-telemetry``, a fake OTLP/HTTP collector
   (:class:`protocol_spec.fakes.otlp_collector.OtlpCollector`) with one sink
-  per ``telemetry.forward_to`` destination (:data:`COLLECTOR_SINKS`);
+  per ``telemetry.forward_to`` destination (:data:`COLLECTOR_SINKS`), and,
+  with the ``gatehouse:`` section, a fake OTLP/gRPC collector
+  (:class:`protocol_spec.fakes.otlp_grpc_collector.OtlpGrpcCollector`) with a
+  sink for a third destination that only Gatehouse reads (``protocol: grpc``)
+  and one for Gatehouse's own request spans (:data:`GRPC_SINKS`);
 * oidc-provider-mock (:class:`protocol_spec.idp_process.IdpProcess`) with the
   users of :data:`USERS`;
 
@@ -23,9 +27,10 @@ then writes its files side by side and stays up until interrupted:
   schema (two Anthropic upstreams on the fake, a Bedrock and a Vertex
   upstream on theirs, custom models, managed policies, an ``admin`` block,
   limits, two telemetry destinations on the collector's sinks), valid for
-  Anthropic's gateway as well, plus a ``gatehouse:``
-  section that other gateways may delete (or leave out with
-  ``--no-gatehouse-section``);
+  Anthropic's gateway as well, plus what only Gatehouse reads: a
+  ``gatehouse:`` section, and a third ``forward_to`` destination marked
+  ``gatehouse: {protocol: grpc}``. ``--no-gatehouse-section`` leaves all of it
+  out; :func:`without_gatehouse` takes it out of a written config;
 * ``gateway.env``: the environment the gateway needs (secrets, the database
   URL, ``CLAUDE_GATEWAY_ALLOW_LOOPBACK=1``, ``AWS_ENDPOINT_URL_STS``), as
   ``NAME=value`` lines, and, as comments, the proxy settings a gateway that
@@ -183,6 +188,16 @@ COLLECTOR_HEADER = ("x-conformance-collector", "full")
 RESOURCE_ATTRIBUTES = {"deployment.environment": "conformance", "team.name": "platform"}
 # The contractors policy sets its own value, which wins over the pushed one (TEL-6).
 CONTRACTOR_RESOURCE_ATTRIBUTES = "deployment.environment=contractors"
+# Gatehouse only (its section): a third destination over OTLP/gRPC taking metrics and logs, as the
+# first does (so the pushed environment of TEL-6 is the same with and without it), and the
+# gateway's own request spans (TEL-12), each a sink of the fake gRPC collector.
+GRPC_SINK = "grpc"
+SPANS_SINK = "spans"
+GRPC_SINKS = (GRPC_SINK, SPANS_SINK)
+GRPC_COLLECTOR_HEADER = ("x-conformance-collector", "grpc")
+# The SDK's batch span processor waits this long (ms) before it exports (its default, 5 s, would
+# make TEL-12 wait that long); set through the SDK's own variable in gateway.env.
+SPAN_BATCH_DELAY_MS = 200
 
 # Models the recorded transcripts and the checks use; the base policy allows them all.
 BASE_MODELS = (
@@ -271,6 +286,14 @@ class FixtureState(msgspec.Struct, kw_only=True):
     collector_sinks: dict[str, str] = msgspec.field(default_factory=dict)
     # The secret the first destination's Authorization header is expanded from.
     collector_key: str = ""
+    # What the gatehouse: section switches on (all unset with --no-gatehouse-section, and the
+    # gRPC collector and stamping with --no-telemetry too; the checks of TEL-9 to TEL-12 then SKIP):
+    # the fake gRPC collector's control URL and, per sink, the URL the config names;
+    grpc_collector_url: str = ""
+    grpc_sinks: dict[str, str] = msgspec.field(default_factory=dict)
+    # gatehouse.telemetry.stamp_identity (TEL-10); GET /metrics for an admin key (TEL-11).
+    stamp_identity: bool = False
+    prometheus: bool = False
 
 
 def state_path_for(config_out: Path) -> Path:
@@ -392,9 +415,19 @@ def collector_destinations(sink_urls: dict[str, str]) -> dict[str, str]:
     return {name: url + (FULL_SINK_PATH if name == FULL_SINK else "") for name, url in sink_urls.items()}
 
 
-def _telemetry(destinations: dict[str, str]) -> str:
+def _telemetry(destinations: dict[str, str], grpc_url: str | None) -> str:
     env = ENV_NAMES
     attributes = "".join(f"\n    {name}: {_q(value)}" for name, value in RESOURCE_ATTRIBUTES.items())
+    grpc_destination = "" if grpc_url is None else f"""\
+    - url: {grpc_url}
+      metrics: true
+      logs: true
+      headers:
+        Authorization: "Bearer ${{{env["collector_key"]}}}"
+        {GRPC_COLLECTOR_HEADER[0]}: {GRPC_COLLECTOR_HEADER[1]}
+      gatehouse:
+        protocol: grpc
+"""
     return f"""\
 telemetry:
   forward_to:
@@ -405,8 +438,42 @@ telemetry:
         Authorization: "Bearer ${{{env["collector_key"]}}}"
         {COLLECTOR_HEADER[0]}: {COLLECTOR_HEADER[1]}
     - url: {destinations[DEFAULTS_SINK]}
-  resource_attributes:{attributes}
+{grpc_destination}  resource_attributes:{attributes}
 """
+
+
+def _gatehouse_telemetry(grpc_sinks: dict[str, str] | None) -> str:
+    """Gatehouse's own telemetry settings: /metrics always; stamping and traces with the gRPC collector."""
+    text = """\
+  telemetry:
+    metrics:
+      prometheus:
+        enabled: true
+"""
+    if grpc_sinks is not None:
+        # sample_ratio 0: only a client's sampled traceparent makes a span (TEL-12).
+        text += f"""\
+    stamp_identity: true
+    traces:
+      otlp:
+        endpoint: {grpc_sinks[SPANS_SINK]}
+        protocol: grpc
+      sample_ratio: 0
+"""
+    return text
+
+
+def without_gatehouse(config: dict[str, Any]) -> dict[str, Any]:
+    """A parsed fixture config without anything only Gatehouse reads: the ``gatehouse:``
+    section, and every ``forward_to`` entry with a ``gatehouse:`` key of its own (the gRPC
+    destination; another gateway would post OTLP/HTTP to a gRPC port). What
+    ``--no-gatehouse-section`` writes, for a config written with the section."""
+    out = {k: v for k, v in config.items() if k != "gatehouse"}
+    telemetry = out.get("telemetry")
+    if isinstance(telemetry, dict) and isinstance(telemetry.get("forward_to"), list):
+        kept = [d for d in telemetry["forward_to"] if not (isinstance(d, dict) and "gatehouse" in d)]
+        out["telemetry"] = {**telemetry, "forward_to": kept}
+    return out
 
 
 def pushed_telemetry_env(public_url: str) -> dict[str, str]:
@@ -435,12 +502,15 @@ def render_config(
     gatehouse_section: bool = True,
     clouds: CloudUrls | None = None,
     collector: dict[str, str] | None = None,
+    grpc_collector: dict[str, str] | None = None,
 ) -> str:
     """The fixture gateway.yaml; secrets are ``${VAR}`` references into gateway.env.
 
     ``collector`` maps each of :data:`COLLECTOR_SINKS` to its listener's URL; without
-    it the config has no ``telemetry`` section.
+    it the config has no ``telemetry`` section. ``grpc_collector`` maps each of
+    :data:`GRPC_SINKS` to its URL; it is used only with the ``gatehouse:`` section.
     """
+    grpc_sinks = grpc_collector if gatehouse_section and collector is not None else None
     env = ENV_NAMES
     public_url = f"http://{HOST}:{port}"
     text = f"""\
@@ -500,13 +570,13 @@ rate_limits:
   device_verify: {{max: {RATE_LIMIT_MAX}, window_seconds: 600}}
 """
     if collector is not None:
-        text += _telemetry(collector_destinations(collector))
+        text += _telemetry(collector_destinations(collector), grpc_sinks[GRPC_SINK] if grpc_sinks else None)
     if gatehouse_section:
         # Health memory off: the failover checks make the same upstream fail many times in a
         # row on purpose, and the protocol's failover rules (MSG-28 to MSG-31) assume every
         # request tries every upstream, as Anthropic's gateway does (SPEC MSG-45, §27.1).
         text += f"""\
-# Gatehouse's own settings; other gateways delete this section.
+# Gatehouse's own settings; other gateways delete this section and any forward_to entry with a gatehouse: key.
 gatehouse:
   signin:
     login_notice: {_q(LOGIN_NOTICE)}
@@ -515,10 +585,13 @@ gatehouse:
     health:
       enabled: false
 """
+        text += _gatehouse_telemetry(grpc_sinks)
     return text
 
 
-def render_env(values: dict[str, str], postgres_url: str | None, clouds: CloudUrls | None = None) -> dict[str, str]:
+def render_env(
+    values: dict[str, str], postgres_url: str | None, clouds: CloudUrls | None = None, spans: bool = False
+) -> dict[str, str]:
     env = {ENV_NAMES[name]: value for name, value in values.items()}
     if postgres_url:
         env[ENV_NAMES["postgres_url"]] = postgres_url
@@ -527,6 +600,8 @@ def render_env(values: dict[str, str], postgres_url: str | None, clouds: CloudUr
     if clouds is not None and clouds.sts_url:
         # AWS SDKs take a service's endpoint from this variable: AssumeRole goes to the fake STS.
         env["AWS_ENDPOINT_URL_STS"] = clouds.sts_url
+    if spans:
+        env["OTEL_BSP_SCHEDULE_DELAY"] = str(SPAN_BATCH_DELAY_MS)
     return env
 
 
@@ -576,18 +651,22 @@ def write_files(
     gatehouse_section: bool = True,
     clouds: CloudUrls | None = None,
     collector: tuple[str, dict[str, str]] | None = None,
+    grpc_collector: tuple[str, dict[str, str]] | None = None,
 ) -> FixtureState:
     """Write gateway.yaml, gateway.env and gateway.fixtures.json; return the state.
 
-    ``collector`` is the fake collector's control URL and its sinks' URLs.
+    ``collector`` and ``grpc_collector`` are each a fake collector's control URL
+    and its sinks' URLs (the gRPC one is used only with the ``gatehouse:`` section).
     """
     sinks = collector[1] if collector else None
+    grpc = grpc_collector if gatehouse_section and collector else None
     config_out.write_text(
         render_config(
-            port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section, clouds=clouds, collector=sinks
+            port=port, fake_url=fake_url, idp_url=idp_url, gatehouse_section=gatehouse_section, clouds=clouds, collector=sinks,
+            grpc_collector=grpc[1] if grpc else None,
         )
     )
-    env = render_env(values, postgres_url, clouds)
+    env = render_env(values, postgres_url, clouds, spans=grpc is not None)
     front = front_door_env(clouds.front_door_url, clouds.front_door_ca_path) if clouds and clouds.front_door_url else None
     env_path = env_path_for(config_out)
     env_path.write_text(env_file_text(env, front))
@@ -618,6 +697,10 @@ def write_files(
         collector_url=collector[0] if collector else "",
         collector_sinks=collector_destinations(sinks) if sinks else {},
         collector_key=values["collector_key"] if collector else "",
+        grpc_collector_url=grpc[0] if grpc else "",
+        grpc_sinks=grpc[1] if grpc else {},
+        stamp_identity=grpc is not None,
+        prometheus=gatehouse_section,
     )
     state_file = state_path_for(config_out)
     state_file.write_bytes(msgspec.json.format(msgspec.json.encode(state)))
@@ -638,6 +721,7 @@ async def serve(
     """Run the fixtures until SIGINT/SIGTERM. Returns the exit status."""
     from protocol_spec.conformance.cloud_fixtures import CloudFakes
     from protocol_spec.fakes.otlp_collector import OtlpCollector
+    from protocol_spec.fakes.otlp_grpc_collector import OtlpGrpcCollector
     from protocol_spec.fakes.upstream import FakeUpstream
     from protocol_spec.idp_process import IdpProcess
 
@@ -647,13 +731,17 @@ async def serve(
     values = new_secrets()
     cloud_fakes = CloudFakes(config_out, values["aws_access_key_id"], values["aws_secret_access_key"]) if cloud_upstreams else None
     collector = OtlpCollector(COLLECTOR_SINKS, HOST) if telemetry else None
+    grpc_collector = OtlpGrpcCollector(GRPC_SINKS, HOST) if telemetry and gatehouse_section else None
     state_file = state_path_for(config_out)
     try:
         await fake.start()
         clouds = await cloud_fakes.start() if cloud_fakes is not None else None
         if collector is not None:
             await collector.start()
+        if grpc_collector is not None:
+            await grpc_collector.start()
         sinks = (collector.control_url, {name: collector.url(name) for name in COLLECTOR_SINKS}) if collector else None
+        grpc_sinks = (grpc_collector.control_url, {n: grpc_collector.url(n) for n in GRPC_SINKS}) if grpc_collector else None
         state = write_files(
             config_out,
             port=gateway_port or free_port(),
@@ -664,6 +752,7 @@ async def serve(
             gatehouse_section=gatehouse_section,
             clouds=clouds,
             collector=sinks,
+            grpc_collector=grpc_sinks,
         )
         if not quiet:
             print(config_out.read_text(), flush=True)
@@ -671,6 +760,8 @@ async def serve(
         clouds_line = "" if clouds is None else f"fake Bedrock {clouds.bedrock_url}\nfake Vertex {clouds.vertex_url}\n"
         if collector is not None:
             clouds_line += f"fake OTLP collector {collector.control_url} (control)\n"
+        if grpc_collector is not None:
+            clouds_line += f"fake OTLP/gRPC collector {grpc_collector.control_url} (control)\n"
         print(
             f"fake upstream {fake.url}\n{clouds_line}test IdP {idp.issuer}\nconfig {state.config_path}\n"
             f"env {state.env_path}\nstate {state_file.resolve()}\n"
@@ -691,6 +782,8 @@ async def serve(
         await fake.close()
         if collector is not None:
             await collector.close()
+        if grpc_collector is not None:
+            await grpc_collector.close()
         if cloud_fakes is not None:
             await cloud_fakes.close()
         await asyncio.to_thread(idp.stop)

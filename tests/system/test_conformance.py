@@ -196,6 +196,9 @@ def test_gatehouse_passes_every_checked_must(gatehouse: dict[str, Any], tmp_path
     # The report covers the whole spec, in order, one entry per requirement.
     assert [r["id"] for r in report["requirements"]] == [r.id for r in requirements.load()]
     assert by_id["DISC-2"]["outcome"] == "PASS"
+    # SHOULDs the fixtures' gatehouse: section switches on: a FAIL here would not fail the run.
+    should = {rid: by_id[rid]["outcome"] for rid in ("TEL-11", "TEL-12")}
+    assert should == {"TEL-11": "PASS", "TEL-12": "PASS"}, [f for rid in should for f in by_id[rid]["findings"]]
     assert elapsed < RUN_TIMEOUT_S
 
 
@@ -212,14 +215,21 @@ def test_every_check_names_known_requirements() -> None:
 
 
 def test_fixture_config_is_valid_for_gatehouse_and_without_its_section(tmp_path: Path) -> None:
-    from protocol_spec.conformance.fixtures import CLOUD_MODELS, PAIR_MODEL, CloudUrls, render_config
+    from protocol_spec.conformance.fixtures import (
+        CLOUD_MODELS,
+        PAIR_MODEL,
+        CloudUrls,
+        render_config,
+        without_gatehouse,
+    )
 
     key_file = tmp_path / "sa.json"
     key_file.write_text("{}")
     clouds = CloudUrls(bedrock_url="http://127.0.0.1:18300", vertex_url="http://127.0.0.1:18400", service_account_path=str(key_file))
     urls: dict[str, Any] = {"port": 18080, "fake_url": "http://127.0.0.1:18200", "idp_url": "http://127.0.0.1:18100"}
     sinks = {"full": "http://127.0.0.1:18500", "defaults": "http://127.0.0.1:18501"}
-    text = render_config(**urls, clouds=clouds, collector=sinks)
+    grpc = {"grpc": "http://127.0.0.1:18600", "spans": "http://127.0.0.1:18601"}
+    text = render_config(**urls, clouds=clouds, collector=sinks, grpc_collector=grpc)
     env = {name: "x" * 40 for name in ENV_NAMES.values()} | {"CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}
     env[ENV_NAMES["postgres_url"]] = "postgresql://u@127.0.0.1:5432/db"
     path = tmp_path / "gateway.yaml"
@@ -235,13 +245,18 @@ def test_fixture_config_is_valid_for_gatehouse_and_without_its_section(tmp_path:
     assert cfg.gatehouse.upstream.ping_interval_seconds == GATEHOUSE_PING_INTERVAL_S
     assert not unsupported_reasons(cfg)
     assert cfg.telemetry is not None
-    assert [(d.url, d.metrics, d.logs, d.traces) for d in cfg.telemetry.forward_to] == [
-        ("http://127.0.0.1:18500/otlp", True, True, False), ("http://127.0.0.1:18501", True, False, False),
+    assert [(d.url, d.metrics, d.logs, d.traces, d.gatehouse.protocol) for d in cfg.telemetry.forward_to] == [
+        ("http://127.0.0.1:18500/otlp", True, True, False, "http"), ("http://127.0.0.1:18501", True, False, False, "http"),
+        ("http://127.0.0.1:18600", True, True, False, "grpc"),
     ]
     assert cfg.telemetry.forward_to[0].headers["Authorization"] == "Bearer " + env[ENV_NAMES["collector_key"]]
-    bare = render_config(**urls, gatehouse_section=False, clouds=clouds, collector=sinks)
-    assert "gatehouse" not in bare, "no Gatehouse-only key anywhere, forward_to entries included"
+    ours = cfg.gatehouse.telemetry
+    assert ours.stamp_identity and ours.metrics.prometheus.enabled and ours.metrics.prometheus.listen is None
+    assert ours.traces.otlp is not None and ours.traces.otlp.endpoint == grpc["spans"] and ours.traces.sample_ratio == 0
+    bare = render_config(**urls, gatehouse_section=False, clouds=clouds, collector=sinks, grpc_collector=grpc)
+    assert "gatehouse" not in bare and "18600" not in bare, "no Gatehouse-only key anywhere, nor the gRPC destination"
     assert yaml.safe_load(bare).keys() == yaml.safe_load(text).keys() - {"gatehouse"}
+    assert without_gatehouse(yaml.safe_load(text)) == yaml.safe_load(bare), "what other gateways get from the full config"
     anthropic_only = yaml.safe_load(render_config(**urls))
     assert [u["name"] for u in anthropic_only["upstreams"]] == ["primary", "secondary"]
     assert {m["id"] for m in anthropic_only["models"]}.isdisjoint(CLOUD_MODELS)

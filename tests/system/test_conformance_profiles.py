@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import Any
 
 import aiohttp
 import pytest
@@ -204,12 +205,18 @@ def test_fixtures_can_leave_gatehouses_own_section_out(tmp_path) -> None:
 
     assert _parser().parse_args(["fixtures"]).gatehouse_section is True
     assert _parser().parse_args(["fixtures", "--no-gatehouse-section"]).gatehouse_section is False
-    urls = {"port": 18080, "fake_url": "http://127.0.0.1:18200", "idp_url": "http://127.0.0.1:18100", "postgres_url": None}
+    urls: dict[str, Any] = {"port": 18080, "fake_url": "http://127.0.0.1:18200", "idp_url": "http://127.0.0.1:18100", "postgres_url": None}
     full, bare = tmp_path / "full.yaml", tmp_path / "bare.yaml"
-    write_files(full, **urls, values=new_secrets())
-    write_files(bare, **urls, values=new_secrets(), gatehouse_section=False)
+    sinks = ("http://127.0.0.1:18300", {"full": "http://127.0.0.1:18301", "defaults": "http://127.0.0.1:18302"})
+    grpc = ("http://127.0.0.1:18400", {"grpc": "http://127.0.0.1:18401", "spans": "http://127.0.0.1:18402"})
+    ours = write_files(full, **urls, values=new_secrets(), collector=sinks, grpc_collector=grpc)
+    theirs = write_files(bare, **urls, values=new_secrets(), gatehouse_section=False, collector=sinks, grpc_collector=grpc)
     assert "gatehouse" in yaml.safe_load(full.read_text())
     assert yaml.safe_load(bare.read_text()).keys() == yaml.safe_load(full.read_text()).keys() - {"gatehouse"}
+    # The state tells the checks of Gatehouse's telemetry extensions (TEL-9 to TEL-12) whether to SKIP.
+    assert (ours.grpc_collector_url, ours.grpc_sinks, ours.stamp_identity, ours.prometheus) == (grpc[0], grpc[1], True, True)
+    assert (theirs.grpc_collector_url, theirs.grpc_sinks, theirs.stamp_identity, theirs.prometheus) == ("", {}, False, False)
+    assert "OTEL_BSP_SCHEDULE_DELAY" in ours.env and "OTEL_BSP_SCHEDULE_DELAY" not in theirs.env
 
 
 # -- A check judging both kinds must still judge the protocol's requirements --------------------

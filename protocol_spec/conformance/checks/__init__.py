@@ -16,6 +16,7 @@ from protocol_spec.conformance.checks import limits  # noqa: F401
 from protocol_spec.conformance.checks import policy  # noqa: F401
 from protocol_spec.conformance.checks import replay  # noqa: F401
 from protocol_spec.conformance.checks import telemetry  # noqa: F401
+from protocol_spec.conformance.checks import gatehouse_telemetry  # noqa: F401
 from protocol_spec.conformance.checks import bedrock  # noqa: F401
 from protocol_spec.conformance.checks import vertex  # noqa: F401
 from protocol_spec.conformance.checks import spend  # noqa: F401

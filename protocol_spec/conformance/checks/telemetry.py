@@ -8,9 +8,14 @@ so it takes metrics alone. Nobody takes traces. ``listen.public_url`` is set,
 so managed settings carry the telemetry environment (TEL-6). TEL-1 (the
 ingest answer) is checked in :mod:`.replay`.
 
-Every export a check sends carries a marker that makes its bytes unique, and
-what a sink received is matched by bytes, so a gateway may deliver in any
-order (Anthropic's sends each export on its own). A check waits for an export
+Every export a check sends carries a marker (a resource attribute) that makes
+it unique, and what a sink received is matched by that marker, so a gateway
+may deliver in any order (Anthropic's sends each export on its own). With the
+fixtures' ``gatehouse:`` section, Gatehouse stamps the caller's identity on
+every export (TEL-10, :mod:`.gatehouse_telemetry`), which changes its bytes:
+then TEL-2's "unchanged" is judged on content, apart from the four identity
+attributes stamping writes, in the same content type and encoding (a gateway
+that relays the bytes as sent passes either way). A check waits for an export
 it can count on to arrive after the ones it judges (a *sentinel*) instead of
 sleeping, and leaves no export of its own pending, since the next check scripts
 the same sinks.
@@ -52,6 +57,7 @@ from protocol_spec.fakes.otlp_collector import RemoteCollector
 
 # How long a destination may take to get an export on loopback, retries included (Gatehouse's
 # first retries come within a second or two); generous, and only ever waited out on a failure.
+# Read at each wait, so the tests of these checks can shorten it for relays that never retry.
 ARRIVAL_S = 10.0
 # How long a check looks for an export that should not arrive (or arrive again), once
 # everything it did expect has arrived.
@@ -65,11 +71,12 @@ RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
 
 @dataclass(frozen=True)
 class Export:
-    """One export as the client sends it."""
+    """One export as the client sends it, and the marker that tells it apart."""
 
     signal: str
     body: bytes
     content_type: str
+    marker: str
     content_encoding: str | None = None
 
     @property
@@ -80,12 +87,19 @@ class Export:
         return headers
 
 
-def _marker(label: str) -> str:
+def new_marker(label: str) -> str:
     return f"{label}-{secrets.token_hex(6)}"
 
 
-def metrics(label: str) -> Export:
-    return Export("metrics", otlp.metrics_protobuf(_marker(label)), otlp.PROTOBUF)
+def metrics(label: str, *, gzip: bool = False) -> Export:
+    marker = new_marker(label)
+    body = otlp.metrics_protobuf(marker)
+    return Export("metrics", otlp.gzipped(body) if gzip else body, otlp.PROTOBUF, marker, "gzip" if gzip else None)
+
+
+def logs(label: str) -> Export:
+    marker = new_marker(label)
+    return Export("logs", otlp.logs_json(marker), otlp.JSON, marker)
 
 
 def collector(c: Ctx) -> RemoteCollector:
@@ -109,8 +123,21 @@ def accepted(c: Ctx, rid: str, answer: Answer | None, what: str) -> bool:
     return c.expect(rid, ok, what, observed=observed, expected="200, empty body")
 
 
-def with_body(records: list[dict[str, Any]], body: bytes, status: int | None | str = "any") -> list[dict[str, Any]]:
-    return [r for r in records if r["body"] == body and (status == "any" or r["status"] == status)]
+def with_marker(records: list[dict[str, Any]], marker: str, status: int | None | str = "any") -> list[dict[str, Any]]:
+    """The records of the export that carries ``marker`` (answered ``status``, unless "any")."""
+    return [r for r in records if otlp.marker_of(r) == marker and (status == "any" or r["status"] == status)]
+
+
+def unchanged(c: Ctx, export: Export, record: dict[str, Any]) -> bool:
+    """Whether ``record`` holds ``export`` as sent: byte for byte, or, where the fixtures switch
+    identity stamping on (TEL-10), the same content apart from the identity attributes."""
+    if record["body"] == export.body:
+        return True
+    if not c.state.stamp_identity:
+        return False
+    sent = otlp.document(export.signal, export.body, export.content_type, export.content_encoding)
+    got = otlp.record_document(record)
+    return got is not None and otlp.without_identity(got) == otlp.without_identity(sent)
 
 
 def signal_path(sink: str, signal: str) -> str:
@@ -167,30 +194,31 @@ async def relayed(c: Ctx) -> None:
     col = collector(c)
     token = await c.bearer()
     await col.reset()
-    plain = metrics("relay-protobuf")
-    logs = Export("logs", otlp.logs_json(_marker("relay-json")), otlp.JSON)
-    packed = Export("metrics", otlp.gzipped(otlp.metrics_protobuf(_marker("relay-gzip"))), otlp.PROTOBUF, "gzip")
-    for export in (plain, logs, packed):
+    plain, json_logs, packed = metrics("relay-protobuf"), logs("relay-json"), metrics("relay-gzip", gzip=True)
+    for export in (plain, json_logs, packed):
         accepted(c, "TEL-2", await send(c, export, token), f"a {export.signal} export ({export.content_type}, {export.content_encoding or 'identity'})")
-    wanted = {FULL_SINK: [plain, logs, packed], DEFAULTS_SINK: [plain, packed]}
+    wanted = {FULL_SINK: [plain, json_logs, packed], DEFAULTS_SINK: [plain, packed]}
     got: dict[str, list[dict[str, Any]]] = {}
     for sink, exports in wanted.items():
         _, got[sink] = await col.wait(sink, len(exports), ARRIVAL_S, status=200)
     # Anything more (logs at the defaults sink, a copy) would arrive about as fast as the rest.
     for sink, exports in wanted.items():
         _, got[sink] = await col.wait(sink, len(exports) + 1, QUIET_S)
+    how = "apart from the identity attributes stamped (TEL-10)" if c.state.stamp_identity else "byte for byte"
     for sink, exports in wanted.items():
         records = got[sink]
         for export in exports:
             what = f"{sink} destination: the {export.signal} export ({export.content_type}, {export.content_encoding or 'identity'})"
-            arrived = with_body(records, export.body)
-            if not c.expect("TEL-2", len(arrived) == 1, f"{what} arrives once, byte for byte", observed=len(arrived), expected=1):
+            arrived = with_marker(records, export.marker)
+            if not c.expect("TEL-2", len(arrived) == 1, f"{what} arrives once", observed=len(arrived), expected=1):
                 continue
             record = arrived[0]
+            c.expect("TEL-2", unchanged(c, export, record), f"{what}: unchanged, {how}", observed=otlp.record_document(record),
+                     expected=otlp.document(export.signal, export.body, export.content_type, export.content_encoding))
             c.equal("TEL-2", record["path"], signal_path(sink, export.signal), f"{what}: at <url>/v1/{export.signal}")
             c.equal("TEL-2", header_value(record["headers"], "content-type"), export.content_type, f"{what}: Content-Type unchanged")
             c.equal("TEL-2", header_value(record["headers"], "content-encoding"), export.content_encoding, f"{what}: Content-Encoding unchanged")
-        extra = [f"{r['path']} ({len(r['body'])} bytes)" for r in records if not any(r["body"] == e.body for e in exports)]
+        extra = [f"{r['path']} ({len(r['body'])} bytes)" for r in records if otlp.marker_of(r) not in {e.marker for e in exports}]
         c.equal("TEL-2", extra, [], f"{sink} destination: only the signals it enables")
     for record in got[FULL_SINK]:
         c.equal("TEL-2", header_value(record["headers"], "authorization"), f"Bearer {c.state.collector_key}",
@@ -208,15 +236,16 @@ async def independent(c: Ctx) -> None:
     col = collector(c)
     token = await c.bearer()
     await col.reset()
-    traces = Export("traces", otlp.traces_json(_marker("unwanted")), otlp.JSON)
+    unwanted = new_marker("unwanted")
+    traces = Export("traces", otlp.traces_json(unwanted), otlp.JSON, unwanted)
     accepted(c, "TEL-3", await send(c, traces, token), "a traces export, which no destination takes")
     # 1. The full destination answers 503 once: the defaults one still gets the export.
     await col.script(FULL_SINK, SinkAnswer(status=503))
     failing = metrics("one-fails")
     accepted(c, "TEL-3", await send(c, failing, token), "an export while one destination answers 503")
-    c.expect("TEL-3", await delivered(col, DEFAULTS_SINK, failing.body), "the other destination delivers it")
+    c.expect("TEL-3", await delivered(col, DEFAULTS_SINK, failing.marker), "the other destination delivers it")
     _, records = await col.wait(FULL_SINK, 1, ARRIVAL_S)
-    c.expect("TEL-3", bool(with_body(records, failing.body, 503)), "the failing destination was tried (and answered 503)",
+    c.expect("TEL-3", bool(with_marker(records, failing.marker, 503)), "the failing destination was tried (and answered 503)",
              observed=[r["status"] for r in records])
     # A gateway that retries (Gatehouse) does so before the next export; one that does not has dropped it.
     await _settled(c, col, token, "after-503")
@@ -226,29 +255,30 @@ async def independent(c: Ctx) -> None:
     held = metrics("held")
     accepted(c, "TEL-3", await send(c, held, token), "an export while one destination holds its answer")
     _, records = await col.wait(FULL_SINK, before + 1, ARRIVAL_S)
-    holding = with_body(records, held.body)
+    holding = with_marker(records, held.marker)
     c.expect("TEL-3", bool(holding) and holding[0]["status"] is None,
              "the client had its answer while the destination still held the export",
              observed=[r["status"] for r in holding] or "never sent", expected="held (no answer yet)")
-    c.expect("TEL-3", await delivered(col, DEFAULTS_SINK, held.body), "the other destination delivers while the first one stalls")
+    c.expect("TEL-3", await delivered(col, DEFAULTS_SINK, held.marker), "the other destination delivers while the first one stalls")
     await col.release(FULL_SINK)
     await _settled(c, col, token, "after-stall")
     seen = [r for r in await col.received() if r["path"].endswith("/v1/traces")]
     c.equal("TEL-3", [f"{r['sink']} {r['path']}" for r in seen], [], "a signal no destination takes goes nowhere")
 
 
-async def delivered(col: RemoteCollector, sink: str, body: bytes, timeout_s: float = ARRIVAL_S) -> bool:
-    """Whether ``sink`` answers 200 to ``body`` within ``timeout_s`` (waiting one delivery at a time)."""
-    deadline = time.monotonic() + timeout_s
+async def delivered(col: RemoteCollector, sink: str, marker: str, timeout_s: float | None = None, ok: int = 200) -> bool:
+    """Whether ``sink`` answers ``ok`` to the export carrying ``marker`` within ``timeout_s``
+    (:data:`ARRIVAL_S` by default; waiting one delivery at a time)."""
+    deadline = time.monotonic() + (ARRIVAL_S if timeout_s is None else timeout_s)
     while True:
         records = await col.received(sink)
-        if with_body(records, body, 200):
+        if with_marker(records, marker, ok):
             return True
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        count = sum(r["status"] == 200 for r in records)
-        await col.wait(sink, count + 1, left, status=200)
+        count = sum(r["status"] == ok for r in records)
+        await col.wait(sink, count + 1, left, status=ok)
 
 
 async def _settled(c: Ctx, col: RemoteCollector, token: str, label: str, rid: str = "TEL-3") -> list[dict[str, Any]]:
@@ -256,7 +286,7 @@ async def _settled(c: Ctx, col: RemoteCollector, token: str, label: str, rid: st
     still doing with earlier exports (a retry, a held answer) is over by then."""
     sentinel = metrics(label)
     accepted(c, rid, await send(c, sentinel, token), f"a later export ({label})")
-    reached = await delivered(col, FULL_SINK, sentinel.body)
+    reached = await delivered(col, FULL_SINK, sentinel.marker)
     c.expect(rid, reached, f"a later export ({label}) reaches the full destination", observed="not delivered", expected="delivered")
     return await col.received(FULL_SINK)
 
@@ -278,7 +308,7 @@ async def rejections(c: Ctx) -> None:
     records = await _settled(c, col, token, "after-rejections", "TEL-4")
     _, records = await col.wait(FULL_SINK, len(records) + 1, QUIET_S)
     for status, export in zip(REJECTIONS, rejected, strict=True):
-        tries = with_body(records, export.body)
+        tries = with_marker(records, export.marker)
         c.equal("TEL-4", len(tries), 1, "a rejected export is sent once")
         c.expect("TEL-4", bool(tries) and tries[0]["status"] in REJECTIONS, "it was answered with a rejection",
                  observed=[t["status"] for t in tries], expected=f"one of {REJECTIONS} (the scripted order: {status} first)")
@@ -302,9 +332,10 @@ async def outage(c: Ctx) -> None:
     await col.up(DEFAULTS_SINK)
     _, records = await col.wait(DEFAULTS_SINK, OUTAGE_EXPORTS, ARRIVAL_S, status=200)
     _, records = await col.wait(DEFAULTS_SINK, len(records) + 1, QUIET_S)
-    delivered = [r["body"] for r in records if r["status"] == 200]
-    order = [next((i for i, e in enumerate(sent) if e.body == body), -1) for body in delivered]
+    markers = [e.marker for e in sent]
+    arrived = [otlp.marker_of(r) for r in records if r["status"] == 200]
+    order = [markers.index(m) if m in markers else -1 for m in arrived]
     c.equal("TEL-8", order, list(range(OUTAGE_EXPORTS)), "every export of the outage delivered once it is back, once each, in order")
-    first = [r["status"] for r in with_body(records, sent[0].body)]
+    first = [r["status"] for r in with_marker(records, sent[0].marker)]
     c.expect("TEL-8", first[:1] == [503] and first[-1:] == [200], "the first export failed, was retried, and got through",
              observed=first, expected="503 first, 200 last")
