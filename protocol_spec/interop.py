@@ -151,6 +151,10 @@ NOTES: dict[str, tuple[str, str]] = {
     "VERTEX-6": (_DIFF, "SPEC §27.1: Vertex's stream is re-emitted without Vertex's own `ping` events"),
     "TEL-8": (_DIFF, "SPEC §27.1: each export is tried once; those sent while a destination answers 503 are lost, none arrives "
               "when it is back"),
+    "TEL-9": (_DIFF, "SPEC §27.1: no OTLP/gRPC destinations (Gatehouse's `gatehouse:` extension, left out of this config)"),
+    "TEL-10": (_DIFF, "SPEC §27.1: no server-side identity stamping (a `gatehouse:` option)"),
+    "TEL-11": (_DIFF, "SPEC §27.1: no metrics of its own; `/metrics` is not served"),
+    "TEL-12": (_DIFF, "SPEC §27.1: no request spans of its own"),
     "MSG-47": (_DEPART, "`upstream_ttfb_ms` (1.5 s here) also bounds streaming and count_tokens requests to Bedrock and Vertex, as "
                "its boot log says (\"older gateways applied it to provider: anthropic upstreams only\"); a non-streaming invoke waits"),
 }
@@ -327,7 +331,12 @@ def wait_port_free(port: int, timeout_s: float = 20.0) -> None:
 
 
 def write_config(source: Path, target: Path, *, drop: tuple[str, ...] = (), models: list[dict[str, Any]] | None = None) -> Path:
+    from protocol_spec.conformance.fixtures import without_gatehouse
+
     data = yaml.safe_load(source.read_text())
+    if "gatehouse" in drop:
+        # The gatehouse: section and what lives only under per-entry gatehouse: keys (the gRPC collector).
+        data = without_gatehouse(data)
     for section in drop:
         data.pop(section, None)
     if models is not None:
