@@ -24,8 +24,16 @@ OURS = "gatehouse-policy"
 
 
 def load(out: Path) -> list[dict[str, Any]]:
-    path = out / "raw.jsonl"
+    return _rows(out / "raw.jsonl")
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def other_runs(out: Path) -> list[list[dict[str, Any]]]:
+    """The rows of earlier runs kept beside this one (``other-runs/*raw.jsonl``), one list per run."""
+    return [_rows(path) for path in sorted((out / "other-runs").glob("*raw.jsonl"))]
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -157,7 +165,7 @@ def write(out: Path) -> None:
     md += scenario_4(rows, idx)
     md += cloud_section(rows, idx)
     md += metrics_section(rows)
-    md += telemetry_section(rows)
+    md += telemetry_section(rows, other_runs(out))
     signin = [r for r in rows if r.get("scenario") == "5"]
     if signin:
         md += ["## 5. Sign-in throughput", "",
@@ -172,7 +180,7 @@ def write(out: Path) -> None:
     md += targets_check(rows, idx)
     profiles = [r for r in rows if r.get("scenario") == "profile"]
     if profiles:
-        md += ["## Where the gateway's time goes (py-spy, wrk c64)", ""]
+        md += ["## Where the gateway's time goes (py-spy, wrk c64; 'exports': the telemetry exporters alone)", ""]
         for r in profiles:
             md += [f"**{r['target']} {r['mode']}** — share of samples by leaf frame (self time):", "",
                    "| share | frame |", "|---:|---|"]
@@ -265,14 +273,6 @@ def _range(values: list[Any]) -> tuple[float, float] | None:
 
 
 CLOUD_ORDER = ["direct", "gatehouse-policy", "claude-gateway-full"]
-
-
-def _gateway_of(target: str) -> str:
-    """"gatehouse-policy-bedrock" → "gatehouse-policy": the same gateway on the Claude API."""
-    for cloud in ("-bedrock", "-vertex"):
-        if target.endswith(cloud):
-            return target.removesuffix(cloud)
-    return target
 
 
 def _cpu_ratio(cells: dict, c: dict[str, Any]) -> float | None:
@@ -421,8 +421,9 @@ def _med_range(values: list[Any], digits: int = 2) -> str:
     return f"{fmt(mid, digits)} ({fmt(span[0], digits)}–{fmt(span[1], digits)})"
 
 
-def telemetry_section(rows: list[dict[str, Any]]) -> list[str]:
-    """Telemetry relayed beside inference load: the hot path with the exporters on vs off."""
+def telemetry_section(rows: list[dict[str, Any]], others: list[list[dict[str, Any]]] | None = None) -> list[str]:
+    """Telemetry relayed beside inference load: the hot path with the exporters on vs off
+    (and, pooled with ``others``, the paired rounds of every run kept in the folder)."""
     pairs = telemetry_pairs(rows)
     if not pairs:
         return []
@@ -435,8 +436,9 @@ def telemetry_section(rows: list[dict[str, Any]]) -> list[str]:
              "the off-cell's per-request cost, over the exports answered while it was measured. 'Off spread' is the "
              "off-cells' own range over their median: how far the same cell moves between rounds without any change.", "",
              "| target | mode | rounds | req/s off / on | p50 ms off / on | p99 ms off / on | p99 on/off | "
-             "gw CPU µs/req off / on | CPU on/off | off spread p99 / CPU | exports/s | µs per export | others % off / on | flags |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "gw CPU µs/req off / on | CPU on/off | gw CPU % off / on | off spread p99 / CPU | exports/s | µs per export | "
+             "others % off / on | flags |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     keys = sorted({(p["target"], p["mode"]) for p in pairs}, key=lambda k: (k[0], k[1] != "json"))
     for target, mode in keys:
         ps = [p for p in pairs if p["target"] == target and p["mode"] == mode]
@@ -450,14 +452,37 @@ def telemetry_section(rows: list[dict[str, Any]]) -> list[str]:
             f"{sum(bool(r.get('noisy')) for r in off + on)} of {len(off + on)} cells noisy" if any(r.get("noisy") for r in off + on) else "",
             f"{sum(r.get('errors') or 0 for r in off + on)} errors" if any(r.get("errors") for r in off + on) else "") if f]
         spread = " / ".join(_percent(_spread([r.get(k) for r in off])) for k in ("p99_ms", "cpu_us_per_req"))
-        others = f"{fmt(_pct(_median([r.get('other_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('other_cpu_share') for r in on])), 0)}"
+        neighbours = f"{fmt(_pct(_median([r.get('other_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('other_cpu_share') for r in on])), 0)}"
         lines.append(
             f"| {target} | {mode} | {len(ps)} | {both('rps')} | {both('p50_ms')} | {both('p99_ms')} | "
             f"{_med_range([p['p99_ratio'] for p in ps])} | {both('cpu_us_per_req')} | {_med_range([p['cpu_ratio'] for p in ps])} | "
+            f"{fmt(_pct(_median([r.get('gw_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('gw_cpu_share') for r in on])), 0)} | "
             f"{spread} | {fmt(_median([p.get('exports_per_s') for p in ps]), 0)} | "
-            f"{_med_range([p['cpu_us_per_export'] for p in ps], 0)} | {others} | {', '.join(flags)} |")
+            f"{_med_range([p['cpu_us_per_export'] for p in ps], 0)} | {neighbours} | {', '.join(flags)} |")
+    pooled = pairs + [p for run in others or [] for p in telemetry_pairs(run)]
+    if len(pooled) > len(pairs):
+        lines += ["", *telemetry_pooled(pooled, 1 + sum(bool(telemetry_pairs(run)) for run in others or []))]
     lines += ["", *telemetry_exports(rows)]
     return [*lines, ""]
+
+
+def telemetry_pooled(pairs: list[dict[str, Any]], runs: int) -> list[str]:
+    """The per-round on/off ratios of several runs together: a drift or a neighbour moves single
+    rounds either way, an effect of the exporters moves most of them the same way."""
+    lines = [f"The paired rounds of all {runs} runs in this folder (this one and `other-runs/`) together: medians of "
+             "the per-round on/off ratios, and in how many rounds the figure was higher with the exporters on.", "",
+             "| target | mode | rounds | CPU on/off | rounds CPU higher | p99 on/off | rounds p99 higher | "
+             "req/s on/off | µs per export |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for target, mode in sorted({(p["target"], p["mode"]) for p in pairs}, key=lambda k: (k[0], k[1] != "json")):
+        ps = [p for p in pairs if p["target"] == target and p["mode"] == mode]
+        cpu, p99 = [p["cpu_ratio"] for p in ps], [p["p99_ratio"] for p in ps]
+        rps = [_ratio(p["on"].get("rps"), p["off"].get("rps")) for p in ps]
+        lines.append(
+            f"| {target} | {mode} | {len(ps)} | {fmt(_median(cpu))} | {sum(c is not None and c > 1 for c in cpu)} of {len(ps)} | "
+            f"{fmt(_median(p99))} | {sum(c is not None and c > 1 for c in p99)} of {len(ps)} | {fmt(_median(rps))} | "
+            f"{fmt(_median([p['cpu_us_per_export'] for p in ps]), 0)} |")
+    return lines
 
 
 def telemetry_exports(rows: list[dict[str, Any]]) -> list[str]:
@@ -553,14 +578,14 @@ def targets_check(rows: list[dict[str, Any]], idx: dict) -> list[str]:
     if t1 and td and t1.get("ttfb_p99_ms") is not None:
         added = t1["ttfb_p99_ms"] - td["ttfb_p99_ms"]
         checks.append(("added time to first byte ≤ 1 ms at p99, c1 (SSE)", f"{added:.3f} ms", added <= 1.0))
-    cpu = [r.get("cpu_us_per_req") for r in rows if r.get("target") == OURS and r.get("tool") == "wrk"
+    cpu: list[float] = [r["cpu_us_per_req"] for r in rows if r.get("target") == OURS and r.get("tool") == "wrk"
            and r.get("scenario") in ("1", "2") and r.get("concurrency") == 64 and r.get("cpu_us_per_req")]
     if cpu:
         checks.append(("gateway CPU ≤ 500 µs per request (c64, JSON and SSE)", " / ".join(f"{c:.0f} µs" for c in cpu), max(cpu) <= 500))
     idle = {r["target"]: r["idle_rss_mb"] for r in rows if r.get("scenario") == "idle"}
     if "gatehouse-minimal" in idle:
         checks.append(("idle RSS ≤ 60 MB, minimal config", f"{idle['gatehouse-minimal']:.1f} MB", idle["gatehouse-minimal"] <= 60))
-    peak = [r.get("peak_rss_mb") for r in rows if r.get("target") == OURS and r.get("concurrency") == 64
+    peak: list[float] = [r["peak_rss_mb"] for r in rows if r.get("target") == OURS and r.get("concurrency") == 64
             and r.get("scenario") in ("1", "2") and r.get("peak_rss_mb")]
     if peak:
         checks.append(("RSS ≤ 80 MB under the c64 load", f"{max(peak):.1f} MB", max(peak) <= 80))

@@ -127,7 +127,7 @@ class Runner:
 
     def load_side(self) -> dict[str, Any]:
         lab = self.lab
-        side: dict[str, Any] = {"upstream": lab.fakes(), "postgres": [lab.cluster.pid]}
+        side: dict[str, Any] = {"upstream": lab.fakes(), "postgres": [lab.db.pid]}
         telemetry = [p.pid for p in (lab.sink,) if p is not None and p.popen.poll() is None] + self.extra_load
         if telemetry:  # the OTLP sink and the exporters, when the telemetry scenario runs
             side["telemetry"] = telemetry
@@ -183,6 +183,7 @@ class Runner:
                  extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         env = dict(os.environ, BENCH_BODY=target_body(target, mode == "sse"), BENCH_TOKEN=target.token or "",
                    BENCH_PATH=target.path(mode == "sse"))
+        assert self.wrk is not None  # callers use the asyncio driver without wrk
         duration = self.b.cell_s + self.b.warmup_s
         # wrk has no warm-up switch: run it for warm-up + cell and accept that the
         # first second is in the figures (the same for every target).
@@ -304,6 +305,7 @@ class Runner:
 
     def minimal_idle_rss(self) -> None:
         t = self.lab.add(Target("gatehouse-minimal", "gatehouse"))
+        assert t.proc is not None
         time.sleep(2)
         rss = procs.rss_bytes(t.proc.pids()) / 2**20
         self.emit({"scenario": "idle", "target": t.name, "idle_rss_mb": rss, "notes": ["minimal config"]})
@@ -455,6 +457,8 @@ class Runner:
                         self.telemetry_cell(mode, t, exporting, n)
         for t in relays:
             self.exporters_alone(t)
+            if "profile" in self.scenarios:
+                self.profile_exports(t)
         for t in relays:
             if t.proc is not None:
                 t.proc.stop()
@@ -593,13 +597,14 @@ class Runner:
                     self.wrk_cell("6", mode, t, conc)
                 else:
                     self.loop_cell("6", mode, t, conc, duration=self.b.cell_s)
+        assert t.proc is not None
         t.proc.stop()
         self.lab.targets.remove(t)
 
     def profile(self, target: Target) -> None:
         """py-spy on the gateway while wrk drives it at concurrency 64 (JSON, then SSE)."""
-        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not Path(pyspy).exists() or not self.wrk:
+        pyspy = self.pyspy()
+        if pyspy is None or not self.wrk:
             self.log("profile skipped: py-spy or wrk missing")
             return
         self.lab.set_upstream()
@@ -607,11 +612,7 @@ class Runner:
             folded = self.out / f"profile-{target.name}-{mode}.folded"
             env = dict(os.environ, BENCH_BODY=body(mode == "sse"), BENCH_TOKEN=target.token or "")
             self.log(f"profiling {target.name} {mode} for {self.b.profile_s} s")
-            spy = subprocess.Popen(
-                [pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(self.b.profile_s), "--rate", "250",
-                 "--format", "raw", "--output", str(folded), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
+            spy = self.spy(pyspy, target, folded)
             try:
                 time.sleep(0.5)
                 subprocess.run([self.wrk, "-t1", "-c64", f"-d{self.b.profile_s}s", "-s", str(HERE / "lua" / "messages.lua"),
@@ -627,6 +628,43 @@ class Runner:
                            "top": report.top_frames(folded, 25)})
                 self.log(f"profile {mode}: {folded.name}")
 
+    def profile_exports(self, target: Target) -> None:
+        """py-spy on a telemetry target while the exporters alone drive it: where an export's CPU goes."""
+        pyspy = self.pyspy()
+        if pyspy is None:
+            self.log("profile skipped: py-spy missing")
+            return
+        folded = self.out / f"profile-{target.name}-exports.folded"
+        self.log(f"profiling {target.name} under the exporters alone for {self.b.profile_s} s")
+        run = self.start_exporters(target, f"{target.name}-profile")
+        try:
+            spy = self.spy(pyspy, target, folded)
+            try:
+                spy.wait(self.b.profile_s + 60)
+            finally:
+                if spy.poll() is None:  # stopped half way: py-spy must not outlive the run
+                    spy.kill()
+                    spy.wait()
+        finally:
+            self.extra_load.remove(run.pid)
+            run.stop()
+        if folded.exists():
+            self.emit({"scenario": "profile", "target": target.name, "mode": "exports", "top": report.top_frames(folded, 25)})
+            self.log(f"profile exports: {folded.name}")
+
+    def pyspy(self) -> str | None:
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        return pyspy if Path(pyspy).exists() else None
+
+    def spy(self, pyspy: str, target: Target, folded: Path) -> subprocess.Popen:
+        """py-spy recording ``target`` for the profile budget, on the load cores."""
+        assert target.proc is not None
+        return subprocess.Popen(
+            [pyspy, "record", "--pid", str(target.proc.pid), "--duration", str(self.b.profile_s), "--rate", "250",
+             "--format", "raw", "--output", str(folded), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.sched_setaffinity(0, self.lab.load_cores))
+
     def spend_rows(self, target: Target) -> int | None:
         """How many spend counters the policy target wrote: 0 means no spend work in the hot path."""
         import asyncio
@@ -634,7 +672,7 @@ class Runner:
         import asyncpg
 
         async def count() -> int:
-            url = self.lab.cluster.url.rsplit("/", 1)[0] + "/" + target.name.replace("-", "_")
+            url = self.lab.db.url.rsplit("/", 1)[0] + "/" + target.name.replace("-", "_")
             conn = await asyncpg.connect(url)
             try:
                 return await conn.fetchval("SELECT count(*) FROM spend_counters")

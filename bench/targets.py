@@ -42,11 +42,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import procs
+
+if TYPE_CHECKING:
+    from gateway.devenv.postgres import Cluster
 
 HERE = Path(__file__).resolve().parent
 # What the gateways send for claude-sonnet-4-6 (the built-in catalogs of both).
@@ -170,13 +174,13 @@ def wait_http(url: str, proc: procs.Proc | None, timeout: float = 60.0) -> None:
 class Lab:
     """Shared infrastructure, all on the load cores."""
 
-    def __init__(self, out: Path, *, log: callable = print) -> None:
+    def __init__(self, out: Path, *, log: Callable[[str], None] = print) -> None:
         self.out = out
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.gw_cores, self.load_cores = procs.core_sets()
-        self.cluster = None
+        self.cluster: Cluster | None = None
         self.idp: procs.Proc | None = None
         self.fake: procs.Proc | None = None
         self.fake_port = 0
@@ -208,8 +212,8 @@ class Lab:
         from gateway.devenv.postgres import Cluster
 
         procs.pin([os.getpid()], self.load_cores)
-        self.cluster = Cluster.start()
-        procs.pin(procs.tree(self.cluster.pid), self.load_cores)
+        cluster = self.cluster = Cluster.start()
+        procs.pin(procs.tree(cluster.pid), self.load_cores)
         self.idp_port = procs.free_port()
         self.idp = self.spawn(
             "idp", [str(Path(sys.executable).parent / "oidc-provider-mock"), "-p", str(self.idp_port), "-H", "127.0.0.1"],
@@ -394,8 +398,15 @@ class Lab:
         else:
             target.port, target.token = self.vertex_port, self.vertex_token()
 
+    @property
+    def db(self) -> Cluster:
+        """The PostgreSQL cluster, once started."""
+        if self.cluster is None:
+            raise RuntimeError("the lab's PostgreSQL is not started")
+        return self.cluster
+
     def _db(self, name: str) -> str:
-        return self.cluster.create_database(name.replace("-", "_"))
+        return self.db.create_database(name.replace("-", "_"))
 
     def _write_config(self, target: Target) -> Path:
         target.port = procs.free_port()
