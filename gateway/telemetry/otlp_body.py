@@ -46,6 +46,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from gateway.errors import Fault, Party
+
 # What one export may expand to. The ingest cap bounds what a client sends, not
 # what it decompresses to; 64 MiB is well past any real batch (collectors take
 # 4 MiB per gRPC message by default) and small enough to hold while converting.
@@ -77,8 +79,11 @@ _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 _REASON_CHARS = 160
 
 
-class BodyRejected(ValueError):
-    """The export cannot become an OTLP request; ``str()`` is a short reason."""
+class BodyRejected(Fault, ValueError):
+    """The export cannot become an OTLP request; ``str()`` is a short reason. The
+    client already had its 200 (TEL-1): the relay counts and logs it, nothing answers."""
+
+    fault = Party.CLIENT
 
 
 def export_request(

@@ -177,7 +177,7 @@ async def test_uncapped_people_skip_admission_but_are_charged(stores, db):
     s = await spend_store(stores)
     request = rid()
     admission = await s.reserve(request_id=request, principal=who, model="m", amount_micro=10**9, now=NOW)
-    assert admission == (True, None, [], 0)
+    assert admission == (True, None, [], 0, False)
     assert await counter(db, "user", who.sub) is None  # no database call on admission
     assert await s.settle(request, 12_345, NOW) == "direct"
     assert await s.settle(request, 12_345, NOW) == "duplicate"

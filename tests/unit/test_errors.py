@@ -393,6 +393,8 @@ CLASS_FAULTS = {
     "gateway.upstreams.bedrock.MalformedReply": Party.UPSTREAM,
     # A proxy variable the gateway cannot use stops boot: the operator's to fix.
     "gateway.upstreams.egress.EgressError": Party.GATEWAY,
+    # An OTLP export the relay cannot read (to stamp it, or for a gRPC collector).
+    "gateway.telemetry.otlp_body.BodyRejected": Party.CLIENT,
 }
 INSTANCE_FAULTS = {
     "gateway.errors.GatewayError",
