@@ -26,9 +26,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.config.addresses import is_forbidden_address
-from gateway.config.schema import ForwardTo, ForwardToGatehouse, Telemetry
+from gateway.config.schema import ForwardTo, ForwardToGatehouse
 from gateway.http.keys import RUNTIME
-from gateway.telemetry.destinations import destinations
 from gateway.telemetry.otlp_body import MAX_DECOMPRESSED_BYTES
 from gateway.telemetry.relay import Relay
 from gateway.upstreams.egress import Egress, parse_proxy
@@ -68,17 +67,6 @@ TRACE_JSON = {"resourceSpans": [{"scopeSpans": [{"spans": [
 
 
 @pytest.fixture
-async def transport() -> AsyncIterator[Transport]:
-    t = Transport(
-        max_connections=20, connect_timeout_s=2.0, idle_read_timeout_s=5.0,
-        is_forbidden=lambda ip: is_forbidden_address(ip, True),
-    )
-    await t.start()
-    yield t
-    await t.close()
-
-
-@pytest.fixture
 async def collectors() -> AsyncIterator[Callable[..., Awaitable[GrpcCollector]]]:
     made: list[GrpcCollector] = []
 
@@ -90,21 +78,6 @@ async def collectors() -> AsyncIterator[Callable[..., Awaitable[GrpcCollector]]]
     yield make
     for c in made:
         await c.close()
-
-
-@pytest.fixture
-async def relays() -> AsyncIterator[Callable[..., Relay]]:
-    made: list[Relay] = []
-
-    def make(entries: list[ForwardTo], transport: Transport, **kwargs) -> Relay:
-        kwargs.setdefault("log", lambda level, msg: None)
-        relay = Relay(destinations(Telemetry(forward_to=tuple(entries))), transport, **kwargs)
-        relay.start()
-        made.append(relay)
-        return relay
-
-    yield make
-    await stop(*made)
 
 
 def counts(relay: Relay, url: str, index: int = 0) -> dict[str, int]:

@@ -15,8 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config.addresses import is_forbidden_address
-from gateway.config.schema import ForwardTo, Telemetry
-from gateway.telemetry.destinations import destinations
+from gateway.config.schema import ForwardTo
 from gateway.telemetry.queue import Backoff
 from gateway.telemetry.relay import Relay
 from gateway.upstreams.egress import Egress, parse_proxy
@@ -49,19 +48,6 @@ async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 @pytest.fixture
-async def transport() -> AsyncIterator[Transport]:
-    t = Transport(
-        max_connections=50,
-        connect_timeout_s=2.0,
-        idle_read_timeout_s=5.0,
-        is_forbidden=lambda ip: is_forbidden_address(ip, True),
-    )
-    await t.start()
-    yield t
-    await t.close()
-
-
-@pytest.fixture
 async def collectors() -> AsyncIterator[Callable[..., Awaitable[Collector]]]:
     made: list[Collector] = []
 
@@ -73,21 +59,6 @@ async def collectors() -> AsyncIterator[Callable[..., Awaitable[Collector]]]:
     yield make
     for c in made:
         await c.close()
-
-
-@pytest.fixture
-async def relays() -> AsyncIterator[Callable[..., Relay]]:
-    made: list[Relay] = []
-
-    def make(entries: list[ForwardTo], transport: Transport, **kwargs) -> Relay:
-        kwargs.setdefault("log", lambda level, msg: None)
-        relay = Relay(destinations(Telemetry(forward_to=tuple(entries))), transport, **kwargs)
-        relay.start()
-        made.append(relay)
-        return relay
-
-    yield make
-    await stop(*made)  # senders a test left running (a second drain is a no-op)
 
 
 async def stop(*relays: Relay) -> None:
