@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import json
 import secrets
 import socket
@@ -33,6 +31,7 @@ from gateway.auth.oidc import (
     TokenSet,
 )
 from gateway.config.schema import Oidc
+from tests.harness import self_signed_cert
 from tests.scripted_idp import DROP, ScriptedIdp, TokenReply
 
 REDIRECT = "https://gw.example.com/oauth/callback"
@@ -858,35 +857,3 @@ async def test_mock_idp_domain_rule(mock_idp, make_client):
     tokens = await mock_sign_in(client, "dave")
     with pytest.raises(IdentityRejected, match="email domain not allowed"):
         await client.identity_from_tokens(tokens, nonce="nn")
-
-
-# ====================================================================== helpers
-
-
-def self_signed_cert(ip: str) -> tuple[bytes, bytes]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scripted idp")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem

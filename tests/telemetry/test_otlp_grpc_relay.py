@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import gzip
-import ipaddress
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -32,7 +26,7 @@ from gateway.telemetry.otlp_body import MAX_DECOMPRESSED_BYTES
 from gateway.telemetry.relay import Relay
 from gateway.upstreams.egress import Egress, parse_proxy
 from gateway.upstreams.transport import Transport
-from tests.harness import free_port
+from tests.harness import free_port, self_signed_cert
 from tests.telemetry.collector import Collector
 from tests.telemetry.grpc_collector import GrpcCollector, Partial, Retry
 from tests.telemetry.test_otlp_relay import Sleeps, numbered, stop, until
@@ -360,14 +354,14 @@ async def test_without_a_proxy_from_egress_grpcio_ignores_the_proxy_variables(tr
 
 
 async def test_an_https_destination_gets_a_verified_tls_channel(transport, collectors, relays):
-    cert, key = self_signed("127.0.0.1")
+    cert, key = self_signed_cert("127.0.0.1")
     c = await collectors(tls=(cert, key))
     assert c.url.startswith("https://")
     relay = relays([grpc_dest(c.url)], transport, grpc_roots=cert)
     relay.submit("metrics", b"over tls", PROTOBUF, None)
     await until(lambda: len(c.received) == 1)
     # Trusting other roots, the same collector is refused in the handshake: retried, never reached.
-    other, _ = self_signed("127.0.0.1")
+    other, _ = self_signed_cert("127.0.0.1")
     sleeps = Sleeps(gate=True)
     distrusting = relays([grpc_dest(c.url)], transport, grpc_roots=other, sleep=sleeps)
     distrusting.submit("metrics", b"untrusted", PROTOBUF, None)
@@ -501,21 +495,3 @@ class ConnectProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-def self_signed(ip: str) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpc collector")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
