@@ -21,6 +21,9 @@ Rules:
     each point of a signed-in session);
   - ``user.groups`` and ``identity.source`` are removed (they belong to the
     resource);
+  - Claude Desktop's ``enduser.id`` (the email) and ``enduser.sub`` become the
+    caller's, here and on the resources, wherever the client put them (never
+    added: the CLI does not send them);
   - ``user.id`` is kept when it is the client's installation hash, 64 lower-case
     hex digits: the real client, not signed in to a gateway, puts that on every
     point and log record (cag-telemetry.md §5), and it names an installation,
@@ -82,6 +85,10 @@ from gateway.telemetry.otlp_body import (
 
 IDENTITY_SOURCE = "gateway-oidc"
 IDENTITY_KEYS = frozenset({"user.id", "user.email", "user.groups", "identity.source"})
+# Claude Desktop names the same person with these (the bootstrap's otlpResourceAttributes):
+# corrected wherever the client put them, on resources too, but never added.
+END_USER_KEYS = frozenset({"enduser.id", "enduser.sub"})
+_CORRECTED_KEYS = IDENTITY_KEYS | END_USER_KEYS
 # The most a stamped export may decode to. Stamping holds its thread for some
 # 10-25 µs a kB (bench/stamp.py; the more points and attributes, the more), so
 # this bounds one export to about 0.1 s of CPU. The real client's exports are a
@@ -114,7 +121,7 @@ def _is_attribute_list(field: FieldDescriptor) -> bool:
 ATTRIBUTE_LISTS = FieldRoutes(_is_attribute_list)
 # Protobuf writes a key's UTF-8 bytes as they are: without these, no attribute
 # can be an identity attribute and the walk below the resource is skipped.
-_IDENTITY_KEY_PREFIXES = (b"user.", b"identity.source")
+_IDENTITY_KEY_PREFIXES = (b"user.", b"identity.source", b"enduser.")
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
@@ -183,8 +190,10 @@ def _point_value(key: str, sent: str | None, marks: _Stamp) -> object:
     string value, or None (removed). ``sent`` is its value if a string."""
     if key == "user.id":
         return _KEEP if sent is not None and INSTALLATION_ID.fullmatch(sent) else marks.sub
-    if key == "user.email":
+    if key in ("user.email", "enduser.id"):
         return marks.email
+    if key == "enduser.sub":
+        return marks.sub
     return None  # user.groups, identity.source
 
 
@@ -202,6 +211,7 @@ def _stamp_protobuf(signal: str, data: bytes, resources: FieldDescriptor, marks:
                 del attributes[i]
         for key, value in marks.resource:
             attributes.add(key=key).value.string_value = value
+        _correct_protobuf(attributes, marks, END_USER_KEYS)
         if below:
             _walk_protobuf(entry, marks)
     return request.SerializeToString()
@@ -218,11 +228,11 @@ def _walk_protobuf(message: Message, marks: _Stamp) -> None:
             _walk_protobuf(getattr(message, name), marks)
 
 
-def _correct_protobuf(attributes: Any, marks: _Stamp) -> None:
+def _correct_protobuf(attributes: Any, marks: _Stamp, keys: frozenset[str] = _CORRECTED_KEYS) -> None:
     removed: list[int] = []
     for i, kv in enumerate(attributes):
         key = kv.key
-        if key not in IDENTITY_KEYS:
+        if key not in keys:
             continue
         value = kv.value
         corrected = _point_value(key, value.string_value if value.WhichOneof("value") == "string_value" else None, marks)
@@ -254,12 +264,12 @@ def _stamp_json(data: bytes, resources: FieldDescriptor, marks: _Stamp) -> bytes
         if not isinstance(entries, list):
             raise BodyRejected(f"{name} is not a list")
         for entry in entries:
-            _stamp_json_entry(entry, name, written)
+            _stamp_json_entry(entry, name, written, marks)
             _walk_json(entry, resources.message_type, marks)
     return _json_encode(document)
 
 
-def _stamp_json_entry(entry: Any, name: str, written: list[dict[str, Any]]) -> None:
+def _stamp_json_entry(entry: Any, name: str, written: list[dict[str, Any]], marks: _Stamp) -> None:
     if not isinstance(entry, dict):
         raise BodyRejected(f"an entry of {name} is not an object")
     resource = entry.get("resource")
@@ -270,6 +280,7 @@ def _stamp_json_entry(entry: Any, name: str, written: list[dict[str, Any]]) -> N
     attributes = resource.get("attributes") or []
     _check_json_attributes(attributes, f"a resource in {name}")
     resource["attributes"] = [a for a in attributes if a["key"] not in IDENTITY_KEYS] + written
+    _correct_json(resource["attributes"], f"a resource in {name}", marks, END_USER_KEYS)
 
 
 def _walk_json(node: dict[str, Any], descriptor: Descriptor, marks: _Stamp) -> None:
@@ -291,11 +302,11 @@ def _walk_json(node: dict[str, Any], descriptor: Descriptor, marks: _Stamp) -> N
             _walk_json(child, route.message_type, marks)
 
 
-def _correct_json(attributes: Any, key: str, marks: _Stamp) -> None:
+def _correct_json(attributes: Any, key: str, marks: _Stamp, keys: frozenset[str] = _CORRECTED_KEYS) -> None:
     _check_json_attributes(attributes, key)
     for i in range(len(attributes) - 1, -1, -1):
         attribute = attributes[i]
-        if attribute["key"] not in IDENTITY_KEYS:
+        if attribute["key"] not in keys:
             continue
         value = _point_value(attribute["key"], _json_string(attribute.get("value")), marks)
         if value is None:

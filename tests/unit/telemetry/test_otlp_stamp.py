@@ -209,6 +209,32 @@ def test_without_an_email_the_clients_point_level_email_is_removed(content_type)
 
 
 @pytest.mark.parametrize("content_type", [PROTOBUF, "application/json"])
+def test_desktops_enduser_attributes_name_the_caller_wherever_sent_and_are_never_added(content_type):
+    # Claude Desktop's bootstrap gives it enduser.id (the email) and enduser.sub; a modified
+    # Desktop must not report as someone else through them either.
+    request = ExportLogsServiceRequest()
+    forged = request.resource_logs.add()
+    add_attrs(forged, [("service.name", "claude-desktop"), ("enduser.id", "ceo@example.com"), ("enduser.sub", "00u-ceo")])
+    record = forged.scope_logs.add().log_records.add()
+    for key, value in (("enduser.sub", "00u-ceo"), ("enduser.id", "ceo@example.com"), ("event.name", "x")):
+        record.attributes.add(key=key).value.string_value = value
+    request.resource_logs.add().scope_logs.add().log_records.add()  # the CLI's shape: no enduser.* anywhere
+    body = request.SerializeToString() if content_type == PROTOBUF else as_otlp_json(request)
+    out = parse("logs", stamp("logs", body, content_type, None, ADA), content_type, None)
+    first, second = out.resource_logs
+    assert resource_attrs(first) == [
+        ("service.name", "claude-desktop"), ("enduser.id", "ada@example.com"), ("enduser.sub", "00u-ada"), *ADA_STAMP]
+    assert pairs(first.scope_logs[0].log_records[0].attributes) == [
+        ("enduser.sub", "00u-ada"), ("enduser.id", "ada@example.com"), ("event.name", "x")]
+    assert resource_attrs(second) == ADA_STAMP
+    assert pairs(second.scope_logs[0].log_records[0].attributes) == []
+    # Without an email, enduser.id goes, as user.email does.
+    bare = Principal("00u-bob", None, None, (), None, 0)
+    out = parse("logs", stamp("logs", body, content_type, None, bare), content_type, None)
+    assert [k for k, _ in resource_attrs(out.resource_logs[0]) if k.startswith("enduser.")] == ["enduser.sub"]
+
+
+@pytest.mark.parametrize("content_type", [PROTOBUF, "application/json"])
 @pytest.mark.parametrize("sent, kept", [
     (INSTALLATION, True),
     ("0" * 64, True),
