@@ -32,6 +32,7 @@ from gateway.http.routes import add_routes
 from gateway.http.runtime import Boot, Limits, Runtime, SpendSwitches, UpstreamPlan
 from gateway.http.sightings import ChecksumSightings
 from gateway.netaccess import AccessPolicy
+from gateway.policy.desktop import DesktopBootstrap
 from gateway.policy.policies import Policies
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.health import Health
@@ -161,6 +162,7 @@ def build(
     if cfg.oidc is not None:
         app[signin.SIGNIN_BOOT] = signin.SignInBoot.from_config(cfg, clock=clock)
     app[managed.POLICIES] = boot.policies
+    app[managed.DESKTOP] = DesktopBootstrap(cfg, boot.policies)
     app[managed.SIGHTINGS] = boot.sightings
     app[jobs.JOBS] = jobs.Scheduler()
     add_routes(app, "core")

@@ -11,9 +11,6 @@ is down (MANAGED-12).
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
-
 from aiohttp import web
 
 import gateway
@@ -34,6 +31,8 @@ __all__ = [
 ]
 
 POLICIES: web.AppKey[Policies] = web.AppKey("policies", Policies)
+# What each policy's Desktop bootstrap holds, decided at boot from the same policies.
+DESKTOP: web.AppKey[DesktopBootstrap] = web.AppKey("desktop_bootstrap", DesktopBootstrap)
 VERSION_HEADER = "x-cc-gateway-version"
 
 
@@ -90,7 +89,7 @@ async def user_bootstrap(request: web.Request) -> web.Response:
     except GatewayError as err:
         err.headers = {**(err.headers or {}), **_version()}
         raise
-    answer = _desktop(rt.config, request.app[POLICIES]).answer(principal, f"{request.scheme}://{request.host}")
+    answer = request.app[DESKTOP].answer(principal, f"{request.scheme}://{request.host}")
     headers = {**_version(), **NO_STORE}
     if isinstance(answer, Denied):
         audit.emit(
@@ -113,16 +112,6 @@ async def user_bootstrap(request: web.Request) -> web.Response:
 
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-# One DesktopBootstrap per Policies (so per app), made on the first Desktop request: it
-# keeps what each policy's bootstrap holds, and dies with the app.
-_BOOTSTRAPS: weakref.WeakKeyDictionary[Policies, DesktopBootstrap] = weakref.WeakKeyDictionary()
-
-
-def _desktop(cfg: Any, policies: Policies) -> DesktopBootstrap:
-    found = _BOOTSTRAPS.get(policies)
-    if found is None:
-        found = _BOOTSTRAPS[policies] = DesktopBootstrap(cfg, policies)
-    return found
 
 
 SIGHTINGS: web.AppKey[ChecksumSightings] = web.AppKey("checksum_sightings", ChecksumSightings)
