@@ -11,14 +11,20 @@ Modes:
                meanwhile; reports first-byte times and how late events arrive.
   ``signin``   device authorizations in a closed loop, then many device codes
                each polled at its advertised interval.
+  ``open``     open loop: requests start on a fixed schedule (``rate`` a second,
+               Poisson or evenly spaced) whether or not earlier ones were answered;
+               latency counts from the scheduled start, so time spent queued (for
+               a free connection, or in the server) is never hidden.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bench.httpclient import Connection, Exchange, build_request
@@ -65,6 +71,99 @@ async def run_loop(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker() for _ in range(conc)))
     elapsed = min(time.perf_counter(), deadline) - measure_from
     return {"samples": samples, "errors": errors, "elapsed_s": max(elapsed, 1e-9), "requests": len(samples)}
+
+
+def schedule(rate: float, duration_s: float, *, arrivals: str = "poisson", seed: int = 1,
+             limit: int | None = None) -> list[float]:
+    """Start times (seconds from zero) of an open-loop run: ``rate`` a second over ``duration_s``.
+
+    The same seed gives the same schedule, so two cells compared with each other
+    are offered exactly the same arrivals."""
+    rng = random.Random(seed)
+    times: list[float] = []
+    t = 0.0
+    while t < duration_s and (limit is None or len(times) < limit):
+        times.append(t)
+        # Evenly spaced from the index, so no rounding piles up over a long run.
+        t = t + rng.expovariate(rate) if arrivals == "poisson" else len(times) / rate
+    return times
+
+
+async def run_open(spec: dict[str, Any]) -> dict[str, Any]:
+    """Open loop at a fixed arrival rate; samples are the requests scheduled after ``warmup_s``.
+
+    Each request takes an idle kept-alive connection, or opens one while fewer than
+    ``max_connections`` exist, or else waits for one: that wait counts in its latency.
+    Samples hold [latency from the scheduled start, service time from the send,
+    first byte from the send, how late the driver sent it]."""
+    request = _req(spec)
+    warmup, duration = spec.get("warmup_s", 0.0), spec["duration_s"]
+    plan = schedule(spec["rate"], warmup + duration, arrivals=spec.get("arrivals", "poisson"),
+                    seed=spec.get("seed", 1), limit=spec.get("max_requests"))
+    drain_s = spec.get("drain_s", 10.0)
+    cap = spec.get("max_connections", 256)
+    idle: list[Connection] = []
+    freed = asyncio.Condition()
+    opened = 0
+    samples: list[list[float | None]] = []
+    errors: dict[str, int] = {}
+    pending: set[asyncio.Task[None]] = set()
+    answered = 0  # warm-up included: the gateway's CPU is measured over the whole run
+
+    async def take() -> Connection:
+        nonlocal opened
+        async with freed:
+            while not idle and opened >= cap:
+                await freed.wait()
+            if idle:
+                return idle.pop()
+            opened += 1
+        return Connection(spec["host"], spec["port"])
+
+    async def give(conn: Connection) -> None:
+        async with freed:
+            idle.append(conn)
+            freed.notify()
+
+    async def one(due: float, measured: bool) -> None:
+        nonlocal answered
+        conn = await take()
+        sent = time.perf_counter()
+        ex = await conn.exchange(request)
+        await give(conn)
+        if ex.error or ex.status != 200 or ex.total_s is None:
+            kind = ex.error or str(ex.status)
+            errors[kind] = errors.get(kind, 0) + 1
+            return
+        answered += 1
+        if measured:
+            # A timer may wake the driver a little early: latency is then the service time, never less.
+            lag = sent - due
+            samples.append([ex.total_s + max(lag, 0.0), ex.total_s, ex.first_byte_s, lag])
+
+    start = time.perf_counter() + 0.01
+    for offset in plan:
+        due = start + offset
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        task = asyncio.create_task(one(due, offset >= warmup))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    scheduled_for = time.perf_counter() - start
+    unfinished = 0
+    if pending:
+        _, late = await asyncio.wait(set(pending), timeout=drain_s)
+        unfinished = len(late)
+        for task in late:
+            task.cancel()
+    for conn in idle:
+        conn.close()
+    offered = sum(1 for offset in plan if offset >= warmup)
+    return {"samples": samples, "errors": sum(errors.values()) + unfinished,
+            "error_kinds": {**errors, **({"unfinished": unfinished} if unfinished else {})},
+            "offered": offered, "requests": len(samples), "answered": answered, "elapsed_s": duration, "rate": spec["rate"],
+            "connections": opened, "schedule_s": scheduled_for}
 
 
 async def run_streams(spec: dict[str, Any]) -> dict[str, Any]:
@@ -240,11 +339,12 @@ async def _exchange_body(conn: Connection, request: bytes) -> tuple[Exchange, by
         return ex, None
 
 
-MODES = {"loop": run_loop, "streams": run_streams, "signin": run_signin}
+MODES = {"loop": run_loop, "open": run_open, "streams": run_streams, "signin": run_signin}
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one spec on a fresh event loop (uvloop when installed)."""
+    runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]]
     try:
         import uvloop
 

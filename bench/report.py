@@ -373,14 +373,14 @@ def metrics_section(rows: list[dict[str, Any]]) -> list[str]:
 TELEMETRY_HOW = {"relay": "relayed as received", "stamp": "identity stamped"}
 
 
-def telemetry_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scenario "telemetry": per target, mode and round, the cell without the exporters, the one
-    with them, and the exporters' run during the latter, with the ratios of the pair."""
+def telemetry_pairs(rows: list[dict[str, Any]], scenario: str = "telemetry") -> list[dict[str, Any]]:
+    """Scenario "telemetry" (or "telemetry-open"): per target, mode and round, the cell without the
+    exporters, the one with them, and the exporters' run during the latter, with the ratios of the pair."""
     cells: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("scenario") == "telemetry":
+        if r.get("scenario") == scenario:
             cells[(r["target"], r["mode"], r.get("round"), "on" if r.get("exporting") else "off")] = r
-        elif r.get("scenario") == "telemetry-exports":
+        elif r.get("scenario") == f"{scenario}-exports":
             cells[(r["target"], r["mode"], r.get("round"), "exports")] = r
     pairs = []
     for (target, mode, round_no, kind), off in cells.items():
@@ -425,9 +425,18 @@ def telemetry_section(rows: list[dict[str, Any]], others: list[list[dict[str, An
     """Telemetry relayed beside inference load: the hot path with the exporters on vs off
     (and, pooled with ``others``, the paired rounds of every run kept in the folder)."""
     pairs = telemetry_pairs(rows)
+    open_lines = telemetry_open(rows)
+    pooled = pairs + [p for run in others or [] for p in telemetry_pairs(run)]
     if not pairs:
-        return []
-    lines = ["## Telemetry relayed beside inference load (c64, policy on)", "",
+        if not open_lines:
+            return []
+        lines = ["## Telemetry relayed beside inference load", "", *open_lines]
+        if pooled:  # this run had no closed-loop cells: the earlier runs' still stand, labelled as such
+            lines += ["", "Closed loop (wrk c64, the gateway's core saturated), from the earlier runs in `other-runs/` "
+                      "only (this run measured the open-loop cells above):", "",
+                      *telemetry_pooled(pooled, sum(bool(telemetry_pairs(run)) for run in others or []), earlier_only=True)]
+        return [*lines, "", *telemetry_exports(rows), ""]
+    lines = ["## Telemetry relayed beside inference load (c64, policy on)", "", *open_lines, *([""] if open_lines else []),
              "Each gateway relays clients' metrics and logs (`telemetry.forward_to`) to a counting OTLP sink on the "
              "load core. In every round each cell runs twice on the same gateway, back to back: without the simulated "
              "clients and with them exporting (the order alternates). 'on/off' columns are medians of the per-round "
@@ -459,17 +468,17 @@ def telemetry_section(rows: list[dict[str, Any]], others: list[list[dict[str, An
             f"{fmt(_pct(_median([r.get('gw_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('gw_cpu_share') for r in on])), 0)} | "
             f"{spread} | {fmt(_median([p.get('exports_per_s') for p in ps]), 0)} | "
             f"{_med_range([p['cpu_us_per_export'] for p in ps], 0)} | {neighbours} | {', '.join(flags)} |")
-    pooled = pairs + [p for run in others or [] for p in telemetry_pairs(run)]
     if len(pooled) > len(pairs):
         lines += ["", *telemetry_pooled(pooled, 1 + sum(bool(telemetry_pairs(run)) for run in others or []))]
     lines += ["", *telemetry_exports(rows)]
     return [*lines, ""]
 
 
-def telemetry_pooled(pairs: list[dict[str, Any]], runs: int) -> list[str]:
+def telemetry_pooled(pairs: list[dict[str, Any]], runs: int, *, earlier_only: bool = False) -> list[str]:
     """The per-round on/off ratios of several runs together: a drift or a neighbour moves single
     rounds either way, an effect of the exporters moves most of them the same way."""
-    lines = [f"The paired rounds of all {runs} runs in this folder (this one and `other-runs/`) together: medians of "
+    which = "`other-runs/`" if earlier_only else "this one and `other-runs/`"
+    lines = [f"The paired rounds of all {runs} runs in this folder ({which}) together: medians of "
              "the per-round on/off ratios, and in how many rounds the figure was higher with the exporters on.", "",
              "| target | mode | rounds | CPU on/off | rounds CPU higher | p99 on/off | rounds p99 higher | "
              "req/s on/off | µs per export |",
@@ -485,9 +494,71 @@ def telemetry_pooled(pairs: list[dict[str, Any]], runs: int) -> list[str]:
     return lines
 
 
+def relay_cost_us(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per target, the gateway's CPU per export with the exporters alone (no inference load)."""
+    return {r["target"]: r["cpu_us_per_export"] for r in rows
+            if r.get("scenario") == "telemetry-alone" and r.get("cpu_us_per_export")}
+
+
+def telemetry_open(rows: list[dict[str, Any]]) -> list[str]:
+    """Inference at a fixed arrival rate (open loop) beside the exporters: the hot path's latency
+    and CPU with the gateway's core not saturated, and the CPU with the relay's own cost taken out."""
+    pairs = telemetry_pairs(rows, "telemetry-open")
+    if not pairs:
+        return []
+    cost = relay_cost_us(rows)
+    rate = _median([p["off"].get("rate") for p in pairs])
+    lines = [f"**Open loop: inference at a fixed {fmt(rate, 0)} req/s** (Poisson arrivals, the same seeded schedule in "
+             "every cell, about half of what the gateway's core sustains at c64), exporters off vs on, paired rounds as "
+             "above. Latency counts from each request's scheduled start, so queueing is not hidden (coordinated "
+             "omission); 'send lag' is how late the driver itself sent (the same in both cells). 'gw CPU µs/req' is all "
+             "the gateway's CPU over the inference requests, the relay's work included; 'minus relay' takes out the "
+             "exports answered during the cell times the relay's cost per export measured with the exporters alone "
+             f"({', '.join(f'{t}: {fmt(v, 0)} µs' for t, v in sorted(cost.items())) or 'not measured'}), leaving the "
+             "hot path's own cost. 'µs per export (pairs)' is the on-cell's CPU beyond the off-cell's, over the exports "
+             "answered during it: when it is at most the alone figure, the relay's work accounts for all of the on-cells' "
+             "extra CPU. Medians over rounds; on/off = median of the per-round ratios (range); 'higher' = rounds in "
+             "which the on-cell's figure was the larger.", "",
+             "| target | mode | rounds | req/s off / on | p50 ms off / on | p99 ms off / on | p99.9 ms off / on | p99 on/off | "
+             "p99 higher | gw CPU % off / on | gw CPU µs/req off / on (relay included) | CPU on/off | µs per export (pairs) | "
+             "on minus relay µs/req | (on − relay)/off | exports/s | send lag p99 ms | others % off / on | flags |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for target, mode in sorted({(p["target"], p["mode"]) for p in pairs}, key=lambda k: (k[0], k[1] != "json")):
+        ps = [p for p in pairs if p["target"] == target and p["mode"] == mode]
+        off, on = [p["off"] for p in ps], [p["on"] for p in ps]
+        own, own_ratio = [], []
+        for p in ps:
+            ex, per_export = p["exports"], cost.get(target)
+            value = None
+            if ex and ex.get("in_window") is not None and per_export and p["on"].get("cpu_us_per_req"):
+                value = p["on"]["cpu_us_per_req"] - ex["in_window"] * per_export / p["on"]["requests"]
+            own.append(value)
+            own_ratio.append(_ratio(value, p["off"].get("cpu_us_per_req")))
+
+        def both(key: str, digits: int = 2, off: list = off, on: list = on) -> str:
+            return f"{fmt(_median([r.get(key) for r in off]), digits)} / {fmt(_median([r.get(key) for r in on]), digits)}"
+
+        errors = sum(r.get("errors") or 0 for r in off + on)
+        flags = [f for f in (
+            "load-bound" if any(r.get("load_bound") for r in off + on) else "",
+            f"{sum(bool(r.get('noisy')) for r in off + on)} of {len(off + on)} cells noisy" if any(r.get("noisy") for r in off + on) else "",
+            f"{errors} errors" if errors else "") if f]
+        lines.append(
+            f"| {target} | {mode} | {len(ps)} | {both('rps', 0)} | {both('p50_ms')} | {both('p99_ms')} | {both('p999_ms')} | "
+            f"{_med_range([p['p99_ratio'] for p in ps])} | "
+            f"{sum(p['p99_ratio'] is not None and p['p99_ratio'] > 1 for p in ps)} of {len(ps)} | "
+            f"{fmt(_pct(_median([r.get('gw_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('gw_cpu_share') for r in on])), 0)} | "
+            f"{both('cpu_us_per_req', 0)} | {_med_range([p['cpu_ratio'] for p in ps])} | "
+            f"{_med_range([p['cpu_us_per_export'] for p in ps], 0)} | {fmt(_median(own), 0)} | {_med_range(own_ratio)} | "
+            f"{fmt(_median([p.get('exports_per_s') for p in ps]), 0)} | {fmt(_median([r.get('send_lag_p99_ms') for r in off + on]))} | "
+            f"{fmt(_pct(_median([r.get('other_cpu_share') for r in off])), 0)} / {fmt(_pct(_median([r.get('other_cpu_share') for r in on])), 0)} | "
+            f"{', '.join(flags)} |")
+    return lines
+
+
 def telemetry_exports(rows: list[dict[str, Any]]) -> list[str]:
     """What the simulated clients sent, what the gateway answered and what reached the sink."""
-    runs = [r for r in rows if r.get("scenario") in ("telemetry-exports", "telemetry-alone")]
+    runs = [r for r in rows if r.get("scenario") in ("telemetry-exports", "telemetry-open-exports", "telemetry-alone")]
     if not runs:
         return []
     first = runs[0]
@@ -498,7 +569,8 @@ def telemetry_exports(rows: list[dict[str, Any]]) -> list[str]:
              "| target | cells | exports sent | sent/s | answered 200 | other answers, errors | sink received | stamped | "
              "lost | bytes answered 200 → at the sink | export p50 / p99 ms | late p99 ms | settle s (max) | exporters + sink % of a core |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for where, scenario in (("with wrk", "telemetry-exports"), ("alone", "telemetry-alone")):
+    for where, scenario in (("with wrk", "telemetry-exports"), ("open loop", "telemetry-open-exports"),
+                            ("alone", "telemetry-alone")):
         for target in sorted({r["target"] for r in runs if r["scenario"] == scenario}):
             rs = [r for r in runs if r["scenario"] == scenario and r["target"] == target]
             other: Counter[str] = Counter()

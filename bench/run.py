@@ -10,6 +10,8 @@ Environment:
   BENCH_OUT            results folder (default bench/results/<date>-<host>)
   BENCH_SCENARIOS      comma list of scenario numbers to run (default all)
   BENCH_PROFILE=0      skip the py-spy profile of the gateway under load
+  BENCH_TELEMETRY_LOAD closed, open or closed,open (default): the telemetry scenario's
+                       inference load, wrk c64 and/or a fixed arrival rate (open loop)
   BENCH_HOLD=1         start the lab and the targets, print where they are,
                        and wait (to try requests by hand); measures nothing
 
@@ -20,7 +22,9 @@ policy on, through a Bedrock and a Vertex upstream beside the Claude API one),
 metrics (JSON and SSE at concurrency 64, policy on, the gateway's own metrics
 off and on, scraped after each cell), telemetry (JSON and SSE at concurrency 64,
 policy on, on a gateway relaying clients' telemetry, with 5,000 simulated clients
-exporting every 60 s and without, in paired rounds; then the exporters alone).
+exporting every 60 s and without, in paired rounds; the same again with inference
+at a fixed 700 req/s, open loop, leaving the gateway's core headroom; then the
+exporters alone).
 Targets alternate inside each cell so drift hits every target alike. Nothing
 here asserts a figure.
 
@@ -99,6 +103,14 @@ class Budget:
         self.telemetry_interval_s = 60.0
         # The exporters alone (no wrk): the gateway's CPU per export without a subtraction.
         self.telemetry_alone_s = 5.0 if quick else 10.0
+        # The same question with the gateway's core not saturated: inference at a fixed arrival
+        # rate (open loop, Poisson), about half of what one gateway core sustains closed-loop on
+        # the 2-core VM (1,450-1,720 req/s at c64), exporters off vs on in paired rounds.
+        self.telemetry_open_rate = 700.0
+        self.telemetry_open_s = 3.0 if quick else 6.0
+        self.telemetry_open_rounds = 2 if quick else 6
+        # Which inference load the telemetry scenario drives: "closed" (wrk c64), "open", or both.
+        self.telemetry_loads: tuple[str, ...] = ("closed", "open")
 
 
 class Runner:
@@ -243,6 +255,36 @@ class Runner:
         self.log(f"{scenario} {mode} c{conc} {target.name}{_label(extra)} (asyncio): p50 {row.get('p50_ms', 0):.2f} "
                  f"p99 {row.get('p99_ms', 0):.2f} ms, first byte p50 {row.get('ttfb_p50_ms', 0):.2f} "
                  f"p99 {row.get('ttfb_p99_ms', 0):.2f} ms")
+        return row
+
+    def open_cell(self, scenario: str, mode: str, target: Target, rate: float, *, duration: float,
+                  round_no: int | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Inference at a fixed arrival rate (bench/driver.py "open"); latency from each scheduled start.
+        The seed is fixed so every cell is offered the same arrivals."""
+        spec = {"mode": "open", "body": target_body(target, mode == "sse"), "rate": rate, "duration_s": duration,
+                "warmup_s": self.b.warmup_s, "arrivals": "poisson", "seed": 7, "max_connections": 256,
+                "drain_s": 10.0, "hard_limit_s": duration + 60}
+        res, watch, tool_cpu = self.driver(target, spec, timeout=duration + 90)
+        total = [s[0] * 1000 for s in res["samples"]]
+        service = [s[1] * 1000 for s in res["samples"]]
+        send_lag = [s[3] * 1000 for s in res["samples"]]
+        # CPU and the request rate over every answered request (warm-up included, as the
+        # gateway's CPU is); latency over the requests scheduled after the warm-up only.
+        row = {
+            "scenario": scenario, "mode": mode, "concurrency": None, "rate": rate, "tool": "asyncio-open",
+            **self.common(target, watch, tool_cpu, res["answered"], self.b.warmup_s + duration),
+            "measured": res["requests"], "offered": res["offered"], "connections": res["connections"],
+            **stats.summary(total, "ms"), **stats.summary(service, "ms", prefix="service_"),
+            **stats.summary(send_lag, "ms", prefix="send_lag_"),
+            "cdf_ms": stats.cdf(total), "errors": res["errors"], "error_kinds": res["error_kinds"], **(extra or {}),
+        }
+        if round_no is not None:
+            row["round"] = round_no
+        self.emit(row)
+        self.log(f"{scenario} {mode} {rate:g}/s {target.name}{_label(extra)}: {row['rps']:.0f} req/s p50 "
+                 f"{row.get('p50_ms', 0):.2f} p99 {row.get('p99_ms', 0):.2f} p99.9 {row.get('p999_ms', 0):.2f} ms, "
+                 f"gw {row['cpu_us_per_req'] or 0:.0f} µs/req, {(row['gw_cpu_share'] or 0) * 100:.0f} % busy, "
+                 f"send lag p99 {row.get('send_lag_p99_ms', 0):.2f} ms, errors {row['errors']}")
         return row
 
     def stream_cell(self, scenario: str, target: Target, streams: int, *, events: int, gap_s: float,
@@ -449,12 +491,15 @@ class Runner:
                 self.log(f"could not start {t.name}: {exc}")
                 self.emit({"scenario": "setup", "target": t.name, "error": str(exc)})
         self.lab.set_upstream()
-        for n in range(self.b.telemetry_rounds):
-            for i, mode in enumerate(("json", "sse")):
-                for t in relays:
-                    # Exporting and not, back to back on the same gateway; who goes first alternates.
-                    for exporting in self.rotate([False, True], n + i):
-                        self.telemetry_cell(mode, t, exporting, n)
+        loads = [(load, rounds) for load, rounds in (("closed", self.b.telemetry_rounds), ("open", self.b.telemetry_open_rounds))
+                 if load in self.b.telemetry_loads]
+        for load, rounds in loads:
+            for n in range(rounds):
+                for i, mode in enumerate(("json", "sse")):
+                    for t in relays:
+                        # Exporting and not, back to back on the same gateway; who goes first alternates.
+                        for exporting in self.rotate([False, True], n + i):
+                            self.telemetry_cell(mode, t, exporting, n, load)
         for t in relays:
             self.exporters_alone(t)
             if "profile" in self.scenarios:
@@ -464,19 +509,29 @@ class Runner:
                 t.proc.stop()
             self.lab.targets.remove(t)
 
-    def telemetry_cell(self, mode: str, target: Target, exporting: bool, round_no: int) -> None:
+    def telemetry_cell(self, mode: str, target: Target, exporting: bool, round_no: int, load: str = "closed") -> None:
+        """One inference cell on a relaying gateway, with the simulated clients exporting or not.
+        ``load``: "closed" (c64, the core saturated) or "open" (a fixed rate leaving it headroom)."""
         extra = {"exporting": exporting, "variant": target.telemetry}
+        scenario = "telemetry" if load == "closed" else "telemetry-open"
+
+        def measure() -> dict[str, Any] | None:
+            if load == "open":
+                return self.open_cell(scenario, mode, target, self.b.telemetry_open_rate,
+                                      duration=self.b.telemetry_open_s, round_no=round_no, extra=extra)
+            return self.cell(scenario, mode, target, round_no, extra)
+
         if not exporting:
-            self.cell("telemetry", mode, target, round_no, extra)
+            measure()
             return
         before = self.lab.sink_stats()
-        run = self.start_exporters(target, f"{target.name}-{mode}-{round_no}")
+        run = self.start_exporters(target, f"{target.name}-{load}-{mode}-{round_no}")
         try:
-            row = self.cell("telemetry", mode, target, round_no, extra)
+            row = measure()
         finally:
             self.extra_load.remove(run.pid)
             result = run.stop()
-        self.emit_exports("telemetry-exports", target, result, before, self.window, mode=mode, round=round_no,
+        self.emit_exports(f"{scenario}-exports", target, result, before, self.window, mode=mode, round=round_no,
                           telemetry_cpu_share=(row or {}).get("telemetry_cpu_share"))
 
     def cell(self, scenario: str, mode: str, target: Target, round_no: int,
@@ -777,6 +832,8 @@ def main() -> None:
         scenarios.discard("profile")
     procs.raise_nofile(65536)
     budget = Budget(quick)
+    if os.environ.get("BENCH_TELEMETRY_LOAD"):
+        budget.telemetry_loads = tuple(os.environ["BENCH_TELEMETRY_LOAD"].split(","))
     runner = Runner(out, budget, parse_peers(os.environ.get("BENCH_PEERS", "")), scenarios)
     machine = {
         "host": host, "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "mem_gb": _mem_gb(),

@@ -35,6 +35,31 @@ async def test_driver_modes_against_the_fake():
                                             "probe_path": "/v1/models"})
         assert streams["ok"] == 3 and streams["events"] == 9
         assert all(t is not None for t in streams["first_token_s"])
+        # Open loop: the schedule is kept whatever the replies do; every request is counted.
+        fixed = await driver.run_open({**base, "body": body(False), "rate": 40, "duration_s": 0.3, "warmup_s": 0.1,
+                                       "arrivals": "even", "max_connections": 2})
+        assert fixed["offered"] == 12 and fixed["requests"] == 12 and fixed["answered"] == 16 and fixed["errors"] == 0
+        assert all(late >= service for late, service, *_ in fixed["samples"])  # from the schedule, never less
+        shut = await driver.run_open({**base, "port": _closed_port(), "body": body(False), "rate": 20, "duration_s": 0.2,
+                                      "arrivals": "even"})
+        assert shut["requests"] == 0 and shut["errors"] == 4 and shut["error_kinds"]
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_open_loop_schedule_is_fixed_by_its_seed():
+    even = driver.schedule(10, 1.0, arrivals="even")
+    assert len(even) == 10 and even[1] - even[0] == 0.1
+    poisson = driver.schedule(1000, 2.0, seed=3)
+    assert poisson == driver.schedule(1000, 2.0, seed=3) != driver.schedule(1000, 2.0, seed=4)
+    assert 1800 < len(poisson) < 2200 and driver.schedule(1000, 2.0, limit=5) == driver.schedule(1000, 2.0)[:5]
 
 
 class Tiny(Budget):
@@ -53,6 +78,7 @@ class Tiny(Budget):
         self.telemetry_rounds = 1
         self.telemetry_clients, self.telemetry_interval_s = 20, 1.0  # 40 exports/s
         self.telemetry_alone_s = 0.5
+        self.telemetry_open_rate, self.telemetry_open_s, self.telemetry_open_rounds = 50.0, 0.3, 1
 
 
 def test_every_scenario_once(tmp_path):
@@ -75,8 +101,11 @@ def test_every_scenario_once(tmp_path):
     relays = ("gatehouse-policy-telemetry", "gatehouse-policy-telemetry-stamp")
     cells = {(r["target"], r["mode"], r["exporting"]) for r in rows if r["scenario"] == "telemetry"}
     assert cells == {(t, m, on) for t in relays for m in ("json", "sse") for on in (False, True)}
-    runs = [r for r in rows if r["scenario"] in ("telemetry-exports", "telemetry-alone")]
-    assert len(runs) == 6
+    opened = {(r["target"], r["mode"], r["exporting"]) for r in rows if r["scenario"] == "telemetry-open"}
+    assert opened == cells
+    assert all(r["rate"] == 50.0 and r["measured"] > 0 and not r["errors"] for r in rows if r["scenario"] == "telemetry-open")
+    runs = [r for r in rows if r["scenario"] in ("telemetry-exports", "telemetry-open-exports", "telemetry-alone")]
+    assert len(runs) == 10
     for r in runs:
         # Every export sent was answered 200 and reached the sink; stamped exactly when asked.
         assert r["sent_total"] > 0 and r["ok_total"] == r["sent_total"] and r["lost"] == 0, r
@@ -88,6 +117,7 @@ def test_every_scenario_once(tmp_path):
     assert "## 4. Policy on vs off" in table and "## 5. Sign-in throughput" in table
     assert "## The gateway's own metrics: off vs on" in table
     assert "## Telemetry relayed beside inference load" in table and "The exporters alone" in table
+    assert "Open loop: inference at a fixed 50 req/s" in table and "on minus relay" in table
 
 
 def test_exporters_keep_their_schedule():
