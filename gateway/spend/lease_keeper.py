@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.db.store import StoreUnavailable
-from gateway.db.tasks import cancel_and_wait
 from gateway.spend.leases import Lease, LeaseBook, size
 from gateway.spend.plans import Plan, Plans
 from gateway.spend.rows import exhausted, per_item, snapshots
@@ -77,7 +76,7 @@ class LeaseKeeper:
             return  # a lease stored anyway expires unused, charged nothing
         finally:
             book.asking.discard(person)
-        if rows and rows[0][0] and not self._stopped:
+        if rows and rows[0][0]:  # granted, even while stopping: give_back returns it with the others
             lease = Lease(
                 lease_id, person, plan.keys, plan.caps, amount, time.monotonic(), snapshots(rows, plan, None)
             )
@@ -116,10 +115,12 @@ class LeaseKeeper:
             # (No room left beside the leases is no reason to retire them: they hold that room.)
 
     async def stop_asking(self) -> None:
-        """No new leases; grants on their way are abandoned (one stored anyway expires unused)."""
+        """No new leases. Grants on their way are waited for (each bounded by the store
+        timeout), not cancelled: one cancelled after the database stored it would hold its
+        headroom until it expired, while a finished one goes back in :meth:`give_back`."""
         self._stopped = True
-        for task in list(self._granting):
-            await cancel_and_wait(task)
+        if self._granting:
+            await asyncio.gather(*list(self._granting), return_exceptions=True)
 
     async def give_back(self) -> None:
         """Retire every lease and give back all that no running request holds."""
