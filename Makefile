@@ -45,8 +45,8 @@ dev: install
 	$(PY) -m gateway.devenv.run $(DEV_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check gateway protocol_spec
-	$(VENV)/bin/mypy gateway protocol_spec
+	$(VENV)/bin/ruff check gateway protocol_spec bench
+	$(VENV)/bin/mypy gateway protocol_spec bench
 
 # Not part of `make test`: downloads @anthropic-ai/claude-code (+ its native -linux-x64 package,
 # about 400 MB) into ./interop unless INTEROP_CLAUDE names an installed binary, runs the
