@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +23,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from bench.stats import per_call_us
 from gateway.http.own_telemetry import request_ended
 from gateway.telemetry.instruments import Instruments, resource
 from gateway.telemetry.own_metrics import OwnMetrics, Unmetered
@@ -39,17 +39,6 @@ class _Discard(SpanExporter):
 
     def shutdown(self) -> None:
         pass
-
-
-def per_call_us(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times)
 
 
 def outcome() -> SimpleNamespace:

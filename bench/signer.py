@@ -15,15 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
+from bench.stats import per_call_us
 from gateway.upstreams.outbound import Outbound
 from gateway.upstreams.sigv4 import sign
 
@@ -42,17 +40,6 @@ def large_body(size: int = 200 * 1024) -> bytes:
     text = ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size]
     doc = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def per_call_us(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
-    fn()  # warm caches (botocore's regexes, yarl's)
-    times = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times)
 
 
 def measure(name: str, body: bytes, calls: int) -> dict[str, object]:

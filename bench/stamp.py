@@ -19,9 +19,6 @@ import gzip
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
+from bench.stats import per_call_us
 from gateway.auth.tokens import Principal
 from gateway.telemetry.stamp import stamp
 
@@ -140,17 +138,6 @@ def _hex_ids(node: object) -> None:
     elif isinstance(node, list):
         for item in node:
             _hex_ids(item)
-
-
-def per_call_us(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times)
 
 
 def measure(case: str, signal: str, body: bytes, content_type: str, encoding: str | None, calls: int) -> dict[str, object]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
+from collections.abc import Callable
 
 CDF_POINTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92, 94, 95, 96, 97, 98, 99, 99.5, 99.9, 99.99, 100)
 
@@ -30,3 +33,15 @@ def summary(values: list[float], unit: str, prefix: str = "") -> dict[str, float
 def cdf(values: list[float]) -> list[tuple[float, float]]:
     v = sorted(values)
     return [(p, percentile(v, p)) for p in CDF_POINTS] if v else []
+
+
+def per_call_us(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
+    """Microseconds per call of ``fn``: the median of ``batches`` timed runs of ``calls`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(times)

@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
-import json
 import ssl
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.config.load import is_forbidden_address
 from gateway.errors import Kind
 from gateway.upstreams.transport import GuardedResolver, Transport, UpstreamFailure
+from tests.harness import self_signed_cert
 
 
 def self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed_cert("127.0.0.1")
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
     return cert_path, key_path
 
 
 async def test_tls_termination(tmp_path, pg_url, fake_upstream):
-    from tests.system.test_process import ENV, free_port, spawn, wait_exit, write_config
+    from tests.system.test_process import free_port, spawn, wait_exit, write_config
 
     cert, key = self_signed(tmp_path)
     port = free_port()
