@@ -84,7 +84,11 @@ async def _dribble(port: int, head: bytes, gap: float, within: float) -> tuple[b
     sender = asyncio.create_task(_send_slowly(writer, head, gap))
     try:
         return await _closed(reader, within), True
-    except (TimeoutError, ConnectionError):
+    except ConnectionError:
+        # A close with our unread bytes still in its receive buffer is sent as a reset:
+        # closed all the same, and nothing was answered.
+        return b"", True
+    except TimeoutError:
         return b"", False
     finally:
         sender.cancel()
@@ -125,7 +129,9 @@ async def test_more_dribblers_than_file_descriptors_do_not_lock_out_normal_reque
     # past the limit are accepted and dropped at once by libuv. One in ten sends nothing.
     heads = [b"" if i % 10 == 0 else head for i in range(DRIBBLERS)]
     outcomes = await asyncio.gather(*(_dribble(port, h, 0.2, within=20) for h in heads))
-    assert all(closed and answer == b"" for answer, closed in outcomes), "every dribbler is closed unanswered"
+    open_ones = sum(not closed for _, closed in outcomes)
+    answered = [answer[:80] for answer, _ in outcomes if answer]
+    assert (open_ones, answered) == (0, []), "every dribbler is closed unanswered"
     timeout = aiohttp.ClientTimeout(total=20)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as s:
         statuses = await asyncio.gather(*(_messages(s, port, tok) for _ in range(20)))
