@@ -10,6 +10,10 @@ job                every                      what one run does
                                               (``managed.checksum_seen``); once more at stop
 ``signin.prune``   5 min                      delete spent device grants, old rate counters and
                                               long-ended sign-in families (with ``oidc``)
+``signin.reseal``  10 s                       re-seal one page of stored IdP refresh tokens that
+                                              only an older ``session.jwt_secret`` opens (with
+                                              ``oidc`` and more than one secret; after a pass
+                                              that found none, rests 1 h)
 ``retention``      1 h                        delete admin audit entries, idle principals and
                                               spend counters older than the ``admin`` retention
                                               settings (with ``admin``)
@@ -28,8 +32,9 @@ period instead of stopping for good.
 
 Shutdown order (:func:`gateway.app.build`, in its lifecycle's ``finally``):
 
-1. ``stop(*PRODUCERS)``: the jobs that only read or delete — sightings (which
-   logs what it gathered one last time), sign-in pruning, retention.
+1. ``stop(*PRODUCERS)``: the jobs no request depends on — sightings (which
+   logs what it gathered one last time), sign-in pruning, re-sealing,
+   retention.
 2. The settlements and top-ups of requests that already ended are drained
    (``Runtime.tasks``, up to 10 s), while the ``spend`` job still runs: owed
    settlements keep being retried and leases renewed meanwhile.
@@ -179,7 +184,7 @@ class Scheduler:
 JOBS: web.AppKey[Scheduler] = web.AppKey("jobs", Scheduler)
 
 # Stopped first at shutdown (step 1 above); ``spend`` outlives the drain of ended requests.
-PRODUCERS = ("sightings", "signin.prune", "retention")
+PRODUCERS = ("sightings", "signin.prune", "signin.reseal", "retention")
 
 
 def schedule(app: web.Application, boot: Boot, spend: SpendStore | None) -> Scheduler:
@@ -204,6 +209,17 @@ def schedule(app: web.Application, boot: Boot, spend: SpendStore | None) -> Sche
             "signin.prune", signin.PRUNE_EVERY_S, lambda: signin.prune_expired(app[signin.SIGNIN]),
             "delete spent device grants, old rate counters and long-ended sign-in families",
         )
+        boot_si = app[signin.SIGNIN_BOOT]
+        if boot_si.idp_tokens.secret_count > 1:
+            # Only while an older jwt_secret is listed is there anything to move.
+            from gateway.auth.resealing import RESEAL_EVERY_S, Resealer
+            from gateway.http.keys import RUNTIME
+
+            resealer = Resealer(lambda: app[RUNTIME].store.pool, boot_si.idp_tokens, clock=boot_si.clock)
+            jobs.every(
+                "signin.reseal", RESEAL_EVERY_S, resealer.run_once,
+                "re-seal stored IdP refresh tokens that only an older jwt_secret opens",
+            )
     if boot.config.admin is not None:
         from gateway.admin import retention
         from gateway.http import admin as admin_api

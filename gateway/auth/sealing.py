@@ -6,6 +6,12 @@ window, and the browser-binding cookie of the sign-in page. Keys are derived
 with HKDF-SHA256 under a per-purpose label, so a key for one purpose never
 opens data of another, and rotating ``jwt_secret`` (prepend the new one)
 rotates every key with it.
+
+Data sealed under an older secret stays readable only while that secret is
+listed. :meth:`Sealer.opened_by` tells which listed secret opens a sealed value
+and :meth:`Sealer.reseal` moves one under the first secret, so the gateway can
+re-seal what it keeps for long (the IdP refresh tokens) before an operator
+drops the old secret.
 """
 
 from __future__ import annotations
@@ -24,8 +30,12 @@ def derive_key(secret: str, purpose: str) -> bytes:
 
 class Sealer:
     def __init__(self, secrets: tuple[str, ...], purpose: str) -> None:
-        keys = [Fernet(base64.urlsafe_b64encode(derive_key(s, purpose))) for s in secrets]
-        self._fernet = MultiFernet(keys)
+        self._keys = [Fernet(base64.urlsafe_b64encode(derive_key(s, purpose))) for s in secrets]
+        self._fernet = MultiFernet(self._keys)
+
+    @property
+    def secret_count(self) -> int:
+        return len(self._keys)
 
     def seal(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data)
@@ -34,5 +44,26 @@ class Sealer:
         """The data, or None when no listed secret opens it (or it was tampered with)."""
         try:
             return self._fernet.decrypt(sealed)
+        except InvalidToken:
+            return None
+
+    def opened_by(self, sealed: bytes) -> int | None:
+        """The index (in ``jwt_secret`` order) of the secret that opens ``sealed``; None when none does.
+
+        0 means the current secret; anything higher means the value still
+        depends on an older one.
+        """
+        for index, key in enumerate(self._keys):
+            try:
+                key.decrypt(sealed)
+            except InvalidToken:
+                continue
+            return index
+        return None
+
+    def reseal(self, sealed: bytes) -> bytes | None:
+        """``sealed``'s data sealed afresh under the first secret; None when no listed secret opens it."""
+        try:
+            return self._fernet.rotate(sealed)
         except InvalidToken:
             return None

@@ -16,7 +16,10 @@ Theory of operation:
   the IdP gave us one at sign-in; without it the token response omits
   ``refresh_token`` and the client re-runs the device flow when the access
   token expires. The IdP's refresh token is kept sealed (Fernet, key derived
-  from ``session.jwt_secret`` for the purpose ``idp-refresh-token``).
+  from ``session.jwt_secret`` for the purpose ``idp-refresh-token``) and
+  re-sealed under the current secret on every refresh, also when the IdP
+  keeps its token; :mod:`gateway.auth.resealing` re-seals the families that
+  are not refreshed after a rotation of ``jwt_secret``.
 * **Rotation.** Each refresh retires the presented token and issues a
   successor. The successor pair (access token, its ``exp``, refresh token) is
   kept sealed next to the retired token for ``reuse_window_s`` (60 s): whoever
@@ -355,7 +358,13 @@ class SessionService:
         exp = int(now) + ttl
         refresh = new_refresh_token()
         successor = self._pair_sealer.seal(msgspec.json.encode([access, exp, refresh]))
-        sealed_idp = None if new_idp_token is None else self._idp_sealer.seal(new_idp_token.encode())
+        sealed_idp: bytes | None
+        if new_idp_token is not None:
+            sealed_idp = self._idp_sealer.seal(new_idp_token.encode())
+        else:
+            # The IdP kept its token: store it re-sealed under the current
+            # secret, so dropping an older jwt_secret never strands it.
+            sealed_idp = None if claimed.idp_refresh_token is None else self._idp_sealer.reseal(claimed.idp_refresh_token)
         async with self._db("rotating a refresh token") as pool, pool.acquire() as conn, conn.transaction():
             rotated = await conn.fetchval(
                 self._q["session_rotate"], token_hash, claim_id, _at(now), successor
