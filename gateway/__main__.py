@@ -227,6 +227,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from gateway.auth.session_store import SessionService
     from gateway.db.store import Store, StoreUnavailable
 
+    if args.action != "audit-secrets" and not args.email:
+        sys.stderr.write(f"gatehouse: sessions {args.action} needs --email\n")
+        return 2
+    if args.keep < 1:
+        sys.stderr.write("gatehouse: sessions audit-secrets: --keep must be at least 1 (the current secret)\n")
+        return 2
     cfg = _load(args.config)
     tokens = token_service(cfg)
 
@@ -234,6 +240,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         store = await Store.open(cfg.store, log=audit.log)
         try:
             service = SessionService(store, tokens, secrets=tuple(cfg.session.secrets))
+            if args.action == "audit-secrets":
+                return await _audit_secrets(store, tuple(cfg.session.secrets), args)
             if args.action == "list":
                 families = await service.list_families(args.email)
                 sessions_cli.print_list(sys.stdout, args.email, families, as_json=args.json)
@@ -249,6 +257,19 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     except StoreUnavailable as err:
         sys.stderr.write(f"gatehouse: {err}\n")
         return 1
+
+
+async def _audit_secrets(store: Any, secrets: tuple[str, ...], args: argparse.Namespace) -> int:
+    """Count stored sealed tokens by the secret that opens them; 3 while one needs a secret past --keep."""
+    from datetime import UTC, datetime
+
+    from gateway.app import sessions_cli
+    from gateway.auth import resealing
+
+    counts = await resealing.audit(store.pool, resealing.idp_sealer(secrets), datetime.now(UTC))
+    blocked = resealing.blocking(counts, args.keep)
+    sessions_cli.print_secret_audit(sys.stdout, counts, len(secrets), args.keep, blocked, as_json=args.json)
+    return 0 if blocked == 0 else 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -283,11 +304,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl-seconds", type=int, default=None)
     t.set_defaults(func=cmd_token)
 
-    ss = sub.add_parser("sessions", help="list or revoke a person's sign-in sessions")
-    ss.add_argument("action", choices=("list", "revoke"))
+    ss = sub.add_parser(
+        "sessions", help="list or revoke a person's sign-in sessions; audit which jwt_secret stored tokens need"
+    )
+    ss.add_argument("action", choices=("list", "revoke", "audit-secrets"))
     ss.add_argument("--config", required=True)
-    ss.add_argument("--email", required=True)
+    ss.add_argument("--email", help="whose sessions (list and revoke; required there)")
     ss.add_argument("--reason", default="admin_revoke", help="recorded in the audit event (revoke only)")
+    ss.add_argument(
+        "--keep", type=int, default=1, metavar="N",
+        help="audit-secrets: the number of leading jwt_secret entries you will keep (default 1: only the "
+        "current one); exits 3 while a stored token still needs a secret past them",
+    )  # fmt: skip
     ss.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ss.set_defaults(func=cmd_sessions)
 

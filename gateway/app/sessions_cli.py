@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from gateway.app.cli_output import print_json, table
 
 if TYPE_CHECKING:
+    from collections import Counter
+    from collections.abc import Mapping
+
     from gateway.auth.session_store import FamilyInfo
 
 HEADER = ["FAMILY", "STATE", "SUB", "EMAIL", "GROUPS", "SIGNED IN", "LAST REFRESH", "REFRESHES", "ENDS", "CLIENT IP"]
@@ -74,3 +77,48 @@ def print_revoked(out: TextIO, email: str, count: int, *, as_json: bool) -> None
         print_json(out, {"email": email, "revoked": count})
     else:
         out.write(f"revoked {count} sign-in session(s) for {email}\n")
+
+
+def _secret_label(index: int | None, keep: int) -> str:
+    if index is None:
+        return "none (unreadable)"
+    role = "current" if index == 0 else ("kept" if index < keep else "to drop")
+    return f"{index} ({role})"
+
+
+def print_secret_audit(
+    out: TextIO, counts: Mapping[str, Counter[int | None]], configured: int, keep: int, blocked: int, *, as_json: bool
+) -> None:
+    """Stored sealed tokens per table by the ``jwt_secret`` index that opens them, and the verdict."""
+    tables = list(counts)
+    indexes: list[int | None] = [*range(configured), None]
+    dropped = list(range(keep, configured))
+    if as_json:
+        print_json(
+            out,
+            {
+                "configured_secrets": configured,
+                "keep": keep,
+                "data": [
+                    {"secret_index": i, **{t: counts[t].get(i, 0) for t in tables}} for i in indexes
+                ],
+                "blocking": blocked,
+                "safe_to_drop": blocked == 0,
+            },
+        )
+        return
+    rows = [[_secret_label(i, keep), *(str(counts[t].get(i, 0)) for t in tables)] for i in indexes]
+    table(out, ["SECRET", *(t.upper().replace("_", " ") for t in tables)], rows, empty="")
+    if not dropped:
+        out.write(f"all {configured} configured secret(s) are kept: nothing to drop\n")
+    elif blocked:
+        out.write(
+            f"NOT safe to drop secret(s) {', '.join(map(str, dropped))}: {blocked} stored token(s) open only under "
+            "them; keep them until the re-seal job (every replica booted with the new secret first) or "
+            "refreshes have moved them, and run this again\n"
+        )
+    else:
+        out.write(f"safe to drop secret(s) {', '.join(map(str, dropped))}: no stored token needs them\n")
+    unreadable = sum(counts[t].get(None, 0) for t in tables)
+    if unreadable:
+        out.write(f"{unreadable} stored token(s) open under no configured secret: those people sign in again\n")
