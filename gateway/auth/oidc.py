@@ -13,6 +13,10 @@ Theory of operation:
   are definitive (:class:`IdpRejected`); anything that may heal by itself —
   network errors, timeouts, 5xx, 429, garbage — is :class:`IdpUnavailable`, so
   a refreshing client keeps its token and tries again later.
+* The gateway authenticates to the token endpoint with its client secret, or
+  with ``private_key_jwt`` by a fresh signed assertion per call
+  (:mod:`gateway.auth.client_assertion`); discovery refuses an IdP that lists
+  its accepted methods without that one.
 * id_tokens are verified against the IdP's JWKS with exactly one algorithm, the
   configured one; ``none`` and HMAC algorithms are refused outright, which is
   what defeats the "HS256 keyed with the RSA public key" confusion. An unknown
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -47,7 +52,9 @@ import aiohttp
 import msgspec
 
 from gateway import NAME, __version__, audit
+from gateway.auth import client_assertion
 from gateway.auth import id_tokens as idt
+from gateway.auth.client_assertion import AssertionKey, load_key
 from gateway.auth.id_tokens import MAX_ID_TOKEN_CHARS as MAX_ID_TOKEN_CHARS
 from gateway.auth.id_tokens import IdTokenInvalid as IdTokenInvalid  # re-exported: callers catch it as oidc's
 from gateway.auth.identity import Identity, identity_from_claims, needs_userinfo
@@ -153,9 +160,15 @@ class OidcClient:
         call_timeout_s: float = CALL_TIMEOUT_S,
         egress: Egress | None = None,
     ) -> None:
-        if oidc_cfg.token_endpoint_auth_method == "private_key_jwt":
-            raise ValueError("oidc.token_endpoint_auth_method private_key_jwt is not supported")
         self._cfg = oidc_cfg
+        # private_key_jwt: the key is parsed once here (the config rules have
+        # already refused any that would not parse).
+        self._assertion_key: AssertionKey | None = None
+        if oidc_cfg.token_endpoint_auth_method == "private_key_jwt":
+            assertion = oidc_cfg.client_assertion
+            self._assertion_key = load_key(
+                assertion.private_key_pem, assertion.certificate_pem, assertion.gatehouse.key_id
+            )
         self._allow_loopback = allow_loopback
         self._clock = clock
         self._log = log or audit.log
@@ -172,6 +185,14 @@ class OidcClient:
         self._last_refetch_at: float | None = None
         # "auto" starts with basic; a definitive invalid_client flips it to post once.
         self._auth_method: str | None = oidc_cfg.token_endpoint_auth_method
+        if self._assertion_key is not None:
+            expires = self._assertion_key.certificate_expires.timestamp()
+            if expires <= clock():
+                self._log(
+                    "warn",
+                    "oidc: the client_assertion certificate has expired; IdPs that check it "
+                    "(Microsoft Entra does) will refuse every sign-in",
+                )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -261,6 +282,20 @@ class OidcClient:
                 "check oidc.id_token_signed_response_alg",
             )
         methods = doc.get("token_endpoint_auth_methods_supported")
+        if (
+            self._assertion_key is not None
+            and isinstance(methods, list)
+            and methods
+            and "private_key_jwt" not in methods
+        ):
+            # An IdP that says which methods it takes and leaves this one out
+            # would answer every token call with invalid_client; say why now.
+            listed = ", ".join(_safe_text(m) for m in methods[:8])
+            raise IdpUnavailable(
+                "oidc discovery: the IdP does not accept private_key_jwt client authentication "
+                f"(token_endpoint_auth_methods_supported lists {listed}); "
+                "check oidc.token_endpoint_auth_method and the app registration"
+            )
         return _Endpoints(
             issuer=issuer,
             authorization=urls["authorization_endpoint"],
@@ -322,13 +357,26 @@ class OidcClient:
             if status == 200:
                 self._auth_method = "client_secret_post"
                 self._log("info", "oidc: the IdP wants client_secret_post; using it from now on")
-        return _token_set(status, body, what)
+        credential = "client_assertion" if self._assertion_key is not None else "client_secret"
+        return _token_set(status, body, what, credential)
 
     async def _post_token(self, url: str, form: dict[str, str], method: str) -> tuple[int, Any]:
         form = dict(form)
         headers = {"Accept": "application/json"}
         secret = self._cfg.client_secret or ""
-        if method == "client_secret_post":
+        if self._assertion_key is not None:
+            # RFC 7523 §2.2: a fresh assertion per call, its audience the
+            # endpoint it is sent to, its jti never reused.
+            form.update(
+                client_assertion.form_fields(
+                    self._assertion_key,
+                    client_id=self._cfg.client_id,
+                    audience=url,
+                    now=self._clock(),
+                    jti=secrets.token_urlsafe(24),
+                )
+            )
+        elif method == "client_secret_post":
             form["client_id"] = self._cfg.client_id
             form["client_secret"] = secret
         else:
@@ -543,7 +591,7 @@ def _oauth_error(body: Any) -> str | None:
     return body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), str) else None
 
 
-def _token_set(status: int, body: Any, what: str) -> TokenSet:
+def _token_set(status: int, body: Any, what: str, credential: str = "client_secret") -> TokenSet:
     error = _oauth_error(body)
     if status == 200 and isinstance(body, dict) and error is None:
         values = [body.get(k) for k in ("access_token", "refresh_token", "id_token")]
@@ -556,7 +604,7 @@ def _token_set(status: int, body: Any, what: str) -> TokenSet:
         raise IdpUnavailable(f"oidc {what}: the IdP answered {error}")
     if error in _CONFIG_OAUTH_ERRORS:
         hint = (
-            "oidc.scopes / scope_on_refresh" if error == "invalid_scope" else "oidc.client_id / client_secret"
+            "oidc.scopes / scope_on_refresh" if error == "invalid_scope" else f"oidc.client_id / {credential}"
         )
         raise IdpUnavailable(f"oidc {what}: the IdP answered {error}; check {hint} and the app registration")
     if status in (400, 401):

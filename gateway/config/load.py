@@ -287,7 +287,6 @@ UNSUPPORTED: tuple[tuple[str, str | Callable[[Any], str], Callable[[Any], bool]]
     ("upstreams[*]", lambda u: f"provider: {u['provider']}; {NOT_SERVED[u['provider']]}", lambda u: u["provider"] in NOT_SERVED),
     ("upstreams[*].auth.federation_rule_id", "workload identity federation", bool),
     ("oidc.google_groups", "Google Workspace group lookup", bool),
-    ("oidc.client_assertion", "private_key_jwt client authentication", bool),
     ("load_test_mode", "load-test mode", lambda m: bool(m and m["enabled"])),
     ("cri", "customer-routed inference", lambda c: bool(c and c["enabled"])),
 )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
+from gateway.auth.client_assertion import KeyMaterialError, load_key
 from gateway.config import schema as s
 from gateway.config import settings_keys
 from gateway.config.addresses import (
@@ -192,10 +193,7 @@ def _check_client_auth(oidc: s.Oidc, issues: Issues) -> None:
                 "required with private_key_jwt: private_key_pem (the key the gateway signs with) and certificate_pem (the certificate registered at the IdP)",
             )
         else:
-            if "PRIVATE KEY-----" not in oidc.client_assertion.private_key_pem:
-                issues.add("oidc.client_assertion.private_key_pem", "must be a PEM private key")
-            if "-----BEGIN CERTIFICATE-----" not in oidc.client_assertion.certificate_pem:
-                issues.add("oidc.client_assertion.certificate_pem", "must be a PEM certificate")
+            _check_assertion_key(oidc.client_assertion, issues)
         return
     if oidc.client_assertion is not None:
         issues.add("oidc.client_assertion", "only used when token_endpoint_auth_method is private_key_jwt")
@@ -204,6 +202,23 @@ def _check_client_auth(oidc: s.Oidc, issues: Issues) -> None:
             "oidc.client_secret",
             "required (or, for an IdP that issues certificates, use token_endpoint_auth_method: private_key_jwt with a client_assertion block)",
         )
+
+
+def _check_assertion_key(assertion: s.ClientAssertion, issues: Issues) -> None:
+    path = "oidc.client_assertion"
+    pem_ok = True
+    if "PRIVATE KEY-----" not in assertion.private_key_pem:
+        issues.add(f"{path}.private_key_pem", "must be a PEM private key (load a file with ${file:/path})")
+        pem_ok = False
+    if "-----BEGIN CERTIFICATE-----" not in assertion.certificate_pem:
+        issues.add(f"{path}.certificate_pem", "must be a PEM certificate (load a file with ${file:/path})")
+        pem_ok = False
+    if pem_ok:
+        # Parsed here for the boot error; the OIDC client parses it again to sign with.
+        try:
+            load_key(assertion.private_key_pem, assertion.certificate_pem, assertion.gatehouse.key_id)
+        except KeyMaterialError as exc:
+            issues.add(f"{path}.{exc.field}", exc.message)
 
 
 def _check_store(store: s.Store, ctx: _Context, issues: Issues) -> None:

@@ -70,9 +70,18 @@ class GoogleGroups(_Section, frozen=True):
     admin_email: str
 
 
+class ClientAssertionGatehouse(_Section, frozen=True):
+    """Ours only, on ``oidc.client_assertion``: for IdPs that find the key by a
+    registered id (Okta) rather than by certificate thumbprint (Entra)."""
+
+    # Sent as the assertion's ``kid``; unset, the certificate's SHA-256 thumbprint.
+    key_id: NonEmpty | None = None
+
+
 class ClientAssertion(_Section, frozen=True):
     private_key_pem: NonEmpty
     certificate_pem: NonEmpty
+    gatehouse: ClientAssertionGatehouse = field(default_factory=ClientAssertionGatehouse)
 
 
 class Oidc(_Section, frozen=True):

@@ -20,11 +20,13 @@ from gateway.config.load import load, loads, unsupported
 from gateway.config.schema import Gatehouse
 from gateway.policy.policies import Policies, client_defaults
 from gateway.upstreams.routing import Routes
+from tests.client_certs import client_cert
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "conf" / "examples"
 CAG = sorted((EXAMPLES / "cag").glob("*.yaml"))
 SERVED = sorted(EXAMPLES.glob("*.yaml"))
 
+_ENTRA = client_cert("RSA")
 # Every variable an example may reference, with a value of the right shape.
 EXAMPLE_ENV = {
     # conf/examples/cag/*.yaml
@@ -41,8 +43,9 @@ EXAMPLE_ENV = {
     "ANTHROPIC_OAUTH_TOKEN": "sk-ant-oat-example",
     "ANTHROPIC_AWS_API_KEY": "example-aws-platform-key",
     "OTLP_TOKEN": "example-otlp-token",
-    "ENTRA_PRIVATE_KEY_PEM": "-----BEGIN PRIVATE KEY-----\nMII...\n-----END PRIVATE KEY-----",
-    "ENTRA_CERTIFICATE_PEM": "-----BEGIN CERTIFICATE-----\nMII...\n-----END CERTIFICATE-----",
+    # The key and certificate are checked against each other at boot: a real pair.
+    "ENTRA_PRIVATE_KEY_PEM": _ENTRA.key_pem,
+    "ENTRA_CERTIFICATE_PEM": _ENTRA.cert_pem,
     # conf/examples/*.yaml
     "GATEHOUSE_PORT": "8443",
     "GATEHOUSE_OIDC_CLIENT_SECRET": "example-oidc-client-secret",
