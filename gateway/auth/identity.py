@@ -17,7 +17,9 @@ Rules, in the order they are applied:
 5. ``allowed_email_domains``: compared case-insensitively with the part after
    the last ``@``; no email at all is a rejection only when domains are set.
 6. ``allowed_groups``: at least one exact, case-sensitive match; no nested
-   group expansion.
+   group expansion. With ``oidc.google_groups`` the groups come from the
+   Workspace Directory instead, and :func:`with_directory_groups` applies this
+   rule to them.
 
 IdP quirks handled here rather than in configuration guesses:
 
@@ -261,8 +263,35 @@ def _admit(
             raise IdentityRejected(
                 "email domain not allowed", "Your email domain is not allowed to use this gateway.", warnings
             )
+    if oidc_cfg.google_groups is None:
+        # With google_groups the groups come from the Directory afterwards
+        # (with_directory_groups), and the rule is applied to those.
+        _admit_groups(identity, oidc_cfg, warnings)
+
+
+def _admit_groups(identity: Identity, oidc_cfg: Any, warnings: list[str]) -> None:
     allowed = set(oidc_cfg.allowed_groups or ())
     if allowed and not allowed.intersection(identity.groups):
         raise IdentityRejected(
             "not in an allowed group", "Your account is not in a group allowed to use this gateway.", warnings
         )
+
+
+def with_directory_groups(
+    identity: Identity, groups: tuple[str, ...], oidc_cfg: Any
+) -> tuple[Identity, list[str]]:
+    """``identity`` with the groups a directory listed in place of any from the
+    id_token, and the ``allowed_groups`` rule applied to them.
+
+    Raises :class:`IdentityRejected`. More than :data:`MAX_GROUPS` are cut, as a
+    groups claim would be, with a warning for the operator.
+    """
+    warnings: list[str] = []
+    unique = tuple(dict.fromkeys(groups))
+    if len(unique) > MAX_GROUPS:
+        warnings.append(f"the person is in {len(unique)} groups; only the first {MAX_GROUPS} are used")
+        unique = unique[:MAX_GROUPS]
+    identity = identity._replace(groups=unique)
+    _refuse_unstorable(identity, warnings)
+    _admit_groups(identity, oidc_cfg, warnings)
+    return identity, warnings
