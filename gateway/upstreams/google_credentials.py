@@ -1,4 +1,9 @@
-"""Google credentials for a Vertex upstream: one bearer token, refreshed off the event loop.
+"""Google credentials: one bearer token per credential, refreshed off the event loop.
+
+:class:`GoogleToken` is the token itself; :class:`GoogleSigner` puts it on a
+Vertex upstream's requests, and the Workspace group lookup
+(:mod:`gateway.auth.google_groups`) uses one acting for a Workspace admin
+(domain-wide delegation: ``subject``).
 
 Edge. The credential comes from ``auth.service_account_json`` (a key file path;
 any file google-auth loads: service account, external account, authorized
@@ -52,55 +57,61 @@ _REASON_CHARS = 300
 Log = Callable[[str, str], None]
 
 
-class GoogleSigner:
-    """Adds ``Authorization: Bearer <Google access token>`` (one instance per upstream)."""
+class GoogleToken:
+    """A Google access token for one credential, refreshed off the event loop and shared.
+
+    ``key_file`` None means Application Default Credentials. ``subject`` makes a
+    service account act as that Workspace user (domain-wide delegation); any
+    other kind of credential cannot, which is reported as its problem.
+    """
 
     def __init__(
         self,
-        upstream: Any,
+        name: str,
+        key_file: str | None,
         *,
+        scopes: tuple[str, ...] = (CLOUD_PLATFORM,),
+        subject: str | None = None,
         clock: Callable[[], float] = time.time,
-        proxy: str | None = None,
-        proxy_for: Callable[[str], str | None] | None = None,
+        proxy_for: Callable[[str], str | None] = lambda url: None,
         refresh_margin_s: float = REFRESH_MARGIN_S,
         discovery_retry_s: float = DISCOVERY_RETRY_S,
         log: Log = audit.log,
     ) -> None:
-        self.name: str = upstream.name
-        self._key_file: str | None = upstream.auth.service_account_json
+        self.name = name
+        self._key_file = key_file
+        self._scopes = list(scopes)
+        self._subject = subject
         self._clock = clock
         self._discovery_retry = discovery_retry_s
         self._log = log
         # ``proxy_for`` (the gateway's egress rules) picks a proxy per URL: a key file's
         # token_uri may be another host than Google's, which NO_PROXY treats its own way.
-        self._http = _Http(proxy_for or (lambda url: proxy), os.environ)
+        self._http = _Http(proxy_for, os.environ)
         self._credentials: Any = None  # a google.auth.credentials.Credentials once found
         self._problem: str | None = None
         self._discover_after = 0.0
         self._tokens = TokenCache(self._fetch, clock=clock, refresh_margin_s=refresh_margin_s)
 
     def problem(self) -> str | None:
-        """Why this upstream has no usable Google credential right now, or None."""
+        """Why there is no usable Google credential right now, or None."""
         return self._problem
 
     async def start(self) -> None:
-        # The first token is fetched by the first request, as Anthropic's gateway
-        # does; loading the credential now reports a broken key file at boot.
+        # The first token is fetched by the first use; loading the credential now
+        # reports a broken key file at boot.
         await self._discover()
-        if self._problem is not None:
-            self._log(
-                "warn", f"upstream {self.name}: {self._problem}; its requests fail over until this is fixed"
-            )
 
     async def close(self) -> None:
         self._http.clear()
 
-    def serves(self, ask: Ask) -> bool:
-        # One identity for every developer: nobody is turned away here.
-        return True
+    async def token(self) -> str:
+        """A live access token; CredentialFailure when none can be had."""
+        return await self._tokens.token()
 
-    async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
-        return with_bearer(out, await self._tokens.token())
+    def forget(self) -> None:
+        """Drop the current token (Google refused it early): the next use refreshes."""
+        self._tokens.forget()
 
     async def _fetch(self) -> tuple[str, float]:
         """A new token and its lifetime (the token cache calls this, once at a time)."""
@@ -125,14 +136,13 @@ class GoogleSigner:
     # -- in the worker thread -------------------------------------------------
 
     def _load(self) -> Any:
-        scopes = [CLOUD_PLATFORM]
         try:
             if self._key_file is not None:
                 credentials, _ = google.auth.load_credentials_from_file(
-                    self._key_file, scopes=scopes, request=self._http.google
+                    self._key_file, scopes=self._scopes, request=self._http.google
                 )
             else:
-                credentials, _ = google.auth.default(scopes=scopes, request=self._http.google)
+                credentials, _ = google.auth.default(scopes=self._scopes, request=self._http.google)
         except OSError as exc:
             raise CredentialFailure(
                 self.name, f"cannot read {self._key_file}: {exc.strerror or type(exc).__name__}"
@@ -142,7 +152,13 @@ class GoogleSigner:
             raise CredentialFailure(
                 self.name, f"no usable Google credentials in {where}: {_reason(exc)}"
             ) from None
-        return credentials
+        if self._subject is None:
+            return credentials
+        if not hasattr(credentials, "with_subject"):
+            raise CredentialFailure(
+                self.name, f"{self._key_file} is not a service account key; domain-wide delegation needs one"
+            )
+        return credentials.with_subject(self._subject)
 
     def _refresh_blocking(self, credentials: Any) -> tuple[str, float]:
         try:
@@ -156,6 +172,46 @@ class GoogleSigner:
         if expiry is None:
             return token, UNKNOWN_LIFETIME_S
         return token, expiry.replace(tzinfo=UTC).timestamp() - time.time()
+
+
+class GoogleSigner(GoogleToken):
+    """Adds ``Authorization: Bearer <Google access token>`` (one instance per upstream)."""
+
+    def __init__(
+        self,
+        upstream: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        proxy: str | None = None,
+        proxy_for: Callable[[str], str | None] | None = None,
+        refresh_margin_s: float = REFRESH_MARGIN_S,
+        discovery_retry_s: float = DISCOVERY_RETRY_S,
+        log: Log = audit.log,
+    ) -> None:
+        super().__init__(
+            upstream.name,
+            upstream.auth.service_account_json,
+            clock=clock,
+            proxy_for=proxy_for or (lambda url: proxy),
+            refresh_margin_s=refresh_margin_s,
+            discovery_retry_s=discovery_retry_s,
+            log=log,
+        )
+
+    async def start(self) -> None:
+        # As Anthropic's gateway does, the first token waits for the first request.
+        await super().start()
+        if self._problem is not None:
+            self._log(
+                "warn", f"upstream {self.name}: {self._problem}; its requests fail over until this is fixed"
+            )
+
+    def serves(self, ask: Ask) -> bool:
+        # One identity for every developer: nobody is turned away here.
+        return True
+
+    async def authorize(self, out: Outbound, ask: Ask) -> Outbound:
+        return with_bearer(out, await self.token())
 
 
 def _reason(exc: Exception) -> str:

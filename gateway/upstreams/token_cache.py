@@ -54,6 +54,11 @@ class TokenCache:
         assert self._token is not None
         return self._token
 
+    def forget(self) -> None:
+        """Stop using the current token (its issuer refused it before its time); the
+        next caller refreshes. A refresh already under way is left to finish."""
+        self._token, self._expires_at = None, 0.0
+
     async def _refresh(self) -> None:
         try:
             token, lifetime = await self._fetch()
