@@ -321,7 +321,7 @@ class AuditEvent(msgspec.Struct, frozen=True, tag_field="type", tag="audit_event
     id: str
     created_at: str
     actor: str  # "admin-key:<id>" or "oidc:<sub>"
-    action: str  # "spend_limit.upsert" | "spend_limit.delete"
+    action: str  # "spend_limit.upsert" | "spend_limit.delete" | "session.revoke" (before/after null)
     target_id: str
     before: SpendLimitSnapshot | None
     after: SpendLimitSnapshot | None
@@ -331,6 +331,44 @@ class AuditEvent(msgspec.Struct, frozen=True, tag_field="type", tag="audit_event
 class AuditPage(msgspec.Struct, frozen=True):
     data: list[AuditEvent]
     has_more: bool
+
+
+# --------------------------------------------------------------------------
+# Admin API: /v1/organizations/sessions, a Gatehouse extension (SPEC §26): a person's
+# sign-ins ("families", whose id is the ``sid`` of every access token minted for them).
+
+
+class SignInSession(msgspec.Struct, frozen=True, tag_field="type", tag="session"):
+    id: str  # the family id
+    user_id: str  # the IdP's sub
+    email_address: str | None
+    groups: list[str]
+    created_at: str
+    last_refreshed_at: str | None
+    refresh_count: int
+    expires_at: str  # when it stops working by itself, unless revoked first
+    client_ip: str | None  # where the sign-in was completed
+    state: str  # "active" | "revoked" | "ended"
+    revoked_at: str | None
+    revoke_reason: str | None
+
+
+class SignInSessionPage(msgspec.Struct, frozen=True):
+    data: list[SignInSession]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class SessionRevoked(msgspec.Struct, frozen=True, tag_field="type", tag="session_revoked"):
+    id: str
+    revoked_now: bool  # false: it had been revoked already
+
+
+class SessionsRevoked(msgspec.Struct, frozen=True, tag_field="type", tag="sessions_revoked"):
+    email_address: str
+    revoked: int
+    ids: list[str]
 
 
 class UserActor(msgspec.Struct, frozen=True, tag_field="type", tag="user_actor"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin.requests import CURRENCY
 from gateway.spend import caps as spend
@@ -21,12 +21,16 @@ from protocol_spec.wire import (
     UNSET,
     AuditEvent,
     EffectiveLimit,
+    SignInSession,
     SpendLimit,
     SpendLimitScope,
     SpendLimitSnapshot,
     UserActor,
     snapshot_decoder,
 )
+
+if TYPE_CHECKING:
+    from gateway.auth.session_store import FamilyInfo
 
 _ORGANIZATION = SpendLimitScope("organization")
 
@@ -135,4 +139,25 @@ def effective_row(person: Mapping[str, Any], period: str, cap: spend.Cap, spent_
         source=None if cap.source is None else _scope_of(cap.source),
         spend_limit_id=cap.limit_id,
         period_to_date_spend=spend_string(spent_micro),
+    )
+
+
+def session_doc(fam: FamilyInfo) -> SignInSession:
+    """One sign-in family as ``GET /v1/organizations/sessions`` lists it."""
+    # Without an IdP refresh token a family cannot be refreshed, so it lasts as
+    # long as its newest access token.
+    ends = fam.expires_at if fam.refreshable else min(fam.expires_at, fam.last_access_exp)
+    return SignInSession(
+        id=fam.family_id,
+        user_id=fam.sub,
+        email_address=fam.email,
+        groups=list(fam.groups),
+        created_at=iso(fam.created_at),
+        last_refreshed_at=None if fam.last_refresh_at is None else iso(fam.last_refresh_at),
+        refresh_count=fam.refresh_count,
+        expires_at=iso(ends),
+        client_ip=fam.client_ip,
+        state=fam.state,
+        revoked_at=None if fam.revoked_at is None else iso(fam.revoked_at),
+        revoke_reason=fam.revoke_reason,
     )

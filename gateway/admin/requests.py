@@ -237,6 +237,62 @@ def parse_delete_reason(query: Mapping[str, str]) -> str | None:
     return None if reason is None else _text("reason", reason, MAX_REASON_CHARS)
 
 
+# ---------------------------------------------------------------- sessions (a Gatehouse extension)
+
+MAX_EMAIL_CHARS = 320
+SESSIONS_DEFAULT = 20
+
+
+class SessionQuery(NamedTuple):
+    email: str
+    size: int
+    after_id: str | None  # the family id the page starts after
+
+
+def parse_email(value: Any) -> str:
+    """A person's email as the sessions endpoints take it; a 400 naming ``email`` otherwise."""
+    if value is None or value == "":
+        raise invalid("email: required")
+    if not isinstance(value, str):
+        raise invalid(f"email: expected a string, got {_a_type(value)}")
+    _text("email", value, MAX_EMAIL_CHARS)
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in value):
+        raise invalid("email: must be an email address, such as alice@example.com")
+    return value
+
+
+def parse_session_query(query: Mapping[str, str]) -> SessionQuery:
+    email = parse_email(query.get("email"))
+    size = parse_page_size(query, SESSIONS_DEFAULT)
+    after_id = query.get("after_id")
+    if after_id is not None:
+        _text("after_id", after_id, MAX_ID_CHARS)
+    return SessionQuery(email, size, after_id)
+
+
+def parse_revoke_sessions(body: bytes) -> tuple[str, str | None]:
+    """(email, reason) from ``POST …/sessions/revoke``; the first problem is a 400 naming its field."""
+    doc = _json_object(body)
+    email = parse_email(doc.get("email"))
+    reason = doc.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise invalid(f"reason: must be a string of at most {MAX_REASON_CHARS} characters")
+    return email, None if reason is None else _text("reason", reason, MAX_REASON_CHARS)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise invalid("the request body is not valid JSON") from None
+    except RecursionError:
+        raise invalid("the request body is not valid JSON: nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"body: expected a JSON object, got {_a_type(doc)}")
+    return doc
+
+
 # ---------------------------------------------------------------- /effective query and cursors
 
 

@@ -1,4 +1,4 @@
-"""The admin API's reads and writes of spend limits and their audit trail (edge).
+"""The admin API's reads and writes of spend limits, sign-in revocations and the audit trail (edge).
 
 The statements are in ``sql/queries/admin_*.sql``; this module runs them, so
 the handlers in :mod:`gateway.http.admin` parse, call one method here, and
@@ -43,6 +43,17 @@ class UnknownCursor(Fault, LookupError):
     """A page cursor names a spend limit that does not exist (any more)."""
 
     fault = Party.CLIENT
+
+
+# What a revoked family records as its reason (``gatehouse sessions revoke``'s default too);
+# the administrator's own words go to the audit trail.
+ADMIN_REVOKE_REASON = "admin_revoke"
+
+
+class RevokedSession(NamedTuple):
+    family_id: str
+    sub: str
+    email: str | None
 
 
 class EffectiveEntry(NamedTuple):
@@ -206,6 +217,47 @@ class AdminStore:
                         before=before, after=None, reason=reason,
                     )  # fmt: skip
         return before
+
+    # ------------------------------------------------------------ sign-in sessions
+
+    async def revoke_session(
+        self, family_id: str, *, actor: str, now: datetime, reason: str | None
+    ) -> tuple[bool, RevokedSession | None]:
+        """Revoke one sign-in family, audited: (it exists, what this call revoked or None).
+
+        The revocation's own statement sends ``NOTIFY gatehouse_revocations``,
+        delivered at commit with the audit row, as ``/oauth/revoke`` does.
+        """
+        q = queries()
+        with unavailable_as("revoking a session"):
+            async with connection(self._pool, self._timeout_s) as conn, conn.transaction():
+                row = await conn.fetchrow(q["revocation_revoke_family"], family_id, now, ADMIN_REVOKE_REASON)
+                if row is None:
+                    exists = await conn.fetchrow(q["admin_session_exists"], family_id) is not None
+                    return exists, None
+                await _record_revocation(conn, row, now=now, actor=actor, reason=reason)
+        return True, RevokedSession(row["family_id"], row["sub"], row["email"])
+
+    async def revoke_sessions_of(
+        self, email: str, *, actor: str, now: datetime, reason: str | None
+    ) -> list[RevokedSession]:
+        """Revoke every live sign-in family of ``email`` (any letter case), each audited."""
+        q = queries()
+        with unavailable_as("revoking sessions"):
+            async with connection(self._pool, self._timeout_s) as conn, conn.transaction():
+                rows = await conn.fetch(q["revocation_revoke_email"], email, now, ADMIN_REVOKE_REASON)
+                for row in rows:
+                    await _record_revocation(conn, row, now=now, actor=actor, reason=reason)
+        return [RevokedSession(r["family_id"], r["sub"], r["email"]) for r in rows]
+
+
+async def _record_revocation(
+    conn: asyncpg.Connection, row: Mapping[str, Any], *, now: datetime, actor: str, reason: str | None
+) -> None:
+    # A session has no before/after snapshot: the trail keeps who, which family and why.
+    await conn.fetchval(
+        queries()["admin_audit_insert"], now, actor, "session.revoke", row["family_id"], None, None, reason
+    )
 
 
 async def _notify_and_record(

@@ -15,6 +15,18 @@ plain 404)::
 ``/effective`` and ``/audit`` are registered before ``/{id}`` so they are not
 taken for ids.
 
+A Gatehouse extension beside them, under ``/v1/organizations/sessions``: a
+person's sign-ins (the same families ``gatehouse sessions`` shows)::
+
+    GET    ?email=E      one person's sign-ins, newest first (limit, after_id)
+    POST   /revoke       revoke every live sign-in of ``{"email"}``
+    DELETE /{family_id}  revoke one sign-in
+
+A revocation marks the family and sends ``NOTIFY gatehouse_revocations`` in the
+statement that revokes it, as ``/oauth/revoke`` does, so every replica refuses
+its tokens within seconds; its ``admin_audit`` row (action ``session.revoke``,
+no before/after) is written in the same transaction.
+
 Who may call: an ``x-api-key`` equal to a write key (everything) or a read key
 (GET only), or a gateway bearer token whose groups meet ``admin.admin_groups``
 (everything). When an ``x-api-key`` is sent it alone decides, so a wrong key is
@@ -57,7 +69,7 @@ import msgspec
 from aiohttp import web
 
 from gateway import audit
-from gateway.admin.docs import audit_doc, cents_string, effective_row, limit_doc
+from gateway.admin.docs import audit_doc, cents_string, effective_row, limit_doc, session_doc
 from gateway.admin.requests import (
     encode_cursor,
     filters_fingerprint,
@@ -68,8 +80,16 @@ from gateway.admin.requests import (
     parse_limit_id,
     parse_limit_request,
     parse_list_query,
+    parse_revoke_sessions,
+    parse_session_query,
 )
-from gateway.admin.store import STORE_TIMEOUT_S, AdminStore, UnknownCursor
+from gateway.admin.store import (
+    ADMIN_REVOKE_REASON,
+    STORE_TIMEOUT_S,
+    AdminStore,
+    RevokedSession,
+    UnknownCursor,
+)
 from gateway.db.store import Store, StoreUnavailable
 from gateway.errors import GatewayError, Kind, render
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, authenticate, read_body
@@ -77,6 +97,9 @@ from gateway.spend import caps as spend
 from protocol_spec.wire import (
     AuditPage,
     EffectivePage,
+    SessionRevoked,
+    SessionsRevoked,
+    SignInSessionPage,
     SpendLimitDeleted,
     SpendLimitPage,
 )
@@ -85,6 +108,7 @@ if TYPE_CHECKING:
     from gateway.config.schema import Config
 
 BASE = "/v1/organizations/spend_limits"
+SESSIONS = "/v1/organizations/sessions"
 MAX_BODY_BYTES = 64 * 1024
 JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 _encode = msgspec.json.Encoder().encode
@@ -106,6 +130,7 @@ class AdminContext:
         self.read_keys = tuple((k.id, _digest(k.key)) for k in admin.read_keys)
         self.admin_groups = frozenset(admin.admin_groups)
         self.group_limit_mode: str = admin.group_limit_mode
+        self.secrets = tuple(cfg.session.secrets)
         self._store = store
         self.clock = clock
 
@@ -210,7 +235,7 @@ def authorize(request: web.Request, ctx: AdminContext, *, write: bool) -> str:
             if write:
                 _deny(request, "read_only_key")
                 raise GatewayError(
-                    Kind.FORBIDDEN, "this admin key may only read; changing spend limits requires a write key"
+                    Kind.FORBIDDEN, "this admin key may only read; changing spend limits or sessions requires a write key"
                 )
             return f"admin-key:{read_id}"
         _deny(request, "invalid_key")
@@ -328,4 +353,64 @@ async def effective(request: web.Request, ctx: AdminContext, actor: str) -> web.
             data=[effective_row(*entry) for entry in page.entries],
             next_page=None if page.next_key is None else encode_cursor(fingerprint, page.next_key),
         )
+    )
+
+
+# ---------------------------------------------------------------- sign-in sessions (a Gatehouse extension)
+
+
+async def list_sessions(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    from gateway.auth.session_store import SessionService
+
+    sq = parse_session_query(request.query)
+    runtime = request.app[RUNTIME]
+    sessions = SessionService(ctx.store(request.app), runtime.tokens, secrets=ctx.secrets, clock=ctx.clock)
+    families = await sessions.list_families(sq.email)
+    start = 0
+    if sq.after_id is not None:
+        ids = [f.family_id for f in families]
+        if sq.after_id not in ids:
+            raise invalid("after_id: no sign-in session of this person has this id")
+        start = ids.index(sq.after_id) + 1
+    data = [session_doc(f) for f in families[start : start + sq.size]]
+    return _ok(
+        SignInSessionPage(
+            data=data,
+            has_more=len(families) > start + sq.size,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+    )
+
+
+async def revoke_session(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    family_id = parse_limit_id(request.match_info["family_id"])
+    reason = parse_delete_reason(request.query)
+    if family_id is None:
+        raise GatewayError(Kind.NOT_FOUND, "no sign-in session has this id")
+    exists, revoked = await ctx.limits(request.app).revoke_session(family_id, actor=actor, now=ctx.now(), reason=reason)
+    if not exists:
+        raise GatewayError(Kind.NOT_FOUND, "no sign-in session has this id")
+    if revoked is not None:
+        _emit_revoked(revoked, actor)
+    return _ok(SessionRevoked(family_id, revoked_now=revoked is not None))
+
+
+async def revoke_sessions(request: web.Request, ctx: AdminContext, actor: str) -> web.Response:
+    email, reason = parse_revoke_sessions(await read_body(request, MAX_BODY_BYTES))
+    revoked = await ctx.limits(request.app).revoke_sessions_of(email, actor=actor, now=ctx.now(), reason=reason)
+    for one in revoked:
+        _emit_revoked(one, actor)
+    return _ok(SessionsRevoked(email, len(revoked), [r.family_id for r in revoked]))
+
+
+def _emit_revoked(revoked: RevokedSession, actor: str) -> None:
+    # The event every other revocation emits, with who asked for it.
+    audit.emit(
+        "session.revoke",
+        family=revoked.family_id,
+        sub=revoked.sub,
+        email=revoked.email,
+        reason=ADMIN_REVOKE_REASON,
+        actor=actor,
     )

@@ -33,6 +33,7 @@ class Route(NamedTuple):
 
 
 SPEND_LIMITS = admin.BASE
+SESSIONS = admin.SESSIONS
 
 ROUTES: tuple[Route, ...] = (
     # Inference: the hot path (gateway.http.messages).
@@ -67,6 +68,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", SPEND_LIMITS + "/audit", admin.guarded(admin.audit_trail, write=False), "admin"),
     Route("GET", SPEND_LIMITS + "/{id}", admin.guarded(admin.get_limit, write=False), "admin"),
     Route("DELETE", SPEND_LIMITS + "/{id}", admin.guarded(admin.delete_limit, write=True), "admin"),
+    # Admin API: sign-in sessions, a Gatehouse extension (gateway.http.admin); /revoke before /{family_id}.
+    Route("GET", SESSIONS, admin.guarded(admin.list_sessions, write=False), "admin"),
+    Route("POST", SESSIONS + "/revoke", admin.guarded(admin.revoke_sessions, write=True), "admin"),
+    Route("DELETE", SESSIONS + "/{family_id}", admin.guarded(admin.revoke_session, write=True), "admin"),
     # The gateway's own metrics for Prometheus (gateway.http.own_telemetry).
     Route("GET", "/metrics", own_telemetry.metrics, "metrics"),
 )
