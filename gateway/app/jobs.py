@@ -14,8 +14,11 @@ job                every                      what one run does
                                               only an older ``session.jwt_secret`` opens (with
                                               ``oidc`` and more than one secret; after a pass
                                               that found none, rests 1 h)
-``retention``      1 h                        delete admin audit entries, idle principals and
-                                              spend counters older than the ``admin`` retention
+``retention``      1 h                        roll usage rows older than
+                                              ``gatehouse.retention.usage_records_days`` up
+                                              into daily sums and delete them (always); delete
+                                              admin audit entries, idle principals and spend
+                                              counters older than the ``admin`` retention
                                               settings (with ``admin``)
 ``spend``          1 s, and at once when a    reload spend limits (every 30 s, on a change, or
                    limit changes              after the listener reconnected), store
@@ -220,16 +223,7 @@ def schedule(app: web.Application, boot: Boot, spend: SpendStore | None) -> Sche
                 "signin.reseal", RESEAL_EVERY_S, resealer.run_once,
                 "re-seal stored IdP refresh tokens that only an older jwt_secret opens",
             )
-    if boot.config.admin is not None:
-        from gateway.admin import retention
-        from gateway.http import admin as admin_api
-
-        ctx = app[admin_api.ADMIN]
-        cfg = boot.config
-        jobs.every(
-            "retention", retention.PRUNE_EVERY_S, lambda: retention.sweep(lambda: ctx.store(app), cfg, ctx.now),
-            "delete what the admin retention settings say is too old",
-        )
+    _schedule_retention(app, boot, jobs)
     if spend is not None:
         from gateway.spend.store import TICK_S
 
@@ -239,3 +233,25 @@ def schedule(app: web.Application, boot: Boot, spend: SpendStore | None) -> Sche
             wake=spend.wake,
         )
     return jobs
+
+
+def _schedule_retention(app: web.Application, boot: Boot, jobs: Scheduler) -> None:
+    """The retention sweep runs on every deployment; with ``admin`` on the admin API's store and
+    clock (tests give it their own), else on the runtime's store and the gateway's clock."""
+    from datetime import UTC, datetime
+
+    from gateway.admin import retention
+    from gateway.http.keys import RUNTIME
+
+    cfg = boot.config
+    if cfg.admin is not None:
+        from gateway.http import admin as admin_api
+
+        ctx = app[admin_api.ADMIN]
+        store, now = (lambda: ctx.store(app)), ctx.now
+    else:
+        store, now = (lambda: app[RUNTIME].store), (lambda: datetime.fromtimestamp(boot.clock(), UTC))
+    jobs.every(
+        "retention", retention.PRUNE_EVERY_S, lambda: retention.sweep(store, cfg, now),
+        "roll up and delete old usage rows; prune what the admin retention settings say is too old",
+    )

@@ -438,6 +438,18 @@ class GatehouseTelemetry(_Section, frozen=True):
     traces: GatehouseTraces = field(default_factory=GatehouseTraces)
 
 
+class GatehouseRetention(_Section, frozen=True):
+    """How long the sweep every replica runs (gateway/admin/retention.py) keeps usage data;
+    the admin tables' own settings stay under ``admin``."""
+
+    # Raw usage rows (one per request, with the person's email) older than this many
+    # days are added to the usage_daily rollup, then deleted.
+    usage_records_days: Annotated[int, Meta(ge=1, le=36_500)] = 400
+    # Rollup rows (per day, person, model and upstream; no email) older than this
+    # many days are deleted. Unset: kept for good, as spend history.
+    usage_daily_days: Annotated[int, Meta(ge=1, le=36_500)] | None = None
+
+
 class Gatehouse(_Section, frozen=True):
     # Operational log lines as text or JSON (gateway/audit.py). The environment's
     # CLAUDE_GATEWAY_LOG_FORMAT, when set, wins; neither set means text.
@@ -447,6 +459,7 @@ class Gatehouse(_Section, frozen=True):
     spend: GatehouseSpend = field(default_factory=GatehouseSpend)
     signin: GatehouseSignin = field(default_factory=GatehouseSignin)
     telemetry: GatehouseTelemetry = field(default_factory=GatehouseTelemetry)
+    retention: GatehouseRetention = field(default_factory=GatehouseRetention)
 
 
 # ---------------------------------------------------------------- the whole file

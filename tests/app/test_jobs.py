@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.admin import retention
 from gateway.app import build as gateway_app
 from gateway.app import jobs as app_jobs
 from gateway.app.build import BOOT
@@ -170,7 +171,8 @@ async def test_a_name_is_registered_once():
 
 
 async def test_the_app_registers_sightings_which_report_once_more_at_shutdown():
-    # Built, not started: no database is reached. With oidc and without admin: no retention, no spend.
+    # Built, not started: no database is reached. With oidc and without admin: retention
+    # (usage rows only), no spend.
     app = gateway_app.build(make_config("postgresql://127.0.0.1:9/none", [upstream_block("http://127.0.0.1:9")]))
     boot: Any = app[BOOT]  # the runtime is made on startup; its boot values are there before
     events: list[str] = []
@@ -180,6 +182,7 @@ async def test_the_app_registers_sightings_which_report_once_more_at_shutdown():
     assert [(j.name, j.every_s) for j in jobs.jobs] == [
         ("sightings", FLUSH_INTERVAL_S),
         ("signin.prune", signin.PRUNE_EVERY_S),
+        ("retention", retention.PRUNE_EVERY_S),
     ]
     assert all(j.does for j in jobs.jobs)
     assert set(PRODUCERS) >= {j.name for j in jobs.jobs}
