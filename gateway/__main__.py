@@ -118,6 +118,11 @@ def boot_warnings(cfg: Any, *, in_container: bool | None = None) -> list[str]:
             "access_control.allow_cidrs is empty: any address that reaches this port may use the gateway; "
             "consider the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 127.0.0.0/8, ::1/128, fc00::/7)"
         )
+    if cfg.load_test_mode is not None and cfg.load_test_mode.enabled:
+        warnings.append(
+            "load_test_mode is on: requests are signed but never sent upstream, and every reply is canned; "
+            "never point developers at this gateway"
+        )
     if _loopback_only(cfg.listen.host) and (running_in_container() if in_container is None else in_container):
         warnings.append(
             f"listen.host is {cfg.listen.host} inside a container: only processes in this container can connect, "
@@ -172,23 +177,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         audit.log("warn", warning)
     # Migrate once here, before any worker starts, so workers boot against a
     # ready schema (the advisory lock would make concurrent runs safe anyway).
-    _migrate(cfg)
+    _migrate(cfg, serving=True)
     return server.run(cfg, workers=args.workers)
 
 
-def _migrate(cfg: Any) -> None:
-    from gateway.db.store import Store, StoreUnavailable
+def _migrate(cfg: Any, *, serving: bool = False) -> None:
+    from gateway.db.store import SpentDatabase, Store, StoreUnavailable
 
     async def go() -> None:
         store = await Store.open(cfg.store, log=audit.log)
         try:
             await store.migrate()
+            if serving and cfg.load_test_mode is not None and cfg.load_test_mode.enabled:
+                await store.refuse_spent_for_load_test()
         finally:
             await store.close()
 
     try:
         asyncio.run(go())
-    except StoreUnavailable as err:
+    except (StoreUnavailable, SpentDatabase) as err:
         sys.stderr.write(f"gatehouse: {err}\n")
         raise SystemExit(1) from None
 

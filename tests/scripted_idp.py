@@ -17,6 +17,15 @@ test bend any of it:
 * ``requests`` records every call (headers, query and form), so a test can check
   client authentication, the PKCE verifier or the scope sent on refresh.
 
+Client authentication by ``private_key_jwt`` (RFC 7523): put it in
+``accept_auth`` and register the client's certificates (PEM) in
+``client_certificates`` — found by the assertion's ``x5t`` thumbprint, as
+Microsoft Entra does — or its public keys in ``client_keys`` by ``kid``, as
+Okta does. An assertion passes when its signature verifies with that key,
+``iss`` and ``sub`` are the client_id, ``aud`` is this token endpoint, it has
+not expired and its ``jti`` was never seen before; otherwise the answer is 401
+``invalid_client`` and ``assertion_rejections`` says why.
+
 Users live in ``users`` (sub → claims); changing them, or ``revoke(sub)``, takes
 effect on the next refresh / userinfo call, which is how deprovisioning is
 simulated.
@@ -39,8 +48,15 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
-from joserfc import jws
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGS = ("RS256", "ES256", "ES384", "ES512")
 
 DROP: Any = object()  # a claim override that removes the claim
 
@@ -59,6 +75,8 @@ class Recorded:
             return "client_secret_basic"
         if "client_secret" in self.form:
             return "client_secret_post"
+        if "client_assertion" in self.form:
+            return "private_key_jwt"
         return None
 
 
@@ -118,6 +136,10 @@ class ScriptedIdp:
     userinfo_status: int | None = None
     delays: dict[str, float] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
+    # private_key_jwt: registered certificates (PEM) and public keys by kid.
+    client_certificates: list[bytes] = field(default_factory=list)
+    client_keys: dict[str, Any] = field(default_factory=dict)
+    assertion_rejections: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rsa_key = RSAKey.generate_key(2048, parameters={"kid": "rsa-1", "use": "sig"}, private=True)
@@ -137,6 +159,7 @@ class ScriptedIdp:
         self._codes: dict[str, _Grant] = {}
         self._refresh: dict[str, _Refresh] = {}
         self._access: dict[str, str] = {}
+        self._seen_jtis: set[str] = set()
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -340,6 +363,11 @@ class ScriptedIdp:
 
     def _client_ok(self, request: web.Request, form: dict[str, str]) -> bool:
         header = request.headers.get("Authorization", "")
+        if "client_assertion" in form or "client_assertion_type" in form:
+            problem = self._assertion_problem(form, has_basic=header.startswith("Basic "))
+            if problem is not None:
+                self.assertion_rejections.append(problem)
+            return problem is None
         if header.startswith("Basic "):
             if "client_secret_basic" not in self.accept_auth:
                 return False
@@ -352,6 +380,62 @@ class ScriptedIdp:
                 and form["client_secret"] == self.client_secret
             )
         return False
+
+    def _assertion_problem(self, form: dict[str, str], *, has_basic: bool) -> str | None:
+        """Why a private_key_jwt client assertion fails, or None when it passes."""
+        if "private_key_jwt" not in self.accept_auth:
+            return "private_key_jwt is not accepted"
+        if has_basic or "client_secret" in form:
+            return "more than one client authentication method"
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            return "wrong client_assertion_type"
+        token = form.get("client_assertion", "")
+        try:
+            header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+        except ValueError:
+            return "malformed assertion"
+        key = self._assertion_key(header) if isinstance(header, dict) else None
+        if key is None:
+            return "unknown key"
+        if header.get("alg") not in ASSERTION_ALGS:
+            return "algorithm not allowed"
+        try:
+            claims = jwt.decode(token, key, algorithms=[header["alg"]]).claims
+        except (JoseError, ValueError):
+            return "bad signature"
+        if claims.get("iss") != self.client_id or claims.get("sub") != self.client_id:
+            return "iss/sub is not the client_id"
+        if form.get("client_id", self.client_id) != self.client_id:
+            return "client_id differs from the assertion"
+        audience = claims.get("aud")
+        if f"{self.issuer}/token" not in (audience if isinstance(audience, list) else [audience]):
+            return "aud is not the token endpoint"
+        now = self.clock()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not isinstance(exp, (int, float)) or exp <= now:
+            return "expired"
+        if not isinstance(nbf, (int, float)) or nbf > now + 60:
+            return "not yet valid"
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            return "no jti"
+        if jti in self._seen_jtis:
+            return "replayed jti"
+        self._seen_jtis.add(jti)
+        return None
+
+    def _assertion_key(self, header: dict[str, Any]) -> Any:
+        """The registered key the header points at: a certificate by thumbprint, else a key by kid."""
+        for pem in self.client_certificates:
+            cert = x509.load_pem_x509_certificate(pem)
+            der = cert.public_bytes(serialization.Encoding.DER)
+            if header.get("x5t") != _b64(hashlib.sha1(der).digest()):
+                continue
+            if header.get("x5t#S256", _b64(hashlib.sha256(der).digest())) != _b64(hashlib.sha256(der).digest()):
+                return None
+            public = cert.public_key()
+            return (RSAKey if isinstance(public, rsa.RSAPublicKey) else ECKey).import_key(public)  # type: ignore[arg-type]
+        return self.client_keys.get(header.get("kid"))  # type: ignore[arg-type]
 
     async def _token(self, request: web.Request) -> web.Response:
         if self._token_queue:

@@ -36,6 +36,7 @@ from gateway.policy.desktop import DesktopBootstrap
 from gateway.policy.policies import Policies
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.health import Health
+from gateway.upstreams.load_test import Canned, canned
 from gateway.upstreams.outbound import REQUEST_TAGS_BETA, Signer
 from gateway.upstreams.providers import needs_signer, signing_service, translator_for
 from gateway.upstreams.routing import Routes
@@ -101,6 +102,7 @@ def build_boot(
         tokens=token_service(cfg),
         routes=routes,
         billing_group_tag=tag,
+        load_test=_canned(cfg),
         upstreams=plans,
         egress=egress,
         health=health,
@@ -128,6 +130,13 @@ def build_boot(
         clock=clock,
         metrics=observability.metrics_for(cfg),
     )
+
+
+def _canned(cfg: Config) -> Canned | None:
+    ltm = cfg.load_test_mode
+    if ltm is None or not ltm.enabled:
+        return None
+    return canned(ltm.reply_tokens, ltm.reply_seconds)
 
 
 def token_service(cfg: Config) -> TokenService:
@@ -270,6 +279,20 @@ async def _start(app: web.Application, boot: Boot, shared_store: Store | None) -
         await store.migrate()
     else:
         store = shared_store
+    if boot.load_test is not None:
+        try:
+            await store.refuse_spent_for_load_test()
+        except BaseException:
+            # The boot stops here: what was opened so far closes first.
+            await transport.close()
+            for signer in signers:
+                if signer is not None:
+                    await signer.close()
+            if relay is not None:
+                await relay.drain(0.0)
+            if own_store:
+                await store.close()
+            raise
     recorder = Recorder(store)
     await recorder.start()
     # One LISTEN connection for the whole process; the subscribers register first,

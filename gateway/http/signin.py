@@ -357,6 +357,10 @@ async def callback(request: web.Request) -> web.Response:
         return await _done(request, si, pages.message("Sign-in could not be completed", text), 403, session)
     except (IdpUnavailable, StoreUnavailable) as exc:
         audit.log("error", f"sign-in callback failed: {exc}")
+        # The detail names the cause (an IdP refusing the gateway's client
+        # credentials, for one); it never holds a code or token.
+        err = "idp_unavailable" if isinstance(exc, IdpUnavailable) else "store_unavailable"
+        audit.emit("session.mint", result="fail", err=err, detail=str(exc), client_ip=ip)
         return await _done(request, si, pages.message("Try again later", "Sign-in is unavailable right now. Start again from Claude Code in a few minutes."), 503, session)
     sealed = si.idp_tokens.seal(tokens.refresh_token.encode()) if tokens.refresh_token else None
     try:
