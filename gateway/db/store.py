@@ -65,6 +65,12 @@ class StoreUnavailable(Fault):
     fault = Party.STORE
 
 
+class SpentDatabase(Fault):
+    """``load_test_mode`` on a database where someone has recorded spend: the boot stops."""
+
+    fault = Party.GATEWAY
+
+
 class StoreRefused(Fault):
     """The database refused one request's values (see :func:`is_data_error`); retrying cannot help.
 
@@ -412,6 +418,18 @@ class Store:
         elif ok and was_down:
             self._log("info", "PostgreSQL answers again; /readyz reports ready")
         return verdict
+
+    async def refuse_spent_for_load_test(self) -> None:
+        """Raise :class:`SpentDatabase` when anyone has recorded spend here: a load test's
+        requests must never be counted among real ones (``load_test_mode``)."""
+        with unavailable_as("checking the database for recorded spend"):
+            async with connection(self._pool, self._cfg.connect_timeout_seconds) as conn:
+                spent = await conn.fetchval(queries()["load_test_spend_recorded"])
+        if spent:
+            raise SpentDatabase(
+                "load_test_mode is on, but this database (store.postgres_url) already holds recorded spend; "
+                "give load-test mode its own empty database so its requests never mix with real usage"
+            )
 
     async def insert_usage(self, rows: list[UsageRow], timeout: float = DEFAULT_WRITE_TIMEOUT_S) -> None:
         """Write ``rows`` in one statement. Rows already stored are skipped, so retrying is safe."""

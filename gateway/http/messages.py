@@ -44,7 +44,7 @@ from gateway.errors import (
     sse_error_event,
     upstream_status_fails_over,
 )
-from gateway.http import spend_gate
+from gateway.http import load_test, spend_gate
 from gateway.http.keys import CLIENT_IP, REQUEST_ID, RUNTIME, SECURITY_HEADERS, authenticate, read_body
 from gateway.http.own_telemetry import request_ended
 from gateway.http.runtime import Runtime, UpstreamPlan
@@ -70,6 +70,8 @@ from protocol_spec.cloud_wire import count_tokens_response_decoder
 # and a hostile or broken upstream must not make us buffer without bound.
 MAX_ERROR_BODY_BYTES = 1 << 20
 CLIENT_CLOSED = 499
+# What load_test_mode adds to every inference event.
+LOAD_TEST_MARK = {"load_test": True}
 # The answer to a count no attempted upstream could make (SPEC BEDROCK-7).
 CANNOT_COUNT = ClientError(
     501,
@@ -125,6 +127,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     try:
         # 1. Bearer session token → principal (pure, cached; no database).
         principal = authenticate(rt, request.headers.get("Authorization"))
+        if rt.load_test is not None:  # load_test_mode: x-load-test-user stands for a developer
+            principal = load_test.as_user(principal, request.headers.get(load_test.USER_HEADER))
 
         # 2. Size limits, before buffering anything.
         body = await read_body(request, rt.limits.max_request_bytes)
@@ -162,6 +166,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
         # 7. Try them in order until one answers in a way we relay.
         ask = make_ask(request, body, view, principal)
+        if rt.load_test is not None:
+            # load_test_mode: built and signed as for real, then dropped; the reply is canned.
+            await sign_only(rt, ask, targets, outcome)
+            return await load_test.reply(rt.load_test, request, ask, outcome, ticket, t0)
         try:
             opened = await open_first(rt, ask, targets, outcome, t0)
         except RelayedUpstreamError as err:
@@ -302,31 +310,12 @@ async def _attempt(
     rt: Runtime, ask: Ask, target: Target, outcome: Outcome, t0: float, failures: list[ClientError]
 ) -> Opened | None:
     """One upstream: its reply to relay, or None after noting why the next one is tried."""
+    out = await _signed(rt, ask, target, outcome, failures)
+    if out is None:
+        return None
     i = target.upstream
     up = rt.upstreams[i]
     rid = outcome.request_id
-    signer = rt.signers[i]
-    out = up.translator.outbound(ask, target.model)
-    if out is None or (signer is not None and not signer.serves(ask)):
-        # This upstream cannot serve this request (a count on an inference profile, a
-        # per-developer role session for a token without the claim, …). A count it
-        # cannot make is a 501 unless a later upstream counts (BEDROCK-7).
-        rt.health.released(i)
-        if ask.endpoint is Endpoint.COUNT_TOKENS:
-            failures.append(CANNOT_COUNT)
-        return None
-    outcome.attempts += 1
-    outcome.attempting = target
-    outcome.attempt_at = time.monotonic()
-    if signer is not None:
-        try:
-            out = await signer.authorize(out, ask)
-        except CredentialFailure as failure:
-            # Our credential trouble: a 500 from that upstream, never the client's 401/403.
-            rt.health.released(i)
-            outcome.failed(up.name, "credential")
-            audit.log("warn", f"upstream {up.name}: no credential, trying next (request {rid}): {failure.detail}")
-            return None
     try:
         resp = await rt.transport.open("POST", out.url, out.headers, out.body, up.ttfb_s, proxy=up.proxy)
     except UpstreamFailure as failure:
@@ -372,6 +361,51 @@ async def _attempt(
         return Opened(resp, up, out.shape, first) if first is not None else None
     _note_health(rt, i, ok=True)
     return Opened(resp, up, out.shape, None)
+
+
+async def _signed(
+    rt: Runtime, ask: Ask, target: Target, outcome: Outcome, failures: list[ClientError]
+) -> Outbound | None:
+    """The call to one upstream, translated and signed; None after noting why it cannot be made."""
+    i = target.upstream
+    up = rt.upstreams[i]
+    signer = rt.signers[i]
+    out = up.translator.outbound(ask, target.model)
+    if out is None or (signer is not None and not signer.serves(ask)):
+        # This upstream cannot serve this request (a count on an inference profile, a
+        # per-developer role session for a token without the claim, …). A count it
+        # cannot make is a 501 unless a later upstream counts (BEDROCK-7).
+        rt.health.released(i)
+        if ask.endpoint is Endpoint.COUNT_TOKENS:
+            failures.append(CANNOT_COUNT)
+        return None
+    outcome.attempts += 1
+    outcome.attempting = target
+    outcome.attempt_at = time.monotonic()
+    if signer is not None:
+        try:
+            out = await signer.authorize(out, ask)
+        except CredentialFailure as failure:
+            # Our credential trouble: a 500 from that upstream, never the client's 401/403.
+            rt.health.released(i)
+            outcome.failed(up.name, "credential")
+            rid = outcome.request_id
+            audit.log("warn", f"upstream {up.name}: no credential, trying next (request {rid}): {failure.detail}")
+            return None
+    return out
+
+
+async def sign_only(rt: Runtime, ask: Ask, targets: tuple[Target, ...], outcome: Outcome) -> None:
+    """load_test_mode: the call the relay would make first, translated and signed as for
+    real, then dropped; nothing is sent. Fails as the relay would when no upstream could
+    make it (no credential anywhere, a count nobody can make)."""
+    failures: list[ClientError] = []
+    for target in targets:
+        if await _signed(rt, ask, target, outcome, failures) is not None:
+            outcome.upstream = rt.upstreams[target.upstream].name
+            outcome.upstream_model = target.model
+            return
+    raise final_error(failures, len(rt.upstreams))
 
 
 async def _first_bytes(
@@ -565,6 +599,7 @@ def abandoned_count(rt: Runtime, ask: Ask | None, outcome: Outcome) -> Recount |
         or outcome.status != CLIENT_CLOSED
         or outcome.usage.input_tokens
         or rt.upstreams[target.upstream].provider != "bedrock"
+        or rt.load_test is not None  # nothing was sent, so nothing was billed
     ):
         return None
     counting = ask._replace(endpoint=Endpoint.COUNT_TOKENS, thinking_budget=thinking_budget(ask.body))
@@ -637,6 +672,7 @@ def record(
         cache_read_input_tokens=u.cache_read_input_tokens,
         output_estimated=u.estimated or None,
         billing_group=outcome.billing_group,
+        **LOAD_TEST_MARK if rt.load_test is not None else {},
     )
     from gateway.db.store import UsageRow
 

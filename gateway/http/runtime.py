@@ -37,6 +37,7 @@ from gateway.policy.policies import Policies
 from gateway.telemetry.own_metrics import OwnMetrics, Unmetered
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.health import Health
+from gateway.upstreams.load_test import Canned
 from gateway.upstreams.outbound import Signer, Translator
 from gateway.upstreams.routing import Routes
 
@@ -105,6 +106,8 @@ class Boot:
     pricing: Pricing | None  # with admin: or pricing:
     allowances: AllowanceTracker | None  # with admin: or pricing:
     billing_group_tag: str | None = None
+    # load_test_mode on: the canned replies (requests are signed, then dropped).
+    load_test: Canned | None = None
     clock: Callable[[], float] = time.time
     # The gateway's own metrics, counted in process (Unmetered: none configured).
     metrics: OwnMetrics = field(default_factory=Unmetered)

@@ -140,3 +140,11 @@ def test_gatehouse_section_is_the_only_difference() -> None:
     assert tuned.gatehouse != plain.gatehouse == Gatehouse()
     same = ("path", "sha256", "gatehouse")
     assert msgspec.structs.replace(tuned, **{k: getattr(plain, k) for k in same}) == plain
+
+
+def test_the_load_test_example_is_served() -> None:
+    """load_test_mode is built (tests/http/test_load_test_mode.py serves this very file)."""
+    path = EXAMPLES / "cag" / "load-test.yaml"
+    cfg = load(str(path), _env(path))
+    assert unsupported(cfg) == []
+    assert cfg.load_test_mode is not None and cfg.load_test_mode.enabled

@@ -142,8 +142,8 @@ async def test_undefined_variable_fails_boot_naming_it(tmp_path, pg_url):
 
 
 async def test_serve_refuses_features_not_supported_yet(tmp_path, pg_url):
-    feature = "load_test_mode (load-test mode) is not supported yet"
-    extra = "load_test_mode:\n  enabled: true\n"
+    feature = "cri (customer-routed inference; nothing about what it serves is described well enough to build"
+    extra = "cri:\n  enabled: true\n"
     cfg = write_config(tmp_path, pg_url, "http://127.0.0.1:9", free_port(), extra)
     out = subprocess.run([*GATEHOUSE, "serve", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
