@@ -36,7 +36,7 @@ PURE_EXCEPT_EDGES = {
     "policy": set(),
     "admin": {"retention", "store"},
     "spend": {"store", "settlements", "lease_keeper"},
-    "auth": {"oidc", "session_store", "device_store", "revocations"},
+    "auth": {"oidc", "session_store", "device_store", "revocations", "resealing"},
     "telemetry": {"relay", "grpc_export", "http_export", "instruments", "tracing"},
     "upstreams": {"transport", "aws_credentials", "google_credentials", "token_cache", "azure_credentials"},
     "errors": set(),
