@@ -1,4 +1,4 @@
-"""Admin API: spend limits over HTTP, shaped like Anthropic's (SPEC "Admin API").
+"""Admin API: spend limits over HTTP, shaped like Anthropic's (SPEC "Admin API"), and sign-in sessions.
 
 Routes, all under ``/v1/organizations/spend_limits`` and registered (from the
 table in :mod:`gateway.http.routes`, each handler wrapped by :func:`guarded`)
