@@ -279,6 +279,13 @@ async def _audit_secrets(store: Any, secrets: tuple[str, ...], args: argparse.Na
     return 0 if blocked == 0 else 3
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """Export or erase what is stored about one person (gateway/admin/privacy.py)."""
+    from gateway.app import privacy_cli
+
+    return privacy_cli.main(args, _load(args.config))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatehouse", description="A self-hosted gateway for Claude Code.")
     p.add_argument("--version", action="version", version=f"gatehouse {gateway.__version__}")
@@ -325,6 +332,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ss.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ss.set_defaults(func=cmd_sessions)
+
+    from gateway.app import privacy_cli  # stdlib only at import time
+
+    pv = sub.add_parser("privacy", help="export or erase everything stored about one person, by email")
+    privacy_cli.add_arguments(pv)
+    pv.set_defaults(func=cmd_privacy)
 
     from gateway.app import limits_cli  # stdlib only at import time
 
