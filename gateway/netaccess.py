@@ -7,6 +7,10 @@
 * ``deny_cidrs`` is checked first, then a non-empty ``allow_cidrs`` denies by
   default. ``/healthz`` and ``/readyz`` are exempt from the allow list only, so
   an orchestrator can probe from outside it while a deny still holds.
+* With no ``allow_cidrs`` at all, the first client outside the private ranges
+  (:data:`PRIVATE_RANGES`, the ones the boot warning recommends) is worth one
+  ``access.public_client`` event per process: the gateway is reachable from
+  further than its operator may think. That client is still served.
 
 Pure: addresses and strings in, decisions out.
 """
@@ -19,6 +23,11 @@ from typing import NamedTuple
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+# Private, shared and loopback addresses: what an allow list for a gateway inside an
+# organisation's network would hold (SPEC NET-7).
+PRIVATE_RANGES_TEXT = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "::1/128", "fc00::/7",
+)
 
 
 def parse_networks(entries: tuple[str, ...] | list[str]) -> tuple[Network, ...]:
@@ -48,6 +57,9 @@ def _in(addr: Address, nets: tuple[Network, ...]) -> bool:
     return any(addr in n for n in nets)
 
 
+PRIVATE_RANGES = parse_networks(PRIVATE_RANGES_TEXT)
+
+
 class Decision(NamedTuple):
     allowed: bool
     client_ip: str | None
@@ -60,6 +72,8 @@ class AccessPolicy:
         self.deny = parse_networks(deny)
         self.trusted = parse_networks(trusted_proxies)
         self.active = bool(self.allow or self.deny)
+        # access.public_client is said once per process, and never under an allow list.
+        self._public_told = bool(self.allow)
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> Address | None | str:
         """The client address; the string ``"unparseable"`` when XFF can't be read."""
@@ -91,3 +105,14 @@ class AccessPolicy:
         if self.allow and path not in HEALTH_PATHS and not _in(addr, self.allow):
             return Decision(False, ip, "ip_not_allowed")
         return Decision(True, ip, None)
+
+    def first_public_client(self, client_ip: str | None) -> bool:
+        """True exactly once: for the first client address outside :data:`PRIVATE_RANGES`
+        while no allow list is set. After that (or with an allow list), always False."""
+        if self._public_told or client_ip is None:
+            return False
+        addr = _parse_addr(client_ip)
+        if addr is None or _in(addr, PRIVATE_RANGES):
+            return False
+        self._public_told = True
+        return True

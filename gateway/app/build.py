@@ -498,6 +498,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         if not decision.allowed:
             audit.emit("access.denied", reason=decision.reason, client_ip=decision.client_ip, path=request.path)
             raise GatewayError(Kind.FORBIDDEN, "forbidden")
+        if rt.access.first_public_client(decision.client_ip):
+            # Once per process (SPEC NET-7): clients reach us from outside private address space.
+            audit.emit("access.public_client", client_ip=decision.client_ip, path=request.path)
         _check_request_line_and_headers(request, rt)
         response = await handler(request)
     except Fault as err:

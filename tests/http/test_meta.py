@@ -3,8 +3,10 @@
 import json
 
 import aiohttp
+import msgspec
 
 import gateway
+from tests.harness import make_config, start_gateway, upstream_block
 
 
 async def get(gw, path, **kw):
@@ -76,6 +78,34 @@ async def test_access_control_lists(gateway_factory, fake_upstream):
     assert status == 403 and json.loads(body)["error"]["type"] == "permission_error"
     gw2 = await gateway_factory([fake_upstream.url], "access_control:\n  deny_cidrs: [127.0.0.1/32]\n")
     assert (await get(gw2, "/healthz"))[0] == 403  # a deny holds everywhere
+
+
+async def test_the_first_public_client_is_audited_once_and_still_served(pg_url, fake_upstream, capfd):
+    """SPEC NET-7. The test client is on loopback (private), so it reaches the gateway as a
+    trusted proxy and names the client in X-Forwarded-For."""
+    cfg = make_config(pg_url, [upstream_block(fake_upstream.url)])
+    cfg = msgspec.structs.replace(cfg, listen=msgspec.structs.replace(cfg.listen, trusted_proxies=("127.0.0.1/32",)))
+    gw = await start_gateway(cfg)
+    try:
+        capfd.readouterr()
+        for client in ("10.0.0.7", "fd00::7", "203.0.113.7", "198.51.100.4", "203.0.113.7"):
+            status, _, _ = await get(gw, "/v1/models", headers={**gw.auth(), "X-Forwarded-For": client})
+            assert status == 200
+        events = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"access.public_client"' in line]
+        assert [(e["client_ip"], e["path"]) for e in events] == [("203.0.113.7", "/v1/models")]
+    finally:
+        await gw.close()
+
+
+async def test_no_public_client_event_under_an_allow_list(pg_url, fake_upstream, capfd):
+    cfg = make_config(pg_url, [upstream_block(fake_upstream.url)], "access_control:\n  allow_cidrs: [0.0.0.0/0]\n")
+    cfg = msgspec.structs.replace(cfg, listen=msgspec.structs.replace(cfg.listen, trusted_proxies=("127.0.0.1/32",)))
+    gw = await start_gateway(cfg)
+    try:
+        status, _, _ = await get(gw, "/v1/models", headers={**gw.auth(), "X-Forwarded-For": "203.0.113.7"})
+        assert status == 200 and '"access.public_client"' not in capfd.readouterr().err
+    finally:
+        await gw.close()
 
 
 async def test_protocol_documents(gateway_factory, fake_upstream):
