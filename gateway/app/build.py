@@ -463,7 +463,18 @@ async def _start_signin(
 
     cfg = boot.config
     assert cfg.oidc is not None
-    oidc = OidcClient(cfg.oidc, allow_loopback=allow_loopback, clock=boot.clock, egress=boot.egress)
+    groups = None
+    if cfg.oidc.google_groups is not None:
+        from gateway.auth.google_groups import GoogleGroups
+
+        # Closed with the OIDC client; remembered groups last as long as a session token.
+        groups = GoogleGroups.from_config(
+            cfg.oidc, ttl_s=boot.tokens.ttl_seconds, allow_loopback=allow_loopback, clock=boot.clock, egress=boot.egress
+        )
+        await groups.start()
+    oidc = OidcClient(
+        cfg.oidc, allow_loopback=allow_loopback, clock=boot.clock, egress=boot.egress, groups=groups
+    )
     await oidc.start()
     sessions = SessionService(
         store,

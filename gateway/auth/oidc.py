@@ -159,6 +159,7 @@ class OidcClient:
         log: Callable[[str, str], None] | None = None,
         call_timeout_s: float = CALL_TIMEOUT_S,
         egress: Egress | None = None,
+        groups: Any = None,
     ) -> None:
         self._cfg = oidc_cfg
         # private_key_jwt: the key is parsed once here (the config rules have
@@ -185,6 +186,9 @@ class OidcClient:
         self._last_refetch_at: float | None = None
         # "auto" starts with basic; a definitive invalid_client flips it to post once.
         self._auth_method: str | None = oidc_cfg.token_endpoint_auth_method
+        # A gateway.auth.google_groups.GoogleGroups (oidc.google_groups): it replaces
+        # the groups after the rules on the claims passed, and this client closes it.
+        self._groups = groups
         if self._assertion_key is not None:
             expires = self._assertion_key.certificate_expires.timestamp()
             if expires <= clock():
@@ -220,6 +224,8 @@ class OidcClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._groups is not None:
+            await self._groups.close()
 
     # ------------------------------------------------------------ discovery
 
@@ -391,7 +397,12 @@ class OidcClient:
 
     async def identity_from_tokens(self, tokens: TokenSet, *, nonce: str | None) -> Identity:
         """Verify the id_token, consult userinfo if configured and needed, apply
-        the rules. Raises IdTokenInvalid / IdentityRejected / IdpUnavailable."""
+        the rules; with google_groups, the groups are the Directory's.
+        Raises IdTokenInvalid / IdentityRejected / IdpUnavailable (GroupsUnavailable)."""
+        identity = await self._identity_from_tokens(tokens, nonce=nonce)
+        return identity if self._groups is None else await self._groups.at_sign_in(identity)
+
+    async def _identity_from_tokens(self, tokens: TokenSet, *, nonce: str | None) -> Identity:
         if not tokens.id_token:
             raise IdTokenInvalid("missing id_token")
         claims = await self.verify_id_token(tokens.id_token, nonce=nonce)
@@ -403,12 +414,16 @@ class OidcClient:
             self._log("warn", f"oidc: {warning}")
         return identity
 
-    async def recheck(self, idp_refresh_token: str) -> tuple[Identity, str | None]:
+    async def recheck(
+        self, idp_refresh_token: str, previous_groups: tuple[str, ...] | None = None
+    ) -> tuple[Identity, str | None]:
         """Ask the IdP whether this person may still sign in (SPEC "Refresh").
 
         Returns the identity and the IdP's new refresh token, or None when it
         did not rotate. IdpRejected / IdentityRejected are definitive (end the
         session); IdpUnavailable means "try again later, keep the token".
+        ``previous_groups``: the session's groups, which google_groups keeps
+        when the Directory cannot be asked.
         """
         form = {"grant_type": "refresh_token", "refresh_token": idp_refresh_token}
         if self._cfg.scope_on_refresh:
@@ -417,7 +432,7 @@ class OidcClient:
         tokens = await self._token_request(form, "refresh")
         if tokens.id_token:
             try:
-                identity = await self.identity_from_tokens(tokens, nonce=None)
+                identity = await self._identity_from_tokens(tokens, nonce=None)
             except IdTokenInvalid as exc:
                 if exc.reason == "unknown key":
                     raise IdpUnavailable(
@@ -426,6 +441,8 @@ class OidcClient:
                 raise IdpRejected(f"oidc refresh: the id_token failed verification ({exc.reason})") from None
         else:
             identity = await self._identity_from_userinfo(tokens.access_token)
+        if self._groups is not None:
+            identity = await self._groups.at_refresh(identity, previous_groups)
         rotated = (
             tokens.refresh_token
             if tokens.refresh_token and tokens.refresh_token != idp_refresh_token

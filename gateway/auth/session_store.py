@@ -99,7 +99,8 @@ STORE_TIMEOUT_S = 5.0
 # watchers' reload before prune() deletes them.
 DEFAULT_PRUNE_KEEP_S = 7 * 86400
 
-Recheck = Callable[[str], Awaitable[tuple["Identity", str | None]]]
+# (the IdP refresh token, the groups the session has) → the identity now, the IdP's rotated token.
+Recheck = Callable[[str, tuple[str, ...]], Awaitable[tuple["Identity", str | None]]]
 Emit = Callable[..., None]
 Log = Callable[[str, str], None]
 
@@ -165,6 +166,7 @@ class _Claimed(NamedTuple):
     email: str | None
     expires_at: datetime
     idp_refresh_token: bytes | None
+    groups: tuple[str, ...] = ()  # the family's, kept when a directory cannot be asked
 
 
 class _LostClaim(Fault):
@@ -263,7 +265,12 @@ class SessionService:
                 )
             if row is not None:
                 claimed = _Claimed(
-                    row["family_id"], row["sub"], row["email"], row["expires_at"], row["idp_refresh_token"]
+                    row["family_id"],
+                    row["sub"],
+                    row["email"],
+                    row["expires_at"],
+                    row["idp_refresh_token"],
+                    tuple(row["groups"] or ()),
                 )
                 try:
                     return await self._refresh_claimed(token_hash, claim_id, claimed, recheck, client_ip)
@@ -315,7 +322,7 @@ class SessionService:
             raise self._fail("idp_token_unreadable", client_ip, **who)
         refused, undecided = _recheck_outcomes()
         try:
-            identity, new_idp_token = await recheck(idp_token.decode())
+            identity, new_idp_token = await recheck(idp_token.decode(), claimed.groups)
         except refused as exc:
             await self.revoke_family(claimed.family_id, "idp_rejected")
             raise self._fail("idp_rejected", client_ip, detail=_reason(exc), **who) from None

@@ -295,7 +295,6 @@ NOT_BUILT = {
 UNSUPPORTED: tuple[tuple[str, str | Callable[[Any], str], Callable[[Any], bool]], ...] = (
     ("upstreams[*]", lambda u: f"provider: {u['provider']}; {NOT_SERVED[u['provider']]}", lambda u: u["provider"] in NOT_SERVED),
     ("upstreams[*].auth.federation_rule_id", f"workload identity federation; {NOT_BUILT['federation']}", bool),
-    ("oidc.google_groups", "Google Workspace group lookup", bool),
     ("cri", f"customer-routed inference; {NOT_BUILT['cri']}", lambda c: bool(c and c["enabled"])),
 )
 

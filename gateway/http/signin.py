@@ -64,6 +64,10 @@ FORM_LIMIT_BYTES = 64 * 1024
 MAX_SURFACE_CHARS = 64
 PRUNE_EVERY_S = 300.0  # the sign-in pruning job (gateway.app.jobs)
 JSON_NO_STORE = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}
+GROUPS_UNAVAILABLE = (
+    "Your groups could not be looked up in Google Workspace right now, so you were not signed in. "
+    "Try again in a few minutes: open the sign-in link again, or start again from Claude Code."
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,6 +318,7 @@ async def device_submit(request: web.Request) -> web.Response:
 
 
 async def callback(request: web.Request) -> web.Response:
+    from gateway.auth.google_groups import GroupsUnavailable
     from gateway.auth.identity import IdentityRejected
     from gateway.auth.oidc import IdpRejected, IdpUnavailable, IdTokenInvalid
 
@@ -355,6 +360,12 @@ async def callback(request: web.Request) -> web.Response:
             pass
         text = getattr(exc, "user_message", None) or "Your account could not be signed in to this gateway."
         return await _done(request, si, pages.message("Sign-in could not be completed", text), 403, session)
+    except GroupsUnavailable as exc:
+        # The IdP said yes, but without the person's groups no policy or cap
+        # could be chosen for them: no session rather than one missing groups.
+        audit.log("error", f"sign-in callback: Google groups could not be looked up: {exc}")
+        audit.emit("session.mint", result="fail", err="google_groups_unavailable", client_ip=ip)
+        return await _done(request, si, pages.message("Try again later", GROUPS_UNAVAILABLE), 503, session)
     except (IdpUnavailable, StoreUnavailable) as exc:
         audit.log("error", f"sign-in callback failed: {exc}")
         # The detail names the cause (an IdP refusing the gateway's client

@@ -12,6 +12,10 @@ upstream:
 * :class:`FakeGceMetadata` — the endpoints google-auth's Compute Engine
   credentials call (``GCE_METADATA_HOST`` / ``GCE_METADATA_IP`` point at it),
   handing out tokens of a :class:`FakeGoogleToken`.
+* :class:`FakeGoogleWorkspace` — the token endpoint above plus the Admin SDK
+  Directory API's ``GET /admin/directory/v1/groups?userKey=…`` on the same
+  origin: domain-wide delegation (which scopes a service account may ask for a
+  Workspace user), admins, and paged group lists per user.
 * :class:`FakeVertex` — ``…/projects/{p}/locations/{r}/publishers/anthropic/models/{m}:rawPredict``,
   ``:streamRawPredict`` and ``…/models/count-tokens:rawPredict`` under any path
   prefix, accepting only live bearer tokens of its :class:`FakeGoogleToken`.
@@ -46,6 +50,8 @@ from protocol_spec.fakes.upstream import FakeUpstream, Received
 
 __all__ = [
     "CLOUD_PLATFORM",
+    "DIRECTORY_GROUP_READONLY",
+    "FakeGoogleWorkspace",
     "FakeGceMetadata",
     "FakeGoogleToken",
     "FakeVertex",
@@ -57,6 +63,9 @@ __all__ = [
 ]
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+DIRECTORY_GROUP_READONLY = "https://www.googleapis.com/auth/admin.directory.group.readonly"
+# Scopes the token endpoint grants: Vertex's, and the Directory's for delegated accounts.
+_KNOWN_SCOPES = frozenset({CLOUD_PLATFORM, DIRECTORY_GROUP_READONLY})
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # The audience Google requires in an assertion: its token endpoint, wherever the
 # assertion is posted (google-auth and Anthropic's gateway both write this one).
@@ -113,10 +122,13 @@ class ServiceAccount:
 
 
 class Grant(NamedTuple):
-    """One token the fake issued: to whom and until when (by the fake's clock)."""
+    """One token the fake issued: to whom and until when (by the fake's clock); for a
+    delegated one, the Workspace user it acts as (``sub``) and the scopes asked."""
 
     subject: str
     expires_at: float
+    acting_as: str | None = None
+    scopes: tuple[str, ...] = ()
 
 
 class FakeGoogleToken(LoopbackServer):
@@ -168,11 +180,18 @@ class FakeGoogleToken(LoopbackServer):
             account.write(key_file, self.token_uri)
         return account
 
-    def issue(self, subject: str, expires_in: int | None = None) -> tuple[str, int]:
+    def issue(
+        self,
+        subject: str,
+        expires_in: int | None = None,
+        *,
+        acting_as: str | None = None,
+        scopes: tuple[str, ...] = (),
+    ) -> tuple[str, int]:
         """A new opaque access token for ``subject`` and its lifetime in seconds."""
         lifetime = self.expires_in if expires_in is None else expires_in
         token = "ya29.fake-" + secrets.token_urlsafe(32)
-        self._tokens[token] = Grant(subject, self.clock() + lifetime)
+        self._tokens[token] = Grant(subject, self.clock() + lifetime, acting_as, scopes)
         self.grants += 1
         return token, lifetime
 
@@ -183,6 +202,11 @@ class FakeGoogleToken(LoopbackServer):
     def subject_of(self, token: str) -> str | None:
         grant = self._tokens.get(token)
         return grant.subject if grant is not None else None
+
+    def grant_of(self, token: str) -> Grant | None:
+        """The live grant behind ``token``, or None."""
+        grant = self._tokens.get(token)
+        return grant if grant is not None and self.clock() < grant.expires_at else None
 
     def revoke_all(self) -> None:
         """Every token issued so far stops working (a rotated key, a revoked grant)."""
@@ -207,7 +231,10 @@ class FakeGoogleToken(LoopbackServer):
         if problem is not None or account is None:
             self.refusals.append(problem or "unknown account")
             return _oauth_error(400, "invalid_grant", problem or "Invalid JWT Signature.")
-        token, lifetime = self.issue(account.client_email)
+        sub = _unverified_claims(assertion).get("sub")  # the signature was checked above
+        token, lifetime = self.issue(
+            account.client_email, acting_as=sub if isinstance(sub, str) else None, scopes=tuple(scope.split())
+        )
         self.scopes_granted.append(scope)
         return web.json_response({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"})
 
@@ -226,7 +253,7 @@ class FakeGoogleToken(LoopbackServer):
         iat, exp = claims.get("iat"), claims.get("exp")
         if claims.get("aud") not in (GOOGLE_TOKEN_URI, self.token_uri):
             return f"Invalid JWT: audience must be {GOOGLE_TOKEN_URI}", account, ""
-        if not isinstance(scope, str) or CLOUD_PLATFORM not in scope.split():
+        if not isinstance(scope, str) or not _KNOWN_SCOPES.intersection(scope.split()):
             return "Invalid JWT: scope must include cloud-platform", account, ""
         if not isinstance(iat, int) or not isinstance(exp, int):
             return "Invalid JWT: iat and exp are required", account, scope
@@ -444,3 +471,131 @@ class FakeVertex(FakeUpstream):
                 )
             )
         return prepare(self._default, model=route.model, wants_stream=streaming)
+
+
+# ---------------------------------------------------------------------------
+# Google Workspace: domain-wide delegation and the Directory API's group list.
+
+_DIRECTORY_GROUPS = "/admin/directory/v1/groups"
+_UNAUTHORIZED_CLIENT = (
+    "unauthorized_client: Client is unauthorized to retrieve access tokens using this method, "
+    "or client not authorized for any of the scopes requested."
+)
+_NOT_AUTHORIZED = "Not Authorized to access this resource/api"
+
+
+class FakeGoogleWorkspace(FakeGoogleToken):
+    """A Workspace tenant's Google: the token endpoint with domain-wide delegation,
+    and the Directory API listing a user's groups (see the module docstring).
+
+    Setup: :meth:`delegate` (which scopes a service account may ask while acting
+    as a user; :meth:`new_service_account` with ``delegated_scopes``),
+    ``admins`` (users whose tokens may read groups), ``members`` (user email →
+    group emails), ``page_size`` (groups per page at most, below the client's
+    ``maxResults``). Scripting: ``directory_status`` (answer every group list
+    with that HTTP status, e.g. 500 or 503), ``directory_body`` (answer every
+    authorised group list 200 with these bytes instead). Records: ``lookups`` (the
+    ``userKey`` of every group list served or refused), ``directory_refusals``
+    (why each refused one was refused).
+
+    The Directory lives at this server's origin, as ``token_uri`` does: the
+    gateway takes it from there when the key file's token endpoint is loopback.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(host, port, clock=clock)
+        self.admins: set[str] = set()
+        self.members: dict[str, list[str]] = {}
+        self.page_size = 200
+        self.directory_status: int | None = None
+        self.directory_body: bytes | None = None
+        self.lookups: list[str] = []
+        self.directory_refusals: list[str] = []
+        self._delegated: dict[str, frozenset[str]] = {}
+
+    def _routes(self, app: web.Application) -> None:
+        super()._routes(app)
+        app.router.add_get(_DIRECTORY_GROUPS, self._groups)
+
+    def delegate(self, account: ServiceAccount, scopes: tuple[str, ...]) -> None:
+        """What the Admin console's domain-wide delegation lists for ``account``'s client ID."""
+        self._delegated[account.client_email] = frozenset(scopes)
+
+    def new_service_account(
+        self,
+        key_file: Path | None = None,
+        *,
+        email: str = "gatehouse@lab-proj.iam.gserviceaccount.com",
+        delegated_scopes: tuple[str, ...] = (DIRECTORY_GROUP_READONLY,),
+    ) -> ServiceAccount:
+        account = super().new_service_account(key_file, email=email)
+        self.delegate(account, delegated_scopes)
+        return account
+
+    def _check(self, assertion: str) -> tuple[str | None, ServiceAccount | None, str]:
+        problem, account, scope = super()._check(assertion)
+        sub = _unverified_claims(assertion).get("sub")
+        if problem is None and account is not None and sub is not None:
+            # Acting as a user needs every asked scope delegated to this client.
+            allowed = self._delegated.get(account.client_email, frozenset())
+            if not set(scope.split()) <= allowed:
+                problem = _UNAUTHORIZED_CLIENT
+        return problem, account, scope
+
+    async def _groups(self, request: web.Request) -> web.Response:
+        user = request.query.get("userKey", "")
+        self.lookups.append(user)
+        if self.directory_status is not None:
+            return _directory_error(self.directory_status, "Backend Error", "backendError")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        grant = self.grant_of(token) if scheme.lower() == "bearer" else None
+        if grant is None:
+            return self._refuse(401, "Login Required.", "required", "no live bearer token")
+        if grant.acting_as is None or grant.acting_as.lower() not in {a.lower() for a in self.admins}:
+            return self._refuse(403, _NOT_AUTHORIZED, "forbidden", f"acting as {grant.acting_as}, not an admin")
+        if DIRECTORY_GROUP_READONLY not in grant.scopes:
+            return self._refuse(403, _NOT_AUTHORIZED, "forbidden", "the token lacks the groups scope")
+        if self.directory_body is not None:
+            return web.Response(body=self.directory_body, content_type="application/json")
+        groups = self.members.get(user.lower())
+        if groups is None:
+            return _directory_error(404, "Resource Not Found: userKey", "notFound")
+        try:
+            start = int(request.query.get("pageToken", "0"))
+            size = min(int(request.query.get("maxResults", "200")), self.page_size)
+        except ValueError:
+            return _directory_error(400, "Invalid Input", "invalid")
+        page = groups[start : start + size]
+        body: dict[str, Any] = {
+            "kind": "admin#directory#groups",
+            "etag": '"fake"',
+            "groups": [_group(email) for email in page],
+        }
+        if start + size < len(groups):
+            body["nextPageToken"] = str(start + size)
+        return web.json_response(body)
+
+    def _refuse(self, status: int, message: str, reason: str, why: str) -> web.Response:
+        self.directory_refusals.append(why)
+        return _directory_error(status, message, reason)
+
+
+def _group(email: str) -> dict[str, Any]:
+    name = email.partition("@")[0]
+    return {
+        "kind": "admin#directory#group",
+        "id": secrets.token_hex(8),
+        "etag": '"fake"',
+        "email": email,
+        "name": name,
+        "directMembersCount": "3",
+        "description": f"The {name} group",
+        "adminCreated": True,
+    }
+
+
+def _directory_error(status: int, message: str, reason: str) -> web.Response:
+    error = {"code": status, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}]}
+    return web.json_response({"error": error}, status=status)

@@ -50,7 +50,7 @@ class FakeIdp:
         self.rotate = False
         self.calls: list[str] = []
 
-    async def recheck(self, idp_refresh_token: str) -> tuple[Identity, str | None]:
+    async def recheck(self, idp_refresh_token: str, groups: tuple[str, ...] = ()) -> tuple[Identity, str | None]:
         self.calls.append(idp_refresh_token)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -341,7 +341,7 @@ async def test_waiting_refresh_takes_over_when_the_first_hits_an_idp_outage(serv
     first = await service.start_family(ALICE, "idp-rt", client_ip=None)
     calls = 0
 
-    async def flaky(idp_token: str) -> tuple[Identity, str | None]:
+    async def flaky(idp_token: str, groups: tuple[str, ...] = ()) -> tuple[Identity, str | None]:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.15)
@@ -363,7 +363,7 @@ async def test_revocation_during_the_idp_call_wins(service, tokens, clock):
     first = await service.start_family(ALICE, "idp-rt", client_ip=None)
     sid = tokens.verify(first.access_token, int(clock())).sid
 
-    async def revoke_meanwhile(idp_token: str) -> tuple[Identity, str | None]:
+    async def revoke_meanwhile(idp_token: str, groups: tuple[str, ...] = ()) -> tuple[Identity, str | None]:
         await service.revoke_family(sid, "admin")
         return ALICE, None
 

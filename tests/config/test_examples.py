@@ -46,6 +46,8 @@ EXAMPLE_ENV = {
     # The key and certificate are checked against each other at boot: a real pair.
     "ENTRA_PRIVATE_KEY_PEM": _ENTRA.key_pem,
     "ENTRA_CERTIFICATE_PEM": _ENTRA.cert_pem,
+    # A service account key file of the right shape (its key is a placeholder).
+    "GOOGLE_GROUPS_KEY_FILE": str(Path(__file__).resolve().parent / "google-workspace-reader.json"),
     # conf/examples/*.yaml
     "GATEHOUSE_PORT": "8443",
     "GATEHOUSE_OIDC_CLIENT_SECRET": "example-oidc-client-secret",

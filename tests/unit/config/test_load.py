@@ -578,8 +578,6 @@ UNSUPPORTED_CASES: list[tuple[str, Callable[[dict[str, Any]], Any], list[str]]] 
     ("telemetry_empty", lambda d: put(d, telemetry={}), []),
     ("load_test_on", lambda d: put(d, load_test_mode={"enabled": True}), []),
     ("load_test_off", lambda d: put(d, load_test_mode={"enabled": False}), []),
-    ("google_groups", lambda d: d["oidc"].update(google_groups={"service_account_json_path": "/sa.json", "admin_email": "a@b"}),
-     ["oidc.google_groups"]),
     ("use_proxy", lambda d: d["oidc"].update(use_proxy=True), []),
     ("cri", lambda d: put(d, cri={"enabled": True}), ["cri"]),
     ("implemented", lambda d: (
