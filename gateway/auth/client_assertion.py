@@ -11,8 +11,8 @@ Entra finds the credential by thumbprint; ``kid`` serves IdPs that look keys up
 by id instead (Okta: the registered key's id, set with
 ``client_assertion.gatehouse.key_id``; by default the SHA-256 thumbprint).
 
-:func:`load_key` parses and checks the PEM pair once, at boot; the config
-rules call it for their error messages and the OIDC client keeps its result.
+:func:`load_key` reads the PEM pair once, at boot (the checks themselves are
+:mod:`gateway.config.client_keys`, which the config rules run first);
 :func:`form_fields` builds the token-request fields for one call.
 
 Pure: values in, values out. The caller supplies the time and the ``jti``.
@@ -20,17 +20,14 @@ Pure: values in, values out. The caller supplies the time and the ``jti``.
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+
+from gateway.config.client_keys import KeyMaterialError, load_client_key
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -46,18 +43,6 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Long enough for a slow token call, short enough that a leaked assertion is
 # soon worthless (Entra and Okta both accept lifetimes well beyond this).
 LIFETIME_S = 300
-# Smaller RSA keys are refused by Entra and are too weak to sign with anyway.
-MIN_RSA_BITS = 2048
-_CURVE_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-
-
-class KeyMaterialError(ValueError):
-    """The key or certificate cannot be used; ``field`` is the config key at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 class AssertionKey(NamedTuple):
@@ -67,61 +52,22 @@ class AssertionKey(NamedTuple):
     certificate_expires: datetime.datetime
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def thumbprints(cert_der: bytes) -> tuple[str, str]:
-    """(x5t, x5t#S256) of a DER certificate."""
-    return _b64(hashlib.sha1(cert_der).digest()), _b64(hashlib.sha256(cert_der).digest())  # noqa: S324  (x5t is SHA-1 by definition)
-
-
 def load_key(private_key_pem: str, certificate_pem: str, key_id: str | None = None) -> AssertionKey:
-    """Parse and cross-check the pair. Raises :class:`KeyMaterialError`; its
-    message never quotes the key."""
-    try:
-        private = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-    except TypeError:
-        raise KeyMaterialError(
-            "private_key_pem", "the key is encrypted; give the gateway an unencrypted PEM key"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise KeyMaterialError("private_key_pem", "not a readable PEM private key") from None
-    alg = _alg_for(private)
-    try:
-        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
-    except ValueError:
-        raise KeyMaterialError("certificate_pem", "not a readable PEM certificate") from None
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if cert.public_key().public_bytes(der, spki) != private.public_key().public_bytes(der, spki):
-        raise KeyMaterialError(
-            "certificate_pem", "the certificate is not for private_key_pem (their public keys differ)"
-        )
-    x5t, x5t_s256 = thumbprints(cert.public_bytes(der))
-    header = {"alg": alg, "typ": "JWT", "kid": key_id or x5t_s256, "x5t": x5t, "x5t#S256": x5t_s256}
+    """The signing key and the header every assertion carries. Raises
+    :class:`~gateway.config.client_keys.KeyMaterialError`."""
+    loaded = load_client_key(private_key_pem, certificate_pem)
+    header = {
+        "alg": loaded.alg,
+        "typ": "JWT",
+        "kid": key_id or loaded.x5t_s256,
+        "x5t": loaded.x5t,
+        "x5t#S256": loaded.x5t_s256,
+    }
+    private = loaded.private
     key: RSAKey | ECKey = (
-        RSAKey.import_key(private) if isinstance(private, rsa.RSAPrivateKey) else ECKey.import_key(private)  # type: ignore[arg-type]
+        RSAKey.import_key(private) if isinstance(private, rsa.RSAPrivateKey) else ECKey.import_key(private)
     )
-    return AssertionKey(key, alg, header, cert.not_valid_after_utc)
-
-
-def _alg_for(private: Any) -> str:
-    if isinstance(private, rsa.RSAPrivateKey):
-        if private.key_size < MIN_RSA_BITS:
-            raise KeyMaterialError(
-                "private_key_pem", f"an RSA key of {private.key_size} bits is too small; use {MIN_RSA_BITS} or more"
-            )
-        return "RS256"
-    if isinstance(private, ec.EllipticCurvePrivateKey):
-        alg = _CURVE_ALGS.get(private.curve.name)
-        if alg is None:
-            raise KeyMaterialError(
-                "private_key_pem", f"EC curve {private.curve.name} is not supported; use P-256, P-384 or P-521"
-            )
-        return alg
-    kind = type(private).__name__.lstrip("_").removesuffix("PrivateKey")
-    raise KeyMaterialError("private_key_pem", f"{kind} keys are not supported; use an RSA or EC key")
+    return AssertionKey(key, loaded.alg, header, loaded.certificate_expires)
 
 
 def sign(key: AssertionKey, *, client_id: str, audience: str, now: float, jti: str) -> str:

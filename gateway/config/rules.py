@@ -11,12 +11,12 @@ Messages name paths, never configured values that could be secrets.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
-from gateway.auth.client_assertion import KeyMaterialError, load_key
 from gateway.config import schema as s
 from gateway.config import settings_keys
 from gateway.config.addresses import (
@@ -27,6 +27,7 @@ from gateway.config.addresses import (
     strip_port,
     url_problem,
 )
+from gateway.config.client_keys import KeyMaterialError, load_client_key
 from gateway.config.schema import Issues, dotted
 from gateway.config.upstreams import check_headers, check_upstream_names, check_upstreams, prepare_upstream
 
@@ -167,6 +168,8 @@ def _check_oidc(oidc: s.Oidc, ctx: _Context, issues: Issues) -> None:
                 "the gateway sets this sign-in parameter itself; it cannot be overridden (use oidc.scopes for scope)",
             )
     _check_client_auth(oidc, issues)
+    if oidc.google_groups is not None:
+        _check_google_groups(oidc, ctx, issues)
     for name in ("allowed_email_domains", "allowed_groups", "additional_authorized_parties"):
         for i, entry in enumerate(getattr(oidc, name) or ()):
             if not entry.strip():
@@ -216,9 +219,46 @@ def _check_assertion_key(assertion: s.ClientAssertion, issues: Issues) -> None:
     if pem_ok:
         # Parsed here for the boot error; the OIDC client parses it again to sign with.
         try:
-            load_key(assertion.private_key_pem, assertion.certificate_pem, assertion.gatehouse.key_id)
+            load_client_key(assertion.private_key_pem, assertion.certificate_pem)
         except KeyMaterialError as exc:
             issues.add(f"{path}.{exc.field}", exc.message)
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _check_google_groups(oidc: s.Oidc, ctx: _Context, issues: Issues) -> None:
+    """The key file must be a service account's, usable for domain-wide delegation:
+    a broken one would refuse every sign-in, so it stops the boot instead."""
+    assert oidc.google_groups is not None
+    where = "oidc.google_groups.service_account_json_path"
+    path = oidc.google_groups.service_account_json_path
+    if not _EMAIL.match(oidc.google_groups.admin_email):
+        issues.add("oidc.google_groups.admin_email", "must be the email address of a Google Workspace admin")
+    if "email" not in oidc.scopes:
+        issues.add("oidc.scopes", "must include 'email' with oidc.google_groups: groups are looked up by email")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except OSError as exc:
+        issues.add(where, f"cannot read the key file: {exc.strerror or type(exc).__name__}")
+        return
+    except ValueError:
+        issues.add(where, "the key file is not JSON (download a JSON key of the service account)")
+        return
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        issues.add(where, "must be a service account key file (\"type\": \"service_account\")")
+        return
+    for field in ("client_email", "private_key", "token_uri"):
+        if not isinstance(info.get(field), str) or not info[field].strip():
+            issues.add(where, f"the key file has no {field}")
+    key = info.get("private_key")
+    if isinstance(key, str) and key.strip() and "PRIVATE KEY-----" not in key:
+        issues.add(where, "the key file's private_key is not a PEM private key")
+    if isinstance(info.get("token_uri"), str):
+        problem = url_problem(info["token_uri"], ctx.allow_loopback)
+        if problem:
+            issues.add(where, f"the key file's token_uri {problem}")
 
 
 def _check_store(store: s.Store, ctx: _Context, issues: Issues) -> None:
