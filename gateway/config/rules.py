@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
-from gateway.auth.client_assertion import KeyMaterialError, load_key
 from gateway.config import schema as s
 from gateway.config import settings_keys
 from gateway.config.addresses import (
@@ -28,6 +27,7 @@ from gateway.config.addresses import (
     strip_port,
     url_problem,
 )
+from gateway.config.client_keys import KeyMaterialError, load_client_key
 from gateway.config.schema import Issues, dotted
 from gateway.config.upstreams import check_headers, check_upstream_names, check_upstreams, prepare_upstream
 
@@ -219,7 +219,7 @@ def _check_assertion_key(assertion: s.ClientAssertion, issues: Issues) -> None:
     if pem_ok:
         # Parsed here for the boot error; the OIDC client parses it again to sign with.
         try:
-            load_key(assertion.private_key_pem, assertion.certificate_pem, assertion.gatehouse.key_id)
+            load_client_key(assertion.private_key_pem, assertion.certificate_pem)
         except KeyMaterialError as exc:
             issues.add(f"{path}.{exc.field}", exc.message)
 
