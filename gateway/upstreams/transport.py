@@ -24,12 +24,19 @@ proxy the request path is as it was.
 
 aiohttp's exceptions are mapped here, at the boundary, to
 :class:`UpstreamFailure` carrying an error :class:`~gateway.errors.Kind`.
+
+Concurrency: at most ``gatehouse.upstream.max_connections`` requests hold an
+upstream connection at once (a stream until it ends); more wait inside aiohttp
+for a free one. :class:`Saturation` counts them (from the call until the
+connection is released) so the log says when requests queue, at most once a
+minute; the boot log states the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import ssl
 import time
@@ -40,6 +47,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from gateway import audit
 from gateway.errors import TABLE, Fault, Kind, Party
 from gateway.upstreams.egress import DEFAULT_PORTS, Egress
 
@@ -48,6 +56,52 @@ TARGET_CHECK_TTL_S = 60.0
 # A bound on remembered targets; they come from config and IdP discovery, so
 # reaching it means something odd, and starting over is the safe answer.
 TARGET_CHECK_MAX_HOSTS = 1024
+
+
+# The saturation warning repeats at most this often while requests queue (SPEC MSG-48).
+SATURATION_WARNING_EVERY_S = 60.0
+
+
+class Saturation:
+    """Upstream requests open in this process against the limit, and the warning to log,
+    at most once every ``every_s``, while some have to wait for a free connection.
+
+    Pure: the transport calls :meth:`opening` as a request starts and :meth:`closed`
+    once its connection is released (or it failed).
+    """
+
+    def __init__(
+        self, limit: int, *, clock: Callable[[], float] = time.monotonic, every_s: float = SATURATION_WARNING_EVERY_S
+    ) -> None:
+        self.limit = limit
+        self.open = 0
+        self._clock = clock
+        self._every_s = every_s
+        self._quiet_until = -math.inf
+
+    def opening(self) -> str | None:
+        """One more request; the warning when it has to queue and none was given lately."""
+        self.open += 1
+        if self.open <= self.limit:
+            return None
+        now = self._clock()
+        if now < self._quiet_until:
+            return None
+        self._quiet_until = now + self._every_s
+        return (
+            f"upstream requests are saturated: {self.limit} are open, the most this process sends at once, "
+            f"and {self.open - self.limit} more wait for one; their client requests are open meanwhile "
+            "(gatehouse.upstream.max_connections sets the limit; said at most once a minute)"
+        )
+
+    def closed(self) -> None:
+        self.open -= 1
+
+    def startup_line(self) -> str:
+        return (
+            f"upstream requests: at most {self.limit} at once in this process, more wait for a free one "
+            "(gatehouse.upstream.max_connections sets it)"
+        )
 
 
 class UpstreamFailure(Fault):
@@ -212,8 +266,10 @@ class Transport:
         is_forbidden: Callable[[Any], bool] | None = None,
         egress: Egress | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._limit = max_connections
+        self.saturation = Saturation(max_connections, clock=clock)
         self._connect_s = connect_timeout_s
         self._idle_s = idle_read_timeout_s
         self._is_forbidden = is_forbidden
@@ -235,6 +291,7 @@ class Transport:
             enable_cleanup_closed=True,
             ssl=self._ssl,
         )
+        audit.log("info", self.saturation.startup_line())
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_s, sock_read=self._idle_s),
@@ -257,8 +314,29 @@ class Transport:
         ``proxy``: the proxy URL for this upstream (``Egress.proxy_for``, decided at boot).
         """
         assert self._session is not None, "transport not started"
-        if proxy is not None:
-            return await self._open_proxied(method, url, headers, body, ttfb_s, proxy)
+        warning = self.saturation.opening()
+        if warning is not None:
+            audit.log("warn", warning)
+        try:
+            if proxy is not None:
+                resp = await self._open_proxied(method, url, headers, body, ttfb_s, proxy)
+            else:
+                resp = await self._open_direct(method, url, headers, body, ttfb_s)
+        except BaseException:
+            self.saturation.closed()
+            raise
+        # Counted until aiohttp hands the connection back (a stream: at its end or close).
+        connection = resp.connection
+        if connection is None:
+            self.saturation.closed()
+        else:
+            connection.add_callback(self.saturation.closed)
+        return resp
+
+    async def _open_direct(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, ttfb_s: float
+    ) -> aiohttp.ClientResponse:
+        assert self._session is not None
         try:
             async with asyncio.timeout(ttfb_s):
                 return await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
