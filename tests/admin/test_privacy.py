@@ -8,6 +8,7 @@ come out of her erasure untouched. The last tests run the command itself.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -393,3 +394,31 @@ def test_erase_on_a_terminal_asks_for_the_email_again():
     cfg = make_config("postgresql://u@127.0.0.1:1/db", [upstream_block("http://127.0.0.1:9")])
     assert privacy_cli.main(args, cfg, out=io.StringIO(), err=err, ask=lambda prompt: "someone@else.com") == 1
     assert "permanently erases" in err.getvalue() and "nothing erased (not confirmed" in err.getvalue()
+
+
+async def test_an_erasure_and_retention_sweeps_at_once_lose_nothing(db, store, people, pg_url):
+    """Sweeps on other replicas may be moving her old rows while she is erased: every row is
+    counted once, and none ends up under her subject."""
+    from gateway.admin import retention
+
+    await store.insert_usage([
+        UsageRow(request_id=opaque("old", i), ts=NOW - timedelta(days=30 + i % 20), sub=ANN, email=EMAIL,
+                 model="claude-sonnet-4-5", upstream="anthropic", status=200, input_tokens=i, path="/v1/messages")
+        for i in range(2000)
+    ])  # fmt: skip
+    total = "SELECT (SELECT coalesce(sum(input_tokens), 0) FROM usage_records) + (SELECT sum(input_tokens) FROM usage_daily)"
+    before = await db.fetchval(total)
+    cfg = make_config(pg_url, [upstream_block("http://127.0.0.1:9")], "gatehouse:\n  retention:\n    usage_records_days: 10\n")
+    other = await Store.open(cfg.store)
+    try:
+        await asyncio.gather(
+            retention.roll_up_usage(store, cfg, NOW, batch_rows=61),
+            privacy.erase(other.pool, EMAIL, KEY, NOW),
+            retention.roll_up_usage(other, cfg, NOW, batch_rows=89),
+        )
+        await retention.roll_up_usage(store, cfg, NOW)
+    finally:
+        await other.close()
+    assert await db.fetchval(total) == before
+    assert ANN not in await dump(db)
+    assert await db.fetchval("SELECT count(*) FROM usage_records WHERE ts < $1", NOW - timedelta(days=11)) == 0
