@@ -1,4 +1,4 @@
-"""The canned replies of ``load_test_mode`` (SPEC LOAD-1..LOAD-6).
+"""The canned replies of ``load_test_mode`` (SPEC §10.10, MSG-49 to MSG-54).
 
 In load-test mode every request is authenticated, admitted, translated and
 signed as usual, then dropped before it is sent; the client gets one of the

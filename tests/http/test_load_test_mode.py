@@ -1,4 +1,4 @@
-"""load_test_mode end to end (SPEC LOAD-1..LOAD-6): real PostgreSQL, real clients, and real
+"""load_test_mode end to end (SPEC §10.10, MSG-49 to MSG-54): real PostgreSQL, real clients, and real
 upstream fakes on loopback that must receive nothing. Requests are authenticated, admitted,
 translated and signed as usual; the reply is canned."""
 

@@ -1,5 +1,5 @@
 """The canned replies of load_test_mode, as bytes: SSE framing, sizes, the pacing schedule,
-and the developer numbers of ``x-load-test-user`` (SPEC LOAD-2, LOAD-3, LOAD-4)."""
+and the developer numbers of ``x-load-test-user`` (SPEC MSG-50, MSG-52)."""
 
 from __future__ import annotations
 
