@@ -190,6 +190,32 @@ async def test_allowed_groups_and_policies_apply_to_the_directory_groups(gateway
     assert (status, doc["error"]) == (400, "access_denied")
 
 
+async def test_a_spend_cap_on_a_directory_group_applies_to_its_members(gateways, workspace):
+    import asyncio
+
+    write_key = "google-groups-write-key-0123456789abcdef"
+    gw = await gateways("", f"admin:\n  write_keys: [{{id: tests, key: {write_key}}}]\n")
+    _, _, _, alice = await sign_in(gw, "alice")
+    _, _, _, bob = await sign_in(gw, "bob")
+    cap = {"scope": {"type": "rbac_group", "rbac_group_id": "oncall@example.com"}, "amount": "100", "period": "daily"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/v1/organizations/spend_limits", json=cap, headers={"x-api-key": write_key}) as r:
+            assert r.status == 200, await r.text()
+
+        async def limits(doc) -> list:
+            auth = {"Authorization": f"Bearer {doc['access_token']}"}
+            async with s.get(gw.url + "/api/oauth/usage", headers=auth) as r:
+                return (await r.json())["limits"]
+
+        for _ in range(100):  # the limits cache picks the new cap up shortly
+            if await limits(alice):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the group cap never applied to a member of the Directory group")
+        assert await limits(bob) == []
+
+
 async def test_a_person_the_directory_does_not_know_is_in_no_groups(gateways, workspace):
     gw = await gateways()
     _, _, status, doc = await sign_in(gw, "carol")
