@@ -18,6 +18,7 @@ from gateway.upstreams.load_test import canned
 from protocol_spec.fakes.sts import FakeSts
 from tests.harness import make_config, start_gateway, upstream_block
 from tests.http.test_bedrock_relay import REGION, ROLE, aws_env, bedrock, bedrock_block  # noqa: F401 (fixtures)
+from tests.http.test_cloud_relay import google, loopback_only, vertex, vertex_block  # noqa: F401 (fixtures)
 from tests.http.test_relay import usage_row
 from tests.system.test_process import ENV, GATEHOUSE, free_port, write_config
 
@@ -171,6 +172,42 @@ async def test_bedrock_requests_are_signed_with_the_developers_role_session_but_
         status, _, body = await post(gw, BODY, headers={"x-load-test-user": "6"})
         assert status == 502 and "all upstreams failed" in json.loads(body)["error"]["message"]
         assert bedrock.received == []
+
+
+async def test_vertex_requests_get_a_google_token_but_are_never_sent(gateway_factory, google, vertex, tmp_path):  # noqa: F811
+    # Every test here runs under test_cloud_relay's loopback_only: no lookup or connection
+    # may leave 127.0.0.0/8, and no credential chain finds the machine's own.
+    key_file = tmp_path / "sa.json"
+    google.new_service_account(key_file)
+    gw = await gateway_factory([vertex_block(vertex.url, key_file)], load_test())
+    assert (await client(gw).messages.create(**BODY)).id == "msg_loadtest"
+    count = await client(gw).messages.count_tokens(model="claude-opus-4-7", messages=PROMPT)
+    assert count.input_tokens == 0
+    assert google.grants == 1  # the token was fetched, as signing a real call needs
+    assert vertex.received == []
+
+
+async def test_spend_is_admitted_and_settled_at_zero_per_simulated_developer(gateway_factory, fake_upstream, pg_url):
+    admin = 'admin:\n  write_keys: [{id: t, key: "admin-write-key-0123456789abcdef0123456789"}]\n'
+    gw = await gateway_factory([fake_upstream.url], load_test() + admin)
+    for n in ("1", "2", "3"):
+        status, headers, _ = await post(gw, BODY, headers={"x-load-test-user": n})
+        assert status == 200
+    await usage_row(pg_url, headers["request-id"])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for _ in range(100):  # settlements land off the request
+            left = await conn.fetchval("SELECT coalesce(sum(reserved_micro), 0) FROM spend_counters")
+            if left == 0:
+                break
+            await asyncio.sleep(0.05)
+        rows = await conn.fetch("SELECT scope_id, spent_micro, reserved_micro FROM spend_counters WHERE scope_type = 'user'")
+    finally:
+        await conn.close()
+    users = {r["scope_id"] for r in rows}
+    assert {"load-test-user-1", "load-test-user-2", "load-test-user-3"} <= users
+    assert all(r["spent_micro"] == 0 and r["reserved_micro"] == 0 for r in rows)
+    assert fake_upstream.received == []
 
 
 # ---------------------------------------------------------------- boot
