@@ -14,6 +14,11 @@ signer (its credential). The Claude API's translator passes the body and the
 reply through as bytes; Bedrock's stream is an AWS event stream, re-emitted
 here as SSE frame by frame, with a ping after a silence.
 
+Load-test mode (``load_test_mode``, SPEC §10.10): two branches, both on
+``rt.load_test``. After step 1 ``x-load-test-user`` may stand the request in for a
+simulated developer; at step 7 the call is translated and signed as for real
+(``sign_only``), dropped, and answered by gateway/http/load_test.py.
+
 Cancellation: if the client goes away, aiohttp cancels this handler; the
 ``finally`` blocks close the upstream response at once (so the upstream stops
 generating) and still record the request, with status 499.
