@@ -247,6 +247,21 @@ async def test_boot_refuses_a_database_where_spend_was_recorded(pg_cluster, fake
         await conn.close()
 
 
+async def test_spend_only_in_the_daily_rollups_still_counts(pg_cluster, fake_upstream):
+    db = await _spend_recorded_database(pg_cluster, fake_upstream, "ltm_rolled")
+    conn = await asyncpg.connect(db)
+    try:  # what the retention sweep does to old rows, by hand
+        await conn.execute(
+            "INSERT INTO usage_daily (day, sub, input_tokens, output_tokens, updated_at) "
+            "SELECT ts::date, sub, input_tokens, output_tokens, now() FROM usage_records"
+        )
+        await conn.execute("DELETE FROM usage_records")
+    finally:
+        await conn.close()
+    with pytest.raises(SpentDatabase):
+        await start_gateway(make_config(db, [upstream_block(fake_upstream.url)], load_test()))
+
+
 async def test_gatehouse_serve_warns_and_refuses_a_spent_database(tmp_path, pg_cluster, fake_upstream):
     db = await _spend_recorded_database(pg_cluster, fake_upstream, "ltm_cli")
     cfg = write_config(tmp_path, db, fake_upstream.url, free_port(), load_test())
