@@ -47,6 +47,7 @@ from datetime import date, datetime
 from typing import Any
 
 from gateway.db.store import queries, unavailable_as
+from gateway.errors import Fault, Party
 
 ACTOR = "cli"
 PSEUDONYM_PREFIX = "erased:"
@@ -54,8 +55,10 @@ PSEUDONYM_PREFIX = "erased:"
 RATE_KEY_PREFIXES = ("devauth:", "verify:")
 
 
-class UnknownPerson(LookupError):
-    """Nothing is stored under that email."""
+class UnknownPerson(Fault, LookupError):
+    """Nothing is stored under that email (the operator named someone we never saw)."""
+
+    fault = Party.CLIENT
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.errors import Fault, Party
+
 __all__ = ["MIN_RSA_BITS", "ClientKey", "KeyMaterialError", "load_client_key", "thumbprints"]
 
 # Smaller RSA keys are refused by Entra and are too weak to sign with anyway.
@@ -32,8 +34,10 @@ MIN_RSA_BITS = 2048
 _CURVE_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
-class KeyMaterialError(ValueError):
+class KeyMaterialError(Fault, ValueError):
     """The key or certificate cannot be used; ``field`` is the config key at fault."""
+
+    fault = Party.GATEWAY
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from gateway.errors import Fault, Party
+
 MESSAGE_ID = "msg_loadtest"
 MODEL = "load-test"
 CHARS_PER_TOKEN = 4
@@ -140,8 +142,10 @@ def canned(reply_tokens: int, reply_seconds: float) -> Canned:
     )
 
 
-class BadLoadTestUser(ValueError):
+class BadLoadTestUser(Fault, ValueError):
     """The ``x-load-test-user`` header is not a number of at most seven digits."""
+
+    fault = Party.CLIENT
 
 
 def user_number(header: str) -> int:

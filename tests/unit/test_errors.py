@@ -376,6 +376,9 @@ CLASS_FAULTS = {
     "gateway.auth.identity.IdentityRejected": Party.CLIENT,
     "gateway.auth.oidc.IdpUnavailable": Party.UPSTREAM,
     "gateway.auth.oidc.IdpRejected": Party.CLIENT,
+    # Google Workspace group lookups (oidc.google_groups): the Directory's.
+    "gateway.auth.google_groups.GroupsUnavailable": Party.UPSTREAM,
+    "gateway.auth.directory_groups.DirectoryAnswerInvalid": Party.UPSTREAM,
     "gateway.auth.session_store._LostClaim": Party.GATEWAY,
     "gateway.auth.session_store._Ended": Party.CLIENT,
     "gateway.config.load.ConfigError": Party.GATEWAY,
@@ -395,6 +398,14 @@ CLASS_FAULTS = {
     "gateway.upstreams.egress.EgressError": Party.GATEWAY,
     # An OTLP export the relay cannot read (to stamp it, or for a gRPC collector).
     "gateway.telemetry.otlp_body.BodyRejected": Party.CLIENT,
+    # An erasure or export naming an email nothing is stored under: the operator's.
+    "gateway.admin.privacy.UnknownPerson": Party.CLIENT,
+    # oidc.client_assertion key material that cannot sign: the operator's, at boot.
+    "gateway.config.client_keys.KeyMaterialError": Party.GATEWAY,
+    # load_test_mode on a database with recorded spend stops the boot.
+    "gateway.db.store.SpentDatabase": Party.GATEWAY,
+    # An x-load-test-user header that is not a small number.
+    "gateway.upstreams.load_test.BadLoadTestUser": Party.CLIENT,
 }
 INSTANCE_FAULTS = {
     "gateway.errors.GatewayError",
