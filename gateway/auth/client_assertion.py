@@ -7,9 +7,11 @@ gateway's private key: issuer and subject are the client_id, the audience is
 the token endpoint, and a fresh ``jti`` lets the IdP refuse a replayed one. The
 header names the certificate registered at the IdP twice, as SHA-1 (``x5t``)
 and SHA-256 (``x5t#S256``) thumbprints of its DER bytes, because Microsoft
-Entra finds the credential by thumbprint; ``kid`` serves IdPs that look keys up
-by id instead (Okta: the registered key's id, set with
-``client_assertion.gatehouse.key_id``; by default the SHA-256 thumbprint).
+Entra finds the credential by thumbprint. That header (alg, typ, x5t, x5t#S256,
+no ``kid``) is what Anthropic's gateway was seen to send; ``kid`` is added only
+for IdPs that look keys up by id (Okta: the registered key's id, set with
+``client_assertion.gatehouse.key_id``), since an IdP that finds a ``kid`` it does
+not know may refuse the assertion rather than fall back to the thumbprint.
 
 :func:`load_key` reads the PEM pair once, at boot (the checks themselves are
 :mod:`gateway.config.client_keys`, which the config rules run first);
@@ -56,13 +58,9 @@ def load_key(private_key_pem: str, certificate_pem: str, key_id: str | None = No
     """The signing key and the header every assertion carries. Raises
     :class:`~gateway.config.client_keys.KeyMaterialError`."""
     loaded = load_client_key(private_key_pem, certificate_pem)
-    header = {
-        "alg": loaded.alg,
-        "typ": "JWT",
-        "kid": key_id or loaded.x5t_s256,
-        "x5t": loaded.x5t,
-        "x5t#S256": loaded.x5t_s256,
-    }
+    header = {"alg": loaded.alg, "typ": "JWT", "x5t": loaded.x5t, "x5t#S256": loaded.x5t_s256}
+    if key_id is not None:
+        header["kid"] = key_id
     private = loaded.private
     key: RSAKey | ECKey = (
         RSAKey.import_key(private) if isinstance(private, rsa.RSAPrivateKey) else ECKey.import_key(private)

@@ -74,7 +74,7 @@ class ClientAssertionGatehouse(_Section, frozen=True):
     """Ours only, on ``oidc.client_assertion``: for IdPs that find the key by a
     registered id (Okta) rather than by certificate thumbprint (Entra)."""
 
-    # Sent as the assertion's ``kid``; unset, the certificate's SHA-256 thumbprint.
+    # Sent as the assertion's ``kid`` (IdPs that match keys by id); unset, no kid.
     key_id: NonEmpty | None = None
 
 

@@ -52,7 +52,6 @@ def test_rsa_assertion_carries_the_claims_and_thumbprints_entra_expects() -> Non
     assert header == {
         "alg": "RS256",
         "typ": "JWT",
-        "kid": b64(hashlib.sha256(cert_der).digest()),
         "x5t": b64(hashlib.sha1(cert_der).digest()),
         "x5t#S256": b64(hashlib.sha256(cert_der).digest()),
     }
