@@ -196,6 +196,10 @@ def test_gatehouse_passes_every_checked_must(gatehouse: dict[str, Any], tmp_path
     # The report covers the whole spec, in order, one entry per requirement.
     assert [r["id"] for r in report["requirements"]] == [r.id for r in requirements.load()]
     assert by_id["DISC-2"]["outcome"] == "PASS"
+    # The sessions API check runs last and ends families; it must have been judged, not skipped.
+    assert {rid: by_id[rid]["outcome"] for rid in ("ADMIN-13", "ADMIN-14", "ADMIN-15", "ADMIN-16", "ADMIN-17")} == dict.fromkeys(
+        ("ADMIN-13", "ADMIN-14", "ADMIN-15", "ADMIN-16", "ADMIN-17"), "PASS"
+    )
     # SHOULDs the fixtures' gatehouse: section switches on: a FAIL here would not fail the run.
     should = {rid: by_id[rid]["outcome"] for rid in ("TEL-11", "TEL-12")}
     assert should == {"TEL-11": "PASS", "TEL-12": "PASS"}, [f for rid in should for f in by_id[rid]["findings"]]

@@ -2,7 +2,8 @@
 
 Order matters only for time and isolation: cheap, read-only checks first;
 sign-in before the checks that reuse its people; spend caps last, because
-they are the only checks that change the target's state for a caller.
+they are the only checks that change the target's state for a caller; then
+the sessions API, whose revocations end families earlier checks keep.
 """
 
 # isort: skip_file
@@ -20,3 +21,4 @@ from protocol_spec.conformance.checks import gatehouse_telemetry  # noqa: F401
 from protocol_spec.conformance.checks import bedrock  # noqa: F401
 from protocol_spec.conformance.checks import vertex  # noqa: F401
 from protocol_spec.conformance.checks import spend  # noqa: F401
+from protocol_spec.conformance.checks import sessions  # noqa: F401
