@@ -120,7 +120,22 @@ def model_value_span(body: bytes) -> tuple[int, int]:
 
 def splice_model(body: bytes, new_model: str) -> bytes:
     start, end = model_value_span(body)
-    return body[:start] + encoder.encode(new_model) + body[end:]
+    out = body[:start] + encoder.encode(new_model) + body[end:]
+    # The bytes scan finds the first plain "model" key; a JSON decoder (the view's,
+    # and the upstream's) keeps the last one and reads escaped keys too. A body where
+    # those differ would reach the upstream with the alias unspliced: refuse it.
+    spliced = _top_level_keys(out).get("model")
+    if spliced is None or bytes(spliced) != encoder.encode(new_model):
+        raise _bad("model must appear once in the request body, its key written without escapes")
+    return out
+
+
+def _top_level_keys(body: bytes) -> dict[str, msgspec.Raw]:
+    """The top-level members as a JSON decoder sees them (the last of repeated keys wins)."""
+    try:
+        return msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    except (msgspec.DecodeError, RecursionError):
+        raise _bad("invalid JSON") from None
 
 
 def _value_end(body: bytes, start: int) -> int:
@@ -156,11 +171,18 @@ def remove_member(body: bytes, key: str) -> bytes:
 
     Every other byte is kept as the client sent it. Used for fields an
     upstream must not receive (request ``tags`` for signed-in developers).
+    A key repeated, or written with escapes (which the byte scan does not
+    see), would still reach the upstream: that body is refused instead.
     """
     member = _top_level_member(body, encoder.encode(key))
-    if member is None:
-        return body
-    key_start, value_start = member
+    if member is not None:
+        body = _without(body, *member)
+    if key in _top_level_keys(body):
+        raise _bad(f"{key} must appear once in the request body, its key written without escapes")
+    return body
+
+
+def _without(body: bytes, key_start: int, value_start: int) -> bytes:
     end = _value_end(body, value_start)
     after = _WS.match(body, end).end()  # type: ignore[union-attr]
     if body[after : after + 1] == b",":
