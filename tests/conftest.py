@@ -8,10 +8,21 @@ import uuid
 from typing import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from gateway.devenv.postgres import Cluster
 
 os.environ.setdefault("CLAUDE_GATEWAY_ALLOW_LOOPBACK", "1")
+
+# Property tests take their example counts from a profile: "small" keeps `make test`
+# to seconds per test; `make fuzz` runs them again under "large" (HYPOTHESIS_PROFILE).
+# No example database, so no run writes anything or depends on an earlier one.
+# Registered here, before any test module builds its @settings from the default.
+settings.register_profile("small", max_examples=100, deadline=None, database=None)
+settings.register_profile(
+    "large", max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "small"))
 
 
 @pytest.fixture(scope="session")
