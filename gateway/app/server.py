@@ -2,7 +2,8 @@
 
 Each worker binds the same address with SO_REUSEPORT, so the kernel spreads
 connections across them and no process is a single point of failure. The
-parent only forwards signals and waits. Before forking, the soft open-file limit
+parent serves nothing: :mod:`gateway.app.supervisor` restarts a worker that dies
+and passes shutdown signals on. Before forking, the soft open-file limit
 is raised to the hard one (each connection holds a descriptor); every connection
 keeps the read deadlines of :mod:`gateway.app.connections`.
 
@@ -20,7 +21,6 @@ import os
 import resource
 import signal
 import ssl
-import sys
 import time
 from typing import Any
 
@@ -29,6 +29,7 @@ from aiohttp import web
 from gateway import audit
 from gateway.app.build import build, parser_limits
 from gateway.app.connections import Deadlines, GuardedAppRunner
+from gateway.app.supervisor import Supervisor
 from gateway.http.keys import RUNTIME
 
 DEFAULT_DRAIN_MS = 25_000
@@ -160,41 +161,7 @@ def run(cfg: Any, workers: int = 1) -> int:
     if workers <= 1:
         _run_one(cfg, reuse_port=False)
         return 0
-    children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                _run_one(cfg, reuse_port=True)
-            except BaseException as exc:  # a worker must never fall back into the parent's loop
-                audit.log("error", f"worker {os.getpid()} failed: {exc!r}")
-                code = 1
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        if os.waitstatus_to_exitcode(code) != 0:
-            status = 1
-    return status
+    return Supervisor(workers, lambda: _run_one(cfg, reuse_port=True), drain_s=drain_timeout_s()).run()
 
 
 def _run_one(cfg: Any, *, reuse_port: bool) -> None:
