@@ -45,9 +45,8 @@ from gateway.config.load import is_forbidden_address, url_problem
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.google_credentials import GoogleToken
 from gateway.upstreams.outbound import CredentialFailure
-from gateway.upstreams.transport import GuardedResolver, RefusedAddress, TargetGuard, UnresolvedTarget
+from gateway.upstreams.transport import RefusedAddress, TargetGuard, UnresolvedTarget, guarded_session
 
-CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 10.0
 # All pages of one person together; a sign-in page should not hang longer.
 LOOKUP_TIMEOUT_S = 20.0
@@ -126,18 +125,12 @@ class GoogleGroups:
         await self._token.start()
         if self._token.problem() is not None:
             self._log("warn", f"oidc.google_groups: {self._token.problem()}; sign-ins fail until this is fixed")
-        resolver = GuardedResolver(
-            lambda ip: is_forbidden_address(ip, self._allow_loopback), self._egress.proxy_endpoints
-        )
-        self._guard = TargetGuard(self._egress, resolver)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=resolver, limit=16, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(
-                total=self._call_timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, self._call_timeout_s)
-            ),
-            headers={"User-Agent": f"{NAME}/{__version__}"},
-            raise_for_status=False,
-            trust_env=False,
+        self._session, self._guard = guarded_session(
+            self._egress,
+            lambda ip: is_forbidden_address(ip, self._allow_loopback),
+            total_s=self._call_timeout_s,
+            limit=16,
+            user_agent=f"{NAME}/{__version__}",
         )
 
     async def close(self) -> None:

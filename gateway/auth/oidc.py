@@ -62,14 +62,13 @@ from gateway.config.load import is_forbidden_address, url_problem
 from gateway.errors import Fault, Party
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.transport import (
-    GuardedResolver,
     RefusedAddress,
     TargetGuard,
     UnresolvedTarget,
+    guarded_session,
     proxy_failure,
 )
 
-CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 15.0
 # Discovery and JWKS documents of the big IdPs are a few KiB; tokens with a
 # few hundred groups reach tens of KiB. These caps leave ample room for both.
@@ -205,19 +204,13 @@ class OidcClient:
         if self._cfg.ca_cert_pem:
             # cadata given → the system store is NOT loaded: the PEM replaces it.
             ssl_ctx = ssl.create_default_context(cadata=self._cfg.ca_cert_pem)
-        resolver = GuardedResolver(
-            lambda ip: is_forbidden_address(ip, self._allow_loopback), self._egress.proxy_endpoints
-        )
-        self._guard = TargetGuard(self._egress, resolver)
-        connector = aiohttp.TCPConnector(resolver=resolver, ssl=ssl_ctx, limit=32, ttl_dns_cache=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self._call_timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, self._call_timeout_s)
-            ),
-            headers={"User-Agent": f"{NAME}/{__version__}"},
-            raise_for_status=False,
-            trust_env=False,
+        self._session, self._guard = guarded_session(
+            self._egress,
+            lambda ip: is_forbidden_address(ip, self._allow_loopback),
+            total_s=self._call_timeout_s,
+            limit=32,
+            ssl_ctx=ssl_ctx,
+            user_agent=f"{NAME}/{__version__}",
         )
 
     async def close(self) -> None:

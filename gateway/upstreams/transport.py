@@ -238,6 +238,31 @@ class TargetGuard:
             raise kind(text)
 
 
+def guarded_session(
+    egress: Egress,
+    forbidden: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool],
+    *,
+    total_s: float,
+    connect_s: float = 5.0,
+    limit: int,
+    ssl_ctx: ssl.SSLContext | bool = True,
+    user_agent: str,
+) -> tuple[aiohttp.ClientSession, TargetGuard]:
+    """A client session for the gateway's own calls outside the hot path (the IdP,
+    Google's Directory API), and the guard for its proxied targets: every address it
+    resolves passes ``forbidden`` (the configured proxies exempt), it never reads the
+    environment's proxy variables (``egress`` decides), and it never raises for status."""
+    resolver = GuardedResolver(forbidden, egress.proxy_endpoints)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=resolver, ssl=ssl_ctx, limit=limit, ttl_dns_cache=60),
+        timeout=aiohttp.ClientTimeout(total=total_s, sock_connect=min(connect_s, total_s)),
+        headers={"User-Agent": user_agent},
+        raise_for_status=False,
+        trust_env=False,
+    )
+    return session, TargetGuard(egress, resolver)
+
+
 def proxy_failure(exc: BaseException, proxy: str, shown: str) -> str | None:
     """What went wrong with the proxy itself, for a log line, or None when ``exc``
     is about the target. ``shown`` is the proxy without its userinfo."""
