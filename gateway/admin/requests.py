@@ -131,14 +131,7 @@ def _id_field(scope: Mapping[str, Any], name: str) -> str:
 
 def parse_limit_request(body: bytes) -> LimitRequest:
     """The POST body, validated; the first problem found is a 400 naming its field."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise invalid("the request body is not valid JSON") from None
-    except RecursionError:
-        raise invalid("the request body is not valid JSON: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise invalid(f"body: expected a JSON object, got {_a_type(doc)}")
+    doc = _json_object(body)
     scope = doc.get("scope")
     if scope is None:
         raise invalid("scope: required")
