@@ -74,10 +74,13 @@ class _Fields:
 class UsageTap:
     """Feed it the relayed bytes of one SSE stream; ask it for usage at the end."""
 
-    __slots__ = ("_pending", "_fields", "_saw_start", "_saw_delta", "delta_bytes", "events")
+    __slots__ = ("_pending", "_after_cr", "_fields", "_saw_start", "_saw_delta", "delta_bytes", "events")
 
     def __init__(self) -> None:
         self._pending = b""
+        # A chunk may end between the CR and LF of one line end: the LF must not
+        # count as a second line end (that would split the event in two).
+        self._after_cr = False
         self._fields = _Fields()
         self._saw_start = False
         self._saw_delta = False
@@ -90,6 +93,11 @@ class UsageTap:
         return bool(self._pending.strip())
 
     def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the second half of a CRLF the last chunk ended in
+        self._after_cr = chunk[-1:] == b"\r"
         data = self._pending + chunk if self._pending else chunk
         if b"\r" in data:
             # CRLF framing is legal SSE; normalise for our own parsing only.
