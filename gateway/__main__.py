@@ -348,6 +348,12 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="apply database migrations and exit")
     m.add_argument("--config", required=True)
     m.set_defaults(func=cmd_migrate)
+
+    from gateway.app import healthcheck_cli  # stdlib only at import time
+
+    hc = sub.add_parser("healthcheck", help="exit 0 when this machine's gateway answers /healthz (container health checks)")
+    healthcheck_cli.add_arguments(hc)
+    hc.set_defaults(func=healthcheck_cli.main)
     return p
 
 
