@@ -292,3 +292,16 @@ def test_production_scales_from_three_replicas_on_cpu(rendered):
     assert hpa["spec"]["minReplicas"] >= 3
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     assert "cpu" in gateway_container(docs)["resources"]["requests"]
+
+
+def test_the_documented_commands_name_what_the_manifests_hold(rendered):
+    """README.md's Deploy section and conf/deploy/README.md: overlays, objects and the step label."""
+    docs = rendered["production"]
+    names = {(d["kind"].lower(), d["metadata"]["name"]) for d in docs}
+    for readme in (ROOT / "README.md", ROOT / "conf" / "deploy" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        for overlay in re.findall(r"conf/deploy/kubernetes/overlays/([a-z-]+)", text):
+            assert overlay in OVERLAYS, f"{readme.name} names overlays/{overlay}"
+        for kind, name in re.findall(r"\b(job|deployment)[/ ](gatehouse[a-z-]*)", text):
+            assert (kind, name) in names, f"{readme.name} names {kind}/{name}"
+        assert "-l gatehouse-step=migrate" in text
