@@ -56,10 +56,13 @@ def prepare(upstream: Any) -> Prepared:
 def forwarded_headers(client_headers: Any) -> dict[str, str]:
     """The client headers that go upstream (``client_headers``: a multidict of str)."""
     out: dict[str, str] = {}
+    spelled: dict[str, str] = {}  # lower-case name → the spelling first seen
     for name, value in client_headers.items():
         lower = name.lower()
         if lower in _FORWARD_EXACT or lower.startswith(_FORWARD_PREFIXES):
-            # A repeated header folds into one comma-separated value, as HTTP allows.
+            # A repeated header folds into one comma-separated value, as HTTP allows,
+            # whatever the case of each line: the rules below find it under one name.
+            name = spelled.setdefault(lower, name)
             out[name] = f"{out[name]}, {value}" if name in out else value
     return out
 
@@ -77,6 +80,9 @@ def build_headers(
         elif OAUTH_BETA not in headers[beta_name]:
             headers[beta_name] = f"{headers[beta_name]},{OAUTH_BETA}"
     for name, value in prepared.static_headers:
+        lower = name.lower()
+        for sent in [n for n in headers if n.lower() == lower]:
+            del headers[sent]  # ours replaces the client's, in any spelling
         headers[name] = value
     if prepared.forward_identity and sub:
         headers["x-claude-gateway-user-id"] = sub
