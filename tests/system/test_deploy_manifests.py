@@ -13,14 +13,19 @@ should. kubectl missing is a failure, not a skip: CI's machine has it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kubernetes_validate
 import pytest
 import yaml
@@ -29,6 +34,7 @@ from gateway.__main__ import boot_warnings, missing_extras, parser
 from gateway.app.server import drain_timeout_s
 from gateway.config.load import loads, unsupported_features
 from gateway.http.routes import ROUTES
+from tests.system.test_process import GATEHOUSE, free_port, spawn, wait_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "conf" / "deploy" / "kubernetes"
@@ -305,3 +311,59 @@ def test_the_documented_commands_name_what_the_manifests_hold(rendered):
         for kind, name in re.findall(r"\b(job|deployment)[/ ](gatehouse[a-z-]*)", text):
             assert (kind, name) in names, f"{readme.name} names {kind}/{name}"
         assert "-l gatehouse-step=migrate" in text
+
+
+async def test_the_production_pod_migrates_boots_answers_its_probes_and_drains(
+    rendered, pg_cluster, tmp_path
+):
+    """The Job's and the Deployment's commands, run as processes with the production
+    ConfigMap and Secret: only addresses move to loopback (and TLS to PostgreSQL, which
+    the test cluster does not offer, is the one thing left out)."""
+    docs = rendered["production"]
+    gateway, job = gateway_container(docs), one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]
+    doc = yaml.safe_load(gateway_yaml(docs))
+    port, metrics_port = free_port(), free_port()
+    doc["listen"].update(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}")
+    doc["oidc"]["issuer"] = "http://127.0.0.1:9"
+    doc["store"]["postgres_url"] = pg_cluster.create_database("deploy_" + uuid.uuid4().hex[:10])
+    doc["upstreams"][0]["base_url"] = "http://127.0.0.1:9"
+    doc["gatehouse"]["telemetry"]["metrics"]["prometheus"]["listen"] = f"127.0.0.1:{metrics_port}"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, **environ(docs, gateway), "CLAUDE_GATEWAY_ALLOW_LOOPBACK": "1"}
+
+    def command(container: dict[str, Any]) -> list[str]:
+        return [str(config) if a == CONFIG_PATH else a for a in container["args"]]
+
+    migrated = subprocess.run(
+        [*GATEHOUSE, *command(job)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrations are up to date" in migrated.stderr
+    proc = spawn(*command(gateway), env=env)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(400):
+                if proc.poll() is not None:
+                    raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                async with s.get(f"http://127.0.0.1:{port}" + gateway[probe]["httpGet"]["path"]) as r:
+                    assert r.status == 200, probe
+            async with s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                assert r.status == 200 and "gatehouse_" in await r.text()
+        proc.send_signal(signal.SIGTERM)
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        budget = pod["terminationGracePeriodSeconds"] - gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert await wait_exit(proc, timeout=budget) == 0
+        log = proc.stderr.read()
+        assert "shutdown complete" in log and "Traceback" not in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
