@@ -58,8 +58,12 @@ def directory_base(token_uri: str | None, allow_loopback: bool) -> str:
     """Google's Directory API, or the token endpoint's own origin when that is a
     loopback fake and the development switch is on."""
     if allow_loopback and token_uri:
-        parts = urlsplit(token_uri)
-        if parts.scheme in ("http", "https") and parts.hostname and is_loopback_host(parts.hostname):
+        try:
+            parts = urlsplit(token_uri)
+            host = parts.hostname
+        except ValueError:  # e.g. an unclosed "[": not a loopback fake's address
+            return GOOGLE_DIRECTORY_BASE
+        if parts.scheme in ("http", "https") and host and is_loopback_host(host):
             return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     return GOOGLE_DIRECTORY_BASE
 
@@ -85,7 +89,13 @@ def read_page(body: Any) -> Page:
             raise DirectoryAnswerInvalid("a group without a usable email")
         groups.append(email)
     token = body.get("nextPageToken")
-    if token is not None and (not isinstance(token, str) or len(token) > MAX_PAGE_TOKEN_CHARS):
+    # The token goes back in the next page's URL: printable ASCII, as Google's are
+    # (a lone surrogate from a "\ud800" escape could not even be encoded there).
+    if token is not None and (
+        not isinstance(token, str)
+        or len(token) > MAX_PAGE_TOKEN_CHARS
+        or not (token.isascii() and token.isprintable())
+    ):
         raise DirectoryAnswerInvalid("'nextPageToken' is not a usable string")
     return Page(tuple(groups), token or None)
 
