@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import re
@@ -50,11 +51,21 @@ SHUTDOWN_FLUSH_S = 25
 CONFIG_PATH = "/etc/gatehouse/gateway.yaml"
 
 
+@functools.cache
 def kubectl() -> str:
     found = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
     if found is None:
         pytest.fail(
             "kubectl is not installed: these tests render conf/deploy/kubernetes with `kubectl kustomize`"
+        )
+    # Components and generator labels need the kustomize v5 inside kubectl 1.27 and later.
+    out = subprocess.run(
+        [found, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
+    )
+    kustomize = json.loads(out.stdout or "{}").get("kustomizeVersion", "")
+    if not re.match(r"v([5-9]|\d\d)\.", kustomize):
+        pytest.fail(
+            f"{found} embeds kustomize {kustomize or 'of unknown version'}; these manifests need v5 or later"
         )
     return found
 
