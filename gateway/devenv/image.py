@@ -18,8 +18,9 @@ on this machine's loopback (``--network host``), and this checks
   exits 0 well inside the grace period, and its log has no traceback.
 
 Podman runs with its own containers.conf (``build/image/containers.conf``): runc,
-because crun fails on cgroup v1 hosts like these, and no default ulimits, which
-Debian's defaults set above what such a host allows. The build downloads the
+because crun was seen to fail on cgroup v1 hosts like these, and no default ulimits
+(podman would raise the open-files limit above such a host's hard limit, and runc
+then refuses to start the container). The build downloads the
 locked wheels with this machine's CA bundle mounted in, so a TLS-inspecting
 proxy the host trusts works in the build too; nothing of it stays in the image.
 
