@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             listen = _listen(args.config)
         except Exception as err:  # any reason the config cannot be read is "unhealthy", exit 1
-            sys.stderr.write(f"gatehouse healthcheck: cannot read {args.config}: {err}\n")
+            sys.stderr.write(f"gatehouse healthcheck: cannot use {args.config}: {err}\n")
             return 1
         url = local_url(listen.host, listen.port, listen.tls is not None, args.path)
     context = None

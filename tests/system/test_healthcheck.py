@@ -54,7 +54,7 @@ async def test_healthy_while_serving_and_unhealthy_after(tmp_path, pg_url, fake_
 
 def test_an_unreadable_config_is_unhealthy_not_a_reserved_exit_code(tmp_path):
     missing = healthcheck("--config", str(tmp_path / "absent.yaml"))
-    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert missing.returncode == 1 and "cannot use" in missing.stderr
     broken = write_config(tmp_path, "postgres://gw@127.0.0.1:9/gw", "http://127.0.0.1:9", free_port(), "bogus: 1\n")
     invalid = healthcheck("--config", str(broken))
     assert invalid.returncode == 1 and "bogus" in invalid.stderr
