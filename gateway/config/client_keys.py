@@ -75,11 +75,13 @@ def load_client_key(private_key_pem: str, certificate_pem: str) -> ClientKey:
     alg = _alg_for(private)
     try:
         cert = x509.load_pem_x509_certificate(certificate_pem.encode())
-    except ValueError:
+        # Parsed only when asked for: a damaged key inside the certificate shows here.
+        cert_public = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
         raise KeyMaterialError("certificate_pem", "not a readable PEM certificate") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
-    if cert.public_key().public_bytes(der, spki) != private.public_key().public_bytes(der, spki):
+    if cert_public.public_bytes(der, spki) != private.public_key().public_bytes(der, spki):
         raise KeyMaterialError(
             "certificate_pem", "the certificate is not for private_key_pem (their public keys differ)"
         )

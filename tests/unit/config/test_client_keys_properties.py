@@ -10,6 +10,10 @@ and never quotes the key. Example counts come from the hypothesis profile
 
 from __future__ import annotations
 
+import base64
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,5 +76,39 @@ def test_text_that_is_not_utf8_encodable_names_its_field():
             load_client_key(key, cert)
         except KeyMaterialError as err:
             assert err.field == field
+        else:
+            raise AssertionError("accepted")
+
+
+def certificates_whose_key_is_damaged() -> list[str]:
+    """RSA's certificate with one byte changed where it still loads but its public key
+    does not parse (cryptography reads that part only when asked)."""
+    lines = RSA.cert_pem.strip().splitlines()
+    der = base64.b64decode("".join(lines[1:-1]))
+    found = []
+    for at in range(len(der)):
+        damaged = der[:at] + b"\x00" + der[at + 1 :]
+        try:
+            cert = x509.load_der_x509_certificate(damaged)
+        except ValueError:
+            continue
+        try:
+            cert.public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            body = base64.encodebytes(damaged).decode()
+            found.append(f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
+    return found
+
+
+def test_regression_a_certificate_whose_public_key_does_not_parse_names_its_field():
+    # Found by the property above under the large profile: the certificate loaded, and
+    # reading its public key then raised ValueError/UnsupportedAlgorithm out of the check.
+    damaged = certificates_whose_key_is_damaged()
+    assert damaged
+    for cert in damaged:
+        try:
+            load_client_key(RSA.key_pem, cert)
+        except KeyMaterialError as err:
+            assert err.field == "certificate_pem"
         else:
             raise AssertionError("accepted")
