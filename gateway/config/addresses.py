@@ -10,6 +10,7 @@ the addresses DNS returns. Nothing in this module resolves names.
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 ALLOW_LOOPBACK_ENV = "CLAUDE_GATEWAY_ALLOW_LOOPBACK"
@@ -47,12 +48,18 @@ def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
         return _legacy_ipv4(host)
 
 
+_LEGACY_PART = re.compile(r"0[xX][0-9A-Fa-f]+|[0-9]+")
+
+
 def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
     parts = host.split(".")
     if not 1 <= len(parts) <= 4:
         return None
     nums = []
     for part in parts:
+        # Digits only (int() alone would also take "-1", "+1", " 1" and "1_0").
+        if not _LEGACY_PART.fullmatch(part):
+            return None
         try:
             if part.lower().startswith("0x"):
                 nums.append(int(part[2:], 16))
