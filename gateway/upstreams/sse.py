@@ -108,7 +108,8 @@ class UsageTap:
             return
         self._pending = data[end + 2 :]
         for event in data[:end].split(b"\n\n"):
-            if event:
+            # Extra blank lines between events are allowed, wherever a chunk cuts them.
+            if event and (event[0] != 0x0A or event.strip(b"\n")):
                 self._event(event)
 
     def _event(self, event: bytes) -> None:

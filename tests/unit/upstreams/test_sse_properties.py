@@ -143,3 +143,9 @@ def test_regression_a_chunk_ending_between_cr_and_lf_does_not_split_the_event():
     cut = stream.index(b"\r\n") + 1
     tap = tap_of([stream[:cut], stream[cut:]])
     assert (tap.totals().output_tokens, tap.events) == (5, 1)
+
+
+def test_regression_blank_lines_between_events_are_no_event_wherever_the_cut():
+    # Found under the large profile: a run of blank lines cut in two counted as an event.
+    stream = b'\n\n\ndata: {"type":"message_start","message":{"id":"m","usage":{}}}\n\n'
+    assert tap_of([stream[:3], stream[3:]]).events == tap_of([stream]).events == 1
