@@ -3,6 +3,8 @@
 Each parser either returns a value that is safe to route, store and log, or
 refuses with the one error kind its endpoint answers; no input makes it raise
 anything else. Bounded example counts keep the whole file to a few seconds.
+The parsers of upstream replies, config and keys have their own property files
+beside their unit tests (``test_*_properties.py``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from gateway.errors import GatewayError, Kind
 from gateway.http.forms import FormInvalid, parse_form
 from gateway.upstreams.bodyview import MAX_MODEL_CHARS, decode_view
 
-# No example database: runs stay independent of each other and write nothing.
-FAST = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# Example counts come from the hypothesis profile (tests/conftest.py: small in `make
+# test`, large under `make fuzz`); no example database, so runs write nothing.
+FAST = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SECRET = "s" * 40
 ISSUER = "https://gw.example.com"
 NOW = 1_800_000_000
