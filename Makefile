@@ -12,7 +12,7 @@ RUNTIME_LOCK := conf/deploy/runtime.lock
 UV := $(VENV)/bin/uv
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 
-.PHONY: install test dev lint lock fuzz bench interop image clean
+.PHONY: install test dev lint lock fuzz bench interop image soak clean
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ test: install
 fuzz: install
 	GATEHOUSE_FUZZ_REQUESTS=$(or $(FUZZ_REQUESTS),100000) GATEHOUSE_FUZZ_SEED=$(or $(FUZZ_SEED),12) \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/system/test_http_fuzz.py
+
+# Not part of `make test` (which runs a 20 s smoke of it): three replicas behind HAProxy on one
+# PostgreSQL, driven through faults (kill -9, PostgreSQL restart and outage, stalled and overloaded
+# upstreams, slowloris), about 2.5 min; exits 1 on any broken invariant. Needs haproxy
+# (apt-get install haproxy). Writes bench/results/<date>-<host>-soak/. SOAK_STEPS, SOAK_SCALE,
+# SOAK_RATE, SOAK_OUT and SOAK_ARGS change it (python -m bench.soak --help).
+soak: install
+	SOAK_VIA_MAKE=1 $(PY) -m bench.soak $(SOAK_ARGS)
 
 dev: install
 	$(PY) -m gateway.devenv.run $(DEV_ARGS)
