@@ -397,7 +397,7 @@ def _redact_field(name: str, value: Any, path: str) -> Any:
         return [MASK for _ in value] if isinstance(value, list) else MASK
     if name in _SECRET_MAPS and isinstance(value, dict):
         return {k: MASK for k in value}
-    if name == "postgres_url" and isinstance(value, str):
+    if name in ("postgres_url", "listen_url") and isinstance(value, str):
         return _mask_url_password(value)
     return _redact(value, path)
 

@@ -264,6 +264,16 @@ def _check_google_groups(oidc: s.Oidc, ctx: _Context, issues: Issues) -> None:
 def _check_store(store: s.Store, ctx: _Context, issues: Issues) -> None:
     if not store.postgres_url.startswith(("postgres://", "postgresql://")):
         issues.add("store.postgres_url", "must start with postgres:// or postgresql://")
+    ours = store.gatehouse
+    if ours.listen_url is not None and not ours.listen_url.startswith(("postgres://", "postgresql://")):
+        issues.add("store.gatehouse.listen_url", "must start with postgres:// or postgresql://")
+    if ours.pool_mode == "transaction" and ours.listen_url is None:
+        issues.add(
+            "store.gatehouse.listen_url",
+            "required when store.gatehouse.pool_mode is transaction: LISTEN and the migration lock need a "
+            "session of their own, which a transaction-pooling PgBouncer does not keep; give a URL straight "
+            "to PostgreSQL",
+        )
 
 
 def _check_models(models: dict[int, s.Model], names: list[str], issues: Issues) -> None:

@@ -125,6 +125,19 @@ class Session(_Section, frozen=True):
         return (self.jwt_secret,) if isinstance(self.jwt_secret, str) else self.jwt_secret
 
 
+class StoreGatehouse(_Section, frozen=True):
+    """Ours only, on ``store``: PostgreSQL reached through a connection pooler (PgBouncer)."""
+
+    # Straight to PostgreSQL, past the pooler, for the two things that need a
+    # session of their own: LISTEN (revocations, spend-limit changes) and the
+    # migrations' advisory lock. Unset: store.postgres_url serves them too.
+    listen_url: NonEmpty | None = None
+    # How the pooler at store.postgres_url lends server connections. "transaction"
+    # (PgBouncer's pool_mode = transaction): no prepared-statement cache, and
+    # listen_url is required.
+    pool_mode: Literal["session", "transaction"] = "session"
+
+
 class Store(_Section, frozen=True):
     postgres_url: NonEmpty
     username: str | None = None
@@ -132,6 +145,7 @@ class Store(_Section, frozen=True):
     max_connections: PositiveInt = 5
     connect_timeout_seconds: Annotated[int, Meta(ge=1, le=60)] = 5
     readiness_grace_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
+    gatehouse: StoreGatehouse = field(default_factory=StoreGatehouse)
 
 
 # ---------------------------------------------------------------- upstreams

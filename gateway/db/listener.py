@@ -1,7 +1,8 @@
 """One LISTEN connection per process, shared by every feature that hears NOTIFY (edge).
 
 A LISTEN belongs to one session, so it cannot live in the pool: the listener
-keeps one dedicated connection and delivers each notification to the callback
+keeps one dedicated connection (to ``store.gatehouse.listen_url`` when set: a
+transaction-pooling PgBouncer never delivers a notification to a client) and delivers each notification to the callback
 registered for its channel. Notifications sent while that connection is down
 are lost, so every (re)connect first LISTENs on every channel and then runs
 each subscription's ``on_connect`` with the new connection: the subscriber
@@ -187,7 +188,7 @@ class Listener:
 
     async def _connect(self) -> None:
         async with self._lock:
-            params = connect_params(self._store.config)
+            params = connect_params(self._store.config, direct=True)
             params["server_settings"] = {"application_name": self._name}
             with unavailable_as(f"{self._name} connect"):
                 async with asyncio.timeout(self._store.config.connect_timeout_seconds):

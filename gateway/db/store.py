@@ -9,7 +9,10 @@ Theory of operation:
   ``store.connect_timeout_seconds``, so a database that comes up a moment after
   the gateway (compose, Kubernetes) does not fail the boot.
 * Migrations run under a PostgreSQL advisory lock, so replicas booting at the
-  same time apply each migration exactly once; each is recorded in
+  same time apply each migration exactly once. The lock belongs to a session,
+  so behind a transaction-pooling PgBouncer migrations take a connection of
+  their own to ``store.gatehouse.listen_url``, as LISTEN does
+  (:mod:`gateway.db.listener`); each migration is recorded in
   ``gatehouse_migrations`` together with its file's SHA-256. Each migration
   and its record commit in one transaction (so a migration cannot use
   statements that refuse transactions, like CREATE INDEX CONCURRENTLY).
@@ -22,7 +25,8 @@ Theory of operation:
   can single out the row instead of failing as a whole.
 * A connection the driver has lost track of (``InternalClientError``: seen when
   PostgreSQL is killed mid-statement) is closed rather than given back to the
-  pool, where every later statement on it would fail the same way.
+  pool, where every later statement on it would fail the same way; so is one
+  that found its server read-only (a demoted primary).
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ class StoreRefused(Fault):
     fault = Party.CLIENT
 
 
+class PoolerConfig(Protocol):
+    """``store.gatehouse``: how PostgreSQL is reached when a pooler (PgBouncer) sits in front."""
+
+    @property
+    def listen_url(self) -> str | None: ...
+    @property
+    def pool_mode(self) -> str: ...
+
+
 class StoreConfig(Protocol):
     """What the store reads from ``cfg.store`` (read-only, so frozen structs fit)."""
 
@@ -96,6 +109,8 @@ class StoreConfig(Protocol):
     def connect_timeout_seconds(self) -> float: ...
     @property
     def readiness_grace_seconds(self) -> float: ...
+    @property
+    def gatehouse(self) -> PoolerConfig: ...
 
 
 class UsageRow(msgspec.Struct, frozen=True):
@@ -188,18 +203,23 @@ def load_migrations(folder: Path) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def connect_params(cfg: StoreConfig) -> dict[str, Any]:
+def connect_params(cfg: StoreConfig, *, direct: bool = False) -> dict[str, Any]:
     """asyncpg connect arguments from the store config. ValueError when the URL is unusable.
 
+    ``direct``: for a connection that keeps session state (LISTEN, the migration
+    lock), which goes to ``store.gatehouse.listen_url`` when that is set.
     Only ``sslmode`` is read from the URL's query; ``store.username`` and
-    ``store.password`` win over credentials in the URL.
+    ``store.password`` win over credentials in either URL.
     """
-    url = urlsplit(cfg.postgres_url)
+    key, raw = "postgres_url", cfg.postgres_url
+    if direct and cfg.gatehouse.listen_url:
+        key, raw = "gatehouse.listen_url", cfg.gatehouse.listen_url
+    url = urlsplit(raw)
     if url.scheme not in ("postgres", "postgresql"):
-        raise ValueError("store.postgres_url must start with postgres:// or postgresql://")
+        raise ValueError(f"store.{key} must start with postgres:// or postgresql://")
     sslmode = parse_qs(url.query).get("sslmode", [None])[-1]
     if sslmode is not None and sslmode not in SSLMODES:
-        raise ValueError(f"store.postgres_url: sslmode must be one of {', '.join(sorted(SSLMODES))}")
+        raise ValueError(f"store.{key}: sslmode must be one of {', '.join(sorted(SSLMODES))}")
     params: dict[str, Any] = {
         "host": url.hostname or None,
         "port": url.port,
@@ -225,7 +245,9 @@ def ignored_url_options(url: str) -> list[str]:
 # connection that died under us, InternalClientError one whose protocol state
 # the driver lost when the server went away mid-statement ("cannot switch to
 # state 12"). The driver's own DataError is an InterfaceError too, yet it
-# means a value could not be encoded: see _CLIENT_DATA.
+# means a value could not be encoded: see _CLIENT_DATA. A read-only
+# transaction (25006) is a primary being demoted or a replica answering in its
+# place during a failover: the writable database is not there right now.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -234,6 +256,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 # Raised by the driver before anything is sent: a value it cannot encode (a lone
 # surrogate in a str, an int out of the column's range), or a bad client setting.
@@ -311,8 +334,10 @@ async def connection(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncI
     async with pool.acquire(timeout=timeout) as conn:
         try:
             yield conn
-        except asyncpg.exceptions.InternalClientError:
-            conn.terminate()  # the pool opens a fresh one when it needs it
+        except (asyncpg.exceptions.InternalClientError, asyncpg.exceptions.ReadOnlySQLTransactionError):
+            # The pool opens a fresh one when it needs it: after a failover, a new
+            # connection to the same address may reach the new primary.
+            conn.terminate()
             raise
 
 
@@ -447,7 +472,7 @@ class Store:
         """Apply pending migrations in order; returns the versions applied by this call."""
         migrations = load_migrations(sql_dir() / "migrations")
         with unavailable_as("migrating the database"):
-            async with self._pool.acquire(timeout=self._cfg.connect_timeout_seconds) as conn:
+            async with self._session_connection() as conn:
                 await self._lock(conn)
                 try:
                     return await self._apply(conn, migrations)
@@ -457,6 +482,27 @@ class Store:
                         await conn.fetchval(queries()["migrations_unlock"], MIGRATION_LOCK_KEY)
                     except _UNREACHABLE:
                         pass
+
+    @asynccontextmanager
+    async def _session_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection whose session lasts until we let go of it: from the pool, or, with
+        ``store.gatehouse.listen_url`` set, one of its own straight to PostgreSQL (a
+        transaction-pooling PgBouncer would hand a session lock to whoever came next)."""
+        if not self._cfg.gatehouse.listen_url:
+            async with self._pool.acquire(timeout=self._cfg.connect_timeout_seconds) as conn:
+                yield conn
+            return
+        params = {**connect_params(self._cfg, direct=True), "server_settings": {"application_name": "gatehouse-migrate"}}
+        async with asyncio.timeout(self._cfg.connect_timeout_seconds):
+            conn = await asyncpg.connect(**params)
+        try:
+            yield conn
+        finally:
+            try:
+                async with asyncio.timeout(self._cfg.connect_timeout_seconds):
+                    await conn.close()
+            except _UNREACHABLE:
+                conn.terminate()
 
     async def _lock(self, conn: asyncpg.Connection) -> None:
         if await conn.fetchval(queries()["migrations_lock_try"], MIGRATION_LOCK_KEY):
@@ -500,6 +546,11 @@ async def _connect(params: dict[str, Any], cfg: StoreConfig, on_statement: State
     # explicit first connection below is what proves the database is there.
     if on_statement is not None:
         params = {**params, "init": _timing_statements(on_statement)}
+    if cfg.gatehouse.pool_mode == "transaction":
+        # Each statement may run on another server connection, where a statement
+        # prepared on the last one does not exist: PgBouncer before 1.21 cannot
+        # follow named prepared statements, so asyncpg keeps none.
+        params = {**params, "statement_cache_size": 0}
     pool = asyncpg.create_pool(min_size=0, max_size=cfg.max_connections, reset=_reset_on_release, **params)
     try:
         async with asyncio.timeout(cfg.connect_timeout_seconds):

@@ -115,7 +115,8 @@ async def test_two_processes_migrating_at_once_both_succeed_and_apply_each_migra
         import asyncio, types
         from gateway.db import store
         cfg = types.SimpleNamespace(postgres_url={db_url!r}, username=None, password=None,
-                                    max_connections=2, connect_timeout_seconds=5, readiness_grace_seconds=0)
+                                    max_connections=2, connect_timeout_seconds=5, readiness_grace_seconds=0,
+                                    gatehouse=types.SimpleNamespace(listen_url=None, pool_mode="session"))
         print(asyncio.run(store.migrate(cfg)))
         """
     )
