@@ -6,6 +6,7 @@ Options (also read from the environment by ``make soak``):
   --rate 30        offered requests a second, half streaming (SOAK_RATE)
   --slow 500       dribbling connections of the slowloris step
   --readiness-grace 30   the replicas' store.readiness_grace_seconds (SOAK_READINESS_GRACE)
+  --fail-closed    enforcement.fail_closed_on_error: true on every replica (SOAK_FAIL_CLOSED=1)
   --out DIR        results folder (SOAK_OUT; default bench/results/<date>-<host>-soak/)
   --smoke          the tiny run of ``make test``: the kill step only, scale 0.2, 100 dribblers
 """
@@ -40,6 +41,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=float(os.environ.get("SOAK_SCALE", "1.0")))
     p.add_argument("--rate", type=float, default=float(os.environ.get("SOAK_RATE", "30")))
     p.add_argument("--slow", type=int, default=500)
+    p.add_argument("--fail-closed", action="store_true", default=os.environ.get("SOAK_FAIL_CLOSED") == "1",
+                   help="enforcement.fail_closed_on_error: true on every replica (SOAK_FAIL_CLOSED=1)")
     p.add_argument("--readiness-grace", type=int, default=int(os.environ.get("SOAK_READINESS_GRACE", "30")),
                    help="store.readiness_grace_seconds of the replicas (default 30, as conf/deploy's production overlay)")
     p.add_argument("--out", default=os.environ.get("SOAK_OUT"))
@@ -159,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         command = f"{settings} make soak" + (f" SOAK_ARGS='{given}'" if given else "")
     else:
         command = f"{settings} python -m bench.soak {given}"
-    lab = labmod.Lab(out / "raw", with_idp="signin" in args.step_list, readiness_grace_s=args.readiness_grace)
+    lab = labmod.Lab(out / "raw", with_idp="signin" in args.step_list, readiness_grace_s=args.readiness_grace,
+                     fail_closed=args.fail_closed)
     summary: dict[str, Any] = {"command": command.strip(), "machine": info,
-                               "plan": dict(vars(plan), readiness_grace_seconds=args.readiness_grace),
+                               "plan": dict(vars(plan), readiness_grace_seconds=args.readiness_grace,
+                                            fail_closed_on_error=args.fail_closed),
                                "steps_run": args.step_list, "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     violations: list[str] = []
     t0 = time.monotonic()

@@ -86,6 +86,7 @@ class Lab:
     # store.readiness_grace_seconds of the replicas: how long /readyz stays 200 while
     # PostgreSQL does not answer (the production overlay's 30; the gateway's default is 0).
     readiness_grace_s: int = 30
+    fail_closed: bool = False  # enforcement.fail_closed_on_error of the replicas
     log: Any = print
     cluster: Cluster | None = None
     db_url: str = ""
@@ -294,7 +295,7 @@ store: {{postgres_url: "{self.db_url}", max_connections: 10, readiness_grace_sec
 upstreams:
 {ups}
 timeouts: {{upstream_ttfb_ms: {UPSTREAM_TTFB_MS}}}
-enforcement: {{fail_closed_on_error: false}}
+enforcement: {{fail_closed_on_error: {str(self.fail_closed).lower()}}}
 rate_limits:
   device_authorization: {{max: 100000, window_seconds: 600}}
   device_verify: {{max: 100000, window_seconds: 600}}

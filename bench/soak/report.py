@@ -44,7 +44,8 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         "Three `gatehouse serve` replicas on one PostgreSQL behind HAProxy (roundrobin, `/readyz` checks every "
         "second, out after 3 failures, back after 2), two fake upstreams (primary, secondary), spend limits on "
-        "(an organization cap above the run; one user's small cap in step 2), `fail_closed_on_error: false`, "
+        "(an organization cap above the run; one user's small cap in step 2), "
+        f"`fail_closed_on_error: {str(s['plan'].get('fail_closed_on_error')).lower()}`, "
         f"`store.readiness_grace_seconds: {s['plan'].get('readiness_grace_seconds')}`.",
         "",
         "| step | s | requests | served | failed (how) | served & charged | recovery s | violations |",
@@ -70,7 +71,7 @@ def markdown(s: dict[str, Any]) -> str:
             lines.append(f"- spend: {sp['served_and_charged']} of {sp['served']} served requests charged "
                          f"({sp['served_micro']} µ$), {len(sp['served_not_charged'])} never charged, "
                          f"{len(sp['excused_not_charged'])} excused (last settlement batch of a killed process), "
-                         f"{sp['charged_not_served']} charged that a client did not receive in full; "
+                         f"{sp['charged_not_served']} charged ({sp['charged_not_served_micro']} µ$) that no client received in full; "
                          f"usage rows for the served: {sp['usage_rows_for_served']} "
                          f"({len(sp['excused_without_usage_row'])} missing, excused as above)")
         for name, ph in (r.get("phases") or {}).items():

@@ -85,7 +85,9 @@ class Ctx:
             "served_and_charged": len(served & charged.keys()),
             "served_not_charged": sorted(missing),
             "excused_not_charged": sorted((served - charged.keys()) & (excused or set())),
-            "charged_not_served": len(charged.keys() - served),  # cut streams, errors: charged what they produced
+            # Cut streams and the like: charged what they produced (refusals hold a row at zero).
+            "charged_not_served": sum(1 for r in charged.keys() - served if charged[r]["settled_micro"]),
+            "charged_not_served_micro": sum(charged[r]["settled_micro"] or 0 for r in charged.keys() - served),
             "served_micro": sum(charged[r]["settled_micro"] or 0 for r in served & charged.keys()),
             "usage_rows_for_served": len(used),
             "served_without_usage_row": sorted(unused),
@@ -307,7 +309,7 @@ async def postgres(ctx: Ctx) -> dict[str, Any]:
     lab, plan = ctx.lab, ctx.plan
     dur = plan.secs(40)
     outage = plan.secs(6)
-    facts: dict[str, Any] = {"load_s": dur, "fail_closed_on_error": False, "outage_s": outage}
+    facts: dict[str, Any] = {"load_s": dur, "fail_closed_on_error": lab.fail_closed, "outage_s": outage}
     # Many people, so some requests always need the database (a first request, no lease yet).
     load = Load(lab.lb_url, ctx.users("pg", 60), rate=plan.rate)
     t_start = time.monotonic()
@@ -347,7 +349,14 @@ async def postgres(ctx: Ctx) -> dict[str, Any]:
     lb_refused = [o for o in failed if o.error == "haproxy"]
     facts["refused_by_haproxy_no_replica_ready"] = len(lb_refused)
     gateway_failed = [o for o in failed if o.error != "haproxy"]
-    if gateway_failed:  # fail-open: an admission the database cannot judge is let through
+    if lab.fail_closed:
+        # Refused, in the envelope, as "spend limit unavailable": never a 5xx, never a cut stream.
+        wrong = [o for o in gateway_failed if o.label != "429 billing_error"]
+        facts["refused_fail_closed"] = len(gateway_failed) - len(wrong)
+        if wrong:
+            violations.append(f"{len(wrong)} requests failed otherwise than 429 billing_error with fail-closed "
+                              f"configured: {tally(wrong)['failed']}")
+    elif gateway_failed:  # fail-open: an admission the database cannot judge is let through
         violations.append(f"{len(gateway_failed)} requests failed at the gateway with fail-open configured: "
                           f"{tally(gateway_failed)['failed']}")
     spend = await ctx.reconcile(outcomes, wait_s=40)
