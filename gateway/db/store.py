@@ -534,6 +534,7 @@ class Store:
             # Statement and bookkeeping commit together, so a crash half way
             # leaves the migration pending rather than half recorded.
             async with conn.transaction():
+                await conn.execute(queries()["migrations_no_statement_timeout"])
                 await conn.execute(m.sql)
                 await conn.execute(queries()["migrations_record"], m.version, m.name, m.sha256)
             self._log("info", f"migration {m.version} applied ({m.name})")
