@@ -253,6 +253,8 @@ def _stamp_json(data: bytes, resources: FieldDescriptor, marks: _Stamp) -> bytes
         document = _json_decode(data)
     except msgspec.DecodeError as exc:
         raise BodyRejected(f"not a JSON document: {exc}") from None
+    except RecursionError:  # msgspec recurses into nested values; a client can nest past the limit
+        raise BodyRejected("not a JSON document: nested too deeply") from None
     if not isinstance(document, dict):
         raise BodyRejected("an OTLP/JSON export is a JSON object")
     written = [{"key": key, "value": {"stringValue": value}} for key, value in marks.resource]
