@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -364,6 +365,20 @@ async def postgres(ctx: Ctx) -> dict[str, Any]:
         violations.append(f"{len(spend['served_not_charged'])} served requests were never charged (settlement lost)")
     if spend["served_without_usage_row"]:
         violations.append(f"{len(spend['served_without_usage_row'])} served requests have no usage row")
+    # The replicas' own word for what the outage did: admissions let through unjudged (each must
+    # have been charged once it was back), settlements and usage rows owed and retried.
+    logs = "".join(r.log.read_text(errors="replace") for r in lab.replicas)
+    unjudged = set(re.findall(r"letting the request through \(request (req_[0-9a-f]+)\)", logs))
+    rows = await ctx.db("SELECT request_id FROM spend_reservations WHERE request_id = ANY($1::text[]) "
+                        "AND state = 'settled' AND settled_micro > 0", list(unjudged))
+    facts["let_through_unjudged"] = len(unjudged)
+    facts["let_through_unjudged_then_charged"] = len(rows)
+    facts["log_lines_settling_owed"] = logs.count("owed, retried every second until stored")
+    facts["log_lines_usage_rows_retried"] = logs.count("usage records, will keep retrying")
+    served_ids = {o.request_id for o in outcomes if o.kind == "ok"}
+    uncharged = (unjudged & served_ids) - {r["request_id"] for r in rows}
+    if uncharged:
+        violations.append(f"{len(uncharged)} requests let through during the outage were never charged")
     return {"traffic": tally(outcomes), "phases": phases, "spend": spend,
             "recovery_s": recovery_s(outcomes, down_at), "facts": facts, "violations": violations}
 
