@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway import audit
 
@@ -109,15 +110,21 @@ class Supervisor:
         self.stopping_since: float | None = None
         self.killed = False
         self.failed: list[str] = []
+        self._dispositions: dict[Any, Any] = {}
 
     def run(self) -> int:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
-        # A handler rather than the default "ignore", so SIGCHLD stays pending for sigtimedwait.
-        previous = signal.signal(signal.SIGCHLD, lambda *_: None)
+        # Handlers rather than the defaults: Linux keeps a blocked signal pending even
+        # where its default is to be ignored (SIGCHLD; SIGTERM to a container's PID 1),
+        # but POSIX leaves that open. Blocked, the handlers never run: sigtimedwait
+        # takes the signals.
+        previous = {sig: signal.signal(sig, _noop) for sig in WATCHED}
+        self._dispositions = previous
         try:
             return self._loop(mask)
         finally:
-            signal.signal(signal.SIGCHLD, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _loop(self, mask: set[int | signal.Signals]) -> int:
@@ -157,7 +164,7 @@ class Supervisor:
                 continue
             restart = slot.started_at > 0
             try:
-                slot.pid = _fork_worker(self.run_one, mask)
+                slot.pid = _fork_worker(self.run_one, mask, self._dispositions)
             except OSError as exc:  # EAGAIN, ENOMEM: counts as a death at birth
                 slot.started_at = now
                 self._schedule(slot, now, f"could not fork: {exc}")
@@ -244,14 +251,19 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _fork_worker(run_one: Callable[[], None], mask: set[int | signal.Signals]) -> int:
+def _noop(signum: int, frame: Any) -> None:
+    pass
+
+
+def _fork_worker(run_one: Callable[[], None], mask: set[int | signal.Signals], dispositions: dict[Any, Any]) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 0
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for sig, handler in dispositions.items():  # the worker sets up its own when it serves
+            signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _die_with_parent(parent)
         run_one()

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 SCRIPT = r"""
 import os, signal, sys, time
 from pathlib import Path
@@ -130,3 +132,25 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
         wait_for(lambda: not any(alive(pid) for pid in up(tmp_path)))
     finally:
         proc.kill()
+
+
+def test_as_a_containers_pid_1_the_supervisor_still_hears_sigterm(tmp_path):
+    # PID 1 of a PID namespace is not sent signals it leaves at the default disposition;
+    # a supervisor that missed SIGTERM there would never drain on `docker stop`.
+    if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a PID namespace here (needs root or user namespaces)")
+    log = open(tmp_path / "log", "w+")
+    outer = subprocess.Popen(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", SCRIPT, "polite", str(tmp_path), "2"],
+        stdout=log, stderr=log, text=True,
+    )
+    try:
+        wait_for(lambda: len(up(tmp_path)) == 2)
+        (supervisor,) = subprocess.run(["pgrep", "-P", str(outer.pid)], capture_output=True, text=True).stdout.split()
+        (nspid,) = [line for line in Path(f"/proc/{supervisor}/status").read_text().splitlines() if line.startswith("NSpid:")]
+        assert nspid.split()[-1] == "1"  # its own pid inside the namespace
+        os.kill(int(supervisor), signal.SIGTERM)
+        assert outer.wait(timeout=10) == 0
+        assert len(list(tmp_path.glob("termed-*"))) == 2
+    finally:
+        outer.kill()
