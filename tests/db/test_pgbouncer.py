@@ -29,7 +29,7 @@ import pytest
 from gateway.config.load import ConfigError, loads, redacted
 from gateway.config.schema import Store as StoreCfg
 from gateway.config.schema import StoreGatehouse
-from gateway.db.store import Store, connect_params, is_unavailable
+from gateway.db.store import Store, connect_params, connection, is_unavailable
 from gateway.devenv.postgres import Cluster, free_port
 from gateway.http.keys import RUNTIME
 from protocol_spec.idp_process import IdpProcess
@@ -271,6 +271,26 @@ def test_a_read_only_database_is_an_outage_not_a_bug():
     assert is_unavailable(asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"))
     assert is_unavailable(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
     assert is_unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"))
+
+
+async def test_a_pooled_connection_that_met_a_read_only_server_is_closed_not_reused(pg):
+    # After a failover the old address may still reach the demoted primary on connections
+    # opened before; a new connection resolves the address again and may reach the new one.
+    db = pg.create_database("pgb_read_only_conn")
+    store = await Store.open(StoreCfg(db, max_connections=1), log=quiet)
+    try:
+        async with connection(store.pool, 5) as conn:
+            before = await conn.fetchval("SELECT pg_backend_pid()")
+        with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
+            async with connection(store.pool, 5) as conn:
+                await conn.execute("SET default_transaction_read_only = on")  # as a demoted primary answers
+                await conn.execute("CREATE TABLE t (x int)")
+        async with connection(store.pool, 5) as conn:
+            after = await conn.fetchval("SELECT pg_backend_pid()")
+            assert not await conn.fetchval("SELECT current_setting('transaction_read_only')::bool")
+        assert after != before
+    finally:
+        await store.close()
 
 
 # ---------------------------------------------------------------- migrations
