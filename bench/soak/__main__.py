@@ -151,7 +151,7 @@ async def final_checks(lab: labmod.Lab) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     host = socket.gethostname().split(".")[0]
-    out = Path(args.out) if args.out else HERE.parent / "results" / f"{dt.date.today().isoformat()}-{host}-soak"
+    out = Path(args.out).resolve() if args.out else HERE.parent / "results" / f"{dt.date.today().isoformat()}-{host}-soak"
     out.mkdir(parents=True, exist_ok=True)
     procs.raise_nofile()
     plan = Plan(scale=args.scale, rate=args.rate, slow_connections=args.slow)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -97,6 +98,8 @@ class Lab:
     lb_port: int = 0
     lb: procs.Proc | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # HAProxy's admin socket: a short path of its own (a unix socket's path is at most 107 bytes).
+    sock_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="gatehouse-soak-"))
 
     # ------------------------------------------------------------ start / stop
 
@@ -177,6 +180,7 @@ class Lab:
             self.idp.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def _spawn(self, name: str, argv: list[str], log: Path | None = None) -> procs.Proc:
         cores = set(os.sched_getaffinity(0))
@@ -260,7 +264,7 @@ class Lab:
         return f"http://127.0.0.1:{self.lb_port}"
 
     def lb_stat(self) -> list[dict[str, str]]:
-        sock = self.out / "haproxy.sock"
+        sock = Path(self.sock_dir) / "haproxy.sock"
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(2.0)
             s.connect(str(sock))
@@ -312,7 +316,7 @@ gatehouse:
 """
 
     def haproxy_cfg(self) -> str:
-        sock = self.out / "haproxy.sock"
+        sock = Path(self.sock_dir) / "haproxy.sock"
         servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port} check" for r in self.replicas)
         return f"""# Written by bench/soak/lab.py. Roundrobin over three replicas; a replica is
 # out after 3 failed /readyz checks a second apart and back after 2 good ones.
