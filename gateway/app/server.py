@@ -9,8 +9,8 @@ keeps the read deadlines of :mod:`gateway.app.connections`.
 
 Shutdown (SIGTERM or SIGINT): stop accepting, let in-flight requests and
 streams finish for up to ``CLAUDE_GATEWAY_DRAIN_TIMEOUT_MS`` (default 25 s),
-cancel what is left, flush pending usage records, exit 0. A second signal
-exits at once.
+cancel what is left, flush pending usage records, exit 0. A second signal, a
+second or more after the first, exits at once.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ from gateway.app.supervisor import Supervisor
 from gateway.http.keys import RUNTIME
 
 DEFAULT_DRAIN_MS = 25_000
+# A stop signal is often delivered twice to a worker: once to every process (Ctrl-C in a
+# terminal, systemd's default KillMode) and once passed on by the supervisor. Only a
+# repeat after this long means "stop now".
+REPEAT_WINDOW_S = 1.0
 
 
 def drain_timeout_s(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
@@ -77,12 +81,16 @@ async def serve(cfg: Any, *, reuse_port: bool = False, ready_line: bool = True) 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
+    first_at = [0.0]
 
     def on_signal(name: str) -> None:
         if received:
+            if time.monotonic() - first_at[0] < REPEAT_WINDOW_S:
+                return  # the same stop heard twice: sent to the whole process group and passed on by the supervisor
             audit.log("warn", f"second {name}: exiting immediately")
             os._exit(1)
         received.append(name)
+        first_at[0] = time.monotonic()
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,12 +7,23 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import aiohttp
 
 from protocol_spec.fakes import Reply
-from tests.system.test_process import ENV, free_port, spawn, token, wait_exit, wait_ready, write_config
+from tests.system.test_process import (
+    ENV,
+    GATEHOUSE,
+    _LogReader,
+    free_port,
+    spawn,
+    token,
+    wait_exit,
+    wait_ready,
+    write_config,
+)
 
 BODY = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 1, "messages": []})
 
@@ -93,6 +104,45 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_a_stop_heard_twice_by_each_worker_still_drains(tmp_path, pg_url, fake_upstream):
+    # systemd (KillMode=control-group) and Ctrl-C signal every process at once: each worker
+    # hears the stop twice, directly and again when the supervisor passes it on, which can
+    # come a little later on a busy machine. A repeat within a second is the same stop.
+    port = free_port()
+    cfg = write_config(tmp_path, pg_url, fake_upstream.url, port)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
+        [*GATEHOUSE, "serve", "--config", str(cfg), "--workers", "2"],
+        env={**ENV, "CLAUDE_GATEWAY_DRAIN_TIMEOUT_MS": "10000"},
+        stdout=log, stderr=log, text=True, start_new_session=True,  # a failed test kills its whole group
+    )
+    proc.stderr = _LogReader(log)  # type: ignore[assignment]
+    try:
+        await wait_ready(port, proc)
+        workers = await until(lambda: two_workers(proc))
+        await until(lambda: all(f"(pid {pid})" in _all(proc) for pid in workers))
+        tok = token(cfg)
+        fake_upstream.script(Reply(stream=True, deltas=6, gap=0.25))
+        stream_body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "messages": []})
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(f"http://127.0.0.1:{port}/v1/messages", data=stream_body, headers={"Authorization": f"Bearer {tok}"})
+            assert r.status == 200
+            await r.content.readuntil(b"\n\n")
+            for pid in workers:
+                os.kill(pid, signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)  # passed on to both workers again
+            rest = await r.read()
+            assert rest.rstrip().endswith(b'{"type":"message_stop"}')
+        assert await wait_exit(proc) == 0
+        log_text = _all(proc)
+        assert "exiting immediately" not in log_text
+        assert log_text.count("shutdown complete") == 2 and "all 2 workers stopped" in log_text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 _seen: dict[int, str] = {}
