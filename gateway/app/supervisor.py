@@ -20,7 +20,8 @@ Shutdown: the first SIGTERM or SIGINT is passed on to every worker, which drains
 on its own (see :mod:`gateway.app.server`); pending restarts are dropped. A
 worker still running after the drain timeout plus :data:`KILL_MARGIN_S` (time to
 flush usage records) is killed. The supervisor exits 0 only if every worker
-exited 0. A second signal is passed on too (workers then exit at once).
+exited 0. A second signal is passed on too: workers exit at once when it comes a
+second or more after the first (sooner, it is the same stop heard twice).
 
 Workers ask the kernel for SIGTERM if the supervisor itself dies (``kill -9`` of
 the parent), so they drain and exit instead of holding the port unsupervised.
