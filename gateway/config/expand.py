@@ -27,7 +27,8 @@ _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as fh:
+    # newline="": the file's text as written (a secret may hold a "\r" of its own).
+    with open(path, encoding="utf-8", newline="") as fh:
         return fh.read()
 
 

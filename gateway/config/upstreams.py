@@ -119,7 +119,9 @@ _AWS_REGION = re.compile(r"[a-z0-9-]+")
 
 def check_upstream_names(data: dict[str, Any], issues: Issues) -> None:
     seen: dict[str, int] = {}
-    for i, up in enumerate(data.get("upstreams") or ()):
+    ups = data.get("upstreams")
+    # The raw data: anything but a list was already reported by the shape check.
+    for i, up in enumerate(ups if isinstance(ups, list) else ()):
         name = up.get("name") if isinstance(up, dict) else None
         if not isinstance(name, str):
             continue

@@ -233,3 +233,18 @@ def test_regression_a_signed_number_is_not_an_old_style_ipv4_address():
     doc = copy.deepcopy(BASE)
     doc["listen"]["host"] = "-1"
     well_formed(issues_of(json.dumps(doc), ENV), whole_file_allowed=False)
+
+
+def test_regression_a_section_of_the_wrong_kind_is_an_issue_not_a_type_error():
+    # Found by the mutated-config property under the large profile: `upstreams: true`
+    # reached the upstream-name rule, which iterated it (TypeError out of the loader).
+    doc = copy.deepcopy(BASE)
+    doc["upstreams"] = True
+    assert [p for p, _ in issues_of(json.dumps(doc), ENV)] == ["upstreams"]
+
+
+def test_regression_a_file_reference_keeps_a_carriage_return_inside_the_value(tmp_path):
+    # Found by the file-reference property: text mode turned "\r" into "\n".
+    (tmp_path / "v").write_bytes(b"a\rb\r\n")
+    issues = Issues()
+    assert expand_references({"v": "${file:" + str(tmp_path / "v") + "}"}, "", {}, issues) == {"v": "a\rb"}
