@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from gateway.client_text import unprintable
 from gateway.errors import GatewayError, Kind
-from gateway.upstreams.bodyview import MAX_MODEL_CHARS, decode_view, model_value_span, remove_member, splice_model
+from gateway.upstreams.bodyview import (
+    MAX_MODEL_CHARS,
+    decode_view,
+    model_value_span,
+    remove_member,
+    splice_model,
+)
 
 PROPS = settings(deadline=None)
 
