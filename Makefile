@@ -35,11 +35,17 @@ lock: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Not part of `make test` (which sends 3,000): the HTTP fuzz run at scale, 100,000 seeded
-# mutated requests by default (about 2 min here). FUZZ_REQUESTS and FUZZ_SEED change it.
+# Not part of `make test` (which runs the same at small sizes): the property tests of every
+# parser under hypothesis's "large" profile (tests/conftest.py), then the HTTP fuzz run at scale,
+# 100,000 seeded mutated requests by default. FUZZ_REQUESTS and FUZZ_SEED change it; the
+# summary goes to bench/results/<date>-<host>-fuzz/ (FUZZ_OUT).
+FUZZ_OUT ?= bench/results/$(shell date -u +%F)-$(shell hostname -s)-fuzz
 fuzz: install
+	HYPOTHESIS_PROFILE=large $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/unit/test_hostile_properties.py $(wildcard tests/unit/*/test_*_properties.py)
 	GATEHOUSE_FUZZ_REQUESTS=$(or $(FUZZ_REQUESTS),100000) GATEHOUSE_FUZZ_SEED=$(or $(FUZZ_SEED),12) \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/system/test_http_fuzz.py
+	  GATEHOUSE_FUZZ_OUT=$(FUZZ_OUT) GATEHOUSE_FUZZ_COMMAND="make fuzz$(if $(FUZZ_REQUESTS), FUZZ_REQUESTS=$(FUZZ_REQUESTS))$(if $(FUZZ_SEED), FUZZ_SEED=$(FUZZ_SEED))" \
+	  $(PY) -m pytest -q -p no:cacheprovider -s tests/system/test_http_fuzz.py
 
 # Not part of `make test` (which runs a 20 s smoke of it): three replicas behind HAProxy on one
 # PostgreSQL, driven through faults (kill -9, PostgreSQL restart and outage, stalled and overloaded

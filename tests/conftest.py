@@ -20,7 +20,7 @@ os.environ.setdefault("CLAUDE_GATEWAY_ALLOW_LOOPBACK", "1")
 # Registered here, before any test module builds its @settings from the default.
 settings.register_profile("small", max_examples=100, deadline=None, database=None)
 settings.register_profile(
-    "large", max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    "large", max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "small"))
 

@@ -1,11 +1,14 @@
 """A bounded HTTP fuzz run against a real gateway process (issue 12, "a fuzz run that keeps it so").
 
 Thousands of mutated requests (methods, paths, headers, bearer tokens, Messages
-bodies, sign-in forms, admin API bodies, raw byte flips), written as raw bytes on
-their own connections so that nothing a client library would refuse to send is
-left out. The gateway runs on real PostgreSQL, a real OIDC provider and a healthy
-fake upstream, with spend caps set. The run fails on any 5xx (the fake never
-fails, so no 5xx is an upstream's) and on any traceback in the gateway's log.
+bodies, sign-in forms and the IdP callback, admin API bodies and queries for spend
+limits and sessions, OTLP exports in every type and coding, raw byte flips),
+written as raw bytes on their own connections so that nothing a client library
+would refuse to send is left out. The gateway runs on real PostgreSQL, a real OIDC
+provider, a healthy fake upstream and a loopback OTLP collector (the relay stamps
+identities, so every export is decoded), with spend caps set. The run fails on any
+5xx (the fake never fails, so no 5xx is an upstream's), on any hang and on any
+traceback in the gateway's log.
 
 Every request comes from its own seeded generator (``GATEHOUSE_FUZZ_SEED`` + its
 index), so a failure names the index that reproduces it whatever the concurrency.
@@ -17,13 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import os
+import pathlib
+import platform
 import random
 import re
 import signal
 import time
 import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -40,6 +47,8 @@ REQUESTS = int(os.environ.get("GATEHOUSE_FUZZ_REQUESTS", "3000"))
 SEED = int(os.environ.get("GATEHOUSE_FUZZ_SEED", "12"))
 # Replay: only these request indices (comma-separated), printing each request and answer.
 ONLY = [int(i) for i in os.environ.get("GATEHOUSE_FUZZ_ONLY", "").split(",") if i.strip()]
+# Where to write summary.json and summary.md (make fuzz: bench/results/<date>-<host>-fuzz/).
+OUT = os.environ.get("GATEHOUSE_FUZZ_OUT", "")
 CONCURRENCY = 16
 # Bounded in time as well as in count: ~150 requests a second here, so these bounds are generous.
 RUN_BOUND_S = max(90.0, REQUESTS / 25)
@@ -82,7 +91,18 @@ async def upstream():
 
 
 @pytest.fixture(scope="module")
-async def target(tmp_path_factory, pg_cluster, upstream, idp):
+async def collector():
+    from tests.telemetry.collector import Collector
+
+    c = await Collector().start()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture(scope="module")
+async def target(tmp_path_factory, pg_cluster, upstream, idp, collector):
     db = pg_cluster.create_database("fuzz_" + uuid.uuid4().hex[:8])
     port = free_port()
     public = f"http://127.0.0.1:{port}"
@@ -105,11 +125,14 @@ admin:
   write_keys: [{{id: fuzz, key: "{WRITE_KEY}"}}]
   read_keys: [{{id: fuzz-read, key: "{READ_KEY}"}}]
   admin_groups: [gatehouse-admins]
+telemetry:
+  forward_to: [{{url: "{collector.url}", metrics: true, logs: true, traces: true}}]
 gatehouse:
   connections:
     header_read_timeout_seconds: 2
     body_read_timeout_seconds: 2
     keepalive_idle_timeout_seconds: 2
+  telemetry: {{stamp_identity: true}}
 """
     )
     proc = spawn("serve", "--config", str(cfg))
@@ -338,6 +361,10 @@ def signin_form(m: Mutator, rnd: random.Random):
             "device_code": rnd.choice([m.tgt.device_code, m.tgt.device_code[:-1] + "x", rnd_text(rnd, 40)]),
             "refresh_token": rnd.choice([m.bearer(rnd), rnd_text(rnd, 60)]),
             "client_id": rnd.choice(["claude-code", "gatehouse", ""]),
+            "code": rnd.choice(["", "x", rnd_text(rnd, 40)]),
+            "code_verifier": rnd.choice(["a" * 43, "short", rnd_text(rnd, 128)]),
+            "redirect_uri": rnd.choice(["http://localhost:1/callback", m.tgt.public_url, rnd_text(rnd, 30)]),
+            "scope": rnd.choice(["user:inference", "", rnd_text(rnd, 20)]),
         },
         "/oauth/device_authorization": {"client_id": rnd.choice(["claude-code", "x"]), "scope": rnd_text(rnd, 20)},
         "/oauth/revoke": {"token": m.bearer(rnd), "token_type_hint": rnd.choice(["refresh_token", "access_token", "x"])},
@@ -385,6 +412,59 @@ def admin(m: Mutator, rnd: random.Random):
     return rnd.choice(["GET", "DELETE"]), f"{base}/{ident}", [key], b""
 
 
+def sessions_admin(m: Mutator, rnd: random.Random):
+    """The sign-in sessions admin API (a Gatehouse extension): list, revoke by email, revoke one."""
+    base = "/v1/organizations/sessions"
+    key = rnd.choice([("x-api-key", WRITE_KEY), ("x-api-key", READ_KEY), ("x-api-key", rnd_text(rnd, 40)), ("Authorization", f"Bearer {m.admin_token}"), ("Authorization", f"Bearer {m.bearer(rnd)}")])
+    # Never the run's own users' addresses: their bearers must keep working.
+    email = rnd.choice(["alice@example.com", "ALICE@EXAMPLE.COM", "nobody@example.com", "", "@", "a@", "@b", "a b@c", "a\u0000@b", "x" * 400 + "@b", rnd_text(rnd, 20)])
+    r = rnd.random()
+    if r < 0.4:
+        pairs = [("email", email), ("limit", rnd.choice(["1", "20", "0", "-1", "1000", "x", ""])), ("after_id", rnd.choice(["sf_x", rnd_text(rnd, 30), "%00"]))]
+        query = "&".join(f"{k}={quote(v)}" for k, v in pairs if rnd.random() < 0.7)
+        return "GET", f"{base}?{query}" if query else base, [key], b""
+    if r < 0.75:
+        doc: dict = {"email": email}
+        if rnd.random() < 0.5:
+            doc["reason"] = rnd.choice([rnd_text(rnd, rnd.randint(0, 600)), None, 5, ["x"]])
+        body = dumps(mutate_json(rnd, doc, depth=0) if rnd.random() < 0.5 else doc)
+        if rnd.random() < 0.15:
+            body = mutate_bytes(rnd, body)
+        return "POST", f"{base}/revoke", [key, ("Content-Type", "application/json")], body
+    family = rnd.choice(["sf_" + uuid.UUID(int=rnd.getrandbits(128)).hex, uuid.UUID(int=rnd.getrandbits(128)).hex, quote(rnd_text(rnd, 20)), "%00", "revoke", "x" * 300])
+    query = rnd.choice(["", "?reason=" + quote(rnd_text(rnd, 40)), "?reason=%00", "?reason=" + "r" * 700])
+    return rnd.choice(["DELETE", "DELETE", "GET", "POST"]), f"{base}/{family}{query}", [key], b""
+
+
+def otlp(m: Mutator, rnd: random.Random):
+    """An OTLP/HTTP export to the relay, which decodes each one to stamp the caller's identity."""
+    signal = rnd.choice(["metrics", "logs", "traces"])
+    kind = rnd.choice(["json", "json", "protobuf", "protobuf", "junk"])
+    if kind == "json":
+        doc = OTLP_JSON[signal] if rnd.random() < 0.3 else mutate_json(rnd, OTLP_JSON[signal], depth=0)
+        body, ctype = dumps(doc), rnd.choice(["application/json", "application/json; charset=utf-8"])
+    elif kind == "protobuf":
+        body = OTLP_PROTOBUF[signal]
+        if rnd.random() < 0.6:
+            body = mutate_bytes(rnd, body)
+        ctype = rnd.choice(["application/x-protobuf", "application/protobuf", ""])
+    else:
+        body, ctype = rnd.randbytes(rnd.randint(0, 400)), rnd.choice(["text/plain", "application/json", "application/x-protobuf", "x/y; a=b"])
+    encoding = rnd.choice([None, None, "gzip", "deflate", "br", "gzip, deflate", "identity"])
+    if encoding in ("gzip", "deflate"):
+        r = rnd.random()
+        if r < 0.02:
+            # Small on the wire, past the 4 MiB the relay stamps: dropped, never inflated further.
+            body = b"\x00" * (5 * 1024 * 1024)
+        body = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+        if 0.02 <= r < 0.2:
+            body = mutate_bytes(rnd, body)  # cut short, flipped, trailing bytes
+    headers = m.auth_headers(rnd) + ([("Content-Type", ctype)] if ctype else [])
+    if encoding:
+        headers.append(("Content-Encoding", encoding))
+    return "POST", f"/v1/{signal}", headers, body
+
+
 def other(m: Mutator, rnd: random.Random):
     path = rnd.choice(PATHS)
     method = "POST" if path in ("/v1/metrics", "/v1/logs", "/v1/traces") else "GET"
@@ -396,17 +476,54 @@ def other(m: Mutator, rnd: random.Random):
     if path == "/device":
         path += "?user_code=" + quote(rnd.choice([m.tgt.user_code, rnd_text(rnd, 12)]))
     if path == "/oauth/callback":
-        path += "?" + rnd.choice(["", "code=x&state=y", "error=access_denied", "state=" + quote(rnd_text(rnd, 30)), "code=%00"])
+        path += "?" + rnd.choice([
+            "", "code=x&state=y", "error=access_denied", "state=" + quote(rnd_text(rnd, 30)), "code=%00",
+            "code=x&state=" + quote(rnd_text(rnd, 60)) + "&session_state=" + quote(rnd_text(rnd, 10)),
+            "error=" + quote(rnd_text(rnd, 20)) + "&error_description=" + quote(rnd_text(rnd, 200)),
+            "code=a&code=b&state=c&state=d", "state=" + "s" * 5000,
+        ])
     return method, path, headers, body
 
 
-FAMILIES = (messages, messages, messages, signin_form, signin_form, admin, admin, other, other)
+# Real exports (one resource, one scope, one item each) for the otlp family to start from.
+_RESOURCE = {"attributes": [{"key": "service.name", "value": {"stringValue": "claude-code"}},
+                            {"key": "user.email", "value": {"stringValue": "someone@example.com"}}]}
+_ATTRS = [{"key": "user.id", "value": {"stringValue": "u"}}, {"key": "n", "value": {"intValue": "5"}}]
+OTLP_JSON = {
+    "traces": {"resourceSpans": [{"resource": _RESOURCE, "scopeSpans": [{"scope": {"name": "s"}, "spans": [{
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "parentSpanId": "",
+        "name": "claude_code.request", "kind": 1, "startTimeUnixNano": "1700000000000000000",
+        "endTimeUnixNano": "1700000000100000000", "attributes": _ATTRS,
+        "links": [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b175"}]}]}]}]},
+    "logs": {"resourceLogs": [{"resource": _RESOURCE, "scopeLogs": [{"logRecords": [{
+        "timeUnixNano": "1700000000000000000", "severityNumber": 9, "body": {"stringValue": "user_prompt"},
+        "attributes": _ATTRS, "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174"}]}]}]},
+    "metrics": {"resourceMetrics": [{"resource": _RESOURCE, "scopeMetrics": [{"metrics": [{
+        "name": "claude_code.cost.usage", "unit": "USD", "sum": {"aggregationTemporality": 1, "isMonotonic": True,
+        "dataPoints": [{"asDouble": 0.5, "timeUnixNano": "1700000000000000000", "attributes": _ATTRS,
+                        "exemplars": [{"asDouble": 1, "spanId": "eee19b7ec3c1b174"}]}]}}]}]}]},
+}
+
+
+def _protobuf(signal: str) -> bytes:
+    from gateway.telemetry.otlp_body import parse
+
+    return parse(signal, json.dumps(OTLP_JSON[signal]).encode(), "application/json", None).SerializeToString()
+
+
+OTLP_PROTOBUF = {signal: _protobuf(signal) for signal in OTLP_JSON}
+
+
+FAMILIES = (
+    messages, messages, messages, signin_form, signin_form, admin, admin, sessions_admin, otlp, otlp, other, other,
+)
 
 PATHS = [
     "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/healthz", "/readyz", "/", "/v1/metrics",
     "/v1/logs", "/v1/traces", "/managed/settings", "/user/bootstrap", "/api/oauth/usage", "/protocol",
     "/protocol.json", "/.well-known/oauth-authorization-server", "/oauth/device_authorization", "/device",
     "/oauth/callback", "/oauth/token", "/oauth/revoke", "/v1/organizations/spend_limits", "/nope",
+    "/v1/organizations/sessions", "/v1/organizations/sessions/revoke",
 ]
 HEADER_NAMES = [
     "Content-Type", "Accept", "Accept-Encoding", "Content-Encoding", "Transfer-Encoding", "Expect", "Cookie",
@@ -565,6 +682,47 @@ def b64(data: bytes) -> str:
 
 # ------------------------------------------------------------------ the run
 
+def write_results(
+    out: str, statuses: Counter, by_family: Counter, duration_s: float, failures: list[str], tracebacks: list[str]
+) -> None:
+    """summary.json and summary.md of the run in ``out`` (bench/results/<date>-<host>-fuzz/ under make fuzz)."""
+    folder = pathlib.Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    families = sorted({f for f, _ in by_family})
+    codes = sorted({c for _, c in by_family}, key=lambda c: (c is None, c or 0))
+    doc = {
+        "command": os.environ.get("GATEHOUSE_FUZZ_COMMAND")
+        or f"GATEHOUSE_FUZZ_REQUESTS={REQUESTS} GATEHOUSE_FUZZ_SEED={SEED} pytest tests/system/test_http_fuzz.py",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "requests": REQUESTS,
+        "seed": SEED,
+        "concurrency": CONCURRENCY,
+        "duration_s": round(duration_s, 1),
+        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release(),
+                    "python": platform.python_version()},
+        "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))},
+        "statuses_by_family": {f: {str(c): by_family[f, c] for c in codes if by_family[f, c]} for f in families},
+        "failures": failures[:200],
+        "tracebacks": len(tracebacks),
+        "passed": not failures and not tracebacks,
+    }
+    (folder / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+    head = "| family | " + " | ".join("no answer" if c is None else str(c) for c in codes) + " | total |"
+    rows = [head, "|" + "---|" * (len(codes) + 2)]
+    for f in [*families, "all"]:
+        counts = [sum(by_family[g, c] for g in families) if f == "all" else by_family[f, c] for c in codes]
+        rows.append(f"| {f} | " + " | ".join(f"{n:,}" for n in counts) + f" | {sum(counts):,} |")
+    (folder / "summary.md").write_text(
+        f"# HTTP fuzz run, {doc['date']}\n\n"
+        f"`{doc['command']}`: {REQUESTS:,} requests (seed {SEED}, {CONCURRENCY} at a time) in "
+        f"{duration_s:.0f} s on {doc['machine']['host']} ({doc['machine']['cpus']} CPUs, "
+        f"Python {doc['machine']['python']}); {'passed' if doc['passed'] else 'FAILED'}: "
+        f"{len(failures)} failures (5xx, hangs, echoed credentials), {len(tracebacks)} tracebacks in the log.\n\n"
+        "Statuses by request family (a pipelined pair counts under its second request):\n\n"
+        + "\n".join(rows) + "\n"
+    )
+
+
 FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
@@ -586,9 +744,11 @@ async def test_thousands_of_mutated_requests_get_no_5xx_and_log_no_traceback(tar
     secrets = [t.rsplit(".", 1)[1].encode() for t in (*mutator.tokens.values(), mutator.admin_token)]
     secrets += [WRITE_KEY.encode(), READ_KEY.encode()]
     statuses: Counter[int | None] = Counter()
+    by_family: Counter[tuple[str, int | None]] = Counter()
     failures: list[str] = []
     queue = iter(ONLY or range(REQUESTS))
-    deadline = time.monotonic() + RUN_BOUND_S
+    started = time.monotonic()
+    deadline = started + RUN_BOUND_S
 
     async def worker() -> None:
         for index in queue:
@@ -600,6 +760,8 @@ async def test_thousands_of_mutated_requests_get_no_5xx_and_log_no_traceback(tar
             if ONLY:
                 print(f"{label}\n  sent   {raw[:2000]!r}\n  answer {ex.answer[:2000]!r}")
             statuses[ex.status] += 1
+            # A pipelined pair counts under the family of its second (last) request.
+            by_family[label.rsplit(" then ", 1)[-1].split()[1], ex.status] += 1
             if ex.hung:
                 failures.append(f"{label}: no answer and no close within {ANSWER_WITHIN_S:g}s")
             elif ex.status is not None and ex.status >= 500:
@@ -608,6 +770,7 @@ async def test_thousands_of_mutated_requests_get_no_5xx_and_log_no_traceback(tar
                 failures.append(f"{label}: the answer echoes a credential")
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    duration_s = time.monotonic() - started
 
     # Still healthy afterwards.
     async with aiohttp.ClientSession() as s:
@@ -620,7 +783,9 @@ async def test_thousands_of_mutated_requests_get_no_5xx_and_log_no_traceback(tar
     sites = Counter(traceback_site(line) for line in tracebacks)
     where = "".join(f"\n  {n} × {site}" for site, n in sites.most_common(10))
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
-    print(f"fuzz: {REQUESTS} requests, seed {SEED}; statuses {summary}")
+    print(f"fuzz: {REQUESTS} requests, seed {SEED}, {duration_s:.0f} s; statuses {summary}")
+    if OUT and not ONLY:
+        write_results(OUT, statuses, by_family, duration_s, failures, tracebacks)
     assert not failures, (
         f"{len(failures)} failure(s); statuses {summary}; tracebacks by where they were raised:{where}\n"
         + "\n".join(failures[:40])
