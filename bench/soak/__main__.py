@@ -83,6 +83,9 @@ def machine() -> dict[str, Any]:
         "host": socket.gethostname().split(".")[0], "cpus": os.cpu_count(), "cpu_model": model,
         "mem_gb": round(mem_kb / 2**20, 1), "kernel": platform.release(), "python": platform.python_version(),
         "haproxy": cmd("haproxy", "-v"), "git": cmd("git", "-C", str(labmod.REPO), "rev-parse", "--short", "HEAD"),
+        # Files changed but not committed (another session's work in progress runs too).
+        "git_uncommitted_files": len(subprocess.run(["git", "-C", str(labmod.REPO), "status", "--porcelain",
+                                                     "--untracked-files=no"], capture_output=True, text=True).stdout.splitlines()),
         "loadavg_at_start": os.getloadavg()[0],
     }
 
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                "steps_run": args.step_list, "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     violations: list[str] = []
     t0 = time.monotonic()
+    busy0 = procs.machine_busy_seconds()
     try:
         lab.start()
         summary["setup_s"] = round(time.monotonic() - t0, 1)
@@ -201,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lab.stop()
     summary["seconds"] = round(time.monotonic() - t0, 1)
+    # What the soak used (itself, every child it waited for, PostgreSQL) against what the whole
+    # machine did: the rest is other work sharing the cores (other jobs, the kernel).
+    t = os.times()
+    own = t.user + t.system + t.children_user + t.children_system + lab.pg_cpu_s
+    others = procs.machine_busy_seconds() - busy0 - own
+    summary["machine"]["soak_cpu_cores"] = round(own / summary["seconds"], 2)
+    summary["machine"]["other_cpu_cores"] = round(max(0.0, others) / summary["seconds"], 2)
     summary["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     summary["violations"] = violations
     summary["passed"] = not violations

@@ -88,6 +88,9 @@ class Lab:
     # PostgreSQL does not answer (the production overlay's 30; the gateway's default is 0).
     readiness_grace_s: int = 30
     fail_closed: bool = False  # enforcement.fail_closed_on_error of the replicas
+    # CPU seconds of PostgreSQL servers already stopped (a postmaster is nobody's child here,
+    # so its time is read from /proc before it goes).
+    pg_cpu_s: float = 0.0
     log: Any = print
     cluster: Cluster | None = None
     db_url: str = ""
@@ -174,6 +177,8 @@ class Lab:
 
     def stop(self) -> None:
         """Stop everything still running, newest first; safe to call twice."""
+        if self.cluster is not None and self.cluster.pid:
+            self.pg_cpu_s += procs.cpu_seconds(procs.tree(self.cluster.pid))
         for p in reversed(self.started):
             p.stop()
         if self.idp is not None:
@@ -235,6 +240,7 @@ class Lab:
         """``pg_ctl restart -m fast`` as the server user; seconds it took."""
         assert self.cluster is not None
         c = self.cluster
+        self.pg_cpu_s += procs.cpu_seconds(procs.tree(c.pid))
         t0 = time.monotonic()
         c._run("pg_ctl", "-D", c.data, "-l", c.logfile, "-m", "fast", "-w", "-t", "60", "-o", f"-p {c.port}",
                "restart")
@@ -243,6 +249,7 @@ class Lab:
 
     def stop_postgres(self) -> None:
         assert self.cluster is not None
+        self.pg_cpu_s += procs.cpu_seconds(procs.tree(self.cluster.pid))
         self.cluster.pause()
 
     def start_postgres(self) -> None:

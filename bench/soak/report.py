@@ -39,8 +39,10 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         f"Command: `{s['command']}` — {s['seconds']:.0f} s in all (setup {s.get('setup_s', '?')} s).",
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gb']} GiB, Linux {m['kernel']}, Python {m['python']}, "
-        f"{m['haproxy']}; Gatehouse {m['git']}. Load average {m['loadavg_at_start']:.2f} at the start, "
-        f"{m.get('loadavg_at_end', 0):.2f} at the end.",
+        f"{m['haproxy']}; Gatehouse {m['git']} ({m.get('git_uncommitted_files', 0)} tracked files changed, not committed). "
+        f"Load average {m['loadavg_at_start']:.2f} at the start, {m.get('loadavg_at_end', 0):.2f} at the end; "
+        f"the soak used {m.get('soak_cpu_cores', '?')} cores on average, other work on the machine "
+        f"{m.get('other_cpu_cores', '?')} cores.",
         "",
         "Three `gatehouse serve` replicas on one PostgreSQL behind HAProxy (roundrobin, `/readyz` checks every "
         "second, out after 3 failures, back after 2), two fake upstreams (primary, secondary), spend limits on "
