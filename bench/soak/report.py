@@ -1,4 +1,7 @@
-"""The soak's summary: ``summary.json`` (everything) and ``summary.md`` (a table per step)."""
+"""The soak's summary: ``summary.json`` (everything) and ``summary.md`` (a table per step).
+
+``python -m bench.soak.report DIR`` writes ``summary.md`` again from ``DIR/summary.json``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ TITLES = {
     "signin": "1. Sign in on r1, refresh on r2, revoke on r3",
     "caps": "2. One spend cap, waves of 48 streams over three replicas",
     "kill": "3. kill -9 a replica mid-stream under steady load, then restart it",
-    "postgres": "4. pg_ctl restart -m fast under steady load",
+    "postgres": "4. PostgreSQL under steady load: pg_ctl restart -m fast, then 6 s down",
     "upstream": "5. Stalled primary upstream, 529 storm, both overloaded",
     "slowloris": "6. Slowloris: dribbling connections beside real clients",
 }
@@ -102,3 +105,11 @@ def markdown(s: dict[str, Any]) -> str:
                   f"- tracebacks in any log: {s.get('tracebacks') or 'none'}", ""]
     lines += ["## Violations", ""] + ([f"- {v}" for v in s["violations"]] or ["none"]) + [""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m bench.soak.report DIR: summary.md again from DIR/summary.json.
+    import sys
+
+    folder = Path(sys.argv[1])
+    (folder / "summary.md").write_text(markdown(json.loads((folder / "summary.json").read_text())))
