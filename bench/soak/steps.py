@@ -21,6 +21,7 @@ import asyncpg
 from bench.soak import lab as labmod
 from bench.soak.lab import LEASE_TTL_S, READ_KEY, WRITE_KEY, Lab, Replica
 from bench.soak.traffic import Load, Outcome, Tokens, one, recovery_s, tally
+from gateway.spend.store import SWEEP_EVERY_S
 
 STEPS = ("signin", "caps", "kill", "postgres", "upstream", "slowloris")
 # What the fake upstreams answer unless a step says otherwise: streams of about 0.7 s.
@@ -95,7 +96,9 @@ class Ctx:
             "excused_without_usage_row": sorted((served - used) & (excused or set())),
         }
 
-    async def stale_open(self, grace_s: float = 3.0) -> int:
+    async def stale_open(self, grace_s: float = SWEEP_EVERY_S + 2) -> int:
+        """Reservations past their expiry by more than a sweep's interval (every replica sweeps
+        every ``SWEEP_EVERY_S``) and still open: an expiry that did not happen."""
         rows = await self.db("SELECT count(*) AS n FROM spend_reservations WHERE state = 'open' "
                              "AND expires_at < now() - make_interval(secs => $1)", grace_s)
         return int(rows[0]["n"])
@@ -267,7 +270,7 @@ async def kill(ctx: Ctx) -> dict[str, Any]:
     excused = {o.request_id for o in before + in_flight if o.request_id and o.server == victim.name
                and kill_at - KILL_SETTLE_WINDOW_S <= o.end <= kill_at + 0.1}
     # Leases and reservations the victim held expire after their time to live and are charged.
-    wait = kill_at + LEASE_TTL_S + 4 - time.monotonic()
+    wait = kill_at + LEASE_TTL_S + SWEEP_EVERY_S + 2 - time.monotonic()
     if wait > 0:
         await asyncio.sleep(wait)
     spend = await ctx.reconcile(outcomes, excused)
