@@ -296,6 +296,17 @@ async def kill(ctx: Ctx) -> dict[str, Any]:
             "facts": facts, "violations": violations}
 
 
+def _reads_db(r: Replica) -> bool:
+    """The replica answers an admin read that needs PostgreSQL (its pool reconnected); /readyz
+    would not tell, since it stays 200 for store.readiness_grace_seconds."""
+    try:
+        status, _ = labmod.http("GET", r.url + "/v1/organizations/spend_limits/effective?user_ids=soak-probe",
+                                headers={"x-api-key": READ_KEY}, timeout=3.0)
+    except OSError:
+        return False
+    return status == 200
+
+
 async def _until(cond: Any, timeout: float, since: float) -> float | None:
     while time.monotonic() - since < timeout:
         if await asyncio.to_thread(cond):
@@ -325,8 +336,8 @@ async def postgres(ctx: Ctx) -> dict[str, Any]:
         facts["pg_ctl_restart_s"] = round(await asyncio.to_thread(lab.restart_postgres), 2)
         ready: dict[str, float | None] = {}
         for r in lab.replicas:
-            ready[r.name] = await _until(lambda r=r: labmod.ready(r.url), 60, restart_at)
-        facts["after_restart_replica_ready_s"] = ready
+            ready[r.name] = await _until(lambda r=r: _reads_db(r), 60, restart_at)
+        facts["after_restart_replica_reads_db_s"] = ready
         await asyncio.sleep(max(0.0, dur * 2 / 5 - (time.monotonic() - t_start)))
         down_at = time.monotonic()
         marks.append((f"PostgreSQL stopped for {outage:g} s", down_at))
@@ -337,8 +348,8 @@ async def postgres(ctx: Ctx) -> dict[str, Any]:
         marks.append(("PostgreSQL back", up_at))
         back: dict[str, float | None] = {}
         for r in lab.replicas:
-            back[r.name] = await _until(lambda r=r: labmod.ready(r.url), 60, up_at)
-        facts["after_outage_replica_ready_s"] = back
+            back[r.name] = await _until(lambda r=r: _reads_db(r), 60, up_at)
+        facts["after_outage_replica_reads_db_s"] = back
         facts["after_outage_lb_all_up_s"] = await _until(lambda: len(lab.lb_up()) == 3, 30, up_at)
         await asyncio.sleep(max(0.0, dur - (time.monotonic() - t_start)))
     marks.append(("end", time.monotonic()))
@@ -377,6 +388,12 @@ async def postgres(ctx: Ctx) -> dict[str, Any]:
     facts["let_through_unjudged"] = len(unjudged)
     facts["let_through_unjudged_then_charged"] = len(rows)
     facts["log_lines_settling_owed"] = logs.count("owed, retried every second until stored")
+    # LISTEN/NOTIFY (revocations, limit changes) has a connection of its own, which must come back too.
+    relistened = {r.name: r.log.read_text(errors="replace").count("gatehouse-listener: reconnected")
+                  for r in lab.replicas}
+    facts["listener_reconnects"] = relistened
+    if not all(relistened.values()):
+        violations.append(f"a replica's LISTEN connection never came back: {relistened}")
     facts["log_lines_usage_rows_retried"] = logs.count("usage records, will keep retrying")
     served_ids = {o.request_id for o in outcomes if o.kind == "ok"}
     uncharged = (unjudged & served_ids) - {r["request_id"] for r in rows}
