@@ -3,7 +3,8 @@
 - ``tests/unit/<package>/``: pure modules of that package (values in, values out:
   no sockets, no database). Tests of the top-level modules (errors, client_text,
   netaccess) and the property checks over every client-input parser sit directly
-  in ``tests/unit/``.
+  in ``tests/unit/``; other parsers' property checks (upstream replies, config,
+  keys, headers) sit beside their unit tests as ``test_<module>_properties.py``.
 - ``tests/<package>/`` (admin, app, auth, config, db, http, spend): the same
   packages driven through real components: PostgreSQL, gateway processes, the
   OIDC provider, fake upstreams on loopback.
