@@ -49,6 +49,7 @@ from typing import Any
 import msgspec
 
 from gateway.devenv.postgres import Cluster, free_port
+from gateway.errors import Fault, Party
 from protocol_spec.fakes.replies import Reply
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,8 +90,10 @@ print(json.dumps({
 """
 
 
-class CheckFailed(Exception):
+class CheckFailed(Fault):
     """One of the checks did not hold; the message says which and what was seen."""
+
+    fault = Party.GATEWAY
 
 
 def log(message: str) -> None:

@@ -406,6 +406,8 @@ CLASS_FAULTS = {
     "gateway.db.store.SpentDatabase": Party.GATEWAY,
     # An x-load-test-user header that is not a small number.
     "gateway.upstreams.load_test.BadLoadTestUser": Party.CLIENT,
+    # make image: the image as built fails one of its checks.
+    "gateway.devenv.image.CheckFailed": Party.GATEWAY,
 }
 INSTANCE_FAULTS = {
     "gateway.errors.GatewayError",
