@@ -155,6 +155,12 @@ NOTES: dict[str, tuple[str, str]] = {
     "TEL-10": (_DIFF, "SPEC §27.1: no server-side identity stamping (a `gatehouse:` option)"),
     "TEL-11": (_DIFF, "SPEC §27.1: no metrics of its own; `/metrics` is not served"),
     "TEL-12": (_DIFF, "SPEC §27.1: no request spans of its own"),
+    "ADMIN-13": (_DIFF, "SPEC §27.1: no sessions over its admin API; `/v1/organizations/sessions` answers 401 "
+                 "`invalid token` even to an admin key, like every unknown path"),
+    "ADMIN-14": (_DIFF, "as ADMIN-13"),
+    "ADMIN-15": (_DIFF, "as ADMIN-13"),
+    "ADMIN-16": (_DIFF, "as ADMIN-13"),
+    "ADMIN-17": (_DIFF, "as ADMIN-13"),
     "MSG-47": (_DEPART, "`upstream_ttfb_ms` (1.5 s here) also bounds streaming and count_tokens requests to Bedrock and Vertex, as "
                "its boot log says (\"older gateways applied it to provider: anthropic upstreams only\"); a non-streaming invoke waits"),
 }
