@@ -45,7 +45,13 @@ from gateway.config.load import is_forbidden_address, url_problem
 from gateway.upstreams.egress import Egress
 from gateway.upstreams.google_credentials import GoogleToken
 from gateway.upstreams.outbound import CredentialFailure
-from gateway.upstreams.transport import RefusedAddress, TargetGuard, UnresolvedTarget, guarded_session
+from gateway.upstreams.transport import (
+    RefusedAddress,
+    TargetGuard,
+    UnresolvedTarget,
+    guarded_session,
+    read_bounded,
+)
 
 CALL_TIMEOUT_S = 10.0
 # All pages of one person together; a sign-in page should not hang longer.
@@ -228,7 +234,7 @@ class GoogleGroups:
                 assert self._guard is not None
                 await self._guard.check(url)
             async with self._session.get(url, headers=headers, allow_redirects=False, proxy=proxy) as resp:
-                raw = await _read_bounded(resp)
+                raw = await read_bounded(resp, MAX_PAGE_BYTES, _too_large)
                 status = resp.status
         except TimeoutError:
             raise GroupsUnavailable(f"the Directory API gave no answer within {self._call_timeout_s:g} s") from None
@@ -261,17 +267,8 @@ def _refusal(status: int) -> str:
     return f"the Directory API answered HTTP {status}"
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_PAGE_BYTES:
-        raise GroupsUnavailable(f"the Directory API's answer is larger than {MAX_PAGE_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(16384):
-        size += len(chunk)
-        if size > MAX_PAGE_BYTES:
-            raise GroupsUnavailable(f"the Directory API's answer is larger than {MAX_PAGE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _too_large() -> GroupsUnavailable:
+    return GroupsUnavailable(f"the Directory API's answer is larger than {MAX_PAGE_BYTES} bytes")
 
 
 def _token_uri(path: str) -> str | None:

@@ -67,6 +67,7 @@ from gateway.upstreams.transport import (
     UnresolvedTarget,
     guarded_session,
     proxy_failure,
+    read_bounded,
 )
 
 CALL_TIMEOUT_S = 15.0
@@ -542,7 +543,7 @@ class OidcClient:
             async with self._session.request(
                 method, url, headers=headers, data=data, allow_redirects=False, proxy=proxy
             ) as resp:
-                raw = await _read_bounded(resp, limit, what)
+                raw = await read_bounded(resp, limit, lambda: IdpUnavailable(f"oidc {what}: answer larger than {limit} bytes"))
                 status = resp.status
         except TimeoutError:
             raise IdpUnavailable(f"oidc {what}: no answer within {self._call_timeout_s:g} s") from None
@@ -576,19 +577,6 @@ class OidcClient:
                 return "the host resolves only to refused addresses"
             return f"cannot connect ({exc.os_error.strerror or 'error'})"
         return type(exc).__name__
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise IdpUnavailable(f"oidc {what}: answer larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(16384):
-        size += len(chunk)
-        if size > limit:
-            raise IdpUnavailable(f"oidc {what}: answer larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _auto_method(supported: tuple[str, ...]) -> str:

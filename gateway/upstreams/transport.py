@@ -263,6 +263,22 @@ def guarded_session(
     return session, TargetGuard(egress, resolver)
 
 
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, too_large: Callable[[], Exception]) -> bytes:
+    """The body of one of the gateway's own calls, refusing (``too_large()`` raised) past
+    ``limit`` bytes, announced or not, so a hostile or broken server cannot make us buffer
+    without bound."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16384):
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def proxy_failure(exc: BaseException, proxy: str, shown: str) -> str | None:
     """What went wrong with the proxy itself, for a log line, or None when ``exc``
     is about the target. ``shown`` is the proxy without its userinfo."""
